@@ -1,0 +1,399 @@
+//! The chat state machine's logic, free of storage.
+//!
+//! [`apply`] decides what one committed [`ChatRequest`] does, reading the
+//! current state through [`ChatView`] and answering with the [`Effect`]s to
+//! write and the [`ApplyOutcome`] to report. The RocksDB state machine in
+//! `skygit-storage` and [`MemChat`] (tests, simulator) both run this same
+//! function, so they cannot disagree.
+//!
+//! Invariants enforced here:
+//! - a request id takes effect at most once (retries and re-formed groups
+//!   propose the same id again; the second time is a `Duplicate`);
+//! - only the author edits or deletes a message;
+//! - the sync watermark only moves forward and never past the entry that
+//!   records it;
+//! - a request that breaks a bound is refused, never half-applied.
+
+use std::collections::BTreeMap;
+
+use ulid::Ulid;
+
+use crate::model::{
+    ApplyOutcome, ChatRequest, Command, Conversation, ConversationId, Message, MessageRecord,
+    Rejection,
+};
+
+/// Read access to the state a request is applied to.
+pub trait ChatView {
+    type Error;
+    /// The message with this id, if any.
+    fn message(&mut self, id: Ulid) -> Result<Option<MessageRecord>, Self::Error>;
+    /// Whether the conversation exists.
+    fn conversation_exists(&mut self, id: &ConversationId) -> Result<bool, Self::Error>;
+    /// The index at which request `id` took effect, if it did.
+    fn applied_request(&mut self, id: Ulid) -> Result<Option<u64>, Self::Error>;
+    /// The highest index known to be in the repository (0 when none).
+    fn synced_up_to(&mut self) -> Result<u64, Self::Error>;
+}
+
+/// One write the state machine must make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Insert or replace a message (keyed by conversation and post index,
+    /// and by id).
+    PutMessage(MessageRecord),
+    PutConversation(Conversation),
+    /// Remember that request `id` took effect at `index`.
+    RecordRequest {
+        id: Ulid,
+        index: u64,
+    },
+    /// Entries up to `up_to_index` are in the repository as `commit_sha`.
+    Synced {
+        up_to_index: u64,
+        commit_sha: String,
+    },
+}
+
+/// Applies one committed request at log `index`.
+pub fn apply<V: ChatView>(
+    view: &mut V,
+    index: u64,
+    req: &ChatRequest,
+) -> Result<(Vec<Effect>, ApplyOutcome), V::Error> {
+    if let Some(original_index) = view.applied_request(req.id)? {
+        return Ok((Vec::new(), ApplyOutcome::Duplicate { original_index }));
+    }
+    let reject = |reason| Ok((Vec::new(), ApplyOutcome::Rejected { index, reason }));
+    if let Err(e) = req.validate() {
+        return reject(Rejection::Invalid(e.to_string()));
+    }
+    let mut effects = Vec::with_capacity(3);
+    match &req.command {
+        Command::Post {
+            conversation,
+            content,
+        } => {
+            if !view.conversation_exists(conversation)? {
+                effects.push(Effect::PutConversation(Conversation {
+                    id: conversation.clone(),
+                    title: conversation.to_string(),
+                    created_by: req.sender.clone(),
+                    created_at: req.at,
+                    created_index: index,
+                }));
+            }
+            effects.push(Effect::PutMessage(MessageRecord {
+                message: Message {
+                    id: req.id,
+                    conversation: conversation.clone(),
+                    sender: req.sender.clone(),
+                    content: content.clone(),
+                    created_at: req.at,
+                    edited_at: None,
+                    deleted: false,
+                },
+                index,
+                last_change_index: index,
+            }));
+        }
+        Command::Edit { message, content } => {
+            let Some(mut rec) = view.message(*message)? else {
+                return reject(Rejection::NoSuchMessage(*message));
+            };
+            if rec.message.sender != req.sender {
+                return reject(Rejection::NotAuthor(*message));
+            }
+            if rec.message.deleted {
+                return reject(Rejection::Deleted(*message));
+            }
+            rec.message.content = content.clone();
+            rec.message.edited_at = Some(req.at);
+            rec.last_change_index = index;
+            effects.push(Effect::PutMessage(rec));
+        }
+        Command::Delete { message } => {
+            let Some(mut rec) = view.message(*message)? else {
+                return reject(Rejection::NoSuchMessage(*message));
+            };
+            if rec.message.sender != req.sender {
+                return reject(Rejection::NotAuthor(*message));
+            }
+            if rec.message.deleted {
+                return reject(Rejection::Deleted(*message));
+            }
+            rec.message.deleted = true;
+            rec.message.content.clear();
+            rec.last_change_index = index;
+            effects.push(Effect::PutMessage(rec));
+        }
+        Command::CreateConversation {
+            conversation,
+            title,
+        } => {
+            if view.conversation_exists(conversation)? {
+                return reject(Rejection::ConversationExists(conversation.clone()));
+            }
+            effects.push(Effect::PutConversation(Conversation {
+                id: conversation.clone(),
+                title: title.clone(),
+                created_by: req.sender.clone(),
+                created_at: req.at,
+                created_index: index,
+            }));
+        }
+        Command::Synced {
+            up_to_index,
+            commit_sha,
+        } => {
+            let current = view.synced_up_to()?;
+            if *up_to_index <= current {
+                return reject(Rejection::StaleWatermark {
+                    requested: *up_to_index,
+                    current,
+                });
+            }
+            if *up_to_index >= index {
+                return reject(Rejection::FutureWatermark {
+                    requested: *up_to_index,
+                    index,
+                });
+            }
+            effects.push(Effect::Synced {
+                up_to_index: *up_to_index,
+                commit_sha: commit_sha.clone(),
+            });
+        }
+    }
+    effects.push(Effect::RecordRequest { id: req.id, index });
+    Ok((effects, ApplyOutcome::Applied { index }))
+}
+
+/// The chat state held in memory: for unit tests and the simulator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemChat {
+    pub messages: BTreeMap<Ulid, MessageRecord>,
+    pub conversations: BTreeMap<ConversationId, Conversation>,
+    pub requests: BTreeMap<Ulid, u64>,
+    /// Watermark index to commit sha.
+    pub synced: BTreeMap<u64, String>,
+}
+
+impl ChatView for MemChat {
+    type Error = std::convert::Infallible;
+    fn message(&mut self, id: Ulid) -> Result<Option<MessageRecord>, Self::Error> {
+        Ok(self.messages.get(&id).cloned())
+    }
+    fn conversation_exists(&mut self, id: &ConversationId) -> Result<bool, Self::Error> {
+        Ok(self.conversations.contains_key(id))
+    }
+    fn applied_request(&mut self, id: Ulid) -> Result<Option<u64>, Self::Error> {
+        Ok(self.requests.get(&id).copied())
+    }
+    fn synced_up_to(&mut self) -> Result<u64, Self::Error> {
+        Ok(self.synced.keys().next_back().copied().unwrap_or(0))
+    }
+}
+
+impl MemChat {
+    /// Applies a request and its effects.
+    pub fn apply(&mut self, index: u64, req: &ChatRequest) -> ApplyOutcome {
+        let Ok((effects, outcome)) = apply(self, index, req);
+        for e in effects {
+            match e {
+                Effect::PutMessage(r) => {
+                    self.messages.insert(r.message.id, r);
+                }
+                Effect::PutConversation(c) => {
+                    self.conversations.insert(c.id.clone(), c);
+                }
+                Effect::RecordRequest { id, index } => {
+                    self.requests.insert(id, index);
+                }
+                Effect::Synced {
+                    up_to_index,
+                    commit_sha,
+                } => {
+                    self.synced.insert(up_to_index, commit_sha);
+                }
+            }
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::UserId;
+
+    fn req(n: u128, sender: &str, command: Command) -> ChatRequest {
+        ChatRequest {
+            id: Ulid(n),
+            sender: UserId::new(sender).unwrap(),
+            at: 1000 + n as i64,
+            command,
+        }
+    }
+
+    fn post(n: u128, sender: &str, text: &str) -> ChatRequest {
+        req(
+            n,
+            sender,
+            Command::Post {
+                conversation: ConversationId::general(),
+                content: text.into(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_request_id_applies_once() {
+        let mut s = MemChat::default();
+        assert_eq!(
+            s.apply(1, &post(1, "ana", "hi")),
+            ApplyOutcome::Applied { index: 1 }
+        );
+        assert_eq!(
+            s.apply(2, &post(1, "ana", "hi")),
+            ApplyOutcome::Duplicate { original_index: 1 }
+        );
+        assert_eq!(s.messages.len(), 1);
+        assert_eq!(s.messages[&Ulid(1)].index, 1);
+    }
+
+    #[test]
+    fn posting_creates_the_conversation() {
+        let mut s = MemChat::default();
+        s.apply(1, &post(1, "ana", "hi"));
+        assert!(s.conversations.contains_key(&ConversationId::general()));
+        let c = req(
+            2,
+            "bo",
+            Command::CreateConversation {
+                conversation: ConversationId::general(),
+                title: "again".into(),
+            },
+        );
+        assert!(matches!(
+            s.apply(2, &c),
+            ApplyOutcome::Rejected {
+                reason: Rejection::ConversationExists(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn only_the_author_edits_and_deletes() {
+        let mut s = MemChat::default();
+        s.apply(1, &post(1, "ana", "hi"));
+        let edit = |n, who: &str| {
+            req(
+                n,
+                who,
+                Command::Edit {
+                    message: Ulid(1),
+                    content: "hello".into(),
+                },
+            )
+        };
+        assert!(matches!(
+            s.apply(2, &edit(2, "bo")),
+            ApplyOutcome::Rejected {
+                reason: Rejection::NotAuthor(_),
+                ..
+            }
+        ));
+        assert_eq!(
+            s.apply(3, &edit(3, "ana")),
+            ApplyOutcome::Applied { index: 3 }
+        );
+        let m = &s.messages[&Ulid(1)];
+        assert_eq!(m.message.content, "hello");
+        assert_eq!(m.message.edited_at, Some(1003));
+        assert_eq!((m.index, m.last_change_index), (1, 3));
+
+        let del = |n, who: &str| req(n, who, Command::Delete { message: Ulid(1) });
+        assert!(matches!(
+            s.apply(4, &del(4, "bo")),
+            ApplyOutcome::Rejected { .. }
+        ));
+        assert_eq!(
+            s.apply(5, &del(5, "ana")),
+            ApplyOutcome::Applied { index: 5 }
+        );
+        assert!(s.messages[&Ulid(1)].message.deleted);
+        assert!(s.messages[&Ulid(1)].message.content.is_empty());
+        assert!(matches!(
+            s.apply(6, &edit(6, "ana")),
+            ApplyOutcome::Rejected {
+                reason: Rejection::Deleted(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn changing_a_missing_message_is_refused() {
+        let mut s = MemChat::default();
+        let r = req(9, "ana", Command::Delete { message: Ulid(77) });
+        assert!(matches!(
+            s.apply(1, &r),
+            ApplyOutcome::Rejected {
+                reason: Rejection::NoSuchMessage(_),
+                ..
+            }
+        ));
+        // A refused request may succeed when retried later.
+        assert!(s.requests.is_empty());
+    }
+
+    #[test]
+    fn the_watermark_only_moves_forward() {
+        let mut s = MemChat::default();
+        let sync = |n, up_to_index| {
+            req(
+                n,
+                "ana",
+                Command::Synced {
+                    up_to_index,
+                    commit_sha: "ab12".into(),
+                },
+            )
+        };
+        assert_eq!(
+            s.apply(10, &sync(1, 5)),
+            ApplyOutcome::Applied { index: 10 }
+        );
+        assert!(matches!(
+            s.apply(11, &sync(2, 5)),
+            ApplyOutcome::Rejected {
+                reason: Rejection::StaleWatermark { .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            s.apply(12, &sync(3, 12)),
+            ApplyOutcome::Rejected {
+                reason: Rejection::FutureWatermark { .. },
+                ..
+            }
+        ));
+        let bad = req(
+            4,
+            "ana",
+            Command::Synced {
+                up_to_index: 11,
+                commit_sha: "not hex".into(),
+            },
+        );
+        assert!(matches!(
+            s.apply(13, &bad),
+            ApplyOutcome::Rejected {
+                reason: Rejection::Invalid(_),
+                ..
+            }
+        ));
+    }
+}

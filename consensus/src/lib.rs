@@ -1,0 +1,21 @@
+//! skygit's consensus core: the chat domain, the one wire codec, openraft's
+//! type configuration, the chat state machine's logic and the raft network
+//! over peer links.
+//!
+//! Start with [`model`] (what a room holds), then [`chat`] (how a committed
+//! request changes it), [`codec`] (every byte that crosses a link),
+//! [`network`] and [`replica`] (raft over peer links, proposals forwarded to
+//! the leader). [`inproc`] is the in-process peer-link transport for tests
+//! and the single-process demo.
+
+pub mod chat;
+pub mod codec;
+pub mod inproc;
+pub mod model;
+pub mod network;
+pub mod ports;
+pub mod replica;
+pub mod rpc;
+pub mod types;
+
+pub use types::{NodeId, TypeConfig};

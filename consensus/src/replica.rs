@@ -1,0 +1,263 @@
+//! One node's member of a room's raft group: the openraft instance, its
+//! network over a peer link, the loop that serves incoming frames, and
+//! proposals (written locally on the leader, forwarded to it otherwise).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::codec::{self, EnvelopeKind};
+use crate::model::{ApplyOutcome, ChatRequest};
+use crate::network::{PeerNetworkFactory, RaftService};
+use crate::ports::{IncomingFrame, PeerLink, WallClock};
+use crate::rpc::{IncomingRequest, RpcError, RpcMux};
+use crate::types::{NodeId, Raft, SnapshotData, TypeConfig};
+
+/// Most incoming requests served at once; further frames wait in the link.
+pub const MAX_CONCURRENT_REQUESTS: usize = 512;
+/// How long a follower waits for the leader to answer a forwarded proposal.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Forwarding hops before a proposal gives up (leadership moving under it).
+const MAX_FORWARD_HOPS: usize = 3;
+
+/// A proposal forwarded to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ChatRpcRequest {
+    Propose(ChatRequest),
+}
+
+/// The leader's answer to a forwarded proposal.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ChatRpcResponse {
+    Outcome(ApplyOutcome),
+    NotLeader { leader: Option<NodeId> },
+    Failed(String),
+}
+
+/// Why a proposal did not commit. The request may still commit later (a
+/// forwarded call can time out after the leader accepted it), which is why
+/// callers keep it in the outbox and propose it again: the state machine
+/// applies its id once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("no leader is reachable")]
+    NoLeader,
+    #[error("forwarding to leader {leader} failed: {reason}")]
+    Forward { leader: NodeId, reason: String },
+    #[error("raft refused the proposal: {0}")]
+    Raft(String),
+}
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    #[error("invalid raft configuration: {0}")]
+    Config(#[from] openraft::ConfigError),
+}
+
+struct Inner<SM>
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
+{
+    id: NodeId,
+    raft: Raft<SM>,
+    mux: Arc<RpcMux>,
+    service: RaftService<SM>,
+}
+
+/// A running member of a room's raft group.
+pub struct Replica<SM>
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
+{
+    inner: Arc<Inner<SM>>,
+    serve: JoinHandle<()>,
+}
+
+impl<SM> Replica<SM>
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
+{
+    /// Starts raft on `log_store` and `state_machine`, talking over `link`,
+    /// and serves the frames arriving on `incoming`.
+    pub async fn start<LS>(
+        id: NodeId,
+        config: openraft::Config,
+        link: Arc<dyn PeerLink>,
+        incoming: mpsc::Receiver<IncomingFrame>,
+        clock: Arc<dyn WallClock>,
+        log_store: LS,
+        state_machine: SM,
+    ) -> Result<Self, StartError>
+    where
+        LS: RaftLogStorage<TypeConfig>,
+    {
+        let config = Arc::new(config.validate()?);
+        let mux = Arc::new(RpcMux::new(link, clock));
+        let network = PeerNetworkFactory::new(mux.clone());
+        let raft = Raft::new(id, config, network, log_store, state_machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            id,
+            service: RaftService::new(raft.clone()),
+            raft,
+            mux,
+        });
+        let serve = tokio::spawn(serve(inner.clone(), incoming));
+        Ok(Self { inner, serve })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The openraft handle (metrics, membership, initialization).
+    pub fn raft(&self) -> &Raft<SM> {
+        &self.inner.raft
+    }
+
+    /// Proposes `req`: on the leader it is written here, otherwise it is
+    /// forwarded to the leader. Returns when it is applied on the leader.
+    pub async fn propose(&self, req: ChatRequest) -> Result<ApplyOutcome, ProposeError> {
+        let mut leader = match write_local(&self.inner.raft, req.clone()).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(Local::NotLeader(l)) => l,
+            Err(Local::Failed(e)) => return Err(ProposeError::Raft(e)),
+        };
+        for _ in 0..MAX_FORWARD_HOPS {
+            let Some(to) = leader.filter(|l| *l != self.inner.id) else {
+                return Err(ProposeError::NoLeader);
+            };
+            match forward(&self.inner.mux, to, &req).await {
+                Ok(ChatRpcResponse::Outcome(o)) => return Ok(o),
+                Ok(ChatRpcResponse::NotLeader { leader: next }) => leader = next,
+                Ok(ChatRpcResponse::Failed(reason)) => {
+                    return Err(ProposeError::Forward { leader: to, reason })
+                }
+                Err(e) => {
+                    return Err(ProposeError::Forward {
+                        leader: to,
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        Err(ProposeError::NoLeader)
+    }
+
+    /// Stops serving and shuts raft down.
+    pub async fn shutdown(&self) {
+        self.serve.abort();
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(node = self.inner.id, error = %e, "raft shutdown");
+        }
+    }
+}
+
+impl<SM> Drop for Replica<SM>
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
+{
+    fn drop(&mut self) {
+        self.serve.abort();
+    }
+}
+
+enum Local {
+    NotLeader(Option<NodeId>),
+    Failed(String),
+}
+
+async fn write_local<SM>(raft: &Raft<SM>, req: ChatRequest) -> Result<ApplyOutcome, Local>
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
+{
+    match raft.client_write(req).await {
+        Ok(resp) => Ok(resp.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(Local::NotLeader(f.leader_id))
+        }
+        Err(e) => Err(Local::Failed(e.to_string())),
+    }
+}
+
+async fn forward(mux: &RpcMux, to: NodeId, req: &ChatRequest) -> Result<ChatRpcResponse, RpcError> {
+    let body = codec::to_bytes(&ChatRpcRequest::Propose(req.clone()))?;
+    let answer = mux
+        .call(EnvelopeKind::Chat, to, body, FORWARD_TIMEOUT)
+        .await?;
+    Ok(codec::from_bytes(&answer)?)
+}
+
+async fn serve<SM>(inner: Arc<Inner<SM>>, mut incoming: mpsc::Receiver<IncomingFrame>)
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
+{
+    let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    while let Some(frame) = incoming.recv().await {
+        let peer = frame.peer;
+        let req = match inner.mux.on_frame(frame) {
+            Ok(Some(req)) => req,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(node = inner.id, peer, error = %e, "dropped a bad frame");
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            handle(&inner, req).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle<SM>(inner: &Inner<SM>, req: IncomingRequest)
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
+{
+    let answer = match req.kind {
+        EnvelopeKind::Raft => codec::to_bytes(&inner.service.handle(req.from, &req.body).await),
+        EnvelopeKind::Chat => {
+            let answer = match codec::from_bytes::<ChatRpcRequest>(&req.body) {
+                Ok(ChatRpcRequest::Propose(p)) => match write_local(&inner.raft, p).await {
+                    Ok(o) => ChatRpcResponse::Outcome(o),
+                    Err(Local::NotLeader(leader)) => ChatRpcResponse::NotLeader { leader },
+                    Err(Local::Failed(e)) => ChatRpcResponse::Failed(e),
+                },
+                Err(e) => ChatRpcResponse::Failed(format!("bad chat request: {e}")),
+            };
+            codec::to_bytes(&answer)
+        }
+        other => {
+            // Presence, signalling and media traffic get their handlers with
+            // the mesh; until then such calls are refused, not ignored.
+            tracing::debug!(node = inner.id, kind = ?other, "no handler for call");
+            codec::to_bytes(&ChatRpcResponse::Failed(format!(
+                "no handler for {other:?}"
+            )))
+        }
+    };
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(node = inner.id, error = %e, "cannot encode an answer");
+            return;
+        }
+    };
+    if let Err(e) = inner.mux.respond(req.kind, req.from, req.id, answer).await {
+        tracing::debug!(node = inner.id, to = req.from, error = %e, "answer not sent");
+    }
+}
