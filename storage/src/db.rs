@@ -1,0 +1,163 @@
+//! Opening a room's RocksDB, its column families, key layout and errors.
+//!
+//! One room is one RocksDB directory (its storage namespace). Column
+//! families:
+//!
+//! | cf | key | value |
+//! | --- | --- | --- |
+//! | `log` | index (u64 BE) | raft entry |
+//! | `raft_meta` | `vote`, `last_purged`, `committed` | vote / log id |
+//! | `sm_meta` | `last_applied`, `last_membership` | log id / membership |
+//! | `messages` | conversation, 0, post index (u64 BE) | message record |
+//! | `message_ids` | message id (16 bytes) | its `messages` key |
+//! | `conversations` | conversation name | conversation |
+//! | `requests` | request id (16 bytes) | index it took effect at (u64 BE) |
+//! | `synced` | watermark index (u64 BE) | commit sha |
+//! | `outbox` | request id (16 bytes) | request not yet committed |
+//!
+//! The write-ahead log is shared by all column families, so one synced
+//! write makes every earlier write of the room durable.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+use skygit_consensus::codec::CodecError;
+
+pub(crate) const CF_LOG: &str = "log";
+pub(crate) const CF_RAFT_META: &str = "raft_meta";
+pub(crate) const CF_SM_META: &str = "sm_meta";
+pub(crate) const CF_MESSAGES: &str = "messages";
+pub(crate) const CF_MESSAGE_IDS: &str = "message_ids";
+pub(crate) const CF_CONVERSATIONS: &str = "conversations";
+pub(crate) const CF_REQUESTS: &str = "requests";
+pub(crate) const CF_SYNCED: &str = "synced";
+pub(crate) const CF_OUTBOX: &str = "outbox";
+
+const ALL_CFS: [&str; 9] = [
+    CF_LOG,
+    CF_RAFT_META,
+    CF_SM_META,
+    CF_MESSAGES,
+    CF_MESSAGE_IDS,
+    CF_CONVERSATIONS,
+    CF_REQUESTS,
+    CF_SYNCED,
+    CF_OUTBOX,
+];
+
+/// The state-machine column families a snapshot carries, with their tags.
+pub(crate) const SNAPSHOT_CFS: [(u8, &str); 5] = [
+    (1, CF_MESSAGES),
+    (2, CF_MESSAGE_IDS),
+    (3, CF_CONVERSATIONS),
+    (4, CF_REQUESTS),
+    (5, CF_SYNCED),
+];
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("stored value is corrupt: {0}")]
+    Codec(#[from] CodecError),
+    #[error("stored key is corrupt: {0}")]
+    BadKey(&'static str),
+    #[error("snapshot is corrupt: {0}")]
+    BadSnapshot(String),
+    #[error("file system: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("column family {0} is missing")]
+    MissingCf(&'static str),
+    #[error("the outbox is full ({0} requests waiting)")]
+    OutboxFull(usize),
+    #[error("background storage task failed: {0}")]
+    Background(String),
+}
+
+impl From<StorageError> for std::io::Error {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Io(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+}
+
+/// A room's open database.
+#[derive(Clone)]
+pub struct RoomDb {
+    pub(crate) db: Arc<DB>,
+    pub(crate) dir: PathBuf,
+}
+
+impl std::fmt::Debug for RoomDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomDb").field("dir", &self.dir).finish()
+    }
+}
+
+impl RoomDb {
+    /// Opens (creating when missing) the room database in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Bound the WAL and memtables: a node runs beside a person's editor.
+        opts.set_max_total_wal_size(64 << 20);
+        opts.set_write_buffer_size(16 << 20);
+        opts.set_keep_log_file_num(4);
+        let cfs = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
+        Ok(Self {
+            db: Arc::new(db),
+            dir,
+        })
+    }
+
+    /// The directory holding this room's database and snapshot.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StorageError> {
+        self.db.cf_handle(name).ok_or(StorageError::MissingCf(name))
+    }
+
+    /// Makes every write so far durable.
+    pub(crate) fn sync_wal(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+}
+
+pub(crate) fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub(crate) fn index_from_key(key: &[u8]) -> Result<u64, StorageError> {
+    let arr: [u8; 8] = key.try_into().map_err(|_| StorageError::BadKey("index"))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+pub(crate) fn message_key(conversation: &str, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(conversation.len() + 9);
+    k.extend_from_slice(conversation.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Splits a `messages` key into conversation name and index.
+pub(crate) fn split_message_key(key: &[u8]) -> Result<(&[u8], u64), StorageError> {
+    if key.len() < 9 || key[key.len() - 9] != 0 {
+        return Err(StorageError::BadKey("message"));
+    }
+    let (conv, rest) = key.split_at(key.len() - 9);
+    Ok((conv, index_from_key(&rest[1..])?))
+}

@@ -1,0 +1,258 @@
+//! openraft's `RaftLogStorage` on RocksDB.
+//!
+//! Appends are written to RocksDB inside `append` (so they are readable at
+//! once) and acknowledged to raft only after a dedicated sync thread has
+//! fsynced the write-ahead log: nothing is acknowledged before it is
+//! durable. The sync thread groups every append waiting at that moment into
+//! one fsync (group commit) and completes their callbacks in order.
+//! Votes are written with a synced write before `save_vote` returns.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc as std_mpsc;
+
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+use skygit_consensus::codec;
+use skygit_consensus::types::{Entry, LogId, TypeConfig, Vote};
+
+use crate::db::{index_from_key, index_key, RoomDb, StorageError, CF_LOG, CF_RAFT_META};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+const KEY_COMMITTED: &[u8] = b"committed";
+
+/// Entries a single read returns at most (bounds memory per read).
+const MAX_ENTRIES_PER_READ: usize = 4096;
+
+/// Fault injection for proving the tests can fail: acknowledge appends
+/// before the WAL is synced. Only the simulator's canaries use this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    #[default]
+    Synced,
+    /// Acknowledge appends before they are durable (a planted bug).
+    AckBeforeDurable,
+}
+
+/// The raft log of one room.
+#[derive(Clone)]
+pub struct LogStore {
+    db: RoomDb,
+    syncer: std_mpsc::Sender<IOFlushed<TypeConfig>>,
+    durability: Durability,
+}
+
+impl LogStore {
+    pub(crate) fn new(db: RoomDb, durability: Durability) -> Result<Self, StorageError> {
+        let (tx, rx) = std_mpsc::channel::<IOFlushed<TypeConfig>>();
+        let sync_db = db.clone();
+        std::thread::Builder::new()
+            .name("skygit-wal-sync".into())
+            .spawn(move || sync_loop(sync_db, rx))?;
+        Ok(Self {
+            db,
+            syncer: tx,
+            durability,
+        })
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self.db.db.get_cf(self.db.cf(CF_RAFT_META)?, key)? {
+            Some(bytes) => Ok(Some(codec::from_bytes(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn read_range(&self, start: u64, end: Bound<u64>) -> Result<Vec<Entry>, StorageError> {
+        let cf = self.db.cf(CF_LOG)?;
+        let key = index_key(start);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .db
+            .iterator_cf(cf, IteratorMode::From(&key, Direction::Forward))
+        {
+            let (k, v) = item?;
+            let index = index_from_key(&k)?;
+            let inside = match end {
+                Bound::Included(e) => index <= e,
+                Bound::Excluded(e) => index < e,
+                Bound::Unbounded => true,
+            };
+            if !inside || out.len() >= MAX_ENTRIES_PER_READ {
+                break;
+            }
+            let entry: Entry = codec::from_bytes(&v)?;
+            if entry.index() != index {
+                return Err(StorageError::BadKey("log entry under another index"));
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+/// Fsyncs the WAL for every append waiting, then acknowledges them in order.
+fn sync_loop(db: RoomDb, rx: std_mpsc::Receiver<IOFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let res = db.sync_wal();
+        for cb in batch {
+            cb.io_completed(
+                res.as_ref()
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            );
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, std::io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        Ok(self.read_range(start, range.end_bound().cloned())?)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
+        Ok(self.get_meta(KEY_VOTE)?)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, std::io::Error> {
+        let cf = self.db.cf(CF_LOG)?;
+        let last = match self.db.db.iterator_cf(cf, IteratorMode::End).next() {
+            Some(item) => {
+                let (_, v) = item.map_err(StorageError::from)?;
+                let e: Entry = codec::from_bytes(&v).map_err(StorageError::from)?;
+                Some(e.log_id())
+            }
+            None => None,
+        };
+        let last_purged: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
+        Ok(LogState {
+            last_log_id: last.or_else(|| last_purged.clone()),
+            last_purged_log_id: last_purged,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
+        let bytes = codec::to_bytes(vote).map_err(StorageError::from)?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.db
+                .put_cf_opt(db.cf(CF_RAFT_META)?, KEY_VOTE, bytes, &opts)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageError::Background(e.to_string()))??;
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
+        let cf = self.db.cf(CF_RAFT_META)?;
+        match committed {
+            Some(c) => {
+                let bytes = codec::to_bytes(&c).map_err(StorageError::from)?;
+                self.db
+                    .db
+                    .put_cf(cf, KEY_COMMITTED, bytes)
+                    .map_err(StorageError::from)?;
+            }
+            None => self
+                .db
+                .db
+                .delete_cf(cf, KEY_COMMITTED)
+                .map_err(StorageError::from)?,
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
+        Ok(self.get_meta(KEY_COMMITTED)?)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), std::io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cf = self.db.cf(CF_LOG)?;
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let bytes = codec::to_bytes(&entry).map_err(StorageError::from)?;
+            batch.put_cf(cf, index_key(entry.index()), bytes);
+        }
+        self.db.db.write(batch).map_err(StorageError::from)?;
+        match self.durability {
+            Durability::Synced => {
+                if let Err(std_mpsc::SendError(cb)) = self.syncer.send(callback) {
+                    cb.io_completed(Err(std::io::Error::other("WAL sync thread stopped")));
+                }
+            }
+            Durability::AckBeforeDurable => callback.io_completed(Ok(())),
+        }
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
+        let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
+        let cf = self.db.cf(CF_LOG)?;
+        self.db
+            .db
+            .delete_range_cf(cf, index_key(from), index_key(u64::MAX))
+            .map_err(StorageError::from)?;
+        // The last possible index is outside the range above.
+        self.db
+            .db
+            .delete_cf(cf, index_key(u64::MAX))
+            .map_err(StorageError::from)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
+        let bytes = codec::to_bytes(&log_id).map_err(StorageError::from)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.db.cf(CF_RAFT_META)?, KEY_LAST_PURGED, bytes);
+        batch.delete_range_cf(
+            self.db.cf(CF_LOG)?,
+            index_key(0),
+            index_key(log_id.index() + 1),
+        );
+        self.db.db.write(batch).map_err(StorageError::from)?;
+        Ok(())
+    }
+}
+
+/// Opens the log store of a room database.
+pub fn log_store(db: &RoomDb, durability: Durability) -> Result<LogStore, StorageError> {
+    LogStore::new(db.clone(), durability)
+}

@@ -1,0 +1,443 @@
+//! openraft's `RaftStateMachine` on RocksDB, running the chat logic of
+//! `skygit_consensus::chat` over the room's column families.
+//!
+//! A batch of committed entries is applied with one RocksDB write; reads
+//! during the batch see the batch's own earlier effects through [`View`].
+//! Live subscribers get an [`AppliedEvent`] per request after the write.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
+use skygit_consensus::chat::{self, ChatView, Effect};
+use skygit_consensus::codec;
+use skygit_consensus::model::{ApplyOutcome, ChatRequest, Command, ConversationId, MessageRecord};
+use skygit_consensus::types::{
+    LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
+use tokio::sync::broadcast;
+use ulid::Ulid;
+
+use crate::db::{
+    index_from_key, index_key, message_key, RoomDb, StorageError, CF_CONVERSATIONS, CF_MESSAGES,
+    CF_MESSAGE_IDS, CF_REQUESTS, CF_SM_META, CF_SYNCED, SNAPSHOT_CFS,
+};
+use crate::snapshot::{self, SnapshotWriter};
+
+const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+const KEY_MEMBERSHIP: &[u8] = b"last_membership";
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+
+/// Applied events buffered for live subscribers; a subscriber that falls
+/// further behind is told it lagged and re-reads from storage.
+pub const EVENT_CAPACITY: usize = 64 * 1024;
+
+/// One request applied to the state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedEvent {
+    pub index: u64,
+    pub request: Ulid,
+    pub outcome: ApplyOutcome,
+    /// The message as it is after this request, for posts, edits, deletes.
+    pub message: Option<MessageRecord>,
+}
+
+/// Fault injection for proving the tests can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApplyMode {
+    #[default]
+    Correct,
+    /// Forget which request ids were applied (a planted bug: duplicates).
+    DuplicateApply,
+}
+
+/// The chat state machine of one room.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: RoomDb,
+    events: broadcast::Sender<Arc<AppliedEvent>>,
+    mode: ApplyMode,
+}
+
+impl StateMachine {
+    pub(crate) fn new(db: RoomDb, mode: ApplyMode) -> Self {
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        Self { db, events, mode }
+    }
+
+    /// Live applied events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AppliedEvent>> {
+        self.events.subscribe()
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.db.dir.join(SNAPSHOT_FILE)
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self.db.db.get_cf(self.db.cf(CF_SM_META)?, key)? {
+            Some(b) => Ok(Some(codec::from_bytes(&b)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The state as of the current batch: the database plus the batch's
+/// pending effects.
+struct View<'a> {
+    db: &'a RoomDb,
+    mode: ApplyMode,
+    messages: BTreeMap<Ulid, MessageRecord>,
+    conversations: BTreeSet<ConversationId>,
+    requests: BTreeMap<Ulid, u64>,
+    synced: Option<u64>,
+}
+
+impl ChatView for View<'_> {
+    type Error = StorageError;
+
+    fn message(&mut self, id: Ulid) -> Result<Option<MessageRecord>, StorageError> {
+        if let Some(m) = self.messages.get(&id) {
+            return Ok(Some(m.clone()));
+        }
+        read_message(self.db, id)
+    }
+
+    fn conversation_exists(&mut self, id: &ConversationId) -> Result<bool, StorageError> {
+        if self.conversations.contains(id) {
+            return Ok(true);
+        }
+        Ok(self
+            .db
+            .db
+            .get_pinned_cf(self.db.cf(CF_CONVERSATIONS)?, id.as_str())?
+            .is_some())
+    }
+
+    fn applied_request(&mut self, id: Ulid) -> Result<Option<u64>, StorageError> {
+        if self.mode == ApplyMode::DuplicateApply {
+            return Ok(None);
+        }
+        if let Some(i) = self.requests.get(&id) {
+            return Ok(Some(*i));
+        }
+        match self
+            .db
+            .db
+            .get_pinned_cf(self.db.cf(CF_REQUESTS)?, id.to_bytes())?
+        {
+            Some(v) => Ok(Some(index_from_key(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn synced_up_to(&mut self) -> Result<u64, StorageError> {
+        if let Some(s) = self.synced {
+            return Ok(s);
+        }
+        synced_up_to(self.db)
+    }
+}
+
+pub(crate) fn read_message(db: &RoomDb, id: Ulid) -> Result<Option<MessageRecord>, StorageError> {
+    let Some(key) = db.db.get_pinned_cf(db.cf(CF_MESSAGE_IDS)?, id.to_bytes())? else {
+        return Ok(None);
+    };
+    match db.db.get_pinned_cf(db.cf(CF_MESSAGES)?, &key)? {
+        Some(v) => Ok(Some(codec::from_bytes(&v)?)),
+        None => Err(StorageError::BadKey("message id points at nothing")),
+    }
+}
+
+pub(crate) fn synced_up_to(db: &RoomDb) -> Result<u64, StorageError> {
+    match db
+        .db
+        .iterator_cf(db.cf(CF_SYNCED)?, IteratorMode::End)
+        .next()
+    {
+        Some(item) => index_from_key(&item?.0),
+        None => Ok(0),
+    }
+}
+
+impl View<'_> {
+    fn stage(&mut self, batch: &mut WriteBatch, effect: Effect) -> Result<(), StorageError> {
+        match effect {
+            Effect::PutMessage(rec) => {
+                let key = message_key(rec.message.conversation.as_str(), rec.index);
+                batch.put_cf(self.db.cf(CF_MESSAGES)?, &key, codec::to_bytes(&rec)?);
+                batch.put_cf(self.db.cf(CF_MESSAGE_IDS)?, rec.message.id.to_bytes(), &key);
+                self.messages.insert(rec.message.id, rec);
+            }
+            Effect::PutConversation(c) => {
+                batch.put_cf(
+                    self.db.cf(CF_CONVERSATIONS)?,
+                    c.id.as_str(),
+                    codec::to_bytes(&c)?,
+                );
+                self.conversations.insert(c.id);
+            }
+            Effect::RecordRequest { id, index } => {
+                batch.put_cf(self.db.cf(CF_REQUESTS)?, id.to_bytes(), index_key(index));
+                self.requests.insert(id, index);
+            }
+            Effect::Synced {
+                up_to_index,
+                commit_sha,
+            } => {
+                batch.put_cf(
+                    self.db.cf(CF_SYNCED)?,
+                    index_key(up_to_index),
+                    commit_sha.as_bytes(),
+                );
+                self.synced = Some(up_to_index);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn message_id_of(req: &ChatRequest) -> Option<Ulid> {
+    match &req.command {
+        Command::Post { .. } => Some(req.id),
+        Command::Edit { message, .. } | Command::Delete { message } => Some(*message),
+        _ => None,
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
+        let applied = self.read_meta(KEY_LAST_APPLIED)?;
+        let membership = self.read_meta(KEY_MEMBERSHIP)?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), std::io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let mut view = View {
+            db: &self.db,
+            mode: self.mode,
+            messages: BTreeMap::new(),
+            conversations: BTreeSet::new(),
+            requests: BTreeMap::new(),
+            synced: None,
+        };
+        let mut last_applied = None;
+        let mut membership = None;
+        let mut replies = Vec::new();
+        let mut events = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_id = entry.log_id();
+            let index = log_id.index();
+            let outcome = match entry.payload {
+                EntryPayload::Blank => ApplyOutcome::Applied { index },
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(log_id.clone()), m));
+                    ApplyOutcome::Applied { index }
+                }
+                EntryPayload::Normal(req) => {
+                    let (effects, outcome) = chat::apply(&mut view, index, &req)?;
+                    for e in effects {
+                        view.stage(&mut batch, e)?;
+                    }
+                    let message =
+                        message_id_of(&req).and_then(|id| view.messages.get(&id).cloned());
+                    events.push(AppliedEvent {
+                        index,
+                        request: req.id,
+                        outcome: outcome.clone(),
+                        message,
+                    });
+                    outcome
+                }
+            };
+            last_applied = Some(log_id);
+            if let Some(r) = responder {
+                replies.push((r, outcome));
+            }
+        }
+        let meta_cf = self.db.cf(CF_SM_META)?;
+        if let Some(l) = &last_applied {
+            batch.put_cf(
+                meta_cf,
+                KEY_LAST_APPLIED,
+                codec::to_bytes(l).map_err(StorageError::from)?,
+            );
+        }
+        if let Some(m) = &membership {
+            batch.put_cf(
+                meta_cf,
+                KEY_MEMBERSHIP,
+                codec::to_bytes(m).map_err(StorageError::from)?,
+            );
+        }
+        // Not synced on its own: the WAL is shared with the log, whose
+        // entries are synced before they can be committed, and a lost
+        // state-machine write is re-applied from the log on restart.
+        self.db.db.write(batch).map_err(StorageError::from)?;
+        for (r, o) in replies {
+            r.send(o);
+        }
+        for e in events {
+            // No subscriber is fine.
+            let _ = self.events.send(Arc::new(e));
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), std::io::Error> {
+        let bytes = snapshot.into_inner();
+        let db = self.db.clone();
+        let path = self.snapshot_path();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || install(&db, &meta, &bytes, &path))
+            .await
+            .map_err(|e| StorageError::Background(e.to_string()))??;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
+        let path = self.snapshot_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = snapshot::parse_meta(&bytes)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: std::io::Cursor::new(bytes),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
+        let db = self.db.clone();
+        let path = self.snapshot_path();
+        let (meta, bytes) = tokio::task::spawn_blocking(move || build(&db, &path))
+            .await
+            .map_err(|e| StorageError::Background(e.to_string()))??;
+        Ok(Snapshot {
+            meta,
+            snapshot: std::io::Cursor::new(bytes),
+        })
+    }
+}
+
+fn build(db: &RoomDb, path: &std::path::Path) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+    // Everything the snapshot covers must be durable before raft may purge
+    // the log entries it replaces.
+    db.sync_wal()?;
+    let snap = db.db.snapshot();
+    let meta_cf = db.cf(CF_SM_META)?;
+    let last_log_id: Option<LogId> = match snap.get_cf(meta_cf, KEY_LAST_APPLIED)? {
+        Some(b) => Some(codec::from_bytes(&b)?),
+        None => None,
+    };
+    let last_membership: StoredMembership = match snap.get_cf(meta_cf, KEY_MEMBERSHIP)? {
+        Some(b) => codec::from_bytes(&b)?,
+        None => StoredMembership::default(),
+    };
+    let meta = SnapshotMeta {
+        last_log_id,
+        last_membership,
+    };
+    let mut w = SnapshotWriter::new(&meta)?;
+    for (tag, name) in SNAPSHOT_CFS {
+        for item in snap.iterator_cf(db.cf(name)?, IteratorMode::Start) {
+            let (k, v) = item?;
+            w.record(tag, &k, &v)?;
+        }
+    }
+    let bytes = w.finish();
+    write_file_durably(path, &bytes)?;
+    Ok((meta, bytes))
+}
+
+fn install(
+    db: &RoomDb,
+    meta: &SnapshotMeta,
+    bytes: &[u8],
+    path: &std::path::Path,
+) -> Result<(), StorageError> {
+    let parsed = snapshot::parse(bytes)?;
+    if parsed.meta != *meta {
+        return Err(StorageError::BadSnapshot(
+            "metadata differs from the announced one".into(),
+        ));
+    }
+    let mut batch = WriteBatch::default();
+    for (_, name) in SNAPSHOT_CFS {
+        let cf = db.cf(name)?;
+        for item in db.db.iterator_cf(cf, IteratorMode::Start) {
+            batch.delete_cf(cf, item?.0);
+        }
+    }
+    for r in &parsed.records {
+        batch.put_cf(db.cf(r.cf)?, r.key, r.value);
+    }
+    let meta_cf = db.cf(CF_SM_META)?;
+    match &meta.last_log_id {
+        Some(l) => batch.put_cf(meta_cf, KEY_LAST_APPLIED, codec::to_bytes(l)?),
+        None => batch.delete_cf(meta_cf, KEY_LAST_APPLIED),
+    }
+    batch.put_cf(
+        meta_cf,
+        KEY_MEMBERSHIP,
+        codec::to_bytes(&meta.last_membership)?,
+    );
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.db.write_opt(batch, &opts)?;
+    write_file_durably(path, bytes)?;
+    tracing::info!(
+        records = parsed.records.len(),
+        bytes = bytes.len(),
+        "installed snapshot"
+    );
+    Ok(())
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new
+/// one, never a torn one.
+fn write_file_durably(path: &std::path::Path, bytes: &[u8]) -> Result<(), StorageError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
