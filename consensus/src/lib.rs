@@ -10,6 +10,7 @@
 
 pub mod chat;
 pub mod codec;
+pub mod config;
 pub mod inproc;
 pub mod model;
 pub mod network;

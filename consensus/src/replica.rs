@@ -22,6 +22,10 @@ use crate::types::{NodeId, Raft, SnapshotData, TypeConfig};
 pub const MAX_CONCURRENT_REQUESTS: usize = 512;
 /// How long a follower waits for the leader to answer a forwarded proposal.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a local write may wait to commit (a leader that lost its
+/// quorum would otherwise hold it forever). The entry may still commit
+/// later; the caller keeps the request and proposes it again.
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Forwarding hops before a proposal gives up (leadership moving under it).
 const MAX_FORWARD_HOPS: usize = 3;
 
@@ -51,6 +55,8 @@ pub enum ProposeError {
     Forward { leader: NodeId, reason: String },
     #[error("raft refused the proposal: {0}")]
     Raft(String),
+    #[error("the proposal did not commit in time: {0}")]
+    Timeout(String),
 }
 
 /// Why a replica could not start.
@@ -120,6 +126,12 @@ where
         self.inner.id
     }
 
+    /// A copy of raft's current metrics.
+    pub fn metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
+        use openraft::async_runtime::WatchReceiver;
+        self.inner.raft.metrics().borrow_watched().clone()
+    }
+
     /// The openraft handle (metrics, membership, initialization).
     pub fn raft(&self) -> &Raft<SM> {
         &self.inner.raft
@@ -131,6 +143,7 @@ where
         let mut leader = match write_local(&self.inner.raft, req.clone()).await {
             Ok(outcome) => return Ok(outcome),
             Err(Local::NotLeader(l)) => l,
+            Err(Local::Timeout(e)) => return Err(ProposeError::Timeout(e)),
             Err(Local::Failed(e)) => return Err(ProposeError::Raft(e)),
         };
         for _ in 0..MAX_FORWARD_HOPS {
@@ -174,6 +187,7 @@ where
 
 enum Local {
     NotLeader(Option<NodeId>),
+    Timeout(String),
     Failed(String),
 }
 
@@ -181,7 +195,13 @@ async fn write_local<SM>(raft: &Raft<SM>, req: ChatRequest) -> Result<ApplyOutco
 where
     SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
 {
-    match raft.client_write(req).await {
+    let write = tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(req));
+    let Ok(result) = write.await else {
+        return Err(Local::Timeout(format!(
+            "not committed within {PROPOSE_TIMEOUT:?}"
+        )));
+    };
+    match result {
         Ok(resp) => Ok(resp.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             Err(Local::NotLeader(f.leader_id))
@@ -235,7 +255,7 @@ where
                 Ok(ChatRpcRequest::Propose(p)) => match write_local(&inner.raft, p).await {
                     Ok(o) => ChatRpcResponse::Outcome(o),
                     Err(Local::NotLeader(leader)) => ChatRpcResponse::NotLeader { leader },
-                    Err(Local::Failed(e)) => ChatRpcResponse::Failed(e),
+                    Err(Local::Timeout(e) | Local::Failed(e)) => ChatRpcResponse::Failed(e),
                 },
                 Err(e) => ChatRpcResponse::Failed(format!("bad chat request: {e}")),
             };

@@ -1,1 +1,102 @@
-//! placeholder
+//! Helpers shared by skygit's cross-crate integration tests.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use skygit_actors::consensus::{Propose, Proposed, Submit};
+use skygit_actors::local::{LocalCluster, LocalOptions};
+use skygit_consensus::model::{ChatRequest, Command, ConversationId, RoomId, UserId};
+use skygit_consensus::NodeId;
+use ulid::Ulid;
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn room() -> RoomId {
+    RoomId::new("test:room").expect("valid room")
+}
+
+/// Starts a local room of `n` nodes in `dir` and waits for a leader.
+pub async fn cluster(dir: &std::path::Path, n: u64, opts: Option<LocalOptions>) -> LocalCluster {
+    let opts = opts.unwrap_or_else(|| LocalOptions::new(&room()));
+    let c = LocalCluster::start(dir, room(), n, opts)
+        .await
+        .expect("cluster starts");
+    c.wait_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    c
+}
+
+pub fn post_command(text: String) -> Command {
+    Command::Post {
+        conversation: ConversationId::general(),
+        content: text,
+    }
+}
+
+/// Posts `text` as `sender` through node `node`'s consensus actor.
+pub async fn post(
+    c: &LocalCluster,
+    node: NodeId,
+    sender: &str,
+    text: String,
+) -> Option<(ChatRequest, Proposed)> {
+    let h = c.handle(node)?;
+    let msg = Submit {
+        sender: UserId::new(sender).expect("valid user"),
+        command: post_command(text),
+    };
+    h.consensus.send(msg).await.ok()?.ok()
+}
+
+/// Proposes a prepared request through node `node`.
+pub async fn propose(c: &LocalCluster, node: NodeId, req: ChatRequest) -> Option<Proposed> {
+    c.handle(node)?
+        .consensus
+        .send(Propose(req))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// The ids of node `node`'s messages in log order.
+pub fn message_ids(c: &LocalCluster, node: NodeId) -> Vec<Ulid> {
+    c.handle(node)
+        .expect("node runs")
+        .storage
+        .reader
+        .all_messages()
+        .expect("readable")
+        .into_iter()
+        .map(|m| m.message.id)
+        .collect()
+}
+
+/// Asserts every running node holds the same messages in the same order,
+/// each once, and returns them.
+pub fn assert_same_log(c: &LocalCluster) -> Vec<Ulid> {
+    let ids = c.ids();
+    let first = message_ids(c, ids[0]);
+    let unique: BTreeSet<_> = first.iter().collect();
+    assert_eq!(
+        unique.len(),
+        first.len(),
+        "node {} holds a message twice",
+        ids[0]
+    );
+    for id in &ids[1..] {
+        assert_eq!(
+            message_ids(c, *id),
+            first,
+            "node {id} disagrees with node {}",
+            ids[0]
+        );
+    }
+    first
+}

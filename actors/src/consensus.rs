@@ -1,0 +1,324 @@
+//! The consensus actor: owns a room's raft replica, turns chat commands
+//! into proposals, keeps what cannot be proposed now in the durable outbox,
+//! and tells subscribers when the leader changes.
+//!
+//! Acknowledgement rule: a [`Propose`] answers `Committed` once the request
+//! is applied on the leader, or `Queued` once it is durably in the outbox.
+//! Anything else is an error and the caller still holds the request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use openraft::async_runtime::WatchReceiver;
+use skygit_consensus::model::{ApplyOutcome, ChatRequest, Command, UserId, ValidationError};
+use skygit_consensus::replica::{ProposeError, Replica};
+use skygit_consensus::NodeId;
+use skygit_storage::{RoomStorage, StateMachine, StorageError};
+use tracing::Instrument;
+
+use crate::ports::IdGen;
+
+/// How often the outbox is retried while it holds requests.
+pub const OUTBOX_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// Requests proposed per outbox round.
+const OUTBOX_BATCH: usize = 256;
+
+/// What a proposal achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposed {
+    /// Applied by the room (or refused by the state machine, see outcome).
+    Committed(ApplyOutcome),
+    /// No leader was reachable; kept in the outbox and proposed again
+    /// until it commits.
+    Queued { outbox_len: usize },
+}
+
+/// Why a proposal was not accepted at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeFailure {
+    #[error("invalid request: {0}")]
+    Invalid(#[from] ValidationError),
+    #[error("no leader is reachable and the outbox cannot take the request: {0}")]
+    Outbox(StorageError),
+    #[error("the consensus actor is gone")]
+    Stopped,
+}
+
+/// Propose a prepared request.
+#[derive(Message)]
+#[rtype(result = "Result<Proposed, ProposeFailure>")]
+pub struct Propose(pub ChatRequest);
+
+/// Make a request (fresh id, this node's clock) and propose it.
+#[derive(Message)]
+#[rtype(result = "Result<(ChatRequest, Proposed), ProposeFailure>")]
+pub struct Submit {
+    pub sender: UserId,
+    pub command: Command,
+}
+
+/// The room's leader changed as this node sees it.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct LeaderChanged {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    /// True when this node is the leader.
+    pub is_self: bool,
+}
+
+/// Receive [`LeaderChanged`] from now on (the current state is sent at once).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SubscribeLeader(pub Recipient<LeaderChanged>);
+
+/// This node's view of the room.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConsensusStatus {
+    pub node_id: NodeId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub state: String,
+    pub last_log_index: Option<u64>,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub outbox_len: usize,
+}
+
+#[derive(Message)]
+#[rtype(result = "ConsensusStatus")]
+pub struct GetStatus;
+
+/// Propose what the outbox holds (also run by a timer).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RetryOutbox;
+
+/// Shut raft down and stop the actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// The consensus actor of one room on one node.
+pub struct ConsensusActor {
+    replica: Arc<Replica<StateMachine>>,
+    storage: RoomStorage,
+    ids: IdGen,
+    subscribers: Vec<Recipient<LeaderChanged>>,
+    last_leader: LeaderChanged,
+    retrying: bool,
+    span: tracing::Span,
+}
+
+impl ConsensusActor {
+    pub fn new(
+        replica: Arc<Replica<StateMachine>>,
+        storage: RoomStorage,
+        ids: IdGen,
+        room: &str,
+    ) -> Self {
+        let span = tracing::info_span!("consensus", room, node = replica.id());
+        Self {
+            last_leader: LeaderChanged {
+                leader: None,
+                term: 0,
+                is_self: false,
+            },
+            replica,
+            storage,
+            ids,
+            subscribers: Vec::new(),
+            retrying: false,
+            span,
+        }
+    }
+}
+
+/// Proposes `req`; on a leaderless room puts it in the outbox.
+async fn propose(
+    replica: Arc<Replica<StateMachine>>,
+    storage: RoomStorage,
+    req: ChatRequest,
+) -> Result<Proposed, ProposeFailure> {
+    req.validate()?;
+    match replica.propose(req.clone()).await {
+        Ok(outcome) => Ok(Proposed::Committed(outcome)),
+        Err(e) => {
+            tracing::debug!(request = %req.id, error = %e, "proposal queued in the outbox");
+            storage
+                .outbox
+                .put(&req)
+                .await
+                .map_err(ProposeFailure::Outbox)?;
+            Ok(Proposed::Queued {
+                outbox_len: storage.outbox.len(),
+            })
+        }
+    }
+}
+
+impl Actor for ConsensusActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let _e = self.span.enter();
+        tracing::info!("consensus actor started");
+        // Leader changes come from raft's metrics channel.
+        let mut metrics = self.replica.raft().metrics();
+        let me = self.replica.id();
+        let addr = ctx.address();
+        let watch = async move {
+            loop {
+                let (leader, term) = {
+                    let m = metrics.borrow_watched();
+                    (m.current_leader, m.current_term)
+                };
+                addr.do_send(LeaderChanged {
+                    leader,
+                    term,
+                    is_self: leader == Some(me),
+                });
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        ctx.spawn(watch.instrument(self.span.clone()).into_actor(self));
+        ctx.run_interval(OUTBOX_RETRY_INTERVAL, |_, ctx| ctx.notify(RetryOutbox));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let _e = self.span.enter();
+        tracing::info!("consensus actor stopped");
+    }
+}
+
+impl Handler<LeaderChanged> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LeaderChanged, ctx: &mut Self::Context) {
+        if msg.leader == self.last_leader.leader && msg.term == self.last_leader.term {
+            return;
+        }
+        let _e = self.span.enter();
+        tracing::info!(leader = ?msg.leader, term = msg.term, "leader changed");
+        self.last_leader = msg.clone();
+        self.subscribers.retain(|s| s.try_send(msg.clone()).is_ok());
+        if msg.leader.is_some() {
+            ctx.notify(RetryOutbox);
+        }
+    }
+}
+
+impl Handler<SubscribeLeader> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SubscribeLeader, _ctx: &mut Self::Context) {
+        let _ = msg.0.try_send(self.last_leader.clone());
+        self.subscribers.push(msg.0);
+    }
+}
+
+impl Handler<Propose> for ConsensusActor {
+    type Result = ResponseFuture<Result<Proposed, ProposeFailure>>;
+
+    fn handle(&mut self, msg: Propose, _ctx: &mut Self::Context) -> Self::Result {
+        let span = tracing::debug_span!(parent: &self.span, "propose", request = %msg.0.id);
+        Box::pin(propose(self.replica.clone(), self.storage.clone(), msg.0).instrument(span))
+    }
+}
+
+impl Handler<Submit> for ConsensusActor {
+    type Result = ResponseFuture<Result<(ChatRequest, Proposed), ProposeFailure>>;
+
+    fn handle(&mut self, msg: Submit, _ctx: &mut Self::Context) -> Self::Result {
+        let req = ChatRequest {
+            id: self.ids.next_id(),
+            sender: msg.sender,
+            at: self.ids.now_ms(),
+            command: msg.command,
+        };
+        let span = tracing::debug_span!(parent: &self.span, "submit", request = %req.id);
+        let (replica, storage) = (self.replica.clone(), self.storage.clone());
+        Box::pin(
+            async move {
+                let p = propose(replica, storage, req.clone()).await?;
+                Ok((req, p))
+            }
+            .instrument(span),
+        )
+    }
+}
+
+impl Handler<RetryOutbox> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, _: RetryOutbox, ctx: &mut Self::Context) {
+        if self.retrying || self.storage.outbox.is_empty() {
+            return;
+        }
+        self.retrying = true;
+        let (replica, storage) = (self.replica.clone(), self.storage.clone());
+        let span = tracing::debug_span!(parent: &self.span, "outbox_retry");
+        let round = async move {
+            let pending = match storage.outbox.list(OUTBOX_BATCH) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox");
+                    return;
+                }
+            };
+            for req in pending {
+                match replica.propose(req.clone()).await {
+                    Ok(outcome) => {
+                        if let ApplyOutcome::Rejected { reason, .. } = &outcome {
+                            tracing::warn!(request = %req.id, %reason, "queued request refused by the room");
+                        }
+                        if let Err(e) = storage.outbox.remove(req.id) {
+                            tracing::error!(request = %req.id, error = %e, "cannot clear outbox entry");
+                        }
+                    }
+                    Err(ProposeError::NoLeader | ProposeError::Forward { .. } | ProposeError::Timeout(_)) => return,
+                    Err(e) => {
+                        tracing::warn!(request = %req.id, error = %e, "outbox retry failed");
+                        return;
+                    }
+                }
+            }
+        }
+        .instrument(span);
+        ctx.spawn(round.into_actor(self).map(|_, act, _| act.retrying = false));
+    }
+}
+
+impl Handler<GetStatus> for ConsensusActor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _ctx: &mut Self::Context) -> Self::Result {
+        let m = self.replica.metrics();
+        MessageResult(ConsensusStatus {
+            node_id: self.replica.id(),
+            leader: m.current_leader,
+            term: m.current_term,
+            state: format!("{:?}", m.state),
+            last_log_index: m.last_log_index,
+            committed_index: m.local_committed.as_ref().map(|l| l.index),
+            applied_index: m.last_applied.as_ref().map(|l| l.index),
+            outbox_len: self.storage.outbox.len(),
+        })
+    }
+}
+
+impl Handler<Shutdown> for ConsensusActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+        let replica = self.replica.clone();
+        Box::pin(
+            async move { replica.shutdown().await }
+                .into_actor(self)
+                .map(|_, _, ctx| ctx.stop()),
+        )
+    }
+}

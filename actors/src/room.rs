@@ -1,0 +1,194 @@
+//! Starting and stopping one room on one node: its storage namespace, its
+//! raft replica and its actors. A node serves any number of rooms, each
+//! with its own raft group, storage and actors ([`Rooms`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use skygit_consensus::model::{RoomId, UserId};
+use skygit_consensus::ports::{IncomingFrame, PeerLink, WallClock};
+use skygit_consensus::replica::{Replica, StartError};
+use skygit_consensus::NodeId;
+use skygit_storage::{Faults, RoomStorage, StateMachine, StorageError};
+use tokio::sync::mpsc;
+
+use crate::committer::CommitterActor;
+use crate::consensus::{ConsensusActor, Shutdown, SubscribeLeader};
+use crate::media::MediaActor;
+use crate::ports::{IdGen, PresenceChannel, PresenceRecord, RandomSource};
+use crate::presence::PresenceActor;
+
+/// How long a restarting room waits for the previous instance to release
+/// its database lock.
+const REOPEN_WAIT: Duration = Duration::from_secs(10);
+
+/// What a room needs to start on a node.
+pub struct RoomSpec {
+    pub room: RoomId,
+    pub node_id: NodeId,
+    pub user: UserId,
+    /// The node's data directory; the room lives in `rooms/<key>` below it.
+    pub data_dir: PathBuf,
+    pub raft: openraft::Config,
+    pub faults: Faults,
+}
+
+/// The ports a room talks through.
+pub struct RoomPorts {
+    pub link: Arc<dyn PeerLink>,
+    pub incoming: mpsc::Receiver<IncomingFrame>,
+    pub clock: Arc<dyn WallClock>,
+    pub rng: Box<dyn RandomSource>,
+    pub presence: Arc<dyn PresenceChannel>,
+}
+
+/// Why a room could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error("room storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("room {0} is already open on this node")]
+    AlreadyOpen(RoomId),
+}
+
+/// A room running on this node.
+pub struct RoomHandle {
+    pub room: RoomId,
+    pub node_id: NodeId,
+    pub user: UserId,
+    pub consensus: Addr<ConsensusActor>,
+    pub presence: Addr<PresenceActor>,
+    pub committer: Addr<CommitterActor>,
+    pub media: Addr<MediaActor>,
+    pub replica: Arc<Replica<StateMachine>>,
+    pub storage: RoomStorage,
+}
+
+/// The directory of a room's storage below a node's data directory.
+pub fn room_dir(data_dir: &Path, room: &RoomId) -> PathBuf {
+    data_dir.join("rooms").join(room.storage_key())
+}
+
+async fn open_storage(dir: &Path, faults: Faults) -> Result<RoomStorage, StorageError> {
+    let deadline = tokio::time::Instant::now() + REOPEN_WAIT;
+    loop {
+        match RoomStorage::open_with(dir, faults) {
+            Ok(s) => return Ok(s),
+            // The previous instance of this room may still be closing.
+            Err(StorageError::Rocks(e))
+                if e.to_string().contains("lock") && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens the room's storage, starts its raft replica and its actors.
+pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, RoomError> {
+    let dir = room_dir(&spec.data_dir, &spec.room);
+    let storage = open_storage(&dir, spec.faults).await?;
+    let replica = Arc::new(
+        Replica::start(
+            spec.node_id,
+            spec.raft,
+            ports.link,
+            ports.incoming,
+            ports.clock.clone(),
+            storage.log.clone(),
+            storage.state_machine.clone(),
+        )
+        .await?,
+    );
+    let room = spec.room.as_str();
+    let ids = IdGen::new(ports.clock.clone(), ports.rng);
+    let consensus = ConsensusActor::new(replica.clone(), storage.clone(), ids, room).start();
+    let committer = CommitterActor::new(room, spec.node_id).start();
+    consensus.do_send(SubscribeLeader(committer.clone().recipient()));
+    let me = PresenceRecord {
+        user: spec.user.to_string(),
+        node_id: spec.node_id,
+        session_id: format!("{}-{}", spec.node_id, ports.clock.now_ms()),
+        last_seen: ports.clock.now_ms(),
+        dtls_fingerprint: String::new(),
+    };
+    let presence = PresenceActor::new(me, ports.presence, ports.clock, room).start();
+    let media = MediaActor.start();
+    Ok(RoomHandle {
+        room: spec.room,
+        node_id: spec.node_id,
+        user: spec.user,
+        consensus,
+        presence,
+        committer,
+        media,
+        replica,
+        storage,
+    })
+}
+
+impl RoomHandle {
+    /// Stops raft and the actors. The storage stays on disk.
+    pub async fn shutdown(self) {
+        if self.consensus.send(Shutdown).await.is_err() {
+            // The actor is already gone; stop raft directly.
+            self.replica.shutdown().await;
+        }
+    }
+}
+
+/// The rooms a node serves.
+#[derive(Default)]
+pub struct Rooms {
+    rooms: BTreeMap<RoomId, RoomHandle>,
+}
+
+impl Rooms {
+    pub fn add(&mut self, handle: RoomHandle) -> Result<(), RoomError> {
+        if self.rooms.contains_key(&handle.room) {
+            return Err(RoomError::AlreadyOpen(handle.room.clone()));
+        }
+        self.rooms.insert(handle.room.clone(), handle);
+        Ok(())
+    }
+
+    pub fn get(&self, room: &RoomId) -> Option<&RoomHandle> {
+        self.rooms.get(room)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &RoomHandle> {
+        self.rooms.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    /// Removes a room from this node and stops it.
+    pub async fn close(&mut self, room: &RoomId) -> bool {
+        match self.rooms.remove(room) {
+            Some(h) => {
+                h.shutdown().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops every room (graceful shutdown).
+    pub async fn shutdown_all(&mut self) {
+        for (_, h) in std::mem::take(&mut self.rooms) {
+            h.shutdown().await;
+        }
+    }
+}

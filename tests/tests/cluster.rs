@@ -1,0 +1,308 @@
+//! Raft over the in-process transport with real RocksDB storage: ordering,
+//! deduplication, leader failure, restart and snapshot catch-up.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use skygit_actors::consensus::Proposed;
+use skygit_actors::local::LocalOptions;
+use skygit_consensus::model::ApplyOutcome;
+use skygit_tests::*;
+use ulid::Ulid;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// `senders` concurrent senders, sender `s` posting through node
+/// `s % n + 1`, `total` messages in all; every one must commit.
+async fn post_many(
+    c: &skygit_actors::local::LocalCluster,
+    senders: u64,
+    total: u64,
+) -> BTreeSet<Ulid> {
+    let n = c.ids().len() as u64;
+    let per = total / senders;
+    let mut tasks = Vec::new();
+    for s in 0..senders {
+        let node = s % n + 1;
+        let sender = format!("sender{s}");
+        let handle = c.handle(node).expect("node").consensus.clone();
+        tasks.push(actix_rt::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..per {
+                let msg = skygit_actors::consensus::Submit {
+                    sender: skygit_consensus::model::UserId::new(sender.clone()).unwrap(),
+                    command: post_command(format!("{sender} message {i}")),
+                };
+                let (req, p) = handle.send(msg).await.expect("actor").expect("accepted");
+                assert!(
+                    matches!(p, Proposed::Committed(ApplyOutcome::Applied { .. })),
+                    "{p:?}"
+                );
+                ids.push(req.id);
+            }
+            ids
+        }));
+    }
+    let mut all = BTreeSet::new();
+    for t in tasks {
+        all.extend(t.await.expect("sender task"));
+    }
+    all
+}
+
+async fn order_test(n: u64) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path(), n, None).await;
+    let sent = post_many(&c, 8, 1000).await;
+    assert_eq!(sent.len(), 1000);
+    c.wait_converged(CONVERGE).await.expect("converged");
+    let log = assert_same_log(&c);
+    assert_eq!(log.len(), 1000);
+    assert_eq!(log.iter().copied().collect::<BTreeSet<_>>(), sent);
+    c.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn three_nodes_apply_1000_messages_in_the_same_order() {
+    order_test(3).await;
+}
+
+#[actix_rt::test]
+async fn five_nodes_apply_1000_messages_in_the_same_order() {
+    order_test(5).await;
+}
+
+#[actix_rt::test]
+async fn a_proposal_retried_after_a_leader_change_applies_once() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3, None).await;
+    let leader = c.wait_leader(CONVERGE).await.unwrap();
+    let follower = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    let (req, first) = post(&c, follower, "ana", "only once".into()).await.unwrap();
+    let Proposed::Committed(ApplyOutcome::Applied { index }) = first else {
+        panic!("first proposal: {first:?}");
+    };
+    c.stop_node(leader).await;
+    let new_leader = c.wait_leader(CONVERGE).await.expect("a new leader");
+    assert_ne!(new_leader, leader);
+    // The client did not see the answer and proposes the same request again.
+    let again = propose(&c, follower, req.clone()).await.unwrap();
+    assert_eq!(
+        again,
+        Proposed::Committed(ApplyOutcome::Duplicate {
+            original_index: index
+        })
+    );
+    c.start_node(leader).await.unwrap();
+    c.wait_converged(CONVERGE).await.expect("converged");
+    for id in c.ids() {
+        let n = message_ids(&c, id).iter().filter(|m| **m == req.id).count();
+        assert_eq!(n, 1, "node {id} holds the message {n} times");
+    }
+    assert_same_log(&c);
+    c.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn killing_the_leader_mid_stream_loses_no_acknowledged_message() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3, None).await;
+    let leader = c.wait_leader(CONVERGE).await.unwrap();
+    let mut acked = BTreeSet::new();
+    let mut queued = BTreeSet::new();
+    let mut round = 0u64;
+    let mut killed = false;
+    while acked.len() < 600 {
+        round += 1;
+        if round == 200 && !killed {
+            // Kill the leader while posts to the other nodes are in flight.
+            let in_flight: Vec<_> = c
+                .ids()
+                .into_iter()
+                .filter(|i| *i != leader)
+                .map(|node| {
+                    let h = c.handle(node).unwrap().consensus.clone();
+                    actix_rt::spawn(async move {
+                        h.send(skygit_actors::consensus::Submit {
+                            sender: skygit_consensus::model::UserId::new("racer").unwrap(),
+                            command: post_command(format!("racing the crash on {node}")),
+                        })
+                        .await
+                    })
+                })
+                .collect();
+            c.stop_node(leader).await;
+            killed = true;
+            for t in in_flight {
+                if let Ok(Ok(Ok((req, p)))) = t.await {
+                    match p {
+                        Proposed::Committed(o) => {
+                            assert!(o.is_settled());
+                            acked.insert(req.id);
+                        }
+                        Proposed::Queued { .. } => {
+                            queued.insert(req.id);
+                        }
+                    }
+                }
+            }
+        }
+        for node in c.ids() {
+            if let Some((req, p)) = post(&c, node, "bo", format!("round {round} via {node}")).await
+            {
+                match p {
+                    Proposed::Committed(o) => {
+                        assert!(o.is_settled(), "{o:?}");
+                        acked.insert(req.id);
+                    }
+                    Proposed::Queued { .. } => {
+                        queued.insert(req.id);
+                    }
+                }
+            }
+        }
+    }
+    let new_leader = c.wait_leader(CONVERGE).await.expect("a new leader");
+    assert_ne!(new_leader, leader);
+    c.wait_converged(CONVERGE)
+        .await
+        .expect("survivors converge");
+    let log: BTreeSet<Ulid> = assert_same_log(&c).into_iter().collect();
+    let missing: Vec<_> = acked.difference(&log).collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+
+    // The killed node comes back and catches up; queued posts commit too.
+    c.start_node(leader).await.unwrap();
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        c.wait_converged(CONVERGE)
+            .await
+            .expect("converged after restart");
+        let log: BTreeSet<Ulid> = message_ids(&c, leader).into_iter().collect();
+        if acked.is_subset(&log) && queued.is_subset(&log) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queued posts never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_same_log(&c);
+    c.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_restarted_node_rejoins_with_every_message() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3, None).await;
+    let before = post_many(&c, 3, 300).await;
+    c.wait_converged(CONVERGE).await.unwrap();
+    let leader = c.wait_leader(CONVERGE).await.unwrap();
+    let victim = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    c.stop_node(victim).await;
+    let mut during = BTreeSet::new();
+    for i in 0..200 {
+        let (req, p) = post(&c, leader, "cy", format!("while {victim} is down: {i}"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            p,
+            Proposed::Committed(ApplyOutcome::Applied { .. })
+        ));
+        during.insert(req.id);
+    }
+    c.start_node(victim).await.unwrap();
+    c.wait_converged(CONVERGE).await.expect("converged");
+    let log: BTreeSet<Ulid> = assert_same_log(&c).into_iter().collect();
+    assert_eq!(log.len(), 500);
+    assert!(before.is_subset(&log) && during.is_subset(&log));
+    c.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_node_with_an_empty_disk_catches_up_through_a_snapshot() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = LocalOptions::new(&room());
+    // Snapshot every 100 entries and keep no log behind it, so a new node
+    // cannot be fed from the log.
+    opts.raft = skygit_consensus::config::raft_config("test:room", 100, 0);
+    let mut c = cluster(dir.path(), 3, Some(opts)).await;
+    let sent = post_many(&c, 4, 600).await;
+    c.wait_converged(CONVERGE).await.unwrap();
+    let leader = c.wait_leader(CONVERGE).await.unwrap();
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while c.handle(leader).unwrap().replica.metrics().purged.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader never purged its log"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.start_node(4).await.unwrap();
+    c.add_voter(4).await.expect("node 4 joins");
+    c.wait_converged(CONVERGE).await.expect("converged");
+    let m4 = c.handle(4).unwrap().replica.metrics();
+    assert!(m4.snapshot.is_some(), "node 4 has no snapshot: {m4:?}");
+    // Node 4 never received the purged entries: its own log starts later.
+    let mut log = c.handle(4).unwrap().storage.log.clone();
+    let state = openraft::storage::RaftLogStorage::get_log_state(&mut log)
+        .await
+        .unwrap();
+    assert!(
+        state.last_purged_log_id.is_some(),
+        "node 4 replayed the whole log"
+    );
+    let on4: BTreeSet<Ulid> = message_ids(&c, 4).into_iter().collect();
+    assert_eq!(on4, sent);
+    assert_same_log(&c);
+    c.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn posts_without_a_leader_wait_in_the_outbox_and_commit_later() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3, None).await;
+    let leader = c.wait_leader(CONVERGE).await.unwrap();
+    let others: Vec<_> = c.ids().into_iter().filter(|i| *i != leader).collect();
+    let (survivor, other) = (others[0], others[1]);
+    c.stop_node(leader).await;
+    c.stop_node(other).await;
+    let mut queued = BTreeSet::new();
+    for i in 0..5 {
+        let (req, p) = post(&c, survivor, "di", format!("alone {i}"))
+            .await
+            .unwrap();
+        assert!(matches!(p, Proposed::Queued { .. }), "{p:?}");
+        queued.insert(req.id);
+    }
+    assert_eq!(c.handle(survivor).unwrap().storage.outbox.len(), 5);
+    // The survivor itself restarts: the outbox is on disk.
+    c.stop_node(survivor).await;
+    for id in [leader, other, survivor] {
+        c.start_node(id).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        c.wait_converged(CONVERGE).await.expect("converged");
+        let log: BTreeSet<Ulid> = message_ids(&c, survivor).into_iter().collect();
+        if queued.is_subset(&log) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "outbox never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.wait_converged(CONVERGE).await.unwrap();
+    assert_same_log(&c);
+    assert_eq!(c.handle(survivor).unwrap().storage.outbox.len(), 0);
+    c.shutdown().await;
+}
