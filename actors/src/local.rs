@@ -26,6 +26,8 @@ pub struct LocalOptions {
     pub faults: Faults,
     /// Seed for node RNGs (node `i` uses `seed + i`); OS entropy if `None`.
     pub seed: Option<u64>,
+    /// The user of each node; `user<id>` for nodes not listed.
+    pub users: BTreeMap<NodeId, UserId>,
 }
 
 impl LocalOptions {
@@ -34,6 +36,7 @@ impl LocalOptions {
             raft: skygit_consensus::config::raft_config(room.as_str(), 5_000, 1_000),
             faults: Faults::default(),
             seed: None,
+            users: BTreeMap::new(),
         }
     }
 }
@@ -79,7 +82,7 @@ impl LocalCluster {
         for id in 1..=n {
             c.start_node(id).await?;
         }
-        let first = c.handle(1).ok_or(RoomError::AlreadyOpen(c.room.clone()))?;
+        let first = c.handle(1).ok_or(RoomError::NotRunning(1))?;
         let raft = first.replica.raft();
         if !raft.is_initialized().await.unwrap_or(false) {
             let members: BTreeMap<NodeId, BasicNode> =
@@ -98,9 +101,10 @@ impl LocalCluster {
             Some(s) => SeededRng::from_seed(s.wrapping_add(id)),
             None => SeededRng::from_os(),
         };
-        let user = UserId::new(format!("user{id}")).map_err(|e| {
-            RoomError::Storage(skygit_storage::StorageError::BadSnapshot(e.to_string()))
-        })?;
+        let user = match self.opts.users.get(&id) {
+            Some(u) => u.clone(),
+            None => UserId::new(format!("user{id}")).map_err(RoomError::User)?,
+        };
         let spec = RoomSpec {
             room: self.room.clone(),
             node_id: id,

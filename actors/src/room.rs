@@ -54,6 +54,10 @@ pub enum RoomError {
     Start(#[from] StartError),
     #[error("room {0} is already open on this node")]
     AlreadyOpen(RoomId),
+    #[error("invalid user name: {0}")]
+    User(skygit_consensus::model::ValidationError),
+    #[error("node {0} is not running")]
+    NotRunning(NodeId),
 }
 
 /// A room running on this node.

@@ -1,1 +1,117 @@
-fn main() {}
+//! `skygit`: serverless team chat stored in a git repository.
+//!
+//! The binary's edge: command-line parsing, configuration, logging, the
+//! runtime and signal handling. The work happens in `skygit-actors`.
+
+mod bench;
+mod config;
+mod demo;
+mod node;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "skygit", version, about = "Serverless team chat stored in a git repository")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run this node's member of a room; lines typed on standard input are
+    /// posted, messages print as they commit.
+    Node(NodeArgs),
+    /// A room of several nodes in this process: posts, a leader crash, a
+    /// restart, and a check that every node holds the same log.
+    Demo(demo::DemoArgs),
+    /// Benchmarks (they print numbers; they assert nothing).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Raft throughput and latency, send to applied on every node, over
+    /// durable RocksDB storage and the in-process transport.
+    Raft(bench::RaftBenchArgs),
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// The room's repository (`github:owner/name`, a git URL or a path).
+    /// Until the committer and the mesh land it names the room's storage
+    /// only; nothing is read from or written to it yet.
+    #[arg(long, env = "SKYGIT_REPO")]
+    repo: Option<String>,
+    /// Your user name in the room.
+    #[arg(long, env = "SKYGIT_USER")]
+    user: Option<String>,
+    /// Where the node keeps its state.
+    #[arg(long, env = "SKYGIT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A TOML configuration file (flags and environment override it).
+    #[arg(long, env = "SKYGIT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Raft members run in this process (1 to 5) until the mesh connects
+    /// separate processes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
+    local_nodes: u64,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,skygit=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("skygit-rt")
+            .build()
+            .expect("the tokio runtime starts")
+    });
+    system.block_on(async move {
+        match cli.command {
+            Command::Node(a) => {
+                let file = match &a.config {
+                    Some(p) => config::FileConfig::load(p)?,
+                    None => config::FileConfig::default(),
+                };
+                let cfg = config::resolve(
+                    file,
+                    config::Overrides {
+                        data_dir: a.data_dir,
+                        user: a.user,
+                        repo: a.repo,
+                    },
+                )
+                .context("configuration")?;
+                node::run(cfg, a.local_nodes).await
+            }
+            Command::Demo(a) => demo::run(a).await,
+            Command::Bench(BenchCommand::Raft(a)) => bench::raft(a).await,
+        }
+    })
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+pub async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

@@ -1,0 +1,87 @@
+//! `skygit node`: this node's member of a room, driven from the terminal
+//! until the HTTP API and web UI land.
+
+
+use anyhow::Context;
+use skygit_actors::consensus::{Proposed, Submit};
+use skygit_actors::local::{LocalCluster, LocalOptions};
+use skygit_consensus::model::{ApplyOutcome, Command, ConversationId};
+use skygit_storage::AppliedEvent;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::config::NodeConfig;
+
+pub fn print_event(e: &AppliedEvent) {
+    if let (ApplyOutcome::Applied { index }, Some(m)) = (&e.outcome, &e.message) {
+        let text = if m.message.deleted { "(deleted)" } else { m.message.content.as_str() };
+        let edited = if m.message.edited_at.is_some() { " (edited)" } else { "" };
+        println!("[{index:>6}] #{} {}: {text}{edited}", m.message.conversation, m.message.sender);
+    }
+}
+
+pub async fn run(cfg: NodeConfig, local_nodes: u64) -> anyhow::Result<()> {
+    let mut opts = LocalOptions::new(&cfg.room);
+    opts.raft = cfg.raft.clone();
+    opts.users.insert(1, cfg.user.clone());
+    let dir = cfg.data_dir.join("local");
+    let cluster = LocalCluster::start(&dir, cfg.room.clone(), local_nodes, opts)
+        .await
+        .with_context(|| format!("cannot start room {} in {}", cfg.room, dir.display()))?;
+    let me = cluster.handle(1).context("node 1 did not start")?;
+    eprintln!(
+        "skygit node {} in room {} as {} ({} raft member(s) in this process); type a line to post, Ctrl-C to stop",
+        me.node_id,
+        cfg.room,
+        cfg.user,
+        local_nodes
+    );
+    for m in me.storage.reader.messages(&ConversationId::general(), None, None, 20)? {
+        let text = if m.message.deleted { "(deleted)" } else { m.message.content.as_str() };
+        println!("[{:>6}] #{} {}: {text}", m.index, m.message.conversation, m.message.sender);
+    }
+    let mut events = me.storage.state_machine.subscribe();
+    let printer = tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(e) => print_event(&e),
+                Err(RecvError::Lagged(n)) => eprintln!("({n} messages not shown; the terminal fell behind)"),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    let consensus = me.consensus.clone();
+    let user = cfg.user.clone();
+    let input = async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let line = line.trim().to_owned();
+            if line.is_empty() {
+                continue;
+            }
+            let submit = Submit {
+                sender: user.clone(),
+                command: Command::Post {
+                    conversation: ConversationId::general(),
+                    content: line,
+                },
+            };
+            match consensus.send(submit).await {
+                Ok(Ok((_, Proposed::Queued { outbox_len }))) => {
+                    eprintln!("(no leader reachable: kept in the outbox, {outbox_len} waiting)")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => eprintln!("not posted: {e}"),
+                Err(e) => eprintln!("not posted: {e}"),
+            }
+        }
+        // Standard input closed: keep serving until a signal.
+    };
+    let input = tokio::spawn(input);
+    let signal = crate::shutdown_signal().await?;
+    eprintln!("{signal}: shutting down");
+    input.abort();
+    printer.abort();
+    cluster.shutdown().await;
+    Ok(())
+}
