@@ -233,8 +233,16 @@ where
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            return;
+        // Never wait here: answers to this node's own calls come through
+        // this loop, and handlers may be waiting for them.
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(
+                node = inner.id,
+                peer,
+                kind = ?req.kind,
+                "overloaded: {MAX_CONCURRENT_REQUESTS} requests in service; request dropped, the caller will time out and retry"
+            );
+            continue;
         };
         let inner = inner.clone();
         tokio::spawn(async move {

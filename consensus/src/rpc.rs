@@ -223,3 +223,99 @@ impl RpcMux {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inproc::InProcNet;
+    use crate::ports::{IncomingFrame, SystemClock};
+
+    fn mux(net: &InProcNet, id: NodeId) -> (RpcMux, tokio::sync::mpsc::Receiver<IncomingFrame>) {
+        let (link, rx) = net.join(id);
+        (RpcMux::new(link, Arc::new(SystemClock)), rx)
+    }
+
+    #[tokio::test]
+    async fn a_call_gets_its_answer_and_leaves_no_pending_entry() {
+        let net = InProcNet::new();
+        let (a, _rx_a) = mux(&net, 1);
+        let (b, mut rx_b) = mux(&net, 2);
+        let a = Arc::new(a);
+        let caller = {
+            let a = a.clone();
+            tokio::spawn(async move { a.call(EnvelopeKind::Chat, 2, b"ping".to_vec(), Duration::from_secs(5)).await })
+        };
+        let req = b.on_frame(rx_b.recv().await.unwrap()).unwrap().unwrap();
+        assert_eq!((req.from, req.body.as_slice()), (1, &b"ping"[..]));
+        b.respond(EnvelopeKind::Chat, 1, req.id, b"pong".to_vec()).await.unwrap();
+        // Deliver the answer to node 1's mux.
+        let mut rx_a = _rx_a;
+        assert!(a.on_frame(rx_a.recv().await.unwrap()).unwrap().is_none());
+        assert_eq!(caller.await.unwrap().unwrap(), b"pong");
+        assert_eq!(a.pending_calls(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_call_times_out_and_is_forgotten() {
+        let net = InProcNet::new();
+        let (a, _rx_a) = mux(&net, 1);
+        let (_b, _rx_b) = mux(&net, 2);
+        let r = a.call(EnvelopeKind::Raft, 2, vec![], Duration::from_millis(200)).await;
+        assert!(matches!(r, Err(RpcError::Timeout { to: 2, .. })), "{r:?}");
+        assert_eq!(a.pending_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn calls_to_a_missing_node_fail_at_once() {
+        let net = InProcNet::new();
+        let (a, _rx) = mux(&net, 1);
+        let r = a.call(EnvelopeKind::Raft, 9, vec![], Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(RpcError::Link(LinkError::Unreachable(9)))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn spoofed_and_misrouted_frames_are_refused() {
+        let net = InProcNet::new();
+        let (a, _rx) = mux(&net, 1);
+        let frame = |from, to| {
+            codec::encode_frame(&Envelope {
+                kind: EnvelopeKind::Raft,
+                from,
+                to,
+                timestamp: 0,
+                payload: codec::to_bytes(&RpcFrame { id: 1, response: false, body: vec![] }).unwrap(),
+            })
+            .unwrap()
+        };
+        let spoofed = IncomingFrame { peer: 3, frame: frame(2, 1) };
+        assert!(matches!(a.on_frame(spoofed), Err(FrameError::Spoofed { claimed: 2, peer: 3 })));
+        let misrouted = IncomingFrame { peer: 2, frame: frame(2, 7) };
+        assert!(matches!(a.on_frame(misrouted), Err(FrameError::Misrouted { to: 7, local: 1 })));
+        let garbage = IncomingFrame { peer: 2, frame: vec![1, 2, 3] };
+        assert!(matches!(a.on_frame(garbage), Err(FrameError::Codec(_))));
+    }
+
+    #[tokio::test]
+    async fn an_answer_from_another_node_is_ignored() {
+        let net = InProcNet::new();
+        let (a, _rx_a) = mux(&net, 1);
+        let a = Arc::new(a);
+        let (_b, _rx_b) = mux(&net, 2);
+        let caller = {
+            let a = a.clone();
+            tokio::spawn(async move { a.call(EnvelopeKind::Chat, 2, vec![], Duration::from_millis(300)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Node 3 forges an answer to call id 1, which went to node 2.
+        let forged = codec::encode_frame(&Envelope {
+            kind: EnvelopeKind::Chat,
+            from: 3,
+            to: 1,
+            timestamp: 0,
+            payload: codec::to_bytes(&RpcFrame { id: 1, response: true, body: b"forged".to_vec() }).unwrap(),
+        })
+        .unwrap();
+        assert!(a.on_frame(IncomingFrame { peer: 3, frame: forged }).unwrap().is_none());
+        assert!(matches!(caller.await.unwrap(), Err(RpcError::Timeout { .. })));
+    }
+}

@@ -78,25 +78,29 @@ pub fn message_ids(c: &LocalCluster, node: NodeId) -> Vec<Ulid> {
         .collect()
 }
 
-/// Asserts every running node holds the same messages in the same order,
-/// each once, and returns them.
-pub fn assert_same_log(c: &LocalCluster) -> Vec<Ulid> {
+/// Checks that every running node holds the same messages in the same
+/// order, each once; returns them, or what is wrong.
+pub fn check_same_log(c: &LocalCluster) -> Result<Vec<Ulid>, String> {
     let ids = c.ids();
     let first = message_ids(c, ids[0]);
     let unique: BTreeSet<_> = first.iter().collect();
-    assert_eq!(
-        unique.len(),
-        first.len(),
-        "node {} holds a message twice",
-        ids[0]
-    );
-    for id in &ids[1..] {
-        assert_eq!(
-            message_ids(c, *id),
-            first,
-            "node {id} disagrees with node {}",
-            ids[0]
-        );
+    if unique.len() != first.len() {
+        return Err(format!(
+            "node {} holds {} messages but only {} distinct ids",
+            ids[0],
+            first.len(),
+            unique.len()
+        ));
     }
-    first
+    for id in &ids[1..] {
+        if message_ids(c, *id) != first {
+            return Err(format!("node {id} disagrees with node {}", ids[0]));
+        }
+    }
+    Ok(first)
+}
+
+/// Asserts [`check_same_log`].
+pub fn assert_same_log(c: &LocalCluster) -> Vec<Ulid> {
+    check_same_log(c).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -306,3 +306,23 @@ async fn posts_without_a_leader_wait_in_the_outbox_and_commit_later() {
     assert_eq!(c.handle(survivor).unwrap().storage.outbox.len(), 0);
     c.shutdown().await;
 }
+
+/// The checks above can fail: with a state machine that forgets which
+/// request ids it applied, a retried proposal is applied twice and the log
+/// check reports it.
+#[actix_rt::test]
+async fn the_log_check_catches_a_state_machine_that_applies_twice() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = LocalOptions::new(&room());
+    opts.faults.apply = skygit_storage::ApplyMode::DuplicateApply;
+    let c = cluster(dir.path(), 3, Some(opts)).await;
+    let leader = c.wait_leader(CONVERGE).await.unwrap();
+    let (req, _) = post(&c, leader, "ana", "twice".into()).await.unwrap();
+    let again = propose(&c, leader, req).await.unwrap();
+    assert!(matches!(again, Proposed::Committed(ApplyOutcome::Applied { .. })), "{again:?}");
+    c.wait_converged(CONVERGE).await.unwrap();
+    let err = check_same_log(&c).expect_err("the duplicate must be caught");
+    assert!(err.contains("distinct ids"), "{err}");
+    c.shutdown().await;
+}
