@@ -51,6 +51,7 @@ pub struct Envelope {
     pub to: NodeId,
     /// Sender's wall clock, milliseconds since the Unix epoch (informative).
     pub timestamp: i64,
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 

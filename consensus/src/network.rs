@@ -59,6 +59,7 @@ pub struct SnapshotChunk {
     pub meta: SnapshotMeta,
     pub offset: u64,
     pub total: u64,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -71,7 +72,7 @@ pub fn snapshot_chunks(
 ) -> Result<Vec<SnapshotChunk>, codec::CodecError> {
     let total = data.len() as u64;
     let empty = SnapshotChunk {
-        vote: vote.clone(),
+        vote: *vote,
         meta: meta.clone(),
         offset: total,
         total,
@@ -86,7 +87,7 @@ pub fn snapshot_chunks(
     loop {
         let end = (offset + budget).min(data.len());
         chunks.push(SnapshotChunk {
-            vote: vote.clone(),
+            vote: *vote,
             meta: meta.clone(),
             offset: offset as u64,
             total,

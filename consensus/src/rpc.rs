@@ -26,6 +26,7 @@ pub const MAX_PENDING_CALLS: usize = 16 * 1024;
 pub struct RpcFrame {
     pub id: u64,
     pub response: bool,
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 
@@ -243,11 +244,21 @@ mod tests {
         let a = Arc::new(a);
         let caller = {
             let a = a.clone();
-            tokio::spawn(async move { a.call(EnvelopeKind::Chat, 2, b"ping".to_vec(), Duration::from_secs(5)).await })
+            tokio::spawn(async move {
+                a.call(
+                    EnvelopeKind::Chat,
+                    2,
+                    b"ping".to_vec(),
+                    Duration::from_secs(5),
+                )
+                .await
+            })
         };
         let req = b.on_frame(rx_b.recv().await.unwrap()).unwrap().unwrap();
         assert_eq!((req.from, req.body.as_slice()), (1, &b"ping"[..]));
-        b.respond(EnvelopeKind::Chat, 1, req.id, b"pong".to_vec()).await.unwrap();
+        b.respond(EnvelopeKind::Chat, 1, req.id, b"pong".to_vec())
+            .await
+            .unwrap();
         // Deliver the answer to node 1's mux.
         let mut rx_a = _rx_a;
         assert!(a.on_frame(rx_a.recv().await.unwrap()).unwrap().is_none());
@@ -260,7 +271,9 @@ mod tests {
         let net = InProcNet::new();
         let (a, _rx_a) = mux(&net, 1);
         let (_b, _rx_b) = mux(&net, 2);
-        let r = a.call(EnvelopeKind::Raft, 2, vec![], Duration::from_millis(200)).await;
+        let r = a
+            .call(EnvelopeKind::Raft, 2, vec![], Duration::from_millis(200))
+            .await;
         assert!(matches!(r, Err(RpcError::Timeout { to: 2, .. })), "{r:?}");
         assert_eq!(a.pending_calls(), 0);
     }
@@ -269,8 +282,13 @@ mod tests {
     async fn calls_to_a_missing_node_fail_at_once() {
         let net = InProcNet::new();
         let (a, _rx) = mux(&net, 1);
-        let r = a.call(EnvelopeKind::Raft, 9, vec![], Duration::from_secs(5)).await;
-        assert!(matches!(r, Err(RpcError::Link(LinkError::Unreachable(9)))), "{r:?}");
+        let r = a
+            .call(EnvelopeKind::Raft, 9, vec![], Duration::from_secs(5))
+            .await;
+        assert!(
+            matches!(r, Err(RpcError::Link(LinkError::Unreachable(9)))),
+            "{r:?}"
+        );
     }
 
     #[tokio::test]
@@ -283,15 +301,38 @@ mod tests {
                 from,
                 to,
                 timestamp: 0,
-                payload: codec::to_bytes(&RpcFrame { id: 1, response: false, body: vec![] }).unwrap(),
+                payload: codec::to_bytes(&RpcFrame {
+                    id: 1,
+                    response: false,
+                    body: vec![],
+                })
+                .unwrap(),
             })
             .unwrap()
         };
-        let spoofed = IncomingFrame { peer: 3, frame: frame(2, 1) };
-        assert!(matches!(a.on_frame(spoofed), Err(FrameError::Spoofed { claimed: 2, peer: 3 })));
-        let misrouted = IncomingFrame { peer: 2, frame: frame(2, 7) };
-        assert!(matches!(a.on_frame(misrouted), Err(FrameError::Misrouted { to: 7, local: 1 })));
-        let garbage = IncomingFrame { peer: 2, frame: vec![1, 2, 3] };
+        let spoofed = IncomingFrame {
+            peer: 3,
+            frame: frame(2, 1),
+        };
+        assert!(matches!(
+            a.on_frame(spoofed),
+            Err(FrameError::Spoofed {
+                claimed: 2,
+                peer: 3
+            })
+        ));
+        let misrouted = IncomingFrame {
+            peer: 2,
+            frame: frame(2, 7),
+        };
+        assert!(matches!(
+            a.on_frame(misrouted),
+            Err(FrameError::Misrouted { to: 7, local: 1 })
+        ));
+        let garbage = IncomingFrame {
+            peer: 2,
+            frame: vec![1, 2, 3],
+        };
         assert!(matches!(a.on_frame(garbage), Err(FrameError::Codec(_))));
     }
 
@@ -303,7 +344,10 @@ mod tests {
         let (_b, _rx_b) = mux(&net, 2);
         let caller = {
             let a = a.clone();
-            tokio::spawn(async move { a.call(EnvelopeKind::Chat, 2, vec![], Duration::from_millis(300)).await })
+            tokio::spawn(async move {
+                a.call(EnvelopeKind::Chat, 2, vec![], Duration::from_millis(300))
+                    .await
+            })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         // Node 3 forges an answer to call id 1, which went to node 2.
@@ -312,10 +356,24 @@ mod tests {
             from: 3,
             to: 1,
             timestamp: 0,
-            payload: codec::to_bytes(&RpcFrame { id: 1, response: true, body: b"forged".to_vec() }).unwrap(),
+            payload: codec::to_bytes(&RpcFrame {
+                id: 1,
+                response: true,
+                body: b"forged".to_vec(),
+            })
+            .unwrap(),
         })
         .unwrap();
-        assert!(a.on_frame(IncomingFrame { peer: 3, frame: forged }).unwrap().is_none());
-        assert!(matches!(caller.await.unwrap(), Err(RpcError::Timeout { .. })));
+        assert!(a
+            .on_frame(IncomingFrame {
+                peer: 3,
+                frame: forged
+            })
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            caller.await.unwrap(),
+            Err(RpcError::Timeout { .. })
+        ));
     }
 }

@@ -48,7 +48,12 @@ fn seeds() -> Vec<Vec<u8>> {
         payload: rpc.clone(),
     })
     .unwrap();
-    vec![chat, rpc, frame, codec::to_bytes(&sample_request()).unwrap()]
+    vec![
+        chat,
+        rpc,
+        frame,
+        codec::to_bytes(&sample_request()).unwrap(),
+    ]
 }
 
 proptest! {

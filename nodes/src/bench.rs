@@ -53,13 +53,20 @@ pub async fn raft(args: RaftBenchArgs) -> anyhow::Result<()> {
     // Snapshots at the default interval are part of the measured cost.
     opts.raft = skygit_consensus::config::raft_config(room.as_str(), 5_000, 1_000);
     let c = LocalCluster::start(&dir, room, args.nodes, opts).await?;
-    c.wait_leader(Duration::from_secs(30)).await.context("no leader")?;
+    c.wait_leader(Duration::from_secs(30))
+        .await
+        .context("no leader")?;
 
     // One collector per node records when each request is applied there.
     let total = args.messages;
     let mut collectors = Vec::new();
     for id in c.ids() {
-        let mut rx = c.handle(id).context("node")?.storage.state_machine.subscribe();
+        let mut rx = c
+            .handle(id)
+            .context("node")?
+            .storage
+            .state_machine
+            .subscribe();
         collectors.push(tokio::spawn(async move {
             let mut seen: BTreeMap<Ulid, Instant> = BTreeMap::new();
             while (seen.len() as u64) < total {
@@ -67,7 +74,9 @@ pub async fn raft(args: RaftBenchArgs) -> anyhow::Result<()> {
                     Ok(Ok(e)) => {
                         seen.entry(e.request).or_insert_with(Instant::now);
                     }
-                    Ok(Err(RecvError::Lagged(n))) => bail!("collector on node {id} lagged by {n} events"),
+                    Ok(Err(RecvError::Lagged(n))) => {
+                        bail!("collector on node {id} lagged by {n} events")
+                    }
                     Ok(Err(RecvError::Closed)) | Err(_) => bail!("node {id} stopped applying"),
                 }
             }

@@ -53,11 +53,17 @@ pub struct NodeConfig {
 impl FileConfig {
     /// Reads and parses a configuration file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let meta = std::fs::metadata(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
         if meta.len() > MAX_CONFIG_BYTES {
-            bail!("config file {} is {} bytes; the limit is {MAX_CONFIG_BYTES}", path.display(), meta.len());
+            bail!(
+                "config file {} is {} bytes; the limit is {MAX_CONFIG_BYTES}",
+                path.display(),
+                meta.len()
+            );
         }
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
@@ -84,10 +90,21 @@ fn default_user() -> String {
 pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<NodeConfig> {
     let user = over.user.or(file.user).unwrap_or_else(default_user);
     let user = UserId::new(user.as_str()).with_context(|| format!("invalid user name {user:?}"))?;
-    let repo = over.repo.or(file.repo).context("no repository given: use --repo, SKYGIT_REPO or `repo` in the config file")?;
-    let room = RoomId::new(repo.as_str()).with_context(|| format!("invalid repository {repo:?}"))?;
-    let data_dir = over.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
-    let mut raft = skygit_consensus::config::raft_config(room.as_str(), file.raft.snapshot_every.unwrap_or(5_000), 1_000);
+    let repo = over
+        .repo
+        .or(file.repo)
+        .context("no repository given: use --repo, SKYGIT_REPO or `repo` in the config file")?;
+    let room =
+        RoomId::new(repo.as_str()).with_context(|| format!("invalid repository {repo:?}"))?;
+    let data_dir = over
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(default_data_dir);
+    let mut raft = skygit_consensus::config::raft_config(
+        room.as_str(),
+        file.raft.snapshot_every.unwrap_or(5_000),
+        1_000,
+    );
     if let Some(h) = file.raft.heartbeat_ms {
         raft.heartbeat_interval = h;
     }
@@ -112,7 +129,9 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let file = FileConfig::parse("user = \"ana\"\nrepo = \"./a.git\"\n[raft]\nheartbeat_ms = 50\n").unwrap();
+        let file =
+            FileConfig::parse("user = \"ana\"\nrepo = \"./a.git\"\n[raft]\nheartbeat_ms = 50\n")
+                .unwrap();
         let cfg = resolve(
             file,
             Overrides {
@@ -148,7 +167,10 @@ mod tests {
         assert!(format!("{e:#}").contains("invalid user name"), "{e:#}");
         let e = resolve(FileConfig::default(), Overrides::default()).unwrap_err();
         assert!(format!("{e:#}").contains("no repository"), "{e:#}");
-        let file = FileConfig::parse("repo = \"r\"\n[raft]\nelection_min_ms = 900\nelection_max_ms = 100\n").unwrap();
+        let file = FileConfig::parse(
+            "repo = \"r\"\n[raft]\nelection_min_ms = 900\nelection_max_ms = 100\n",
+        )
+        .unwrap();
         assert!(resolve(file, Overrides::default()).is_err());
     }
 }

@@ -31,7 +31,12 @@ pub struct DemoArgs {
 const WAIT: Duration = Duration::from_secs(30);
 const USERS: [&str; 5] = ["ana", "bo", "cy", "dee", "eli"];
 
-async fn post_round(c: &LocalCluster, round: &str, per_node: u64, sent: &mut BTreeSet<Ulid>) -> anyhow::Result<()> {
+async fn post_round(
+    c: &LocalCluster,
+    round: &str,
+    per_node: u64,
+    sent: &mut BTreeSet<Ulid>,
+) -> anyhow::Result<()> {
     for i in 0..per_node {
         for id in c.ids() {
             let h = c.handle(id).context("node vanished")?;
@@ -44,9 +49,14 @@ async fn post_round(c: &LocalCluster, round: &str, per_node: u64, sent: &mut BTr
             };
             let (req, p) = h.consensus.send(submit).await??;
             match p {
-                Proposed::Committed(o) => println!("  node {id} ({}) posted {} -> {o:?}", h.user, req.id),
+                Proposed::Committed(o) => {
+                    println!("  node {id} ({}) posted {} -> {o:?}", h.user, req.id)
+                }
                 Proposed::Queued { outbox_len } => {
-                    println!("  node {id} ({}) queued {} in its outbox ({outbox_len} waiting)", h.user, req.id)
+                    println!(
+                        "  node {id} ({}) queued {} in its outbox ({outbox_len} waiting)",
+                        h.user, req.id
+                    )
                 }
             }
             sent.insert(req.id);
@@ -78,9 +88,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let room = RoomId::new("demo:local-room")?;
     let mut opts = LocalOptions::new(&room);
     for id in 1..=args.nodes {
-        opts.users.insert(id, UserId::new(USERS[(id as usize - 1) % USERS.len()])?);
+        opts.users
+            .insert(id, UserId::new(USERS[(id as usize - 1) % USERS.len()])?);
     }
-    println!("starting a room of {} nodes in {}", args.nodes, dir.display());
+    println!(
+        "starting a room of {} nodes in {}",
+        args.nodes,
+        dir.display()
+    );
     let mut c = LocalCluster::start(&dir, room, args.nodes, opts).await?;
     let leader = c.wait_leader(WAIT).await.context("no leader elected")?;
     println!("leader: node {leader}");
@@ -91,13 +106,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.nodes >= 3 {
         println!("crashing the leader, node {leader}");
         c.stop_node(leader).await;
-        let next = c.wait_leader(WAIT).await.context("no new leader after the crash")?;
+        let next = c
+            .wait_leader(WAIT)
+            .await
+            .context("no new leader after the crash")?;
         println!("new leader: node {next}");
         post_round(&c, "after the crash", args.messages, &mut sent).await?;
         println!("restarting node {leader} from its RocksDB directory");
         c.start_node(leader).await?;
     }
-    let index = c.wait_converged(WAIT).await.context("nodes did not converge")?;
+    let index = c
+        .wait_converged(WAIT)
+        .await
+        .context("nodes did not converge")?;
     // Posts queued while no leader was reachable commit from the outboxes.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -106,16 +127,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             break;
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("{} posted messages never committed", sent.difference(&on_first).count());
+            bail!(
+                "{} posted messages never committed",
+                sent.difference(&on_first).count()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         c.wait_converged(WAIT).await;
     }
-    c.wait_converged(WAIT).await.context("nodes did not converge")?;
+    c.wait_converged(WAIT)
+        .await
+        .context("nodes did not converge")?;
     println!("\nthe room's log as node 1 holds it (up to raft index {index}):");
     let h1 = c.handle(1).context("node 1")?;
     for m in h1.storage.reader.all_messages()? {
-        println!("  [{:>4}] {}: {}", m.index, m.message.sender, m.message.content);
+        println!(
+            "  [{:>4}] {}: {}",
+            m.index, m.message.sender, m.message.content
+        );
     }
     let reference = log_of(&c, 1)?;
     let mut agree = true;
@@ -126,13 +155,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!(
             "node {id}: {} messages, {}",
             log.len(),
-            if same { "same order as node 1" } else { "DIFFERS from node 1" }
+            if same {
+                "same order as node 1"
+            } else {
+                "DIFFERS from node 1"
+            }
         );
     }
     c.shutdown().await;
     if !agree {
         bail!("nodes disagree on the log");
     }
-    println!("all {} nodes hold the same {} messages in the same order", args.nodes, reference.len());
+    println!(
+        "all {} nodes hold the same {} messages in the same order",
+        args.nodes,
+        reference.len()
+    );
     Ok(())
 }

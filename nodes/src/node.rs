@@ -1,7 +1,6 @@
 //! `skygit node`: this node's member of a room, driven from the terminal
 //! until the HTTP API and web UI land.
 
-
 use anyhow::Context;
 use skygit_actors::consensus::{Proposed, Submit};
 use skygit_actors::local::{LocalCluster, LocalOptions};
@@ -14,9 +13,20 @@ use crate::config::NodeConfig;
 
 pub fn print_event(e: &AppliedEvent) {
     if let (ApplyOutcome::Applied { index }, Some(m)) = (&e.outcome, &e.message) {
-        let text = if m.message.deleted { "(deleted)" } else { m.message.content.as_str() };
-        let edited = if m.message.edited_at.is_some() { " (edited)" } else { "" };
-        println!("[{index:>6}] #{} {}: {text}{edited}", m.message.conversation, m.message.sender);
+        let text = if m.message.deleted {
+            "(deleted)"
+        } else {
+            m.message.content.as_str()
+        };
+        let edited = if m.message.edited_at.is_some() {
+            " (edited)"
+        } else {
+            ""
+        };
+        println!(
+            "[{index:>6}] #{} {}: {text}{edited}",
+            m.message.conversation, m.message.sender
+        );
     }
 }
 
@@ -36,16 +46,29 @@ pub async fn run(cfg: NodeConfig, local_nodes: u64) -> anyhow::Result<()> {
         cfg.user,
         local_nodes
     );
-    for m in me.storage.reader.messages(&ConversationId::general(), None, None, 20)? {
-        let text = if m.message.deleted { "(deleted)" } else { m.message.content.as_str() };
-        println!("[{:>6}] #{} {}: {text}", m.index, m.message.conversation, m.message.sender);
+    for m in me
+        .storage
+        .reader
+        .messages(&ConversationId::general(), None, None, 20)?
+    {
+        let text = if m.message.deleted {
+            "(deleted)"
+        } else {
+            m.message.content.as_str()
+        };
+        println!(
+            "[{:>6}] #{} {}: {text}",
+            m.index, m.message.conversation, m.message.sender
+        );
     }
     let mut events = me.storage.state_machine.subscribe();
     let printer = tokio::spawn(async move {
         loop {
             match events.recv().await {
                 Ok(e) => print_event(&e),
-                Err(RecvError::Lagged(n)) => eprintln!("({n} messages not shown; the terminal fell behind)"),
+                Err(RecvError::Lagged(n)) => {
+                    eprintln!("({n} messages not shown; the terminal fell behind)")
+                }
                 Err(RecvError::Closed) => return,
             }
         }

@@ -248,7 +248,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let outcome = match entry.payload {
                 EntryPayload::Blank => ApplyOutcome::Applied { index },
                 EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(log_id.clone()), m));
+                    membership = Some(StoredMembership::new(Some(log_id), m));
                     ApplyOutcome::Applied { index }
                 }
                 EntryPayload::Normal(req) => {

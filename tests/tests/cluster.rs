@@ -320,7 +320,10 @@ async fn the_log_check_catches_a_state_machine_that_applies_twice() {
     let leader = c.wait_leader(CONVERGE).await.unwrap();
     let (req, _) = post(&c, leader, "ana", "twice".into()).await.unwrap();
     let again = propose(&c, leader, req).await.unwrap();
-    assert!(matches!(again, Proposed::Committed(ApplyOutcome::Applied { .. })), "{again:?}");
+    assert!(
+        matches!(again, Proposed::Committed(ApplyOutcome::Applied { .. })),
+        "{again:?}"
+    );
     c.wait_converged(CONVERGE).await.unwrap();
     let err = check_same_log(&c).expect_err("the duplicate must be caught");
     assert!(err.contains("distinct ids"), "{err}");
