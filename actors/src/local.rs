@@ -166,6 +166,12 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Takes node `id` out of the cluster's care (to hand it to a
+    /// [`Rooms`](crate::room::Rooms) registry, say); it keeps running.
+    pub fn take(&mut self, id: NodeId) -> Option<RoomHandle> {
+        self.nodes.remove(&id)
+    }
+
     /// The running node `id`.
     pub fn handle(&self, id: NodeId) -> Option<&RoomHandle> {
         self.nodes.get(&id)

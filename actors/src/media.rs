@@ -22,7 +22,17 @@ pub enum CallSignal {
     Hangup { to: NodeId, call_id: String },
 }
 
-pub struct MediaActor;
+pub struct MediaActor {
+    span: tracing::Span,
+}
+
+impl MediaActor {
+    pub fn new(room: &str, node: NodeId) -> Self {
+        Self {
+            span: tracing::info_span!("media", room, node),
+        }
+    }
+}
 
 impl Actor for MediaActor {
     type Context = Context<Self>;
@@ -31,6 +41,7 @@ impl Actor for MediaActor {
 impl Handler<CallSignal> for MediaActor {
     type Result = Result<(), MediaError>;
     fn handle(&mut self, msg: CallSignal, _ctx: &mut Self::Context) -> Self::Result {
+        let _e = self.span.enter();
         tracing::debug!(?msg, "call signalling is not built yet");
         Err(MediaError::NotBuilt)
     }

@@ -123,7 +123,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         dtls_fingerprint: String::new(),
     };
     let presence = PresenceActor::new(me, ports.presence, ports.clock, room).start();
-    let media = MediaActor.start();
+    let media = MediaActor::new(room, spec.node_id).start();
     Ok(RoomHandle {
         room: spec.room,
         node_id: spec.node_id,

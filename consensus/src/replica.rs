@@ -10,6 +10,7 @@ use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::codec::{self, EnvelopeKind};
 use crate::model::{ApplyOutcome, ChatRequest};
@@ -245,10 +246,14 @@ where
             continue;
         };
         let inner = inner.clone();
-        tokio::spawn(async move {
-            handle(&inner, req).await;
-            drop(permit);
-        });
+        let span = tracing::debug_span!("serve", node = inner.id, from = req.from, kind = ?req.kind, call = req.id);
+        tokio::spawn(
+            async move {
+                handle(&inner, req).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 }
 

@@ -4,9 +4,8 @@
 use anyhow::Context;
 use skygit_actors::consensus::{Proposed, Submit};
 use skygit_actors::local::{LocalCluster, LocalOptions};
-use skygit_consensus::model::{ApplyOutcome, Command, ConversationId};
+use skygit_consensus::model::{ApplyOutcome, Command, ConversationId, MAX_CONTENT_BYTES};
 use skygit_storage::AppliedEvent;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::config::NodeConfig;
@@ -75,11 +74,31 @@ pub async fn run(cfg: NodeConfig, local_nodes: u64) -> anyhow::Result<()> {
     });
     let consensus = me.consensus.clone();
     let user = cfg.user.clone();
+    // Standard input is read on a plain thread: tokio's stdin would hold
+    // the runtime open at shutdown while the terminal stays open.
+    let (tx, mut typed) = tokio::sync::mpsc::channel::<String>(64);
+    std::thread::Builder::new()
+        .name("skygit-stdin".into())
+        .spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                if tx.blocking_send(line).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("cannot start the input thread")?;
     let input = async move {
-        let mut lines = BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        while let Some(line) = typed.recv().await {
             let line = line.trim().to_owned();
             if line.is_empty() {
+                continue;
+            }
+            if line.len() > MAX_CONTENT_BYTES {
+                eprintln!(
+                    "not posted: the line is {} bytes; the limit is {MAX_CONTENT_BYTES}",
+                    line.len()
+                );
                 continue;
             }
             let submit = Submit {
@@ -98,7 +117,6 @@ pub async fn run(cfg: NodeConfig, local_nodes: u64) -> anyhow::Result<()> {
                 Err(e) => eprintln!("not posted: {e}"),
             }
         }
-        // Standard input closed: keep serving until a signal.
     };
     let input = tokio::spawn(input);
     let signal = crate::shutdown_signal().await?;

@@ -7,9 +7,11 @@
 //! one fsync (group commit) and completes their callbacks in order.
 //! Votes are written with a synced write before `save_vote` returns.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -26,6 +28,8 @@ const KEY_COMMITTED: &[u8] = b"committed";
 
 /// Entries a single read returns at most (bounds memory per read).
 const MAX_ENTRIES_PER_READ: usize = 4096;
+/// Recently appended entries kept decoded in memory.
+pub const RECENT_ENTRIES: usize = 8192;
 
 /// Fault injection for proving the tests can fail: acknowledge appends
 /// before the WAL is synced. Only the simulator's canaries use this.
@@ -43,6 +47,69 @@ pub struct LogStore {
     db: RoomDb,
     syncer: std_mpsc::Sender<IOFlushed<TypeConfig>>,
     durability: Durability,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// The newest appended entries, decoded, with contiguous indexes: the
+/// leader replicates from here instead of re-reading and re-decoding
+/// RocksDB. It mirrors every append, truncation and purge, in order.
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<Entry>,
+}
+
+impl Recent {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.index())
+    }
+
+    fn push(&mut self, entry: Entry) {
+        if let Some(last) = self.entries.back() {
+            if last.index() + 1 != entry.index() {
+                self.entries.clear();
+            }
+        }
+        self.entries.push_back(entry);
+        while self.entries.len() > RECENT_ENTRIES {
+            self.entries.pop_front();
+        }
+    }
+
+    fn truncate_after(&mut self, last: Option<u64>) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|e| last.is_none_or(|l| e.index() > l))
+        {
+            self.entries.pop_back();
+        }
+    }
+
+    fn purge_upto(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|e| e.index() <= index) {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Entries `[start, end)` if all of them are here.
+    fn get(&self, start: u64, end: Bound<u64>) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let last = self.entries.back()?.index();
+        let end_excl = match end {
+            Bound::Included(e) => e.saturating_add(1),
+            Bound::Excluded(e) => e,
+            Bound::Unbounded => last + 1,
+        };
+        if start < first || end_excl > last + 1 {
+            return None;
+        }
+        if start >= end_excl {
+            return Some(Vec::new());
+        }
+        let from = (start - first) as usize;
+        let to = ((end_excl - first) as usize).min(from + MAX_ENTRIES_PER_READ);
+        Some(self.entries.range(from..to).cloned().collect())
+    }
 }
 
 impl LogStore {
@@ -56,6 +123,7 @@ impl LogStore {
             db,
             syncer: tx,
             durability,
+            recent: Arc::new(Mutex::new(Recent::default())),
         })
     }
 
@@ -69,7 +137,15 @@ impl LogStore {
         }
     }
 
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        // Every operation leaves the deque valid, so a poisoned lock is usable.
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn read_range(&self, start: u64, end: Bound<u64>) -> Result<Vec<Entry>, StorageError> {
+        if let Some(hit) = self.recent().get(start, end) {
+            return Ok(hit);
+        }
         let cf = self.db.cf(CF_LOG)?;
         let key = index_key(start);
         let mut out = Vec::new();
@@ -207,11 +283,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = self.db.cf(CF_LOG)?;
         let mut batch = WriteBatch::default();
+        let mut appended = Vec::new();
         for entry in entries {
             let bytes = codec::to_bytes(&entry).map_err(StorageError::from)?;
             batch.put_cf(cf, index_key(entry.index()), bytes);
+            appended.push(entry);
         }
         self.db.db.write(batch).map_err(StorageError::from)?;
+        {
+            let mut recent = self.recent();
+            for e in appended {
+                recent.push(e);
+            }
+        }
         match self.durability {
             Durability::Synced => {
                 if let Err(std_mpsc::SendError(cb)) = self.syncer.send(callback) {
@@ -225,6 +309,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
         let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
+        self.recent().truncate_after(last_log_id.map(|l| l.index()));
         let cf = self.db.cf(CF_LOG)?;
         self.db
             .db
@@ -248,6 +333,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             index_key(log_id.index() + 1),
         );
         self.db.db.write(batch).map_err(StorageError::from)?;
+        self.recent().purge_upto(log_id.index());
         Ok(())
     }
 }
@@ -255,4 +341,63 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// Opens the log store of a room database.
 pub fn log_store(db: &RoomDb, durability: Durability) -> Result<LogStore, StorageError> {
     LogStore::new(db.clone(), durability)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::entry::RaftEntry;
+    use openraft::vote::RaftLeaderId;
+
+    fn entry(index: u64) -> Entry {
+        let leader = openraft::vote::leader_id_adv::LeaderId::new(1, 1);
+        Entry::new_blank(openraft::LogId::new(leader.to_committed(), index))
+    }
+
+    fn indexes(v: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|e| e.index()).collect())
+    }
+
+    #[test]
+    fn recent_entries_mirror_appends_truncations_and_purges() {
+        let mut r = Recent::default();
+        for i in 5..10 {
+            r.push(entry(i));
+        }
+        assert_eq!(
+            indexes(r.get(5, Bound::Excluded(10))),
+            Some(vec![5, 6, 7, 8, 9])
+        );
+        assert_eq!(indexes(r.get(7, Bound::Included(8))), Some(vec![7, 8]));
+        assert_eq!(
+            indexes(r.get(4, Bound::Excluded(6))),
+            None,
+            "4 is not cached"
+        );
+        assert_eq!(
+            indexes(r.get(8, Bound::Excluded(11))),
+            None,
+            "10 does not exist"
+        );
+        r.truncate_after(Some(7));
+        assert_eq!(indexes(r.get(5, Bound::Unbounded)), Some(vec![5, 6, 7]));
+        r.purge_upto(5);
+        assert_eq!(indexes(r.get(6, Bound::Unbounded)), Some(vec![6, 7]));
+        // A gap (a snapshot installed far ahead) restarts the cache.
+        r.push(entry(20));
+        assert_eq!(indexes(r.get(20, Bound::Unbounded)), Some(vec![20]));
+        assert_eq!(r.first_index(), Some(20));
+        r.truncate_after(None);
+        assert_eq!(r.first_index(), None);
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let mut r = Recent::default();
+        for i in 0..(RECENT_ENTRIES as u64 + 10) {
+            r.push(entry(i));
+        }
+        assert_eq!(r.entries.len(), RECENT_ENTRIES);
+        assert_eq!(r.first_index(), Some(10));
+    }
 }

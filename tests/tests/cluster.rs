@@ -329,3 +329,80 @@ async fn the_log_check_catches_a_state_machine_that_applies_twice() {
     assert!(err.contains("distinct ids"), "{err}");
     c.shutdown().await;
 }
+
+/// One node directory serves two rooms: separate raft groups, separate
+/// storage namespaces, no message crosses between them.
+#[actix_rt::test]
+async fn two_rooms_on_the_same_nodes_stay_apart() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (ra, rb) = (
+        skygit_consensus::model::RoomId::new("github:acme/alpha").unwrap(),
+        skygit_consensus::model::RoomId::new("github:acme/beta").unwrap(),
+    );
+    let a = skygit_actors::local::LocalCluster::start(
+        dir.path(),
+        ra.clone(),
+        3,
+        LocalOptions::new(&ra),
+    )
+    .await
+    .unwrap();
+    let b = skygit_actors::local::LocalCluster::start(
+        dir.path(),
+        rb.clone(),
+        3,
+        LocalOptions::new(&rb),
+    )
+    .await
+    .unwrap();
+    a.wait_leader(CONVERGE).await.unwrap();
+    b.wait_leader(CONVERGE).await.unwrap();
+    let mut in_a = BTreeSet::new();
+    let mut in_b = BTreeSet::new();
+    for i in 0..20 {
+        in_a.insert(
+            post(&a, 1 + i % 3, "ana", format!("alpha {i}"))
+                .await
+                .unwrap()
+                .0
+                .id,
+        );
+        in_b.insert(
+            post(&b, 1 + i % 3, "bo", format!("beta {i}"))
+                .await
+                .unwrap()
+                .0
+                .id,
+        );
+    }
+    a.wait_converged(CONVERGE).await.unwrap();
+    b.wait_converged(CONVERGE).await.unwrap();
+    assert_eq!(
+        assert_same_log(&a).into_iter().collect::<BTreeSet<_>>(),
+        in_a
+    );
+    assert_eq!(
+        assert_same_log(&b).into_iter().collect::<BTreeSet<_>>(),
+        in_b
+    );
+    let rooms = std::fs::read_dir(dir.path().join("node-1/rooms"))
+        .unwrap()
+        .count();
+    assert_eq!(rooms, 2, "each room has its own storage namespace");
+
+    // The node-level registry refuses to open a room twice.
+    let mut registry = skygit_actors::room::Rooms::default();
+    let mut a = a;
+    let h = a.take(1).unwrap();
+    registry.add(h).unwrap();
+    // Node 2 of the same room, handed to the same registry.
+    let again = a.take(2).unwrap();
+    assert!(matches!(
+        registry.add(again),
+        Err(skygit_actors::room::RoomError::AlreadyOpen(_))
+    ));
+    registry.shutdown_all().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

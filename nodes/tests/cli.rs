@@ -1,0 +1,166 @@
+//! The `skygit` binary as a user runs it: real processes, real RocksDB
+//! directories, real signals.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn skygit() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_skygit"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+#[test]
+fn version_and_help() {
+    let out = skygit().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("skygit "));
+    let out = skygit().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["node", "demo", "bench"] {
+        assert!(help.contains(cmd), "--help does not mention {cmd}: {help}");
+    }
+}
+
+#[test]
+fn the_demo_room_agrees() {
+    let out = skygit()
+        .args(["demo", "--nodes", "3", "--messages", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("all 3 nodes hold the same 10 messages in the same order"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "repo = \"r\"\ncolour = \"blue\"\n").unwrap();
+    let out = skygit()
+        .args(["node", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid config file") && err.contains("colour"),
+        "{err}"
+    );
+
+    let out = skygit()
+        .args(["node", "--repo", "r", "--user", "no spaces"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid user name"));
+
+    let out = skygit()
+        .args(["bench", "raft", "--nodes", "9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--nodes"));
+}
+
+/// Reads a child's lines on a thread so the test can wait with a deadline.
+fn lines(child: &mut Child) -> (mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    let spawn = |r: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    };
+    let out = spawn(Box::new(child.stdout.take().unwrap()));
+    let err = spawn(Box::new(child.stderr.take().unwrap()));
+    (out, err)
+}
+
+fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    panic!("no line containing {needle:?} within {within:?}; saw: {seen:#?}");
+}
+
+fn start_node(data: &std::path::Path) -> Child {
+    skygit()
+        .args([
+            "node",
+            "--repo",
+            "./team.git",
+            "--user",
+            "ana",
+            "--local-nodes",
+            "3",
+            "--data-dir",
+        ])
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "node did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_node_posts_from_stdin_stops_on_sigterm_and_keeps_its_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = start_node(dir.path());
+    let (out, err) = lines(&mut node);
+    wait_for(&err, "type a line to post", Duration::from_secs(30));
+    let mut stdin = node.stdin.take().unwrap();
+    writeln!(stdin, "hello from the terminal").unwrap();
+    stdin.flush().unwrap();
+    let line = wait_for(&out, "hello from the terminal", Duration::from_secs(30));
+    assert!(line.contains("#general ana:"), "{line}");
+    let status = terminate(&mut node);
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    wait_for(&err, "SIGTERM: shutting down", Duration::from_secs(5));
+
+    // Restarted from the same directory, the node still has the message.
+    let mut node = start_node(dir.path());
+    let (out, _err) = lines(&mut node);
+    let line = wait_for(&out, "hello from the terminal", Duration::from_secs(30));
+    assert!(line.contains("ana"), "{line}");
+    terminate(&mut node);
+}
