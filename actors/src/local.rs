@@ -33,7 +33,11 @@ pub struct LocalOptions {
 impl LocalOptions {
     pub fn new(room: &RoomId) -> Self {
         Self {
-            raft: skygit_consensus::config::raft_config(room.as_str(), 5_000, 1_000),
+            raft: skygit_consensus::config::raft_config(
+                room.as_str(),
+                skygit_consensus::config::DEFAULT_SNAPSHOT_EVERY,
+                skygit_consensus::config::DEFAULT_KEEP_AFTER_SNAPSHOT,
+            ),
             faults: Faults::default(),
             seed: None,
             users: BTreeMap::new(),

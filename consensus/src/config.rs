@@ -6,6 +6,12 @@ use openraft::{Config, SnapshotPolicy};
 /// append well under the codec's 8 MiB frame limit.
 pub const MAX_PAYLOAD_ENTRIES: u64 = 256;
 
+/// Entries between snapshots by default. A snapshot holds the whole state
+/// machine, so its cost grows with the room; 50,000 entries keeps it rare.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 50_000;
+/// Log entries kept behind a snapshot by default, for peers that lag.
+pub const DEFAULT_KEEP_AFTER_SNAPSHOT: u64 = 1_000;
+
 /// Raft settings for a room. `snapshot_every` is how many applied entries
 /// trigger a new snapshot; the log keeps `keep_after_snapshot` entries
 /// behind it for peers that lag a little.

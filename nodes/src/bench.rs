@@ -49,9 +49,9 @@ pub async fn raft(args: RaftBenchArgs) -> anyhow::Result<()> {
         }
     };
     let room = RoomId::new("bench:raft")?;
-    let mut opts = LocalOptions::new(&room);
-    // Snapshots at the default interval are part of the measured cost.
-    opts.raft = skygit_consensus::config::raft_config(room.as_str(), 5_000, 1_000);
+    // Default raft settings: snapshots at the default interval are part of
+    // the measured cost.
+    let opts = LocalOptions::new(&room);
     let c = LocalCluster::start(&dir, room, args.nodes, opts).await?;
     c.wait_leader(Duration::from_secs(30))
         .await

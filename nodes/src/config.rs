@@ -102,8 +102,10 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<NodeConfig> 
         .unwrap_or_else(default_data_dir);
     let mut raft = skygit_consensus::config::raft_config(
         room.as_str(),
-        file.raft.snapshot_every.unwrap_or(5_000),
-        1_000,
+        file.raft
+            .snapshot_every
+            .unwrap_or(skygit_consensus::config::DEFAULT_SNAPSHOT_EVERY),
+        skygit_consensus::config::DEFAULT_KEEP_AFTER_SNAPSHOT,
     );
     if let Some(h) = file.raft.heartbeat_ms {
         raft.heartbeat_interval = h;
