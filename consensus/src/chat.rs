@@ -98,30 +98,20 @@ pub fn apply<V: ChatView>(
             }));
         }
         Command::Edit { message, content } => {
-            let Some(mut rec) = view.message(*message)? else {
-                return reject(Rejection::NoSuchMessage(*message));
+            let mut rec = match changeable(view, *message, req)? {
+                Ok(rec) => rec,
+                Err(reason) => return reject(reason),
             };
-            if rec.message.sender != req.sender {
-                return reject(Rejection::NotAuthor(*message));
-            }
-            if rec.message.deleted {
-                return reject(Rejection::Deleted(*message));
-            }
             rec.message.content = content.clone();
             rec.message.edited_at = Some(req.at);
             rec.last_change_index = index;
             effects.push(Effect::PutMessage(rec));
         }
         Command::Delete { message } => {
-            let Some(mut rec) = view.message(*message)? else {
-                return reject(Rejection::NoSuchMessage(*message));
+            let mut rec = match changeable(view, *message, req)? {
+                Ok(rec) => rec,
+                Err(reason) => return reject(reason),
             };
-            if rec.message.sender != req.sender {
-                return reject(Rejection::NotAuthor(*message));
-            }
-            if rec.message.deleted {
-                return reject(Rejection::Deleted(*message));
-            }
             rec.message.deleted = true;
             rec.message.content.clear();
             rec.last_change_index = index;
@@ -167,6 +157,25 @@ pub fn apply<V: ChatView>(
     }
     effects.push(Effect::RecordRequest { id: req.id, index });
     Ok((effects, ApplyOutcome::Applied { index }))
+}
+
+/// The message `id` if `req`'s sender may change it: it exists, they wrote
+/// it, and it is not deleted.
+fn changeable<V: ChatView>(
+    view: &mut V,
+    id: Ulid,
+    req: &ChatRequest,
+) -> Result<Result<MessageRecord, Rejection>, V::Error> {
+    let Some(rec) = view.message(id)? else {
+        return Ok(Err(Rejection::NoSuchMessage(id)));
+    };
+    if rec.message.sender != req.sender {
+        return Ok(Err(Rejection::NotAuthor(id)));
+    }
+    if rec.message.deleted {
+        return Ok(Err(Rejection::Deleted(id)));
+    }
+    Ok(Ok(rec))
 }
 
 /// The chat state held in memory: for unit tests and the simulator.

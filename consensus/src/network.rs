@@ -185,6 +185,19 @@ impl PeerNetwork {
     }
 }
 
+impl PeerNetwork {
+    async fn call_vote(
+        &self,
+        req: RaftRequest,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(&req, option.hard_ttl(), RPCTypes::Vote).await? {
+            RaftResponse::Vote(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     type SnapshotData = SnapshotData;
 
@@ -211,13 +224,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .call(&RaftRequest::Vote(rpc), option.hard_ttl(), RPCTypes::Vote)
-            .await?
-        {
-            RaftResponse::Vote(r) => Ok(r),
-            other => Err(unexpected(&other)),
-        }
+        self.call_vote(RaftRequest::Vote(rpc), option).await
     }
 
     async fn pre_vote(
@@ -225,17 +232,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .call(
-                &RaftRequest::PreVote(rpc),
-                option.hard_ttl(),
-                RPCTypes::Vote,
-            )
-            .await?
-        {
-            RaftResponse::Vote(r) => Ok(r),
-            other => Err(unexpected(&other)),
-        }
+        self.call_vote(RaftRequest::PreVote(rpc), option).await
     }
 
     async fn full_snapshot(

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
-use skygit_consensus::codec::CodecError;
+use skygit_consensus::codec::{self, CodecError};
 
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
@@ -127,6 +127,18 @@ impl RoomDb {
 
     pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StorageError> {
         self.db.cf_handle(name).ok_or(StorageError::MissingCf(name))
+    }
+
+    /// Reads and decodes the value under `key` in column family `cf`.
+    pub(crate) fn get_decoded<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self.db.get_pinned_cf(self.cf(cf)?, key)? {
+            Some(bytes) => Ok(Some(codec::from_bytes(&bytes)?)),
+            None => Ok(None),
+        }
     }
 
     /// Makes every write so far durable.

@@ -13,6 +13,7 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 
+use futures::{Stream, StreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
@@ -91,8 +92,8 @@ impl Recent {
         }
     }
 
-    /// Entries `[start, end)` if all of them are here.
-    fn get(&self, start: u64, end: Bound<u64>) -> Option<Vec<Entry>> {
+    /// Entries `[start, end)`, at most `limit`, if all of them are here.
+    fn get(&self, start: u64, end: Bound<u64>, limit: usize) -> Option<Vec<Entry>> {
         let first = self.first_index()?;
         let last = self.entries.back()?.index();
         let end_excl = match end {
@@ -107,7 +108,7 @@ impl Recent {
             return Some(Vec::new());
         }
         let from = (start - first) as usize;
-        let to = ((end_excl - first) as usize).min(from + MAX_ENTRIES_PER_READ);
+        let to = ((end_excl - first) as usize).min(from.saturating_add(limit));
         Some(self.entries.range(from..to).cloned().collect())
     }
 }
@@ -131,10 +132,7 @@ impl LogStore {
         &self,
         key: &[u8],
     ) -> Result<Option<T>, StorageError> {
-        match self.db.db.get_cf(self.db.cf(CF_RAFT_META)?, key)? {
-            Some(bytes) => Ok(Some(codec::from_bytes(&bytes)?)),
-            None => Ok(None),
-        }
+        self.db.get_decoded(CF_RAFT_META, key)
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
@@ -142,8 +140,14 @@ impl LogStore {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn read_range(&self, start: u64, end: Bound<u64>) -> Result<Vec<Entry>, StorageError> {
-        if let Some(hit) = self.recent().get(start, end) {
+    /// Entries in `[start, end)`, at most `limit` of them.
+    fn read_range(
+        &self,
+        start: u64,
+        end: Bound<u64>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        if let Some(hit) = self.recent().get(start, end, limit) {
             return Ok(hit);
         }
         let cf = self.db.cf(CF_LOG)?;
@@ -161,7 +165,7 @@ impl LogStore {
                 Bound::Excluded(e) => index < e,
                 Bound::Unbounded => true,
             };
-            if !inside || out.len() >= MAX_ENTRIES_PER_READ {
+            if !inside || out.len() >= limit {
                 break;
             }
             let entry: Entry = codec::from_bytes(&v)?;
@@ -192,17 +196,67 @@ fn sync_loop(db: RoomDb, rx: std_mpsc::Receiver<IOFlushed<TypeConfig>>) {
     }
 }
 
+fn start_of(range: &impl RangeBounds<u64>) -> u64 {
+    match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
+    /// Every entry of the range (openraft's contract: no early stop). Large
+    /// ranges go through [`Self::entries_stream`] or
+    /// [`Self::limited_get_log_entries`], which bound memory.
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, std::io::Error> {
-        let start = match range.start_bound() {
-            Bound::Included(s) => *s,
-            Bound::Excluded(s) => s.saturating_add(1),
-            Bound::Unbounded => 0,
+        Ok(self.read_range(start_of(&range), range.end_bound().cloned(), usize::MAX)?)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, std::io::Error> {
+        Ok(self.read_range(start, Bound::Excluded(end), MAX_ENTRIES_PER_READ)?)
+    }
+
+    /// Streams the range in chunks of [`MAX_ENTRIES_PER_READ`], so applying a
+    /// long stretch of the log never holds it all in memory.
+    async fn entries_stream<RB>(
+        &mut self,
+        range: RB,
+    ) -> impl Stream<Item = Result<Entry, std::io::Error>> + OptionalSend
+    where
+        RB: RangeBounds<u64> + Clone + Debug + OptionalSend,
+    {
+        let start = start_of(&range);
+        let end = match range.end_bound() {
+            Bound::Included(e) => e.saturating_add(1),
+            Bound::Excluded(e) => *e,
+            Bound::Unbounded => u64::MAX,
         };
-        Ok(self.read_range(start, range.end_bound().cloned())?)
+        let store = self.clone();
+        futures::stream::unfold(Some(start), move |next| {
+            let store = store.clone();
+            async move {
+                let next = next.filter(|n| *n < end)?;
+                let (items, following): (Vec<Result<Entry, std::io::Error>>, _) =
+                    match store.read_range(next, Bound::Excluded(end), MAX_ENTRIES_PER_READ) {
+                        // Like `try_get_log_entries`, the stream holds what
+                        // exists of the range; it ends when a read finds nothing.
+                        Ok(v) => {
+                            let following = v.last().map(|e| e.index() + 1);
+                            (v.into_iter().map(Ok).collect(), following)
+                        }
+                        Err(e) => (vec![Err(e.into())], None),
+                    };
+                Some((futures::stream::iter(items), following))
+            }
+        })
+        .flatten()
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
@@ -365,27 +419,44 @@ mod tests {
             r.push(entry(i));
         }
         assert_eq!(
-            indexes(r.get(5, Bound::Excluded(10))),
+            indexes(r.get(5, Bound::Excluded(10), usize::MAX)),
             Some(vec![5, 6, 7, 8, 9])
         );
-        assert_eq!(indexes(r.get(7, Bound::Included(8))), Some(vec![7, 8]));
         assert_eq!(
-            indexes(r.get(4, Bound::Excluded(6))),
+            indexes(r.get(7, Bound::Included(8), usize::MAX)),
+            Some(vec![7, 8])
+        );
+        assert_eq!(
+            indexes(r.get(4, Bound::Excluded(6), usize::MAX)),
             None,
             "4 is not cached"
         );
         assert_eq!(
-            indexes(r.get(8, Bound::Excluded(11))),
+            indexes(r.get(8, Bound::Excluded(11), usize::MAX)),
             None,
             "10 does not exist"
         );
         r.truncate_after(Some(7));
-        assert_eq!(indexes(r.get(5, Bound::Unbounded)), Some(vec![5, 6, 7]));
+        assert_eq!(
+            indexes(r.get(5, Bound::Unbounded, 2)),
+            Some(vec![5, 6]),
+            "limited"
+        );
+        assert_eq!(
+            indexes(r.get(5, Bound::Unbounded, usize::MAX)),
+            Some(vec![5, 6, 7])
+        );
         r.purge_upto(5);
-        assert_eq!(indexes(r.get(6, Bound::Unbounded)), Some(vec![6, 7]));
+        assert_eq!(
+            indexes(r.get(6, Bound::Unbounded, usize::MAX)),
+            Some(vec![6, 7])
+        );
         // A gap (a snapshot installed far ahead) restarts the cache.
         r.push(entry(20));
-        assert_eq!(indexes(r.get(20, Bound::Unbounded)), Some(vec![20]));
+        assert_eq!(
+            indexes(r.get(20, Bound::Unbounded, usize::MAX)),
+            Some(vec![20])
+        );
         assert_eq!(r.first_index(), Some(20));
         r.truncate_after(None);
         assert_eq!(r.first_index(), None);

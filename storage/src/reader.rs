@@ -28,14 +28,7 @@ impl ChatReader {
 
     /// The last log id applied to the state machine.
     pub fn last_applied(&self) -> Result<Option<LogId>, StorageError> {
-        match self
-            .db
-            .db
-            .get_cf(self.db.cf(CF_SM_META)?, b"last_applied")?
-        {
-            Some(b) => Ok(Some(codec::from_bytes(&b)?)),
-            None => Ok(None),
-        }
+        self.db.get_decoded(CF_SM_META, b"last_applied")
     }
 
     /// A message by id.

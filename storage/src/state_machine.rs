@@ -83,10 +83,7 @@ impl StateMachine {
         &self,
         key: &[u8],
     ) -> Result<Option<T>, StorageError> {
-        match self.db.db.get_cf(self.db.cf(CF_SM_META)?, key)? {
-            Some(b) => Ok(Some(codec::from_bytes(&b)?)),
-            None => Ok(None),
-        }
+        self.db.get_decoded(CF_SM_META, key)
     }
 }
 

@@ -78,6 +78,25 @@ pub fn message_ids(c: &LocalCluster, node: NodeId) -> Vec<Ulid> {
         .collect()
 }
 
+/// Waits until the room has converged and node `node` holds every one of
+/// `ids` (queued posts commit from outboxes in the background).
+pub async fn wait_holds(c: &LocalCluster, node: NodeId, ids: &BTreeSet<Ulid>, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        c.wait_converged(within).await.expect("the room converges");
+        let log: BTreeSet<Ulid> = message_ids(c, node).into_iter().collect();
+        let missing = ids.difference(&log).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {node} still misses {missing} messages"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Checks that every running node holds the same messages in the same
 /// order, each once; returns them, or what is wrong.
 pub fn check_same_log(c: &LocalCluster) -> Result<Vec<Ulid>, String> {
