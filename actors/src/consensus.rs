@@ -39,6 +39,8 @@ pub enum Proposed {
 pub enum ProposeFailure {
     #[error("invalid request: {0}")]
     Invalid(#[from] ValidationError),
+    #[error("the leader refused the request: {0}")]
+    Refused(String),
     #[error("no leader is reachable and the outbox cannot take the request: {0}")]
     Outbox(StorageError),
     #[error("the consensus actor is gone")]
@@ -144,6 +146,7 @@ async fn propose(
     req.validate()?;
     match replica.propose(req.clone()).await {
         Ok(outcome) => Ok(Proposed::Committed(outcome)),
+        Err(ProposeError::Invalid(reason)) => Err(ProposeFailure::Refused(reason)),
         Err(e) => {
             tracing::debug!(request = %req.id, error = %e, "proposal queued in the outbox");
             storage
@@ -204,7 +207,11 @@ impl Handler<LeaderChanged> for ConsensusActor {
         let _e = self.span.enter();
         tracing::info!(leader = ?msg.leader, term = msg.term, "leader changed");
         self.last_leader = msg.clone();
-        self.subscribers.retain(|s| s.try_send(msg.clone()).is_ok());
+        // A busy subscriber still gets every change; only a closed one is dropped.
+        self.subscribers.retain(|s| s.connected());
+        for s in &self.subscribers {
+            s.do_send(msg.clone());
+        }
         if msg.leader.is_some() {
             ctx.notify(RetryOutbox);
         }
@@ -215,7 +222,7 @@ impl Handler<SubscribeLeader> for ConsensusActor {
     type Result = ();
 
     fn handle(&mut self, msg: SubscribeLeader, _ctx: &mut Self::Context) {
-        let _ = msg.0.try_send(self.last_leader.clone());
+        msg.0.do_send(self.last_leader.clone());
         self.subscribers.push(msg.0);
     }
 }
@@ -275,6 +282,13 @@ impl Handler<RetryOutbox> for ConsensusActor {
                         if let ApplyOutcome::Rejected { reason, .. } = &outcome {
                             tracing::warn!(request = %req.id, %reason, "queued request refused by the room");
                         }
+                        if let Err(e) = storage.outbox.remove(req.id) {
+                            tracing::error!(request = %req.id, error = %e, "cannot clear outbox entry");
+                        }
+                    }
+                    Err(ProposeError::Invalid(reason)) => {
+                        // It can never be accepted; keeping it would block the outbox.
+                        tracing::error!(request = %req.id, %reason, "dropping an invalid request from the outbox");
                         if let Err(e) = storage.outbox.remove(req.id) {
                             tracing::error!(request = %req.id, error = %e, "cannot clear outbox entry");
                         }

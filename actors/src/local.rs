@@ -138,6 +138,11 @@ impl LocalCluster {
         }
     }
 
+    /// The room's in-process network (tests join it as other peers).
+    pub fn net(&self) -> &InProcNet {
+        &self.net
+    }
+
     /// Cuts node `id` off from the others, or heals it.
     pub fn isolate(&self, id: NodeId, isolated: bool) {
         self.net.isolate(id, isolated);

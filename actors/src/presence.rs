@@ -135,8 +135,11 @@ impl Handler<Poll> for PresenceActor {
                 .map(|res, act, _| {
                     let records = res?;
                     let events = act.update(records, act.clock.now_ms());
+                    act.subscribers.retain(|s| s.connected());
                     for e in events {
-                        act.subscribers.retain(|s| s.try_send(e.clone()).is_ok());
+                        for s in &act.subscribers {
+                            s.do_send(e.clone());
+                        }
                     }
                     Ok(act.online.values().cloned().collect())
                 }),

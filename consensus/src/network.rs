@@ -25,17 +25,85 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Envelope, EnvelopeKind};
 use crate::rpc::{RpcError, RpcFrame, RpcMux};
-use crate::types::{NodeId, Raft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{
+    Entry, LogId, NodeId, Raft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote,
+};
 
 /// Largest frame a snapshot chunk may take on the wire.
 pub const MAX_CHUNK_FRAME_BYTES: usize = 64 * 1024;
 /// Largest snapshot a node accepts from a peer.
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 
+/// Most entries an AppendEntries may carry on the wire: four times what
+/// this node's raft sends, checked while decoding so a frame of tiny
+/// entries cannot inflate into a huge allocation.
+pub const MAX_WIRE_ENTRIES: usize = 4 * crate::config::MAX_PAYLOAD_ENTRIES as usize;
+
+/// AppendEntries as it travels: openraft's fields, with the entry count
+/// bounded by [`MAX_WIRE_ENTRIES`] during decoding.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppendWire {
+    pub vote: Vote,
+    pub prev_log_id: Option<LogId>,
+    #[serde(deserialize_with = "bounded_entries")]
+    pub entries: Vec<Entry>,
+    pub leader_commit: Option<LogId>,
+}
+
+impl From<AppendEntriesRequest<TypeConfig>> for AppendWire {
+    fn from(r: AppendEntriesRequest<TypeConfig>) -> Self {
+        Self {
+            vote: r.vote,
+            prev_log_id: r.prev_log_id,
+            entries: r.entries,
+            leader_commit: r.leader_commit,
+        }
+    }
+}
+
+impl From<AppendWire> for AppendEntriesRequest<TypeConfig> {
+    fn from(w: AppendWire) -> Self {
+        Self {
+            vote: w.vote,
+            prev_log_id: w.prev_log_id,
+            entries: w.entries,
+            leader_commit: w.leader_commit,
+        }
+    }
+}
+
+fn bounded_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Entry>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<Entry>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "at most {MAX_WIRE_ENTRIES} log entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<Entry>, A::Error> {
+            let n = seq.size_hint().unwrap_or(0);
+            if n > MAX_WIRE_ENTRIES {
+                return Err(serde::de::Error::invalid_length(n, &self));
+            }
+            let mut out = Vec::with_capacity(n);
+            while let Some(e) = seq.next_element()? {
+                if out.len() == MAX_WIRE_ENTRIES {
+                    return Err(serde::de::Error::invalid_length(out.len() + 1, &self));
+                }
+                out.push(e);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded)
+}
+
 /// A raft RPC.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RaftRequest {
-    Append(AppendEntriesRequest<TypeConfig>),
+    Append(AppendWire),
     Vote(VoteRequest<TypeConfig>),
     PreVote(VoteRequest<TypeConfig>),
     SnapshotChunk(SnapshotChunk),
@@ -208,7 +276,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         match self
             .call(
-                &RaftRequest::Append(rpc),
+                &RaftRequest::Append(rpc.into()),
                 option.hard_ttl(),
                 RPCTypes::AppendEntries,
             )
@@ -319,7 +387,7 @@ where
             Err(e) => return RaftResponse::Error(format!("bad raft request: {e}")),
         };
         match req {
-            RaftRequest::Append(r) => match self.raft.append_entries(r).await {
+            RaftRequest::Append(r) => match self.raft.append_entries(r.into()).await {
                 Ok(a) => RaftResponse::Append(a),
                 Err(e) => RaftResponse::Error(e.to_string()),
             },
@@ -391,6 +459,32 @@ where
 mod tests {
     use super::*;
     use openraft::vote::RaftLeaderId;
+
+    fn blank(i: u64) -> Entry {
+        use openraft::entry::RaftEntry;
+        let leader = openraft::vote::leader_id_adv::CommittedLeaderId::new(1, 1);
+        Entry::new_blank(openraft::LogId::new(leader, i))
+    }
+
+    fn append_with(n: u64) -> RaftRequest {
+        RaftRequest::Append(AppendWire {
+            vote: Vote::new(1, 1),
+            prev_log_id: None,
+            entries: (1..=n).map(blank).collect(),
+            leader_commit: None,
+        })
+    }
+
+    #[test]
+    fn appends_beyond_the_entry_bound_do_not_decode() {
+        let ok = codec::to_bytes(&append_with(MAX_WIRE_ENTRIES as u64)).unwrap();
+        assert!(matches!(
+            codec::from_bytes::<RaftRequest>(&ok),
+            Ok(RaftRequest::Append(a)) if a.entries.len() == MAX_WIRE_ENTRIES
+        ));
+        let too_many = codec::to_bytes(&append_with(MAX_WIRE_ENTRIES as u64 + 1)).unwrap();
+        assert!(codec::from_bytes::<RaftRequest>(&too_many).is_err());
+    }
 
     #[test]
     fn snapshot_chunk_frames_fit_a_data_channel_message() {

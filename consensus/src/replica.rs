@@ -40,7 +40,11 @@ pub enum ChatRpcRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ChatRpcResponse {
     Outcome(ApplyOutcome),
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        leader: Option<NodeId>,
+    },
+    /// The request breaks a bound; it will never be accepted.
+    Invalid(String),
     Failed(String),
 }
 
@@ -50,6 +54,8 @@ pub enum ChatRpcResponse {
 /// applies its id once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
+    #[error("invalid request: {0}")]
+    Invalid(String),
     #[error("no leader is reachable")]
     NoLeader,
     #[error("forwarding to leader {leader} failed: {reason}")]
@@ -141,6 +147,8 @@ where
     /// Proposes `req`: on the leader it is written here, otherwise it is
     /// forwarded to the leader. Returns when it is applied on the leader.
     pub async fn propose(&self, req: ChatRequest) -> Result<ApplyOutcome, ProposeError> {
+        req.validate()
+            .map_err(|e| ProposeError::Invalid(e.to_string()))?;
         let mut leader = match write_local(&self.inner.raft, req.clone()).await {
             Ok(outcome) => return Ok(outcome),
             Err(Local::NotLeader(l)) => l,
@@ -154,6 +162,7 @@ where
             match forward(&self.inner.mux, to, &req).await {
                 Ok(ChatRpcResponse::Outcome(o)) => return Ok(o),
                 Ok(ChatRpcResponse::NotLeader { leader: next }) => leader = next,
+                Ok(ChatRpcResponse::Invalid(reason)) => return Err(ProposeError::Invalid(reason)),
                 Ok(ChatRpcResponse::Failed(reason)) => {
                     return Err(ProposeError::Forward { leader: to, reason })
                 }
@@ -265,10 +274,15 @@ where
         EnvelopeKind::Raft => codec::to_bytes(&inner.service.handle(req.from, &req.body).await),
         EnvelopeKind::Chat => {
             let answer = match codec::from_bytes::<ChatRpcRequest>(&req.body) {
-                Ok(ChatRpcRequest::Propose(p)) => match write_local(&inner.raft, p).await {
-                    Ok(o) => ChatRpcResponse::Outcome(o),
-                    Err(Local::NotLeader(leader)) => ChatRpcResponse::NotLeader { leader },
-                    Err(Local::Timeout(e) | Local::Failed(e)) => ChatRpcResponse::Failed(e),
+                // A peer's request is checked before it reaches the log: an
+                // oversized entry could not be replicated at all.
+                Ok(ChatRpcRequest::Propose(p)) => match p.validate() {
+                    Err(e) => ChatRpcResponse::Invalid(e.to_string()),
+                    Ok(()) => match write_local(&inner.raft, p).await {
+                        Ok(o) => ChatRpcResponse::Outcome(o),
+                        Err(Local::NotLeader(leader)) => ChatRpcResponse::NotLeader { leader },
+                        Err(Local::Timeout(e) | Local::Failed(e)) => ChatRpcResponse::Failed(e),
+                    },
                 },
                 Err(e) => ChatRpcResponse::Failed(format!("bad chat request: {e}")),
             };

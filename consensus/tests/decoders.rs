@@ -1,10 +1,11 @@
 //! Every decoder of bytes from a peer, fed random and mutated input,
 //! returns an error or a value and never panics.
 
+use openraft::vote::RaftLeaderId;
 use proptest::prelude::*;
 use skygit_consensus::codec::{self, Envelope, EnvelopeKind};
 use skygit_consensus::model::{ChatRequest, Command, ConversationId, UserId};
-use skygit_consensus::network::{RaftRequest, RaftResponse};
+use skygit_consensus::network::{snapshot_chunks, AppendWire, RaftRequest, RaftResponse};
 use skygit_consensus::replica::{ChatRpcRequest, ChatRpcResponse};
 use skygit_consensus::rpc::RpcFrame;
 
@@ -48,11 +49,32 @@ fn seeds() -> Vec<Vec<u8>> {
         payload: rpc.clone(),
     })
     .unwrap();
+    let leader = openraft::vote::leader_id_adv::LeaderId::new(3, 1).to_committed();
+    let append = codec::to_bytes(&RaftRequest::Append(AppendWire {
+        vote: openraft::impls::Vote::new(3, 1),
+        prev_log_id: None,
+        entries: vec![openraft::Entry {
+            log_id: openraft::LogId::new(leader, 9),
+            payload: openraft::EntryPayload::Normal(sample_request()),
+        }],
+        leader_commit: None,
+    }))
+    .unwrap();
+    let vote = openraft::impls::Vote::new(3, 1);
+    let meta = skygit_consensus::types::SnapshotMeta::default();
+    let chunk = codec::to_bytes(&RaftRequest::SnapshotChunk(
+        snapshot_chunks(&vote, &meta, b"snapshot bytes")
+            .unwrap()
+            .remove(0),
+    ))
+    .unwrap();
     vec![
         chat,
         rpc,
         frame,
         codec::to_bytes(&sample_request()).unwrap(),
+        append,
+        chunk,
     ]
 }
 
@@ -66,7 +88,7 @@ proptest! {
 
     #[test]
     fn mutated_valid_payloads_never_panic(
-        which in 0usize..4,
+        which in 0usize..6,
         flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
         cut in any::<prop::sample::Index>(),
     ) {

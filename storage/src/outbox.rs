@@ -2,8 +2,7 @@
 //! they commit. Proposing one again is safe: the state machine applies a
 //! request id once.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{IteratorMode, WriteOptions};
 use skygit_consensus::codec;
@@ -20,7 +19,9 @@ pub const MAX_OUTBOX: usize = 10_000;
 #[derive(Clone)]
 pub struct Outbox {
     db: RoomDb,
-    len: Arc<AtomicUsize>,
+    /// The number of requests held; the lock also serialises every change,
+    /// so the count always matches the column family.
+    len: Arc<Mutex<usize>>,
 }
 
 impl Outbox {
@@ -32,13 +33,18 @@ impl Outbox {
         }
         Ok(Self {
             db,
-            len: Arc::new(AtomicUsize::new(n)),
+            len: Arc::new(Mutex::new(n)),
         })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, usize> {
+        // The count is only changed after the write it counts succeeded.
+        self.len.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Requests waiting.
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        *self.lock()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -47,38 +53,38 @@ impl Outbox {
 
     /// Stores `req` durably (synced) before returning.
     pub async fn put(&self, req: &ChatRequest) -> Result<(), StorageError> {
-        let n = self.len();
-        if n >= MAX_OUTBOX {
-            return Err(StorageError::OutboxFull(n));
-        }
         let bytes = codec::to_bytes(req)?;
         let key = req.id.to_bytes();
-        let db = self.db.clone();
-        let existed = tokio::task::spawn_blocking(move || -> Result<bool, StorageError> {
-            let cf = db.cf(CF_OUTBOX)?;
-            let existed = db.db.get_pinned_cf(cf, key)?.is_some();
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            let mut len = this.lock();
+            let cf = this.db.cf(CF_OUTBOX)?;
+            let existed = this.db.db.get_pinned_cf(cf, key)?.is_some();
+            if !existed && *len >= MAX_OUTBOX {
+                return Err(StorageError::OutboxFull(*len));
+            }
             let mut opts = WriteOptions::default();
             opts.set_sync(true);
-            db.db.put_cf_opt(cf, key, bytes, &opts)?;
-            Ok(existed)
+            this.db.db.put_cf_opt(cf, key, bytes, &opts)?;
+            if !existed {
+                *len += 1;
+            }
+            Ok(())
         })
         .await
-        .map_err(|e| StorageError::Background(e.to_string()))??;
-        if !existed {
-            self.len.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
+        .map_err(|e| StorageError::Background(e.to_string()))?
     }
 
     /// Forgets a request that committed (or was refused for good).
     pub fn remove(&self, id: Ulid) -> Result<bool, StorageError> {
+        let mut len = self.lock();
         let cf = self.db.cf(CF_OUTBOX)?;
         let existed = self.db.db.get_pinned_cf(cf, id.to_bytes())?.is_some();
         if existed {
             // Not synced: if the removal is lost, the request is proposed
             // again and deduplicated by id.
             self.db.db.delete_cf(cf, id.to_bytes())?;
-            self.len.fetch_sub(1, Ordering::Relaxed);
+            *len = len.saturating_sub(1);
         }
         Ok(existed)
     }

@@ -62,12 +62,20 @@ pub struct StateMachine {
     db: RoomDb,
     events: broadcast::Sender<Arc<AppliedEvent>>,
     mode: ApplyMode,
+    /// Serialises writes of the snapshot file: openraft builds snapshots in
+    /// a task of their own, concurrently with installing one from a leader.
+    snapshot_file: Arc<std::sync::Mutex<()>>,
 }
 
 impl StateMachine {
     pub(crate) fn new(db: RoomDb, mode: ApplyMode) -> Self {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        Self { db, events, mode }
+        Self {
+            db,
+            events,
+            mode,
+            snapshot_file: Arc::new(std::sync::Mutex::new(())),
+        }
     }
 
     /// Live applied events from now on.
@@ -309,9 +317,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), std::io::Error> {
         let bytes = snapshot.into_inner();
         let db = self.db.clone();
-        let path = self.snapshot_path();
+        let file = SnapshotFile {
+            path: self.snapshot_path(),
+            lock: self.snapshot_file.clone(),
+        };
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || install(&db, &meta, &bytes, &path))
+        tokio::task::spawn_blocking(move || install(&db, &meta, &bytes, &file))
             .await
             .map_err(|e| StorageError::Background(e.to_string()))??;
         Ok(())
@@ -337,8 +348,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         let db = self.db.clone();
-        let path = self.snapshot_path();
-        let (meta, bytes) = tokio::task::spawn_blocking(move || build(&db, &path))
+        let file = SnapshotFile {
+            path: self.snapshot_path(),
+            lock: self.snapshot_file.clone(),
+        };
+        let (meta, bytes) = tokio::task::spawn_blocking(move || build(&db, &file))
             .await
             .map_err(|e| StorageError::Background(e.to_string()))??;
         Ok(Snapshot {
@@ -348,7 +362,31 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
-fn build(db: &RoomDb, path: &std::path::Path) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+/// The room's snapshot file and the lock its writers take.
+struct SnapshotFile {
+    path: PathBuf,
+    lock: Arc<std::sync::Mutex<()>>,
+}
+
+impl SnapshotFile {
+    /// Replaces the file with `bytes` unless it already holds a snapshot at
+    /// least as new as `meta`.
+    fn store_if_newer(&self, meta: &SnapshotMeta, bytes: &[u8]) -> Result<bool, StorageError> {
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = match std::fs::read(&self.path) {
+            Ok(b) => snapshot::parse_meta(&b).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        if current.is_some_and(|c| c.last_log_id >= meta.last_log_id) {
+            return Ok(false);
+        }
+        write_file_durably(&self.path, bytes)?;
+        Ok(true)
+    }
+}
+
+fn build(db: &RoomDb, file: &SnapshotFile) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
     // Everything the snapshot covers must be durable before raft may purge
     // the log entries it replaces.
     db.sync_wal()?;
@@ -374,7 +412,7 @@ fn build(db: &RoomDb, path: &std::path::Path) -> Result<(SnapshotMeta, Vec<u8>),
         }
     }
     let bytes = w.finish();
-    write_file_durably(path, &bytes)?;
+    file.store_if_newer(&meta, &bytes)?;
     Ok((meta, bytes))
 }
 
@@ -382,7 +420,7 @@ fn install(
     db: &RoomDb,
     meta: &SnapshotMeta,
     bytes: &[u8],
-    path: &std::path::Path,
+    file: &SnapshotFile,
 ) -> Result<(), StorageError> {
     let parsed = snapshot::parse(bytes)?;
     if parsed.meta != *meta {
@@ -413,7 +451,7 @@ fn install(
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
     db.db.write_opt(batch, &opts)?;
-    write_file_durably(path, bytes)?;
+    file.store_if_newer(meta, bytes)?;
     tracing::info!(
         records = parsed.records.len(),
         bytes = bytes.len(),
@@ -426,7 +464,9 @@ fn install(
 /// one, never a torn one.
 fn write_file_durably(path: &std::path::Path, bytes: &[u8]) -> Result<(), StorageError> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{n}"));
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

@@ -404,3 +404,61 @@ async fn two_rooms_on_the_same_nodes_stay_apart() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A peer on the link sends garbage and an oversized forwarded post: the
+/// garbage is dropped, the post refused before it reaches the log, and the
+/// room keeps working.
+#[actix_rt::test]
+async fn a_rogue_peer_cannot_wedge_the_room() {
+    use skygit_consensus::codec::{self, EnvelopeKind};
+    use skygit_consensus::model::{ChatRequest, MAX_CONTENT_BYTES};
+    use skygit_consensus::ports::{PeerLink, SystemClock};
+    use skygit_consensus::replica::{ChatRpcRequest, ChatRpcResponse};
+    use skygit_consensus::rpc::RpcMux;
+    use std::sync::Arc;
+
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path(), 3, None).await;
+    let leader = c.wait_leader(CONVERGE).await.unwrap();
+    let (link, mut rx) = c.net().join(99);
+    for garbage in [
+        vec![],
+        vec![0xff; 64],
+        vec![1, 3, 99, 1, 253, 255, 255, 255, 255],
+    ] {
+        link.send(leader, garbage).await.unwrap();
+    }
+    let mux = Arc::new(RpcMux::new(link, Arc::new(SystemClock)));
+    let pump = mux.clone();
+    actix_rt::spawn(async move {
+        while let Some(f) = rx.recv().await {
+            let _ = pump.on_frame(f);
+        }
+    });
+    let oversized = ChatRequest {
+        id: Ulid::new(),
+        sender: skygit_consensus::model::UserId::new("mallory").unwrap(),
+        at: 0,
+        command: post_command("x".repeat(MAX_CONTENT_BYTES + 1)),
+    };
+    let body = codec::to_bytes(&ChatRpcRequest::Propose(oversized.clone())).unwrap();
+    let answer = mux
+        .call(EnvelopeKind::Chat, leader, body, Duration::from_secs(10))
+        .await
+        .expect("the leader answers");
+    let answer: ChatRpcResponse = codec::from_bytes(&answer).unwrap();
+    assert!(matches!(answer, ChatRpcResponse::Invalid(_)), "{answer:?}");
+
+    let (ok, p) = post(&c, leader, "ana", "still working".into())
+        .await
+        .unwrap();
+    assert!(matches!(
+        p,
+        Proposed::Committed(ApplyOutcome::Applied { .. })
+    ));
+    c.wait_converged(CONVERGE).await.unwrap();
+    let log = assert_same_log(&c);
+    assert!(log.contains(&ok.id) && !log.contains(&oversized.id));
+    c.shutdown().await;
+}
