@@ -33,6 +33,8 @@ use crate::types::{
 pub const MAX_CHUNK_FRAME_BYTES: usize = 64 * 1024;
 /// Largest snapshot a node accepts from a peer.
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+/// A half-received snapshot idle this long is dropped.
+pub const SNAPSHOT_ASSEMBLY_IDLE: Duration = Duration::from_secs(60);
 
 /// Most entries an AppendEntries may carry on the wire: four times what
 /// this node's raft sends, checked while decoding so a frame of tiny
@@ -357,6 +359,7 @@ struct Assembly {
     meta: SnapshotMeta,
     total: u64,
     data: Vec<u8>,
+    last_chunk: tokio::time::Instant,
 }
 
 /// Serves raft RPCs that arrive over peer links.
@@ -406,6 +409,9 @@ where
     async fn on_chunk(&self, from: NodeId, chunk: SnapshotChunk) -> RaftResponse {
         let done = {
             let mut all = self.assemblies.lock().unwrap_or_else(|e| e.into_inner());
+            let now = tokio::time::Instant::now();
+            // A sender that vanished mid-transfer must not pin its buffer.
+            all.retain(|_, a| now.duration_since(a.last_chunk) < SNAPSHOT_ASSEMBLY_IDLE);
             if chunk.total > MAX_SNAPSHOT_BYTES {
                 all.remove(&from);
                 return RaftResponse::Error(format!(
@@ -421,6 +427,7 @@ where
                         total: chunk.total,
                         // The first chunk's size bounds the first allocation.
                         data: Vec::with_capacity(chunk.data.len()),
+                        last_chunk: now,
                     },
                 );
             }
@@ -436,6 +443,7 @@ where
                 return RaftResponse::Error("snapshot chunk out of sequence".into());
             }
             a.data.extend_from_slice(&chunk.data);
+            a.last_chunk = now;
             if (a.data.len() as u64) < a.total {
                 return RaftResponse::ChunkAccepted;
             }

@@ -450,6 +450,25 @@ async fn a_rogue_peer_cannot_wedge_the_room() {
     let answer: ChatRpcResponse = codec::from_bytes(&answer).unwrap();
     assert!(matches!(answer, ChatRpcResponse::Invalid(_)), "{answer:?}");
 
+    // Snapshot chunks out of sequence or beyond the size bound are refused.
+    use skygit_consensus::network::{RaftRequest, RaftResponse, SnapshotChunk, MAX_SNAPSHOT_BYTES};
+    let chunk = |offset, total| SnapshotChunk {
+        vote: openraft::impls::Vote::new(1, 99),
+        meta: Default::default(),
+        offset,
+        total,
+        data: vec![0; 16],
+    };
+    for bad in [chunk(10, 100), chunk(0, MAX_SNAPSHOT_BYTES + 1)] {
+        let body = codec::to_bytes(&RaftRequest::SnapshotChunk(bad)).unwrap();
+        let answer = mux
+            .call(EnvelopeKind::Raft, leader, body, Duration::from_secs(10))
+            .await
+            .expect("the leader answers");
+        let answer: RaftResponse = codec::from_bytes(&answer).unwrap();
+        assert!(matches!(answer, RaftResponse::Error(_)), "{answer:?}");
+    }
+
     let (ok, p) = post(&c, leader, "ana", "still working".into())
         .await
         .unwrap();
