@@ -481,3 +481,183 @@ async fn a_rogue_peer_cannot_wedge_the_room() {
     assert!(log.contains(&ok.id) && !log.contains(&oversized.id));
     c.shutdown().await;
 }
+
+/// Edits, deletes and conversations go through raft and the RocksDB state
+/// machine: every node ends with the same state, a non-author is refused
+/// everywhere, and pages of a conversation come back in log order.
+#[actix_rt::test]
+async fn edits_deletes_and_conversations_replicate() {
+    use skygit_actors::consensus::Submit;
+    use skygit_consensus::model::{Command, ConversationId, Rejection, UserId};
+
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path(), 3, None).await;
+    let submit = |node, who: &str, command| {
+        let addr = c.handle(node).unwrap().consensus.clone();
+        let sender = UserId::new(who).unwrap();
+        async move {
+            addr.send(Submit { sender, command })
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let ops = ConversationId::new("ops").unwrap();
+    let (_, p) = submit(
+        1,
+        "ana",
+        Command::CreateConversation {
+            conversation: ops.clone(),
+            title: "Operations".into(),
+        },
+    )
+    .await;
+    assert!(
+        matches!(p, Proposed::Committed(ApplyOutcome::Applied { .. })),
+        "{p:?}"
+    );
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (req, _) = submit(
+            1 + i % 3,
+            "ana",
+            Command::Post {
+                conversation: ops.clone(),
+                content: format!("ops note {i}"),
+            },
+        )
+        .await;
+        ids.push(req.id);
+    }
+    let (_, edited) = submit(
+        2,
+        "ana",
+        Command::Edit {
+            message: ids[0],
+            content: "ops note 0, corrected".into(),
+        },
+    )
+    .await;
+    assert!(matches!(
+        edited,
+        Proposed::Committed(ApplyOutcome::Applied { .. })
+    ));
+    let (_, refused) = submit(3, "bo", Command::Delete { message: ids[1] }).await;
+    assert!(
+        matches!(
+            refused,
+            Proposed::Committed(ApplyOutcome::Rejected {
+                reason: Rejection::NotAuthor(_),
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let (_, deleted) = submit(3, "ana", Command::Delete { message: ids[1] }).await;
+    assert!(matches!(
+        deleted,
+        Proposed::Committed(ApplyOutcome::Applied { .. })
+    ));
+    c.wait_converged(CONVERGE).await.unwrap();
+
+    let reference = c.handle(1).unwrap().storage.reader.all_messages().unwrap();
+    for node in c.ids() {
+        let reader = &c.handle(node).unwrap().storage.reader;
+        assert_eq!(
+            reader.all_messages().unwrap(),
+            reference,
+            "node {node} differs"
+        );
+        let m0 = reader.message(ids[0]).unwrap().unwrap();
+        assert_eq!(m0.message.content, "ops note 0, corrected");
+        assert!(m0.message.edited_at.is_some() && m0.last_change_index > m0.index);
+        let m1 = reader.message(ids[1]).unwrap().unwrap();
+        assert!(m1.message.deleted && m1.message.content.is_empty());
+        let convs: Vec<_> = reader
+            .conversations()
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.id, c.title))
+            .collect();
+        assert_eq!(convs, vec![(ops.clone(), "Operations".to_owned())]);
+        // Paging: the newest two, then the two before them, then after.
+        let last2 = reader.messages(&ops, None, None, 2).unwrap();
+        assert_eq!(
+            last2.iter().map(|m| m.message.id).collect::<Vec<_>>(),
+            ids[3..5]
+        );
+        let before = reader
+            .messages(&ops, None, Some(last2[0].index), 2)
+            .unwrap();
+        assert_eq!(
+            before.iter().map(|m| m.message.id).collect::<Vec<_>>(),
+            ids[1..3]
+        );
+        let after = reader
+            .messages(&ops, Some(before[0].index), None, 10)
+            .unwrap();
+        assert_eq!(
+            after.iter().map(|m| m.message.id).collect::<Vec<_>>(),
+            ids[2..5]
+        );
+        assert!(reader
+            .messages(&ConversationId::general(), None, None, 10)
+            .unwrap()
+            .is_empty());
+    }
+    c.shutdown().await;
+}
+
+/// Subscribers hear about every leader change.
+#[actix_rt::test]
+async fn subscribers_hear_leader_changes() {
+    use actix::prelude::*;
+    use skygit_actors::consensus::{LeaderChanged, SubscribeLeader};
+
+    struct Listener(tokio::sync::mpsc::UnboundedSender<LeaderChanged>);
+    impl Actor for Listener {
+        type Context = Context<Self>;
+    }
+    impl Handler<LeaderChanged> for Listener {
+        type Result = ();
+        fn handle(&mut self, msg: LeaderChanged, _: &mut Self::Context) {
+            let _ = self.0.send(msg);
+        }
+    }
+
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3, None).await;
+    let leader = c.wait_leader(CONVERGE).await.unwrap();
+    let watcher = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let listener = Listener(tx).start();
+    c.handle(watcher)
+        .unwrap()
+        .consensus
+        .send(SubscribeLeader(listener.recipient()))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(CONVERGE, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.leader, Some(leader));
+    assert!(!first.is_self);
+    c.stop_node(leader).await;
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let change = tokio::time::timeout(left, rx.recv())
+            .await
+            .expect("a leader change is announced")
+            .unwrap();
+        if let Some(new) = change.leader.filter(|l| *l != leader) {
+            assert!(change.term > first.term);
+            assert_eq!(change.is_self, new == watcher);
+            break;
+        }
+    }
+    c.shutdown().await;
+}
