@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use skygit_actors::consensus::{Propose, Proposed, Submit};
 use skygit_actors::local::{LocalCluster, LocalOptions};
-use skygit_consensus::model::{ChatRequest, Command, ConversationId, RoomId, UserId};
+use skygit_consensus::model::{ApplyOutcome, ChatRequest, Command, ConversationId, RoomId, UserId};
 use skygit_consensus::NodeId;
 use ulid::Ulid;
 
@@ -53,6 +53,71 @@ pub async fn post(
         command: post_command(text),
     };
     h.consensus.send(msg).await.ok()?.ok()
+}
+
+/// Submits `command` as `sender` through node `node` and waits for the
+/// room's answer: while the request is only queued (no leader reachable,
+/// as happens when a loaded machine delays heartbeats), it is proposed
+/// again with the same id, as a client would.
+pub async fn commit(
+    c: &LocalCluster,
+    node: NodeId,
+    sender: &str,
+    command: Command,
+) -> (ChatRequest, ApplyOutcome) {
+    let addr = c.handle(node).expect("node runs").consensus.clone();
+    let submit = Submit {
+        sender: UserId::new(sender).expect("valid user"),
+        command,
+    };
+    let (req, proposed) = addr.send(submit).await.expect("actor").expect("accepted");
+    if let Proposed::Committed(outcome) = proposed {
+        return (req, outcome);
+    }
+    let outcome = propose_until_committed(c, node, &req).await;
+    (req, outcome)
+}
+
+/// Proposes `req` through node `node` until the room answers (a queued
+/// answer means no leader was reachable; the request is proposed again).
+pub async fn propose_until_committed(
+    c: &LocalCluster,
+    node: NodeId,
+    req: &ChatRequest,
+) -> ApplyOutcome {
+    let addr = c.handle(node).expect("node runs").consensus.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let proposed = addr
+            .send(Propose(req.clone()))
+            .await
+            .expect("actor")
+            .expect("accepted");
+        if let Proposed::Committed(outcome) = proposed {
+            return outcome;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never committed",
+            req.id
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Posts `text` and waits until it commits; returns the request and the
+/// index it took effect at.
+pub async fn post_committed(
+    c: &LocalCluster,
+    node: NodeId,
+    sender: &str,
+    text: String,
+) -> (ChatRequest, u64) {
+    let (req, outcome) = commit(c, node, sender, post_command(text)).await;
+    let index = outcome
+        .effective_index()
+        .unwrap_or_else(|| panic!("post refused: {outcome:?}"));
+    (req, index)
 }
 
 /// Proposes a prepared request through node `node`.
