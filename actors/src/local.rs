@@ -67,8 +67,10 @@ fn node_name(id: NodeId) -> BasicNode {
 }
 
 impl LocalCluster {
-    /// Starts nodes `1..=n` under `base` and makes them all voters (if the
-    /// room was not initialized before, for example by an earlier run).
+    /// Starts nodes `1..=n` under `base` and makes them all voters: a new
+    /// room is initialized with them; a room from an earlier run with fewer
+    /// nodes grows to `n` voters once it has a leader. (It does not shrink:
+    /// with fewer nodes than voters it may have no quorum.)
     pub async fn start(
         base: impl Into<PathBuf>,
         room: RoomId,
@@ -93,6 +95,23 @@ impl LocalCluster {
                 (1..=n).map(|id| (id, node_name(id))).collect();
             if let Err(e) = raft.initialize(members).await {
                 tracing::warn!(error = %e, "initialize");
+            }
+            return Ok(c);
+        }
+        let voters: BTreeSet<NodeId> = first
+            .replica
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let missing: Vec<NodeId> = (1..=n).filter(|id| !voters.contains(id)).collect();
+        if !missing.is_empty() {
+            tracing::info!(?missing, "adding nodes to the room's voters");
+            for id in missing {
+                if let Err(e) = c.add_voter(id).await {
+                    tracing::warn!(node = id, error = %e, "could not add the node as a voter");
+                }
             }
         }
         Ok(c)

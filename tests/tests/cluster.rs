@@ -647,3 +647,31 @@ async fn subscribers_hear_leader_changes() {
     }
     c.shutdown().await;
 }
+
+/// A room started earlier with one node, restarted with three: the new
+/// nodes become voters and receive the history.
+#[actix_rt::test]
+async fn a_room_grows_when_restarted_with_more_nodes() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path(), 1, None).await;
+    let (first, _) = post_committed(&c, 1, "ana", "alone".into()).await;
+    c.shutdown().await;
+
+    let c = cluster(dir.path(), 3, None).await;
+    let voters: BTreeSet<u64> = c
+        .handle(1)
+        .unwrap()
+        .replica
+        .metrics()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    assert_eq!(voters, BTreeSet::from([1, 2, 3]));
+    let (second, _) = post_committed(&c, 3, "bo", "together".into()).await;
+    c.wait_converged(CONVERGE).await.unwrap();
+    let log = assert_same_log(&c);
+    assert_eq!(log, vec![first.id, second.id]);
+    c.shutdown().await;
+}
