@@ -143,10 +143,10 @@ async fn propose(
     storage: RoomStorage,
     req: ChatRequest,
 ) -> Result<Proposed, ProposeFailure> {
-    req.validate()?;
     match replica.propose(req.clone()).await {
         Ok(outcome) => Ok(Proposed::Committed(outcome)),
-        Err(ProposeError::Invalid(reason)) => Err(ProposeFailure::Refused(reason)),
+        Err(ProposeError::Invalid(e)) => Err(ProposeFailure::Invalid(e)),
+        Err(ProposeError::Refused(reason)) => Err(ProposeFailure::Refused(reason)),
         Err(e) => {
             tracing::debug!(request = %req.id, error = %e, "proposal queued in the outbox");
             storage
@@ -172,16 +172,23 @@ impl Actor for ConsensusActor {
         let me = self.replica.id();
         let addr = ctx.address();
         let watch = async move {
+            // Metrics change with every applied entry; only a new leader or
+            // term is news. Start from the actor's initial view (no leader).
+            let mut last = Some((None, 0));
             loop {
-                let (leader, term) = {
+                let seen = {
                     let m = metrics.borrow_watched();
                     (m.current_leader, m.current_term)
                 };
-                addr.do_send(LeaderChanged {
-                    leader,
-                    term,
-                    is_self: leader == Some(me),
-                });
+                if last != Some(seen) {
+                    last = Some(seen);
+                    let (leader, term) = seen;
+                    addr.do_send(LeaderChanged {
+                        leader,
+                        term,
+                        is_self: leader == Some(me),
+                    });
+                }
                 if metrics.changed().await.is_err() {
                     return;
                 }
@@ -201,9 +208,6 @@ impl Handler<LeaderChanged> for ConsensusActor {
     type Result = ();
 
     fn handle(&mut self, msg: LeaderChanged, ctx: &mut Self::Context) {
-        if msg.leader == self.last_leader.leader && msg.term == self.last_leader.term {
-            return;
-        }
         let _e = self.span.enter();
         tracing::info!(leader = ?msg.leader, term = msg.term, "leader changed");
         self.last_leader = msg.clone();
@@ -278,26 +282,23 @@ impl Handler<RetryOutbox> for ConsensusActor {
             };
             for req in pending {
                 match replica.propose(req.clone()).await {
-                    Ok(outcome) => {
-                        if let ApplyOutcome::Rejected { reason, .. } = &outcome {
-                            tracing::warn!(request = %req.id, %reason, "queued request refused by the room");
-                        }
-                        if let Err(e) = storage.outbox.remove(req.id) {
-                            tracing::error!(request = %req.id, error = %e, "cannot clear outbox entry");
-                        }
+                    Ok(ApplyOutcome::Rejected { reason, .. }) => {
+                        tracing::warn!(request = %req.id, %reason, "queued request refused by the room");
                     }
-                    Err(ProposeError::Invalid(reason)) => {
+                    Ok(_) => {}
+                    Err(e @ (ProposeError::Invalid(_) | ProposeError::Refused(_))) => {
                         // It can never be accepted; keeping it would block the outbox.
-                        tracing::error!(request = %req.id, %reason, "dropping an invalid request from the outbox");
-                        if let Err(e) = storage.outbox.remove(req.id) {
-                            tracing::error!(request = %req.id, error = %e, "cannot clear outbox entry");
-                        }
+                        tracing::error!(request = %req.id, error = %e, "dropping an invalid request from the outbox");
                     }
                     Err(ProposeError::NoLeader | ProposeError::Forward { .. } | ProposeError::Timeout(_)) => return,
                     Err(e) => {
                         tracing::warn!(request = %req.id, error = %e, "outbox retry failed");
                         return;
                     }
+                }
+                // The room answered for good: forget the request.
+                if let Err(e) = storage.outbox.remove(req.id) {
+                    tracing::error!(request = %req.id, error = %e, "cannot clear outbox entry");
                 }
             }
         }

@@ -55,13 +55,6 @@ pub struct LocalCluster {
     nodes: BTreeMap<NodeId, RoomHandle>,
 }
 
-fn raft_metrics(
-    raft: &skygit_consensus::types::Raft<skygit_storage::StateMachine>,
-) -> openraft::RaftMetrics<skygit_consensus::TypeConfig> {
-    use openraft::async_runtime::WatchReceiver;
-    raft.metrics().borrow_watched().clone()
-}
-
 fn node_name(id: NodeId) -> BasicNode {
     BasicNode::new(format!("inproc:{id}"))
 }
@@ -98,13 +91,7 @@ impl LocalCluster {
             }
             return Ok(c);
         }
-        let voters: BTreeSet<NodeId> = first
-            .replica
-            .metrics()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let voters = first.replica.voters();
         let missing: Vec<NodeId> = (1..=n).filter(|id| !voters.contains(id)).collect();
         if !missing.is_empty() {
             tracing::info!(?missing, "adding nodes to the room's voters");
@@ -173,21 +160,17 @@ impl LocalCluster {
             .wait_leader(Duration::from_secs(10))
             .await
             .ok_or("no leader")?;
-        let raft = self
+        let replica = self
             .handle(leader)
             .ok_or("leader vanished")?
             .replica
-            .raft()
             .clone();
+        let raft = replica.raft();
         raft.add_learner(id, node_name(id), true)
             .await
             .map_err(|e| e.to_string())?;
-        let voters: BTreeSet<NodeId> = raft_metrics(&raft)
-            .membership_config
-            .membership()
-            .voter_ids()
-            .chain([id])
-            .collect();
+        let mut voters = replica.voters();
+        voters.insert(id);
         raft.change_membership(voters, false)
             .await
             .map_err(|e| e.to_string())?;

@@ -55,7 +55,9 @@ pub enum ChatRpcResponse {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
     #[error("invalid request: {0}")]
-    Invalid(String),
+    Invalid(#[from] crate::model::ValidationError),
+    #[error("the leader refused the request: {0}")]
+    Refused(String),
     #[error("no leader is reachable")]
     NoLeader,
     #[error("forwarding to leader {leader} failed: {reason}")]
@@ -139,6 +141,15 @@ where
         self.inner.raft.metrics().borrow_watched().clone()
     }
 
+    /// The voters of the membership this node currently follows.
+    pub fn voters(&self) -> std::collections::BTreeSet<NodeId> {
+        self.metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
     /// The openraft handle (metrics, membership, initialization).
     pub fn raft(&self) -> &Raft<SM> {
         &self.inner.raft
@@ -147,8 +158,7 @@ where
     /// Proposes `req`: on the leader it is written here, otherwise it is
     /// forwarded to the leader. Returns when it is applied on the leader.
     pub async fn propose(&self, req: ChatRequest) -> Result<ApplyOutcome, ProposeError> {
-        req.validate()
-            .map_err(|e| ProposeError::Invalid(e.to_string()))?;
+        req.validate()?;
         let mut leader = match write_local(&self.inner.raft, req.clone()).await {
             Ok(outcome) => return Ok(outcome),
             Err(Local::NotLeader(l)) => l,
@@ -162,7 +172,7 @@ where
             match forward(&self.inner.mux, to, &req).await {
                 Ok(ChatRpcResponse::Outcome(o)) => return Ok(o),
                 Ok(ChatRpcResponse::NotLeader { leader: next }) => leader = next,
-                Ok(ChatRpcResponse::Invalid(reason)) => return Err(ProposeError::Invalid(reason)),
+                Ok(ChatRpcResponse::Invalid(reason)) => return Err(ProposeError::Refused(reason)),
                 Ok(ChatRpcResponse::Failed(reason)) => {
                     return Err(ProposeError::Forward { leader: to, reason })
                 }

@@ -70,10 +70,7 @@ fn log_of(c: &LocalCluster, id: NodeId) -> anyhow::Result<Vec<Ulid>> {
         .context("node vanished")?
         .storage
         .reader
-        .all_messages()?
-        .into_iter()
-        .map(|m| m.message.id)
-        .collect())
+        .all_message_ids()?)
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {

@@ -10,7 +10,7 @@ use crate::db::{
     index_key, message_key, split_message_key, RoomDb, StorageError, CF_CONVERSATIONS, CF_MESSAGES,
     CF_SM_META, CF_SYNCED,
 };
-use crate::state_machine::{read_message, synced_up_to};
+use crate::state_machine::{read_message, synced_up_to, KEY_LAST_APPLIED};
 
 /// Most records one read returns.
 pub const MAX_PAGE: usize = 1000;
@@ -28,7 +28,7 @@ impl ChatReader {
 
     /// The last log id applied to the state machine.
     pub fn last_applied(&self) -> Result<Option<LogId>, StorageError> {
-        self.db.get_decoded(CF_SM_META, b"last_applied")
+        self.db.get_decoded(CF_SM_META, KEY_LAST_APPLIED)
     }
 
     /// A message by id.
@@ -102,6 +102,15 @@ impl ChatReader {
         }
         out.sort_by_key(|m| m.index);
         Ok(out)
+    }
+
+    /// The ids of every message of the room, in log order.
+    pub fn all_message_ids(&self) -> Result<Vec<Ulid>, StorageError> {
+        Ok(self
+            .all_messages()?
+            .into_iter()
+            .map(|m| m.message.id)
+            .collect())
     }
 
     /// The room's conversations, by name.

@@ -29,7 +29,7 @@ use crate::db::{
 };
 use crate::snapshot::{self, SnapshotWriter};
 
-const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+pub(crate) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"last_membership";
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 

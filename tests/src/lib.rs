@@ -136,11 +136,8 @@ pub fn message_ids(c: &LocalCluster, node: NodeId) -> Vec<Ulid> {
         .expect("node runs")
         .storage
         .reader
-        .all_messages()
+        .all_message_ids()
         .expect("readable")
-        .into_iter()
-        .map(|m| m.message.id)
-        .collect()
 }
 
 /// Waits until the room has converged and node `node` holds every one of
