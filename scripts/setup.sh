@@ -5,7 +5,7 @@
 # build; bindgen needs libclang.
 set -euo pipefail
 
-packages=(librocksdb-dev libclang-dev clang pkg-config)
+packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git)
 
 missing=()
 for p in "${packages[@]}"; do

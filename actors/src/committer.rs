@@ -1,22 +1,67 @@
-//! The committer actor: on the leader only, writes the committed log into
-//! the repository through [`RepoRemote`](crate::ports::RepoRemote).
+//! The committer: on the leader only, writes the room's committed changes
+//! into the repository through [`RepoRemote`].
 //!
-//! This issue wires it to leader changes and defines its messages. The
-//! rendering, the flush schedule and the `synced` records come with the
-//! committer issue; until then a flush answers
-//! [`CommitterError::NotBuilt`] instead of pretending to write.
+//! A flush reads the branch head and its watermark (`Raft-Last-Index`),
+//! renders the journaled changes above it ([`layout::render`]), commits
+//! them on top of that head and records `synced {up_to_index, commit_sha}`
+//! through raft, which also clears the journal up to there on every node.
+//!
+//! The compare-and-swap on the branch keeps history linear when leaders
+//! overlap: a committer whose commit is refused re-reads the head and
+//! writes only what is still missing, never overwriting. When a commit's
+//! outcome is unknown (a timeout), the next round's head read tells
+//! whether it landed. A new leader does the same on its first flush, so
+//! whatever its predecessor had not written is written once.
+//!
+//! Flushes happen every commit interval (from `config.json`, or the
+//! node's override), when this node becomes leader, on graceful shutdown
+//! and on demand.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
+use skygit_consensus::model::{Command, UserId};
+use skygit_storage::ChatReader;
+use tracing::Instrument;
 
-use crate::consensus::LeaderChanged;
+use crate::consensus::{ConsensusActor, LeaderChanged, Proposed, Submit};
+use crate::layout::{self, RoomConfig};
+use crate::ports::{CommitRequest, RepoError, RepoHead, RepoRemote};
+
+/// Most changes rendered into one commit; a longer backlog takes several.
+pub const MAX_CHANGES_PER_COMMIT: usize = 250_000;
+/// Compare-and-swap rounds one flush tries before giving up for now.
+const MAX_ROUNDS: usize = 8;
+/// Commits searched for a watermark when the head was not made by skygit.
+const MAX_WATERMARK_SEARCH: usize = 1000;
+/// First retry delay after a failed flush; doubles up to the interval.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
 
 /// Why a flush did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommitterError {
     #[error("this node is not the leader")]
     NotLeader,
-    #[error("the repository committer is not built yet")]
-    NotBuilt,
+    #[error("this room has no repository")]
+    NoRepository,
+    #[error("repository: {0}")]
+    Repo(#[from] RepoError),
+    #[error("repository call timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("local storage: {0}")]
+    Storage(String),
+    #[error(
+        "the repository's watermark ({repo}) is behind what the room recorded as synced ({room}): \
+         the branch was rewound; refusing to write a gap"
+    )]
+    Rewound { repo: u64, room: u64 },
+    #[error("recording the sync in the room failed: {0}")]
+    Record(String),
+    #[error("the branch kept moving; gave up after {0} rounds")]
+    Contended(usize),
+    #[error("the committer stopped")]
+    Stopped,
 }
 
 /// Why a flush was asked for.
@@ -26,28 +71,298 @@ pub enum FlushReason {
     BecameLeader,
     Shutdown,
     OnDemand,
+    Retry,
 }
 
-/// Write the committed log prefix to the repository now.
+/// What a flush did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FlushReport {
+    /// The branch head afterwards.
+    pub head: Option<String>,
+    /// The repository's watermark afterwards.
+    pub up_to_index: u64,
+    /// Changes written by this flush.
+    pub changes: usize,
+    /// Commits made by this flush.
+    pub commits: usize,
+    /// Calls to the remote during this flush.
+    pub remote_calls: u64,
+}
+
+/// Write the committed log to the repository now.
 #[derive(Message)]
-#[rtype(result = "Result<u64, CommitterError>")]
+#[rtype(result = "Result<FlushReport, CommitterError>")]
 pub struct Flush(pub FlushReason);
 
+/// Per-node committer settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitterOptions {
+    /// Overrides the room's `commit_interval_secs`.
+    pub interval: Option<Duration>,
+    /// Longest wait for one remote call.
+    pub call_timeout: Duration,
+}
+
+impl Default for CommitterOptions {
+    fn default() -> Self {
+        Self {
+            interval: None,
+            call_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What the flush logic needs; shared by the actor's flush tasks.
+pub struct Flusher {
+    remote: Arc<dyn RepoRemote>,
+    reader: ChatReader,
+    consensus: Addr<ConsensusActor>,
+    user: UserId,
+    call_timeout: Duration,
+    /// One flush at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Flusher {
+    pub fn new(
+        remote: Arc<dyn RepoRemote>,
+        reader: ChatReader,
+        consensus: Addr<ConsensusActor>,
+        user: UserId,
+        call_timeout: Duration,
+    ) -> Self {
+        Self {
+            remote,
+            reader,
+            consensus,
+            user,
+            call_timeout,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, RepoError>>,
+    ) -> Result<T, CommitterError> {
+        match tokio::time::timeout(self.call_timeout, f).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(CommitterError::Timeout(self.call_timeout)),
+        }
+    }
+
+    /// The watermark of `head`: its own trailer, or the newest trailer in
+    /// its history (a commit not made by skygit on the branch).
+    async fn watermark(&self, head: &RepoHead) -> Result<u64, CommitterError> {
+        if let Some(w) = layout::watermark(&head.message) {
+            return Ok(w);
+        }
+        let history = self
+            .timed(self.remote.history(&head.commit_sha, MAX_WATERMARK_SEARCH))
+            .await?;
+        Ok(history
+            .iter()
+            .find_map(|c| layout::watermark(&c.message))
+            .unwrap_or(0))
+    }
+
+    /// Records through raft that the repository holds everything up to
+    /// `up_to_index` as `sha`.
+    async fn record(&self, up_to_index: u64, sha: &str) -> Result<(), CommitterError> {
+        if up_to_index == 0 {
+            return Ok(());
+        }
+        let submitted = self
+            .consensus
+            .send(Submit {
+                sender: self.user.clone(),
+                command: Command::Synced {
+                    up_to_index,
+                    commit_sha: sha.to_owned(),
+                },
+            })
+            .await
+            .map_err(|_| CommitterError::Stopped)?;
+        match submitted {
+            Ok((_, Proposed::Committed(outcome))) => {
+                tracing::debug!(up_to_index, sha, ?outcome, "sync recorded");
+                Ok(())
+            }
+            Ok((_, Proposed::Queued { .. })) => Ok(()),
+            Err(e) => Err(CommitterError::Record(e.to_string())),
+        }
+    }
+
+    /// One flush: rounds of read-head, render, commit, record until the
+    /// repository holds every applied change.
+    pub async fn flush(&self, config: &RoomConfig) -> Result<FlushReport, CommitterError> {
+        let _one = self.running.lock().await;
+        let calls_before = self.remote.calls();
+        let mut report = FlushReport::default();
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            if rounds > MAX_ROUNDS {
+                return Err(CommitterError::Contended(MAX_ROUNDS));
+            }
+            let Some(head) = self.timed(self.remote.head()).await? else {
+                // An empty repository: its first commit is the room's config.
+                let req = CommitRequest {
+                    expected_head: None,
+                    files: vec![(layout::CONFIG_PATH.to_owned(), config.to_bytes())],
+                    message: layout::init_message(),
+                    time_secs: 0,
+                };
+                match self.timed(self.remote.commit(req)).await {
+                    Ok(sha) => {
+                        tracing::info!(%sha, "initialised the repository with the room config");
+                        report.commits += 1;
+                    }
+                    Err(CommitterError::Repo(RepoError::Conflict | RepoError::Unknown(_)))
+                    | Err(CommitterError::Timeout(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            };
+            let watermark = self.watermark(&head).await?;
+            let synced = self
+                .reader
+                .synced_up_to()
+                .map_err(|e| CommitterError::Storage(e.to_string()))?;
+            if watermark < synced {
+                return Err(CommitterError::Rewound {
+                    repo: watermark,
+                    room: synced,
+                });
+            }
+            let changes = self
+                .reader
+                .journal(watermark, MAX_CHANGES_PER_COMMIT)
+                .map_err(|e| CommitterError::Storage(e.to_string()))?;
+            let Some(batch) = layout::render(&changes) else {
+                // Everything applied is in the repository; make sure the
+                // room knows (a predecessor may have committed without
+                // recording it).
+                if watermark > synced {
+                    self.record(watermark, &head.commit_sha).await?;
+                }
+                report.head = Some(head.commit_sha);
+                report.up_to_index = watermark;
+                report.remote_calls = self.remote.calls() - calls_before;
+                return Ok(report);
+            };
+            let req = CommitRequest {
+                expected_head: Some(head.commit_sha.clone()),
+                files: batch.files,
+                message: batch.message,
+                time_secs: batch.time_secs,
+            };
+            let span = tracing::info_span!(
+                "commit",
+                first = batch.first_index,
+                last = batch.last_index,
+                changes = batch.changes
+            );
+            match self.timed(self.remote.commit(req)).instrument(span).await {
+                Ok(sha) => {
+                    tracing::info!(
+                        %sha,
+                        up_to_index = batch.last_index,
+                        changes = batch.changes,
+                        "committed to the repository"
+                    );
+                    report.changes += batch.changes;
+                    report.commits += 1;
+                    self.record(batch.last_index, &sha).await?;
+                    // More journal than one commit takes: go round again.
+                    rounds = 0;
+                }
+                Err(CommitterError::Repo(RepoError::Conflict)) => {
+                    tracing::info!("the branch moved; re-reading it");
+                }
+                Err(
+                    e @ (CommitterError::Repo(RepoError::Unknown(_)) | CommitterError::Timeout(_)),
+                ) => {
+                    // The next round's head read tells whether it landed.
+                    tracing::warn!(error = %e, "commit outcome unknown; re-reading the branch");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The room's settings as the repository holds them, or the defaults
+    /// when the repository has none yet.
+    pub async fn read_config(&self) -> Result<RoomConfig, CommitterError> {
+        let Some(head) = self.timed(self.remote.head()).await? else {
+            return Ok(RoomConfig::default());
+        };
+        let entries = self
+            .timed(
+                self.remote
+                    .list(&head.commit_sha, layout::MESSAGES_DIR, 1_000_000),
+            )
+            .await?;
+        let Some(entry) = entries.iter().find(|e| e.path == layout::CONFIG_PATH) else {
+            return Ok(RoomConfig::default());
+        };
+        let bytes = self
+            .timed(self.remote.read_blob(&entry.id, layout::MAX_CONFIG_BYTES))
+            .await?;
+        RoomConfig::from_bytes(&bytes)
+            .map_err(|e| CommitterError::Repo(RepoError::Invalid(e.to_string())))
+    }
+}
+
+/// The committer actor of one room on one node.
 pub struct CommitterActor {
     leader: Option<LeaderChanged>,
+    flusher: Option<Arc<Flusher>>,
+    options: CommitterOptions,
+    config: RoomConfig,
+    /// Bumped on every leadership change, so timers of an old term stop.
+    epoch: u64,
+    retry_delay: Duration,
     span: tracing::Span,
 }
 
 impl CommitterActor {
-    pub fn new(room: &str, node: u64) -> Self {
+    /// A committer; without a `flusher` the room has no repository and
+    /// every flush answers [`CommitterError::NoRepository`].
+    pub fn new(
+        room: &str,
+        node: u64,
+        flusher: Option<Arc<Flusher>>,
+        options: CommitterOptions,
+    ) -> Self {
         Self {
             leader: None,
+            flusher,
+            options,
+            config: RoomConfig::default(),
+            epoch: 0,
+            retry_delay: RETRY_FIRST,
             span: tracing::info_span!("committer", room, node),
         }
     }
 
     pub fn is_leader(&self) -> bool {
         self.leader.as_ref().is_some_and(|l| l.is_self)
+    }
+
+    fn interval(&self) -> Duration {
+        self.options
+            .interval
+            .unwrap_or(Duration::from_secs(self.config.commit_interval_secs))
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>, after: Duration, reason: FlushReason) {
+        let epoch = self.epoch;
+        ctx.run_later(after, move |act, ctx| {
+            if act.epoch == epoch && act.is_leader() {
+                ctx.notify(Flush(reason));
+            }
+        });
     }
 }
 
@@ -60,22 +375,103 @@ impl Handler<LeaderChanged> for CommitterActor {
     fn handle(&mut self, msg: LeaderChanged, ctx: &mut Self::Context) {
         let was = self.is_leader();
         self.leader = Some(msg);
-        if self.is_leader() && !was {
-            let _e = self.span.enter();
-            tracing::info!("became leader; committer active");
-            ctx.notify(Flush(FlushReason::BecameLeader));
+        if self.is_leader() == was {
+            return;
         }
+        self.epoch += 1;
+        let _e = self.span.enter();
+        if !self.is_leader() {
+            tracing::info!("no longer leader; committer idle");
+            return;
+        }
+        let Some(flusher) = self.flusher.clone() else {
+            return;
+        };
+        tracing::info!(repository = %flusher.remote.describe(), "became leader; committer active");
+        let epoch = self.epoch;
+        let span = self.span.clone();
+        // Learn the room's interval, then write what predecessors had not.
+        ctx.spawn(
+            async move { flusher.read_config().await }
+                .instrument(span)
+                .into_actor(self)
+                .map(move |config, act, ctx| {
+                    if act.epoch != epoch {
+                        return;
+                    }
+                    match config {
+                        Ok(c) => act.config = c,
+                        Err(e) => {
+                            let _e = act.span.enter();
+                            tracing::warn!(error = %e, "cannot read the room config; using defaults");
+                        }
+                    }
+                    ctx.notify(Flush(FlushReason::BecameLeader));
+                    let every = act.interval();
+                    ctx.run_interval(every, move |act, ctx| {
+                        if act.epoch == epoch && act.is_leader() {
+                            ctx.notify(Flush(FlushReason::Interval));
+                        }
+                    });
+                }),
+        );
     }
 }
 
 impl Handler<Flush> for CommitterActor {
-    type Result = Result<u64, CommitterError>;
+    type Result = ResponseActFuture<Self, Result<FlushReport, CommitterError>>;
+
     fn handle(&mut self, msg: Flush, _ctx: &mut Self::Context) -> Self::Result {
-        let _e = self.span.enter();
+        let reason = msg.0;
+        let not_now = |e| Box::pin(fut::ready(Err(e))) as Self::Result;
         if !self.is_leader() {
-            return Err(CommitterError::NotLeader);
+            return not_now(CommitterError::NotLeader);
         }
-        tracing::debug!(reason = ?msg.0, "flush requested; repository committer not built yet");
-        Err(CommitterError::NotBuilt)
+        let Some(flusher) = self.flusher.clone() else {
+            return not_now(CommitterError::NoRepository);
+        };
+        let config = self.config.clone();
+        let span = tracing::info_span!(parent: &self.span, "flush", ?reason);
+        Box::pin(
+            async move { flusher.flush(&config).await }
+                .instrument(span)
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    let span = act.span.clone();
+                    let _e = span.enter();
+                    match &result {
+                        Ok(r) => {
+                            act.retry_delay = RETRY_FIRST;
+                            if r.commits > 0 {
+                                tracing::info!(
+                                    ?reason,
+                                    changes = r.changes,
+                                    commits = r.commits,
+                                    up_to_index = r.up_to_index,
+                                    calls = r.remote_calls,
+                                    "flushed"
+                                );
+                            }
+                        }
+                        Err(CommitterError::Repo(RepoError::RateLimited { retry_after_ms })) => {
+                            let wait = Duration::from_millis(*retry_after_ms);
+                            tracing::warn!(?wait, "rate limited; flushing again after the wait");
+                            if reason != FlushReason::Shutdown {
+                                act.schedule(ctx, wait, FlushReason::Retry);
+                            }
+                        }
+                        Err(CommitterError::NotLeader | CommitterError::NoRepository) => {}
+                        Err(e) => {
+                            let wait = act.retry_delay.min(act.interval());
+                            tracing::warn!(error = %e, ?wait, "flush failed; retrying");
+                            if reason != FlushReason::Shutdown {
+                                act.retry_delay = (act.retry_delay * 2).min(act.interval());
+                                act.schedule(ctx, wait, FlushReason::Retry);
+                            }
+                        }
+                    }
+                    result
+                }),
+        )
     }
 }

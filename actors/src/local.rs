@@ -15,6 +15,8 @@ use skygit_consensus::ports::SystemClock;
 use skygit_consensus::NodeId;
 use skygit_storage::Faults;
 
+use crate::committer::CommitterOptions;
+use crate::ports::RepoRemote;
 use crate::ports::SeededRng;
 use crate::presence::LocalPresence;
 use crate::room::{start_room, RoomError, RoomHandle, RoomPorts, RoomSpec};
@@ -28,7 +30,13 @@ pub struct LocalOptions {
     pub seed: Option<u64>,
     /// The user of each node; `user<id>` for nodes not listed.
     pub users: BTreeMap<NodeId, UserId>,
+    /// Each node's handle on the room's repository (none: no committing).
+    pub repo: Option<RepoFactory>,
+    pub committer: CommitterOptions,
 }
+
+/// Makes node `id`'s repository remote.
+pub type RepoFactory = Arc<dyn Fn(NodeId) -> Arc<dyn RepoRemote> + Send + Sync>;
 
 impl LocalOptions {
     pub fn new(room: &RoomId) -> Self {
@@ -41,6 +49,8 @@ impl LocalOptions {
             faults: Faults::default(),
             seed: None,
             users: BTreeMap::new(),
+            repo: None,
+            committer: CommitterOptions::default(),
         }
     }
 }
@@ -122,6 +132,7 @@ impl LocalCluster {
             data_dir: self.base.join(format!("node-{id}")),
             raft: self.opts.raft.clone(),
             faults: self.opts.faults,
+            committer: self.opts.committer,
         };
         let ports = RoomPorts {
             link,
@@ -129,6 +140,7 @@ impl LocalCluster {
             clock: Arc::new(SystemClock),
             rng: Box::new(rng),
             presence: self.presence.clone(),
+            repo: self.opts.repo.as_ref().map(|f| f(id)),
         };
         let handle = start_room(spec, ports).await?;
         self.nodes.insert(id, handle);

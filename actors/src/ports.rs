@@ -114,37 +114,115 @@ pub trait PresenceChannel: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoHead {
     pub commit_sha: String,
-    /// The raft watermark read back from the head commit's trailers.
-    pub raft_last_index: u64,
+    /// The head commit's message (its trailers carry the raft watermark).
+    pub message: String,
 }
 
 /// A failure of the repository remote.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RepoError {
+    /// The branch is not where the commit expected it: the
+    /// compare-and-swap was lost. Re-read the head and try again.
     #[error("the branch moved (compare-and-swap lost)")]
     Conflict,
+    /// A write may or may not have happened (a timeout or a broken
+    /// connection during a call that is not idempotent). Re-read the head
+    /// to learn whether it landed; never repeat the call blindly.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
     #[error("repository unavailable: {0}")]
     Unavailable(String),
     #[error("rate limited; retry after {retry_after_ms} ms")]
     RateLimited { retry_after_ms: u64 },
+    /// The credentials were refused or lack write access.
+    #[error("access denied: {0}")]
+    Denied(String),
+    /// The repository answered with something this build does not accept.
+    #[error("unexpected answer from the repository: {0}")]
+    Invalid(String),
+    #[error("not found: {0}")]
+    NotFound(String),
 }
 
 /// A set of files to commit on top of an expected head.
+///
+/// Author and committer are both [`layout::COMMITTER_NAME`] at
+/// `time_secs` (UTC), so the same request on the same head gives the same
+/// commit id on every backend.
+///
+/// [`layout::COMMITTER_NAME`]: crate::layout::COMMITTER_NAME
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitRequest {
+    /// `None` for the first commit of an empty branch.
     pub expected_head: Option<String>,
+    /// Files to add or replace, by path.
     pub files: Vec<(String, Vec<u8>)>,
+    pub message: String,
+    /// Author and commit time, seconds since the Unix epoch.
+    pub time_secs: i64,
+}
+
+/// A commit of the log branch's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub sha: String,
     pub message: String,
 }
 
+/// What a tree entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular (possibly executable) file.
+    File,
+    /// A symbolic link, a submodule or anything else that is not a file.
+    Other,
+}
+
+/// A file or other non-directory entry of a commit's tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// Full path from the repository root.
+    pub path: String,
+    pub kind: EntryKind,
+    /// The blob id, for [`RepoRemote::read_blob`].
+    pub id: String,
+    /// Size in bytes when the remote reports it.
+    pub size: Option<u64>,
+}
+
 /// The repository the room's log is committed to (GitHub API, a git
-/// remote, or the simulator's host).
+/// remote, or the simulator's host). Every answer is untrusted input.
 pub trait RepoRemote: Send + Sync + 'static {
-    /// The log branch's head, `None` for an empty repository.
+    /// Where this remote points, for logs and errors (never a secret).
+    fn describe(&self) -> String;
+    /// The log branch's head, `None` for an empty repository or branch.
     fn head(&self) -> BoxFuture<'_, Result<Option<RepoHead>, RepoError>>;
-    /// Commits on top of `expected_head`, failing with
-    /// [`RepoError::Conflict`] if the branch moved.
+    /// Commits on top of `expected_head` and moves the branch there,
+    /// failing with [`RepoError::Conflict`] if the branch moved. Answers
+    /// the new commit's id.
     fn commit(&self, req: CommitRequest) -> BoxFuture<'_, Result<String, RepoError>>;
+    /// Up to `max` commits from `from` along first parents, newest first.
+    fn history<'a>(
+        &'a self,
+        from: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<CommitInfo>, RepoError>>;
+    /// The non-directory entries under folder `prefix` of `commit`'s tree
+    /// (recursively), at most `max` of them.
+    fn list<'a>(
+        &'a self,
+        commit: &'a str,
+        prefix: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<TreeEntry>, RepoError>>;
+    /// A blob's bytes, refused when larger than `max_bytes`.
+    fn read_blob<'a>(
+        &'a self,
+        id: &'a str,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Vec<u8>, RepoError>>;
+    /// How many calls to the remote this adapter has made.
+    fn calls(&self) -> u64;
 }
 
 #[cfg(test)]

@@ -15,15 +15,17 @@ use skygit_consensus::NodeId;
 use skygit_storage::{Faults, RoomStorage, StateMachine, StorageError};
 use tokio::sync::mpsc;
 
-use crate::committer::CommitterActor;
+use crate::committer::{CommitterActor, CommitterOptions, Flush, FlushReason, Flusher};
 use crate::consensus::{ConsensusActor, Shutdown, SubscribeLeader};
 use crate::media::MediaActor;
-use crate::ports::{IdGen, PresenceChannel, PresenceRecord, RandomSource};
+use crate::ports::{IdGen, PresenceChannel, PresenceRecord, RandomSource, RepoRemote};
 use crate::presence::PresenceActor;
 
 /// How long a restarting room waits for the previous instance to release
 /// its database lock.
 const REOPEN_WAIT: Duration = Duration::from_secs(10);
+/// Longest a graceful shutdown waits for the leader's last flush.
+pub const SHUTDOWN_FLUSH_WAIT: Duration = Duration::from_secs(30);
 
 /// What a room needs to start on a node.
 pub struct RoomSpec {
@@ -34,6 +36,7 @@ pub struct RoomSpec {
     pub data_dir: PathBuf,
     pub raft: openraft::Config,
     pub faults: Faults,
+    pub committer: CommitterOptions,
 }
 
 /// The ports a room talks through.
@@ -43,6 +46,8 @@ pub struct RoomPorts {
     pub clock: Arc<dyn WallClock>,
     pub rng: Box<dyn RandomSource>,
     pub presence: Arc<dyn PresenceChannel>,
+    /// The room's repository; `None` runs the room without committing.
+    pub repo: Option<Arc<dyn RepoRemote>>,
 }
 
 /// Why a room could not start.
@@ -113,7 +118,16 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     let room = spec.room.as_str();
     let ids = IdGen::new(ports.clock.clone(), ports.rng);
     let consensus = ConsensusActor::new(replica.clone(), storage.clone(), ids, room).start();
-    let committer = CommitterActor::new(room, spec.node_id).start();
+    let flusher = ports.repo.map(|remote| {
+        Arc::new(Flusher::new(
+            remote,
+            storage.reader.clone(),
+            consensus.clone(),
+            spec.user.clone(),
+            spec.committer.call_timeout,
+        ))
+    });
+    let committer = CommitterActor::new(room, spec.node_id, flusher, spec.committer).start();
     consensus.do_send(SubscribeLeader(committer.clone().recipient()));
     let me = PresenceRecord {
         user: spec.user.to_string(),
@@ -138,8 +152,32 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
 }
 
 impl RoomHandle {
-    /// Stops raft and the actors. The storage stays on disk.
+    /// Flushes to the repository when this node leads, then stops raft and
+    /// the actors. The storage stays on disk.
     pub async fn shutdown(self) {
+        match tokio::time::timeout(
+            SHUTDOWN_FLUSH_WAIT,
+            self.committer.send(Flush(FlushReason::Shutdown)),
+        )
+        .await
+        {
+            Ok(Ok(Ok(r))) if r.commits > 0 => {
+                tracing::info!(room = %self.room, up_to_index = r.up_to_index, "flushed before shutdown");
+            }
+            Ok(Ok(Err(e)))
+                if !matches!(
+                    e,
+                    crate::committer::CommitterError::NotLeader
+                        | crate::committer::CommitterError::NoRepository
+                ) =>
+            {
+                tracing::warn!(room = %self.room, error = %e, "the flush before shutdown failed; the next leader writes it");
+            }
+            Err(_) => {
+                tracing::warn!(room = %self.room, "the flush before shutdown timed out; the next leader writes it");
+            }
+            _ => {}
+        }
         if self.consensus.send(Shutdown).await.is_err() {
             // The actor is already gone; stop raft directly.
             self.replica.shutdown().await;

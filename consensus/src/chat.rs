@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use ulid::Ulid;
 
 use crate::model::{
-    ApplyOutcome, ChatRequest, Command, Conversation, ConversationId, Message, MessageRecord,
-    Rejection,
+    ApplyOutcome, Change, ChangeKind, ChatRequest, Command, Conversation, ConversationId, Message,
+    MessageRecord, Rejection,
 };
 
 /// Read access to the state a request is applied to.
@@ -48,7 +48,11 @@ pub enum Effect {
         id: Ulid,
         index: u64,
     },
-    /// Entries up to `up_to_index` are in the repository as `commit_sha`.
+    /// A change to keep in the journal until the repository has it. Its
+    /// `term` is 0 here; the state machine fills in the entry's term.
+    Journal(Change),
+    /// Entries up to `up_to_index` are in the repository as `commit_sha`;
+    /// the journal forgets changes up to that index.
     Synced {
         up_to_index: u64,
         commit_sha: String,
@@ -68,7 +72,18 @@ pub fn apply<V: ChatView>(
     if let Err(e) = req.validate() {
         return reject(Rejection::Invalid(e.to_string()));
     }
-    let mut effects = Vec::with_capacity(3);
+    let mut effects = Vec::with_capacity(4);
+    let change = |conversation: &ConversationId, kind| {
+        Effect::Journal(Change {
+            index,
+            term: 0,
+            request: req.id,
+            sender: req.sender.clone(),
+            at: req.at,
+            conversation: conversation.clone(),
+            kind,
+        })
+    };
     match &req.command {
         Command::Post {
             conversation,
@@ -96,6 +111,13 @@ pub fn apply<V: ChatView>(
                 index,
                 last_change_index: index,
             }));
+            effects.push(change(
+                conversation,
+                ChangeKind::Post {
+                    message: req.id,
+                    content: content.clone(),
+                },
+            ));
         }
         Command::Edit { message, content } => {
             let mut rec = match changeable(view, *message, req)? {
@@ -105,6 +127,13 @@ pub fn apply<V: ChatView>(
             rec.message.content = content.clone();
             rec.message.edited_at = Some(req.at);
             rec.last_change_index = index;
+            effects.push(change(
+                &rec.message.conversation,
+                ChangeKind::Edit {
+                    message: *message,
+                    content: content.clone(),
+                },
+            ));
             effects.push(Effect::PutMessage(rec));
         }
         Command::Delete { message } => {
@@ -115,6 +144,10 @@ pub fn apply<V: ChatView>(
             rec.message.deleted = true;
             rec.message.content.clear();
             rec.last_change_index = index;
+            effects.push(change(
+                &rec.message.conversation,
+                ChangeKind::Delete { message: *message },
+            ));
             effects.push(Effect::PutMessage(rec));
         }
         Command::CreateConversation {
@@ -131,6 +164,12 @@ pub fn apply<V: ChatView>(
                 created_at: req.at,
                 created_index: index,
             }));
+            effects.push(change(
+                conversation,
+                ChangeKind::CreateConversation {
+                    title: title.clone(),
+                },
+            ));
         }
         Command::Synced {
             up_to_index,
@@ -186,6 +225,8 @@ pub struct MemChat {
     pub requests: BTreeMap<Ulid, u64>,
     /// Watermark index to commit sha.
     pub synced: BTreeMap<u64, String>,
+    /// Changes not yet in the repository, by index.
+    pub journal: BTreeMap<u64, Change>,
 }
 
 impl ChatView for MemChat {
@@ -219,10 +260,14 @@ impl MemChat {
                 Effect::RecordRequest { id, index } => {
                     self.requests.insert(id, index);
                 }
+                Effect::Journal(c) => {
+                    self.journal.insert(c.index, c);
+                }
                 Effect::Synced {
                     up_to_index,
                     commit_sha,
                 } => {
+                    self.journal = self.journal.split_off(&(up_to_index + 1));
                     self.synced.insert(up_to_index, commit_sha);
                 }
             }
@@ -404,5 +449,43 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_journal_keeps_applied_changes_until_they_are_synced() {
+        let mut s = MemChat::default();
+        s.apply(1, &post(1, "ana", "hi"));
+        s.apply(2, &post(2, "bob", "yo"));
+        // Refused and duplicate requests change nothing, so they are not journaled.
+        s.apply(3, &req(3, "bob", Command::Delete { message: Ulid(1) }));
+        s.apply(4, &post(1, "ana", "hi"));
+        s.apply(
+            5,
+            &req(
+                5,
+                "ana",
+                Command::Edit {
+                    message: Ulid(1),
+                    content: "hello".into(),
+                },
+            ),
+        );
+        assert_eq!(s.journal.keys().copied().collect::<Vec<_>>(), [1, 2, 5]);
+        assert!(matches!(
+            &s.journal[&5].kind,
+            ChangeKind::Edit { message, content } if *message == Ulid(1) && content == "hello"
+        ));
+        s.apply(
+            6,
+            &req(
+                6,
+                "ana",
+                Command::Synced {
+                    up_to_index: 2,
+                    commit_sha: "ab".into(),
+                },
+            ),
+        );
+        assert_eq!(s.journal.keys().copied().collect::<Vec<_>>(), [5]);
     }
 }

@@ -231,6 +231,37 @@ pub struct Conversation {
     pub created_index: u64,
 }
 
+/// One change to the room as the repository records it: a line of a batch
+/// file. The state machine keeps every change not yet in the repository
+/// (the journal), so any leader can render what its predecessors had not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Raft log index of the entry that made the change.
+    pub index: u64,
+    /// Raft term of that entry.
+    pub term: u64,
+    /// The request that made it.
+    pub request: Ulid,
+    pub sender: UserId,
+    /// Milliseconds since the Unix epoch, from the proposer's clock.
+    pub at: i64,
+    pub conversation: ConversationId,
+    pub kind: ChangeKind,
+}
+
+/// What a [`Change`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    /// A new message (its id is the request id).
+    Post { message: Ulid, content: String },
+    /// New text for a message.
+    Edit { message: Ulid, content: String },
+    /// A message marked deleted.
+    Delete { message: Ulid },
+    /// A conversation created explicitly.
+    CreateConversation { title: String },
+}
+
 /// What a request asks the room to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {

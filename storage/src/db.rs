@@ -14,6 +14,7 @@
 //! | `requests` | request id (16 bytes) | index it took effect at (u64 BE) |
 //! | `synced` | watermark index (u64 BE) | commit sha |
 //! | `outbox` | request id (16 bytes) | request not yet committed |
+//! | `journal` | index (u64 BE) | change not yet in the repository |
 //!
 //! The write-ahead log is shared by all column families, so one synced
 //! write makes every earlier write of the room durable.
@@ -33,8 +34,9 @@ pub(crate) const CF_CONVERSATIONS: &str = "conversations";
 pub(crate) const CF_REQUESTS: &str = "requests";
 pub(crate) const CF_SYNCED: &str = "synced";
 pub(crate) const CF_OUTBOX: &str = "outbox";
+pub(crate) const CF_JOURNAL: &str = "journal";
 
-const ALL_CFS: [&str; 9] = [
+const ALL_CFS: [&str; 10] = [
     CF_LOG,
     CF_RAFT_META,
     CF_SM_META,
@@ -44,15 +46,17 @@ const ALL_CFS: [&str; 9] = [
     CF_REQUESTS,
     CF_SYNCED,
     CF_OUTBOX,
+    CF_JOURNAL,
 ];
 
 /// The state-machine column families a snapshot carries, with their tags.
-pub(crate) const SNAPSHOT_CFS: [(u8, &str); 5] = [
+pub(crate) const SNAPSHOT_CFS: [(u8, &str); 6] = [
     (1, CF_MESSAGES),
     (2, CF_MESSAGE_IDS),
     (3, CF_CONVERSATIONS),
     (4, CF_REQUESTS),
     (5, CF_SYNCED),
+    (6, CF_JOURNAL),
 ];
 
 /// A storage failure.

@@ -2,13 +2,13 @@
 
 use rocksdb::{Direction, IteratorMode};
 use skygit_consensus::codec;
-use skygit_consensus::model::{Conversation, ConversationId, MessageRecord};
+use skygit_consensus::model::{Change, Conversation, ConversationId, MessageRecord};
 use skygit_consensus::types::LogId;
 use ulid::Ulid;
 
 use crate::db::{
-    index_key, message_key, split_message_key, RoomDb, StorageError, CF_CONVERSATIONS, CF_MESSAGES,
-    CF_SM_META, CF_SYNCED,
+    index_key, message_key, split_message_key, RoomDb, StorageError, CF_CONVERSATIONS, CF_JOURNAL,
+    CF_MESSAGES, CF_SM_META, CF_SYNCED,
 };
 use crate::state_machine::{read_message, synced_up_to, KEY_LAST_APPLIED};
 
@@ -149,5 +149,24 @@ impl ChatReader {
             }
             None => Ok(None),
         }
+    }
+
+    /// Up to `limit` journaled changes (applied, not yet known to be in the
+    /// repository) with index above `after`, in index order. Unlike the
+    /// raft log, the journal is never purged by a snapshot: it is part of
+    /// the state and shrinks only when a `synced` record covers it.
+    pub fn journal(&self, after: u64, limit: usize) -> Result<Vec<Change>, StorageError> {
+        let start = index_key(after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.db.db.iterator_cf(
+            self.db.cf(CF_JOURNAL)?,
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            if out.len() >= limit {
+                break;
+            }
+            out.push(codec::from_bytes(&item?.1)?);
+        }
+        Ok(out)
     }
 }

@@ -24,8 +24,8 @@ use tokio::sync::broadcast;
 use ulid::Ulid;
 
 use crate::db::{
-    index_from_key, index_key, message_key, RoomDb, StorageError, CF_CONVERSATIONS, CF_MESSAGES,
-    CF_MESSAGE_IDS, CF_REQUESTS, CF_SM_META, CF_SYNCED, SNAPSHOT_CFS,
+    index_from_key, index_key, message_key, RoomDb, StorageError, CF_CONVERSATIONS, CF_JOURNAL,
+    CF_MESSAGES, CF_MESSAGE_IDS, CF_REQUESTS, CF_SM_META, CF_SYNCED, SNAPSHOT_CFS,
 };
 use crate::snapshot::{self, SnapshotWriter};
 
@@ -104,6 +104,8 @@ struct View<'a> {
     conversations: BTreeSet<ConversationId>,
     requests: BTreeMap<Ulid, u64>,
     synced: Option<u64>,
+    /// Term of the entry being applied.
+    term: u64,
 }
 
 impl ChatView for View<'_> {
@@ -194,10 +196,25 @@ impl View<'_> {
                 batch.put_cf(self.db.cf(CF_REQUESTS)?, id.to_bytes(), index_key(index));
                 self.requests.insert(id, index);
             }
+            Effect::Journal(mut change) => {
+                change.term = self.term;
+                batch.put_cf(
+                    self.db.cf(CF_JOURNAL)?,
+                    index_key(change.index),
+                    codec::to_bytes(&change)?,
+                );
+            }
             Effect::Synced {
                 up_to_index,
                 commit_sha,
             } => {
+                // Applied in batch order: journaled changes earlier in this
+                // batch are forgotten too when they are covered.
+                batch.delete_range_cf(
+                    self.db.cf(CF_JOURNAL)?,
+                    index_key(0),
+                    index_key(up_to_index.saturating_add(1)),
+                );
                 batch.put_cf(
                     self.db.cf(CF_SYNCED)?,
                     index_key(up_to_index),
@@ -242,6 +259,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             conversations: BTreeSet::new(),
             requests: BTreeMap::new(),
             synced: None,
+            term: 0,
         };
         let mut last_applied = None;
         let mut membership = None;
@@ -257,6 +275,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     ApplyOutcome::Applied { index }
                 }
                 EntryPayload::Normal(req) => {
+                    view.term = log_id.leader_id.term;
                     let (effects, outcome) = chat::apply(&mut view, index, &req)?;
                     for e in effects {
                         view.stage(&mut batch, e)?;

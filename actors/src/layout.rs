@@ -1,0 +1,805 @@
+//! The room's repository layout: what the committer writes and what
+//! read-back accepts.
+//!
+//! ```text
+//! .messages/config.json                                   room settings
+//! .messages/<conversation>/<yyyy>/<mm>/<dd>/<first>-<last>.jsonl
+//! ```
+//!
+//! A batch file holds one JSON line per [`Change`] of one conversation on
+//! one UTC day (of the change's timestamp), in raft-index order, and is
+//! never rewritten: every index lies in exactly one file. Rendering is a
+//! pure function of the changes, so two leaders given the same committed
+//! prefix write byte-identical files, the same commit message and the same
+//! commit metadata, hence the same commit.
+//!
+//! Commit messages end in trailers (`Raft-Last-Index`, `Raft-Term`, ...)
+//! from which any node reads the watermark back off the head commit.
+//!
+//! Everything parsed here comes from the repository and is untrusted:
+//! sizes are bounded and every field is checked.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use skygit_consensus::model::{
+    Change, ChangeKind, ConversationId, UserId, ValidationError, MAX_CONTENT_BYTES, MAX_TITLE_BYTES,
+};
+use ulid::Ulid;
+
+/// The folder the room owns in the repository.
+pub const MESSAGES_DIR: &str = ".messages";
+/// The room's settings file.
+pub const CONFIG_PATH: &str = ".messages/config.json";
+/// Largest accepted `config.json`.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+/// Most lines the committer writes into one batch file.
+pub const MAX_BATCH_LINES: usize = 10_000;
+/// Size at which the committer starts a new batch file.
+pub const BATCH_SPLIT_BYTES: usize = 4 * 1024 * 1024;
+/// Largest batch file read-back accepts: the split size plus one line of
+/// the largest message (escaping can grow text up to six times).
+pub const MAX_BATCH_FILE_BYTES: usize = BATCH_SPLIT_BYTES + 6 * MAX_CONTENT_BYTES + 4096;
+/// Largest commit message read for trailers.
+pub const MAX_COMMIT_MESSAGE_BYTES: usize = 64 * 1024;
+/// Name and e-mail of every commit the committer makes.
+pub const COMMITTER_NAME: &str = "skygit";
+pub const COMMITTER_EMAIL: &str = "skygit@users.noreply.github.com";
+
+/// A problem with something read from the repository.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("{path}: {size} bytes is more than the limit of {max}")]
+    TooLarge {
+        path: String,
+        size: usize,
+        max: usize,
+    },
+    #[error("{path}: not a skygit batch file path ({reason})")]
+    BadPath { path: String, reason: String },
+    #[error("{path}:{line}: {reason}")]
+    BadLine {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("{path}: {reason}")]
+    BadFile { path: String, reason: String },
+    #[error("{CONFIG_PATH}: {0}")]
+    BadConfig(String),
+}
+
+/// Where attachments are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MediaStorage {
+    #[default]
+    GitLfs,
+    External,
+    Disabled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MediaConfig {
+    pub storage: MediaStorage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct EncryptionConfig {
+    pub enabled: bool,
+}
+
+/// `.messages/config.json`: the room's settings, shared by every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomConfig {
+    /// Layout version; this build reads and writes 1.
+    pub version: u32,
+    /// How often the leader commits the log, in seconds.
+    pub commit_interval_secs: u64,
+    /// How many nodes vote in the raft group (1, 3 or 5).
+    pub voters: u8,
+    pub media: MediaConfig,
+    pub encryption: EncryptionConfig,
+}
+
+/// The layout version this build writes.
+pub const LAYOUT_VERSION: u32 = 1;
+/// The default commit interval: ten minutes.
+pub const DEFAULT_COMMIT_INTERVAL_SECS: u64 = 600;
+/// Bounds on the commit interval a room may set.
+pub const MIN_COMMIT_INTERVAL_SECS: u64 = 1;
+pub const MAX_COMMIT_INTERVAL_SECS: u64 = 7 * 24 * 3600;
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        Self {
+            version: LAYOUT_VERSION,
+            commit_interval_secs: DEFAULT_COMMIT_INTERVAL_SECS,
+            voters: 3,
+            media: MediaConfig::default(),
+            encryption: EncryptionConfig::default(),
+        }
+    }
+}
+
+impl RoomConfig {
+    /// The file's bytes: pretty JSON with a final newline, fields in a
+    /// fixed order.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain structs of strings and numbers cannot fail.
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// Parses and checks `config.json`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, LayoutError> {
+        if bytes.len() > MAX_CONFIG_BYTES {
+            return Err(LayoutError::TooLarge {
+                path: CONFIG_PATH.into(),
+                size: bytes.len(),
+                max: MAX_CONFIG_BYTES,
+            });
+        }
+        let c: RoomConfig =
+            serde_json::from_slice(bytes).map_err(|e| LayoutError::BadConfig(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the values are ones this build can honour.
+    pub fn validate(&self) -> Result<(), LayoutError> {
+        if self.version != LAYOUT_VERSION {
+            return Err(LayoutError::BadConfig(format!(
+                "layout version {} is not supported (this build reads {LAYOUT_VERSION})",
+                self.version
+            )));
+        }
+        if !(MIN_COMMIT_INTERVAL_SECS..=MAX_COMMIT_INTERVAL_SECS)
+            .contains(&self.commit_interval_secs)
+        {
+            return Err(LayoutError::BadConfig(format!(
+                "commit_interval_secs {} is outside {MIN_COMMIT_INTERVAL_SECS}..={MAX_COMMIT_INTERVAL_SECS}",
+                self.commit_interval_secs
+            )));
+        }
+        if !matches!(self.voters, 1 | 3 | 5) {
+            return Err(LayoutError::BadConfig(format!(
+                "voters {} must be 1, 3 or 5",
+                self.voters
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One line of a batch file, as JSON. Field order is the byte order.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    index: u64,
+    term: u64,
+    kind: LineKind,
+    conversation: ConversationId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<Ulid>,
+    request: Ulid,
+    sender: UserId,
+    at: i64,
+    /// `at` for people; ignored when read back.
+    time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    title: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LineKind {
+    Post,
+    Edit,
+    Delete,
+    Conversation,
+}
+
+fn to_line(c: &Change) -> Line {
+    let (kind, message, content, title) = match &c.kind {
+        ChangeKind::Post { message, content } => {
+            (LineKind::Post, Some(*message), Some(content.clone()), None)
+        }
+        ChangeKind::Edit { message, content } => {
+            (LineKind::Edit, Some(*message), Some(content.clone()), None)
+        }
+        ChangeKind::Delete { message } => (LineKind::Delete, Some(*message), None, None),
+        ChangeKind::CreateConversation { title } => {
+            (LineKind::Conversation, None, None, Some(title.clone()))
+        }
+    };
+    Line {
+        index: c.index,
+        term: c.term,
+        kind,
+        conversation: c.conversation.clone(),
+        message,
+        request: c.request,
+        sender: c.sender.clone(),
+        at: c.at,
+        time: utc(c.at).to_rfc3339_opts(SecondsFormat::Millis, true),
+        content,
+        title,
+    }
+}
+
+fn from_line(l: Line) -> Result<Change, String> {
+    let need_message = || {
+        l.message
+            .ok_or_else(|| format!("a {:?} line needs \"message\"", l.kind))
+    };
+    let need_content = || {
+        let c = l
+            .content
+            .clone()
+            .ok_or_else(|| format!("a {:?} line needs \"content\"", l.kind))?;
+        if c.len() > MAX_CONTENT_BYTES {
+            return Err(format!(
+                "content is {} bytes, more than {MAX_CONTENT_BYTES}",
+                c.len()
+            ));
+        }
+        Ok(c)
+    };
+    let kind = match l.kind {
+        LineKind::Post => {
+            let message = need_message()?;
+            if message != l.request {
+                return Err("a post's message id must be its request id".into());
+            }
+            ChangeKind::Post {
+                message,
+                content: need_content()?,
+            }
+        }
+        LineKind::Edit => ChangeKind::Edit {
+            message: need_message()?,
+            content: need_content()?,
+        },
+        LineKind::Delete => ChangeKind::Delete {
+            message: need_message()?,
+        },
+        LineKind::Conversation => {
+            let title = l
+                .title
+                .clone()
+                .ok_or("a conversation line needs \"title\"")?;
+            if title.len() > MAX_TITLE_BYTES {
+                return Err(format!("title is more than {MAX_TITLE_BYTES} bytes"));
+            }
+            ChangeKind::CreateConversation { title }
+        }
+    };
+    Ok(Change {
+        index: l.index,
+        term: l.term,
+        request: l.request,
+        sender: l.sender,
+        at: l.at,
+        conversation: l.conversation,
+        kind,
+    })
+}
+
+/// The UTC time of a millisecond timestamp; out-of-range stamps clamp to
+/// the epoch so rendering never fails.
+fn utc(at_ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at_ms).unwrap_or(DateTime::UNIX_EPOCH)
+}
+
+/// One commit's worth of rendered changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Files to add, sorted by path.
+    pub files: Vec<(String, Vec<u8>)>,
+    pub first_index: u64,
+    pub last_index: u64,
+    /// Term of the last change.
+    pub last_term: u64,
+    pub changes: usize,
+    pub message: String,
+    /// Commit time: the last change's timestamp, in seconds.
+    pub time_secs: i64,
+}
+
+/// The path of the batch file holding `changes` (one conversation, one
+/// day, ascending indexes).
+fn batch_path(
+    conversation: &ConversationId,
+    day: (i32, u32, u32),
+    first: u64,
+    last: u64,
+) -> String {
+    let (y, m, d) = day;
+    format!("{MESSAGES_DIR}/{conversation}/{y:04}/{m:02}/{d:02}/{first:012}-{last:012}.jsonl")
+}
+
+/// Renders `changes` (ascending, distinct indexes) into one commit's files
+/// and message, or `None` when there is nothing to write.
+pub fn render(changes: &[Change]) -> Option<Batch> {
+    let first = changes.first()?;
+    let last = changes.last()?;
+    let mut groups: BTreeMap<(&ConversationId, (i32, u32, u32)), Vec<&Change>> = BTreeMap::new();
+    let mut senders: BTreeMap<&UserId, usize> = BTreeMap::new();
+    for c in changes {
+        let t = utc(c.at);
+        groups
+            .entry((&c.conversation, (t.year(), t.month(), t.day())))
+            .or_default()
+            .push(c);
+        *senders.entry(&c.sender).or_default() += 1;
+    }
+    let mut files = Vec::new();
+    for ((conversation, day), group) in groups {
+        let mut body = Vec::new();
+        let mut lines = 0usize;
+        let mut start = group[0].index;
+        let mut end = start;
+        for c in group {
+            if lines > 0 && (lines >= MAX_BATCH_LINES || body.len() >= BATCH_SPLIT_BYTES) {
+                files.push((
+                    batch_path(conversation, day, start, end),
+                    std::mem::take(&mut body),
+                ));
+                lines = 0;
+                start = c.index;
+            }
+            // A line of checked names, numbers and strings always serialises.
+            if serde_json::to_writer(&mut body, &to_line(c)).is_err() {
+                continue;
+            }
+            body.push(b'\n');
+            lines += 1;
+            end = c.index;
+        }
+        if lines > 0 {
+            files.push((batch_path(conversation, day, start, end), body));
+        }
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut by_count: Vec<(&UserId, usize)> = senders.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    const SHOWN: usize = 20;
+    let mut summary: Vec<String> = by_count
+        .iter()
+        .take(SHOWN)
+        .map(|(u, n)| format!("{u}={n}"))
+        .collect();
+    if by_count.len() > SHOWN {
+        summary.push(format!("+{} more", by_count.len() - SHOWN));
+    }
+    let n = changes.len();
+    let message = format!(
+        "skygit: {n} change{} at raft index {}..={}\n\n\
+         Raft-First-Index: {}\n\
+         Raft-Last-Index: {}\n\
+         Raft-Term: {}\n\
+         Skygit-Changes: {n}\n\
+         Skygit-Senders: {}\n",
+        if n == 1 { "" } else { "s" },
+        first.index,
+        last.index,
+        first.index,
+        last.index,
+        last.term,
+        summary.join(", "),
+    );
+    Some(Batch {
+        files,
+        first_index: first.index,
+        last_index: last.index,
+        last_term: last.term,
+        changes: n,
+        message,
+        time_secs: last.at.div_euclid(1000).max(0),
+    })
+}
+
+/// The message of the commit that writes a room's first `config.json`.
+pub fn init_message() -> String {
+    "skygit: create the room\n\nRaft-Last-Index: 0\n".to_owned()
+}
+
+/// The raft watermark a commit message records: `Raft-Last-Index`, or
+/// `None` when the message has no such trailer (a commit not made by the
+/// committer).
+pub fn watermark(message: &str) -> Option<u64> {
+    trailer(message, "Raft-Last-Index")?.parse().ok()
+}
+
+/// The value of trailer `key` in the last paragraph of `message`.
+pub fn trailer<'a>(message: &'a str, key: &str) -> Option<&'a str> {
+    let end = floor_char_boundary(message, MAX_COMMIT_MESSAGE_BYTES);
+    let message = message[..end].trim_end();
+    let last_paragraph = message.rsplit("\n\n").next()?;
+    last_paragraph.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == key).then(|| v.trim())
+    })
+}
+
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    let mut i = max;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// What a batch file's path says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchPath {
+    pub conversation: ConversationId,
+    pub first: u64,
+    pub last: u64,
+}
+
+/// Whether `path` is inside the room's folder.
+pub fn is_room_path(path: &str) -> bool {
+    path.strip_prefix(MESSAGES_DIR)
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Parses `.messages/<conversation>/<yyyy>/<mm>/<dd>/<first>-<last>.jsonl`.
+pub fn parse_batch_path(path: &str) -> Result<BatchPath, LayoutError> {
+    let bad = |reason: &str| LayoutError::BadPath {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let rest = path
+        .strip_prefix(MESSAGES_DIR)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(|| bad("outside .messages/"))?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return Err(bad("empty, '.' or '..' component"));
+    }
+    let [conv, y, m, d, file] = parts.as_slice() else {
+        return Err(bad(
+            "expected <conversation>/<yyyy>/<mm>/<dd>/<first>-<last>.jsonl",
+        ));
+    };
+    let conversation = ConversationId::new(*conv)
+        .map_err(|e: ValidationError| bad(&format!("conversation: {e}")))?;
+    let num = |s: &str, len: usize, what: &str| -> Result<u32, LayoutError> {
+        if s.len() != len || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(&format!("{what} must be {len} digits")));
+        }
+        s.parse().map_err(|_| bad(what))
+    };
+    num(y, 4, "year")?;
+    let month = num(m, 2, "month")?;
+    let day = num(d, 2, "day")?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return Err(bad("no such date"));
+    }
+    let stem = file
+        .strip_suffix(".jsonl")
+        .ok_or_else(|| bad("not a .jsonl file"))?;
+    let (a, b) = stem
+        .split_once('-')
+        .ok_or_else(|| bad("file name must be <first>-<last>.jsonl"))?;
+    let index = |s: &str| -> Result<u64, LayoutError> {
+        if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("indexes must be decimal numbers"));
+        }
+        s.parse().map_err(|_| bad("index out of range"))
+    };
+    let (first, last) = (index(a)?, index(b)?);
+    if first == 0 || first > last {
+        return Err(bad("first index must be positive and not above the last"));
+    }
+    Ok(BatchPath {
+        conversation,
+        first,
+        last,
+    })
+}
+
+/// Parses and checks one batch file: every line a valid change of the
+/// file's conversation, indexes strictly ascending from the file name's
+/// first to its last.
+pub fn parse_batch(path: &str, bytes: &[u8]) -> Result<Vec<Change>, LayoutError> {
+    let meta = parse_batch_path(path)?;
+    if bytes.len() > MAX_BATCH_FILE_BYTES {
+        return Err(LayoutError::TooLarge {
+            path: path.to_owned(),
+            size: bytes.len(),
+            max: MAX_BATCH_FILE_BYTES,
+        });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| LayoutError::BadFile {
+        path: path.to_owned(),
+        reason: format!("not UTF-8: {e}"),
+    })?;
+    let mut out: Vec<Change> = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let bad = |reason: String| LayoutError::BadLine {
+            path: path.to_owned(),
+            line: n + 1,
+            reason,
+        };
+        if out.len() >= MAX_BATCH_LINES {
+            return Err(bad(format!("more than {MAX_BATCH_LINES} lines")));
+        }
+        let line: Line = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
+        let change = from_line(line).map_err(bad)?;
+        if change.conversation != meta.conversation {
+            return Err(bad(format!(
+                "conversation {} in the folder of {}",
+                change.conversation, meta.conversation
+            )));
+        }
+        if change.index < meta.first || change.index > meta.last {
+            return Err(bad(format!(
+                "index {} outside the file's range {}..={}",
+                change.index, meta.first, meta.last
+            )));
+        }
+        if let Some(prev) = out.last() {
+            if change.index <= prev.index {
+                return Err(bad(format!(
+                    "index {} does not follow {}",
+                    change.index, prev.index
+                )));
+            }
+        } else if change.index != meta.first {
+            return Err(bad(format!(
+                "the first line has index {}, the file name says {}",
+                change.index, meta.first
+            )));
+        }
+        out.push(change);
+    }
+    match out.last() {
+        None => Err(LayoutError::BadFile {
+            path: path.to_owned(),
+            reason: "empty batch file".into(),
+        }),
+        Some(l) if l.index != meta.last => Err(LayoutError::BadFile {
+            path: path.to_owned(),
+            reason: format!(
+                "the last line has index {}, the file name says {}",
+                l.index, meta.last
+            ),
+        }),
+        Some(_) => Ok(out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(index: u64, conv: &str, sender: &str, at: i64, kind: ChangeKind) -> Change {
+        Change {
+            index,
+            term: 2,
+            request: Ulid::from_parts(at as u64, index as u128),
+            sender: UserId::new(sender).unwrap(),
+            at,
+            conversation: ConversationId::new(conv).unwrap(),
+            kind,
+        }
+    }
+
+    fn post(index: u64, conv: &str, sender: &str, at: i64, text: &str) -> Change {
+        let mut c = change(
+            index,
+            conv,
+            sender,
+            at,
+            ChangeKind::Post {
+                message: Ulid::nil(),
+                content: text.into(),
+            },
+        );
+        c.kind = ChangeKind::Post {
+            message: c.request,
+            content: text.into(),
+        };
+        c
+    }
+
+    const DAY1: i64 = 1_763_800_000_000; // 2025-11-22
+    const DAY2: i64 = DAY1 + 86_400_000;
+
+    fn sample() -> Vec<Change> {
+        let p = post(3, "general", "ana", DAY1, "hi \"there\"\nüñí");
+        let m = p.request;
+        vec![
+            p,
+            post(4, "random", "bob", DAY1 + 5, "yo"),
+            change(
+                6,
+                "general",
+                "ana",
+                DAY2,
+                ChangeKind::Edit {
+                    message: m,
+                    content: "hello".into(),
+                },
+            ),
+            change(
+                7,
+                "general",
+                "ana",
+                DAY2 + 1,
+                ChangeKind::Delete { message: m },
+            ),
+            change(
+                9,
+                "ops",
+                "bob",
+                DAY2 + 2,
+                ChangeKind::CreateConversation {
+                    title: "Ops & on-call".into(),
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn rendering_groups_by_conversation_and_day_and_reads_back() {
+        let changes = sample();
+        let b = render(&changes).unwrap();
+        let paths: Vec<&str> = b.files.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                ".messages/general/2025/11/22/000000000003-000000000003.jsonl",
+                ".messages/general/2025/11/23/000000000006-000000000007.jsonl",
+                ".messages/ops/2025/11/23/000000000009-000000000009.jsonl",
+                ".messages/random/2025/11/22/000000000004-000000000004.jsonl",
+            ]
+        );
+        let mut back = Vec::new();
+        for (p, bytes) in &b.files {
+            back.extend(parse_batch(p, bytes).unwrap());
+        }
+        back.sort_by_key(|c| c.index);
+        assert_eq!(back, changes);
+        assert_eq!((b.first_index, b.last_index, b.last_term), (3, 9, 2));
+        assert_eq!(watermark(&b.message), Some(9));
+        assert_eq!(trailer(&b.message, "Skygit-Senders"), Some("ana=3, bob=2"));
+        assert_eq!(b.time_secs, (DAY2 + 2) / 1000);
+    }
+
+    #[test]
+    fn rendering_is_deterministic() {
+        assert_eq!(render(&sample()), render(&sample()));
+        assert_eq!(render(&[]), None);
+    }
+
+    #[test]
+    fn big_batches_split_into_bounded_files() {
+        let changes: Vec<Change> = (1..=MAX_BATCH_LINES as u64 + 5)
+            .map(|i| post(i, "general", "ana", DAY1, "x"))
+            .collect();
+        let b = render(&changes).unwrap();
+        assert_eq!(b.files.len(), 2);
+        let n: usize = b
+            .files
+            .iter()
+            .map(|(p, bytes)| parse_batch(p, bytes).unwrap().len())
+            .sum();
+        assert_eq!(n, changes.len());
+    }
+
+    #[test]
+    fn trailers_are_read_from_the_last_paragraph_only() {
+        assert_eq!(watermark("x\n\nRaft-Last-Index: 12\n"), Some(12));
+        assert_eq!(watermark("Raft-Last-Index: 12\n\nbody"), None);
+        assert_eq!(watermark("fix typo"), None);
+        assert_eq!(watermark("x\n\nRaft-Last-Index: twelve"), None);
+        assert_eq!(watermark(&init_message()), Some(0));
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        for p in [
+            "src/main.rs",
+            ".messages/../etc/passwd",
+            ".messages/general/2025/11/22/1-2.txt",
+            ".messages/General/2025/11/22/1-2.jsonl",
+            ".messages/general/2025/13/22/1-2.jsonl",
+            ".messages/general/2025/11/22/2-1.jsonl",
+            ".messages/general/2025/11/22/0-1.jsonl",
+            ".messages/general/2025/11/22/1-99999999999999999999999.jsonl",
+            ".messages/general/x/2025/11/22/1-2.jsonl",
+            ".messagesX/general/2025/11/22/1-2.jsonl",
+        ] {
+            assert!(parse_batch_path(p).is_err(), "{p} accepted");
+        }
+        assert!(parse_batch_path(".messages/general/2025/11/22/1-2.jsonl").is_ok());
+    }
+
+    #[test]
+    fn hostile_files_are_refused_with_the_line() {
+        let path = ".messages/general/2025/11/22/000000000003-000000000004.jsonl";
+        let good = render(&[
+            post(3, "general", "ana", DAY1, "a"),
+            post(4, "general", "ana", DAY1, "b"),
+        ])
+        .unwrap()
+        .files
+        .remove(0)
+        .1;
+        assert_eq!(parse_batch(path, &good).unwrap().len(), 2);
+        let text = String::from_utf8(good.clone()).unwrap();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"{not json\n".to_vec(), ":1:"),
+            (
+                text.replace("\"general\"", "\"random\"").into_bytes(),
+                "conversation",
+            ),
+            (
+                text.replace("\"index\":4", "\"index\":9").into_bytes(),
+                "outside",
+            ),
+            (
+                text.replace("\"index\":4", "\"index\":3").into_bytes(),
+                "does not follow",
+            ),
+            (
+                text.replace("\"sender\":\"ana\"", "\"sender\":\"a/b\"")
+                    .into_bytes(),
+                ":1:",
+            ),
+            (
+                text.replace("\"kind\":\"post\"", "\"kind\":\"nuke\"")
+                    .into_bytes(),
+                ":1:",
+            ),
+            (
+                text.replace("\"term\"", "\"extra\":1,\"term\"")
+                    .into_bytes(),
+                ":1:",
+            ),
+            (
+                text.lines().next().unwrap().as_bytes().to_vec(),
+                "last line",
+            ),
+            (Vec::new(), "empty"),
+            (vec![0xff, 0xfe], "UTF-8"),
+            (vec![b' '; MAX_BATCH_FILE_BYTES + 1], "limit"),
+        ];
+        for (bytes, want) in cases {
+            let err = parse_batch(path, &bytes).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} does not mention {want:?}");
+            assert!(err.starts_with(path), "{err:?} does not name the file");
+        }
+    }
+
+    #[test]
+    fn config_round_trips_and_is_checked() {
+        let c = RoomConfig::default();
+        assert_eq!(RoomConfig::from_bytes(&c.to_bytes()).unwrap(), c);
+        let text = String::from_utf8(c.to_bytes()).unwrap();
+        assert!(text.contains("\"commit_interval_secs\": 600"));
+        for bad in [
+            text.replace("\"voters\": 3", "\"voters\": 4"),
+            text.replace("\"version\": 1", "\"version\": 2"),
+            text.replace("600", "0"),
+            "[]".to_owned(),
+        ] {
+            assert!(RoomConfig::from_bytes(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert!(RoomConfig::from_bytes(&vec![b' '; MAX_CONFIG_BYTES + 1]).is_err());
+    }
+}

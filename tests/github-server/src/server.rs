@@ -1,0 +1,339 @@
+//! The HTTP side: the server thread and runtime, and the one axum handler
+//! that records each request, answers injected faults, checks the token,
+//! runs the API on a blocking thread and adds the common headers (rate
+//! limit, content type, ETag / 304).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use serde_json::{json, Value};
+
+use crate::util::{self, lock};
+use crate::{Fault, Recorded, MAX_BODY_BYTES, SHUTDOWN_GRACE};
+
+/// The rate limit every response advertises.
+const RATE_LIMIT: u64 = 5000;
+
+/// State shared by the handle and the server thread.
+pub(crate) struct Shared {
+    /// All git work happens while holding this lock (one writer at a time).
+    pub repo: Mutex<git2::Repository>,
+    pub repo_path: PathBuf,
+    pub owner: String,
+    pub name: String,
+    pub token: String,
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    pub calls: AtomicU64,
+    /// Requests counted against the rate limit (all but 304s).
+    pub used: AtomicU64,
+    pub log: Mutex<Vec<Recorded>>,
+    pub faults: Mutex<VecDeque<Fault>>,
+}
+
+impl Shared {
+    pub fn new(
+        repo: git2::Repository,
+        repo_path: PathBuf,
+        owner: &str,
+        name: &str,
+        token: &str,
+        base_url: String,
+    ) -> Shared {
+        Shared {
+            repo: Mutex::new(repo),
+            repo_path,
+            owner: owner.to_owned(),
+            name: name.to_owned(),
+            token: token.to_owned(),
+            base_url,
+            calls: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
+            faults: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+/// An answer before the common headers are added.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub status: u16,
+    /// JSON body; `None` for an empty body (e.g. 204).
+    pub body: Option<Value>,
+    /// Extra headers; they override the common ones.
+    pub headers: Vec<(String, String)>,
+    /// Whether the answer gets an ETag and honours `If-None-Match`.
+    pub etag: bool,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Value) -> Reply {
+        Reply {
+            status,
+            body: Some(body),
+            headers: Vec::new(),
+            etag: false,
+        }
+    }
+
+    pub fn message(status: u16, message: &str) -> Reply {
+        Reply::json(status, json!({ "message": message }))
+    }
+
+    /// A cacheable 200 answer (ETag + 304 support).
+    pub fn cacheable(body: Value) -> Reply {
+        Reply {
+            etag: true,
+            ..Reply::json(200, body)
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: String) -> Reply {
+        self.headers.push((name.to_owned(), value));
+        self
+    }
+}
+
+/// Body of the server thread: builds the runtime, serves until `stop`
+/// fires (or its sender is dropped), then shuts down.
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    stop: tokio::sync::oneshot::Receiver<()>,
+    ready: std::sync::mpsc::Sender<std::io::Result<()>>,
+) {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("github-server-worker")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let listener = match rt.block_on(async { tokio::net::TcpListener::from_std(listener) }) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let app = Router::new()
+        .fallback(handle)
+        .with_state(shared)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let _ = ready.send(Ok(()));
+    rt.block_on(async move {
+        let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = grace_rx.await;
+        });
+        let mut serve = std::pin::pin!(std::future::IntoFuture::into_future(serve));
+        tokio::select! {
+            res = &mut serve => {
+                if let Err(e) = res {
+                    tracing::warn!("github test server stopped: {e}");
+                }
+            }
+            _ = stop => {
+                let _ = grace_tx.send(());
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, serve).await;
+            }
+        }
+    });
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+}
+
+/// The single handler behind every route.
+async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    shared.calls.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = req.into_parts();
+    let method = parts.method.as_str().to_owned();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| parts.uri.path().to_owned());
+
+    let (reply, recorded_body) = match to_bytes(body, MAX_BODY_BYTES).await {
+        Err(_) => (
+            Reply::message(413, "Request body too large or unreadable"),
+            Value::Null,
+        ),
+        Ok(bytes) => {
+            let parsed = if bytes.iter().all(u8::is_ascii_whitespace) {
+                Some(Value::Null)
+            } else {
+                serde_json::from_slice::<Value>(&bytes).ok()
+            };
+            match parsed {
+                Some(body) => serve(&shared, &method, &path, &parts.headers, body).await,
+                None => {
+                    let text = Value::String(String::from_utf8_lossy(&bytes).into_owned());
+                    // Faults and credentials still come first.
+                    match pre_checks(&shared, &method, &path, &parts.headers) {
+                        Some(reply) => (reply, text),
+                        None => (Reply::message(400, "Problems parsing JSON"), text),
+                    }
+                }
+            }
+        }
+    };
+
+    let response = finish(&shared, reply, &parts.headers);
+    let status = response.status().as_u16();
+    tracing::debug!(%method, %path, status, "github test server");
+    lock(&shared.log).push(Recorded {
+        method,
+        path,
+        status,
+        body: recorded_body,
+    });
+    response
+}
+
+/// Injected faults and authentication; `Some` answers the request.
+fn pre_checks(shared: &Shared, method: &str, path: &str, headers: &HeaderMap) -> Option<Reply> {
+    {
+        let mut faults = lock(&shared.faults);
+        let hit = faults.iter().position(|f| {
+            f.method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method))
+                && path.contains(&f.path_contains)
+        });
+        if let Some(fault) = hit.and_then(|i| faults.remove(i)) {
+            return Some(Reply {
+                status: fault.status,
+                body: Some(json!({ "message": fault.message })),
+                headers: fault.headers,
+                etag: false,
+            });
+        }
+    }
+    if !authorized(shared, headers) {
+        return Some(Reply::message(401, "Bad credentials"));
+    }
+    None
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let value = value.trim();
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return false;
+    };
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
+        && token.trim() == shared.token
+}
+
+/// Answers a request whose body parsed; returns the body back for the log.
+async fn serve(
+    shared: &Arc<Shared>,
+    method: &str,
+    path: &str,
+    headers: &HeaderMap,
+    body: Value,
+) -> (Reply, Value) {
+    if let Some(reply) = pre_checks(shared, method, path, headers) {
+        return (reply, body);
+    }
+    let shared = shared.clone();
+    let method = method.to_owned();
+    let path = path.to_owned();
+    let work = tokio::task::spawn_blocking(move || {
+        let reply = crate::api::dispatch(&shared, &method, &path, &body);
+        (reply, body)
+    });
+    match work.await {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::error!("github test server handler failed: {e}");
+            (
+                Reply::message(500, "Internal test server error"),
+                Value::Null,
+            )
+        }
+    }
+}
+
+/// Serializes the reply, applies ETag / If-None-Match and adds the common
+/// headers.
+fn finish(shared: &Shared, reply: Reply, request_headers: &HeaderMap) -> Response {
+    let mut status =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = match &reply.body {
+        Some(v) => serde_json::to_vec(v).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let mut headers = HeaderMap::new();
+    if reply.etag && status == StatusCode::OK {
+        let etag = format!("\"{}\"", util::etag_of(&body));
+        if let Some(inm) = request_headers
+            .get(axum::http::header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+        {
+            if util::etag_matches(inm, &etag) {
+                status = StatusCode::NOT_MODIFIED;
+                body = Vec::new();
+            }
+        }
+        set(&mut headers, "etag", &etag);
+    }
+    let used = if status == StatusCode::NOT_MODIFIED {
+        shared.used.load(Ordering::SeqCst)
+    } else {
+        shared.used.fetch_add(1, Ordering::SeqCst) + 1
+    };
+    set(
+        &mut headers,
+        "content-type",
+        "application/json; charset=utf-8",
+    );
+    set(&mut headers, "x-ratelimit-limit", &RATE_LIMIT.to_string());
+    set(
+        &mut headers,
+        "x-ratelimit-remaining",
+        &RATE_LIMIT.saturating_sub(used).to_string(),
+    );
+    set(
+        &mut headers,
+        "x-ratelimit-reset",
+        &(util::unix_now() + 3600).to_string(),
+    );
+    set(&mut headers, "x-ratelimit-used", &used.to_string());
+    set(&mut headers, "x-ratelimit-resource", "core");
+    for (name, value) in &reply.headers {
+        set(&mut headers, name, value);
+    }
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Sets a header, silently skipping invalid names or values.
+fn set(headers: &mut HeaderMap, name: &str, value: &str) {
+    if let (Ok(name), Ok(value)) = (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        headers.insert(name, value);
+    }
+}
