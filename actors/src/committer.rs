@@ -94,6 +94,11 @@ pub struct FlushReport {
 #[rtype(result = "Result<FlushReport, CommitterError>")]
 pub struct Flush(pub FlushReason);
 
+/// Stop the committer, dropping any flush in progress.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopCommitter;
+
 /// Per-node committer settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitterOptions {
@@ -415,6 +420,15 @@ impl Handler<LeaderChanged> for CommitterActor {
                     });
                 }),
         );
+    }
+}
+
+impl Handler<StopCommitter> for CommitterActor {
+    type Result = ();
+    fn handle(&mut self, _: StopCommitter, ctx: &mut Self::Context) {
+        self.epoch += 1;
+        self.leader = None;
+        ctx.stop();
     }
 }
 

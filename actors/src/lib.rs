@@ -17,4 +17,5 @@ pub mod media;
 pub mod peer;
 pub mod ports;
 pub mod presence;
+pub mod readback;
 pub mod room;

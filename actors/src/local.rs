@@ -152,7 +152,7 @@ impl LocalCluster {
     pub async fn stop_node(&mut self, id: NodeId) {
         self.net.leave(id);
         if let Some(h) = self.nodes.remove(&id) {
-            h.shutdown().await;
+            h.stop().await;
         }
     }
 

@@ -15,7 +15,9 @@ use skygit_consensus::NodeId;
 use skygit_storage::{Faults, RoomStorage, StateMachine, StorageError};
 use tokio::sync::mpsc;
 
-use crate::committer::{CommitterActor, CommitterOptions, Flush, FlushReason, Flusher};
+use crate::committer::{
+    CommitterActor, CommitterError, CommitterOptions, Flush, FlushReason, Flusher, StopCommitter,
+};
 use crate::consensus::{ConsensusActor, Shutdown, SubscribeLeader};
 use crate::media::MediaActor;
 use crate::ports::{IdGen, PresenceChannel, PresenceRecord, RandomSource, RepoRemote};
@@ -164,13 +166,8 @@ impl RoomHandle {
             Ok(Ok(Ok(r))) if r.commits > 0 => {
                 tracing::info!(room = %self.room, up_to_index = r.up_to_index, "flushed before shutdown");
             }
-            Ok(Ok(Err(e)))
-                if !matches!(
-                    e,
-                    crate::committer::CommitterError::NotLeader
-                        | crate::committer::CommitterError::NoRepository
-                ) =>
-            {
+            Ok(Ok(Err(CommitterError::NotLeader | CommitterError::NoRepository))) => {}
+            Ok(Ok(Err(e))) => {
                 tracing::warn!(room = %self.room, error = %e, "the flush before shutdown failed; the next leader writes it");
             }
             Err(_) => {
@@ -178,6 +175,14 @@ impl RoomHandle {
             }
             _ => {}
         }
+        self.stop().await;
+    }
+
+    /// Stops raft and the actors at once, without a last flush (what a
+    /// crash leaves behind, short of losing unsynced writes).
+    pub async fn stop(self) {
+        // Stopping the committer drops any flush in progress.
+        let _ = self.committer.send(StopCommitter).await;
         if self.consensus.send(Shutdown).await.is_err() {
             // The actor is already gone; stop raft directly.
             self.replica.shutdown().await;

@@ -1,5 +1,7 @@
 //! Helpers shared by skygit's cross-crate integration tests.
 
+pub mod git_server;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

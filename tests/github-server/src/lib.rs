@@ -31,6 +31,11 @@ use server::Shared;
 /// Upper bound on a request body (benchmarks send trees of ~30 MB).
 pub const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
+/// Request bodies larger than this are recorded in the log as
+/// `{"omitted_body_bytes": N}` instead of the parsed JSON, so that long
+/// benchmarks do not keep every multi-megabyte tree in memory.
+pub const MAX_RECORDED_BODY_BYTES: usize = 4 * 1024 * 1024;
+
 /// A queued fault: the next request whose method matches and whose path
 /// (including the query string) contains `path_contains` is answered with
 /// `status`, `headers` and the body `{"message": message}` instead of being
@@ -86,7 +91,9 @@ pub struct Recorded {
     /// Status code of the answer.
     pub status: u16,
     /// The request body parsed as JSON; `Null` when there was none, a JSON
-    /// string holding the (lossy UTF-8) text when it was not JSON.
+    /// string holding the (lossy UTF-8) text when it was not JSON, and
+    /// `{"omitted_body_bytes": N}` when it was larger than
+    /// [`MAX_RECORDED_BODY_BYTES`].
     pub body: serde_json::Value,
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::body::{to_bytes, Body};
+use axum::body::{to_bytes, Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -16,7 +16,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use crate::util::{self, lock};
-use crate::{Fault, Recorded, MAX_BODY_BYTES, SHUTDOWN_GRACE};
+use crate::{Fault, Recorded, MAX_BODY_BYTES, MAX_RECORDED_BODY_BYTES, SHUTDOWN_GRACE};
 
 /// The rate limit every response advertises.
 const RATE_LIMIT: u64 = 5000;
@@ -171,24 +171,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             Reply::message(413, "Request body too large or unreadable"),
             Value::Null,
         ),
-        Ok(bytes) => {
-            let parsed = if bytes.iter().all(u8::is_ascii_whitespace) {
-                Some(Value::Null)
-            } else {
-                serde_json::from_slice::<Value>(&bytes).ok()
-            };
-            match parsed {
-                Some(body) => serve(&shared, &method, &path, &parts.headers, body).await,
-                None => {
-                    let text = Value::String(String::from_utf8_lossy(&bytes).into_owned());
-                    // Faults and credentials still come first.
-                    match pre_checks(&shared, &method, &path, &parts.headers) {
-                        Some(reply) => (reply, text),
-                        None => (Reply::message(400, "Problems parsing JSON"), text),
-                    }
-                }
-            }
-        }
+        Ok(bytes) => serve(&shared, &method, &path, &parts.headers, bytes).await,
     };
 
     let response = finish(&shared, reply, &parts.headers);
@@ -243,23 +226,40 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
         && token.trim() == shared.token
 }
 
-/// Answers a request whose body parsed; returns the body back for the log.
+/// Answers a request (faults and credentials first, then the API) on a
+/// blocking thread, where the body is parsed; returns the reply and the body
+/// to record.
 async fn serve(
     shared: &Arc<Shared>,
     method: &str,
     path: &str,
     headers: &HeaderMap,
-    body: Value,
+    bytes: Bytes,
 ) -> (Reply, Value) {
-    if let Some(reply) = pre_checks(shared, method, path, headers) {
-        return (reply, body);
-    }
+    let pre = pre_checks(shared, method, path, headers);
     let shared = shared.clone();
     let method = method.to_owned();
     let path = path.to_owned();
     let work = tokio::task::spawn_blocking(move || {
-        let reply = crate::api::dispatch(&shared, &method, &path, &body);
-        (reply, body)
+        let parsed = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Ok(Value::Null)
+        } else {
+            serde_json::from_slice::<Value>(&bytes)
+        };
+        let reply = match (pre, &parsed) {
+            (Some(reply), _) => reply,
+            (None, Err(_)) => Reply::message(400, "Problems parsing JSON"),
+            (None, Ok(body)) => crate::api::dispatch(&shared, &method, &path, body),
+        };
+        let recorded = if bytes.len() > MAX_RECORDED_BODY_BYTES {
+            json!({ "omitted_body_bytes": bytes.len() })
+        } else {
+            match parsed {
+                Ok(body) => body,
+                Err(_) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+            }
+        };
+        (reply, recorded)
     });
     match work.await {
         Ok(done) => done,

@@ -907,3 +907,80 @@ fn works_from_inside_a_tokio_runtime_and_shuts_down() {
         "the listener is closed after drop"
     );
 }
+
+#[test]
+fn large_bodies_are_accepted_and_summarized_in_the_log() {
+    let (_dir, server) = start();
+    seed(&server);
+    let big = "x".repeat(5 * 1024 * 1024);
+    let r = call(
+        &server,
+        "POST",
+        "/repos/acme/chat/git/trees",
+        Some(
+            json!({"tree": [{"path": "big.txt", "mode": "100644", "type": "blob", "content": big}]}),
+        ),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert_eq!(r.json()["tree"][0]["size"], 5 * 1024 * 1024);
+    let logged = &server.requests()[1];
+    assert_eq!(logged.status, 201);
+    assert!(logged.body["omitted_body_bytes"].as_u64().unwrap() > 5 * 1024 * 1024);
+}
+
+#[test]
+fn concurrent_ref_updates_are_atomic() {
+    let (_dir, server) = start();
+    let head = seed(&server);
+    let tree = call(
+        &server,
+        "GET",
+        &format!("/repos/acme/chat/git/commits/{head}"),
+        None,
+    )
+    .json()["tree"]["sha"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let children: Vec<String> = (0..8)
+        .map(|i| {
+            let r = call(
+                &server,
+                "POST",
+                "/repos/acme/chat/git/commits",
+                Some(json!({"message": format!("child {i}"), "tree": tree, "parents": [head]})),
+            );
+            r.json()["sha"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = children
+            .iter()
+            .map(|sha| {
+                let server = &server;
+                s.spawn(move || {
+                    call(
+                        server,
+                        "PATCH",
+                        "/repos/acme/chat/git/refs/heads/main",
+                        Some(json!({"sha": sha})),
+                    )
+                    .status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 422).count(),
+        7,
+        "{statuses:?}"
+    );
+    let winner = head_sha(&server);
+    assert!(children.contains(&winner));
+}

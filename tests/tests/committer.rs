@@ -1,0 +1,729 @@
+//! The committer against a real git server on loopback (`git daemon`):
+//! what a `git clone` shows after flushes, leader changes, commits whose
+//! outcome is unknown, a committer killed mid-flush, two committers racing
+//! on one ref, and read-back from the repository alone.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use skygit_actors::committer::{CommitterOptions, Flush, FlushReason, FlushReport, Flusher};
+use skygit_actors::layout::{self, RoomConfig};
+use skygit_actors::local::{LocalCluster, LocalOptions, RepoFactory};
+use skygit_actors::ports::{CommitInfo, CommitRequest, RepoError, RepoHead, RepoRemote, TreeEntry};
+use skygit_actors::readback::{self, ReadbackLimits};
+use skygit_consensus::model::{ChangeKind, Command, ConversationId, UserId};
+use skygit_consensus::NodeId;
+use skygit_remotes::git::GitRemote;
+use skygit_tests::git_server::{clone_and_read, git, Cloned, GitDaemon};
+use skygit_tests::*;
+use ulid::Ulid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn opts(factory: RepoFactory) -> LocalOptions {
+    let mut o = LocalOptions::new(&room());
+    o.repo = Some(factory);
+    // Flushes happen when a test asks (and on becoming leader).
+    o.committer = CommitterOptions {
+        interval: Some(Duration::from_secs(3600)),
+        call_timeout: Duration::from_secs(30),
+    };
+    o
+}
+
+/// Each node gets its own adapter (and cache repository) for `url`.
+fn git_factory(url: String, caches: &Path) -> RepoFactory {
+    let caches = caches.to_owned();
+    Arc::new(move |id: NodeId| {
+        Arc::new(
+            GitRemote::open(&url, "main", &caches.join(format!("cache-{id}"))).expect("git remote"),
+        ) as Arc<dyn RepoRemote>
+    })
+}
+
+async fn flush(c: &LocalCluster) -> FlushReport {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let leader = c.wait_leader(WAIT).await.expect("leader");
+        let h = c.handle(leader).expect("leader runs");
+        match h
+            .committer
+            .send(Flush(FlushReason::OnDemand))
+            .await
+            .expect("actor")
+        {
+            Ok(r) => return r,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "flush keeps failing: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Waits until every node knows the repository holds everything up to
+/// `up_to` and has emptied its journal.
+async fn wait_synced(c: &LocalCluster, up_to: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let done = c.ids().iter().all(|id| {
+            let r = &c.handle(*id).expect("node").storage.reader;
+            r.synced_up_to().expect("readable") >= up_to
+                && r.journal(0, 1).expect("readable").is_empty()
+        });
+        if done {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sync of {up_to} never recorded everywhere"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The posts, edits and deletes of the repository must be exactly the
+/// room's: every message of node `node` posted once.
+fn assert_repo_matches_room(cloned: &Cloned, c: &LocalCluster, node: NodeId) {
+    let posted: Vec<Ulid> = cloned
+        .changes
+        .iter()
+        .filter_map(|ch| match ch.kind {
+            ChangeKind::Post { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect();
+    let unique: BTreeSet<Ulid> = posted.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        posted.len(),
+        "a post is in the repository twice"
+    );
+    let room: BTreeSet<Ulid> = message_ids(c, node).into_iter().collect();
+    assert_eq!(
+        unique, room,
+        "the repository and the room hold different messages"
+    );
+    for w in cloned.watermarks.windows(2) {
+        assert!(
+            w[0] < w[1] || w[1] == 0,
+            "watermarks go backwards: {:?}",
+            cloned.watermarks
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn flushes_write_exactly_the_committed_prefix_and_render_the_same_bytes() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = GitDaemon::start(&dir.path().join("srv")).unwrap();
+    let url = daemon.create("room.git").unwrap();
+    let c = cluster(
+        dir.path(),
+        3,
+        Some(opts(git_factory(url.clone(), dir.path()))),
+    )
+    .await;
+    let leader = c.wait_leader(WAIT).await.unwrap();
+
+    let mut first = None;
+    for i in 0..30 {
+        let (req, _) = post_committed(&c, leader, "ana", format!("message {i}")).await;
+        first.get_or_insert(req.id);
+    }
+    let ops = ConversationId::new("ops").unwrap();
+    commit(
+        &c,
+        leader,
+        "bob",
+        Command::CreateConversation {
+            conversation: ops.clone(),
+            title: "Ops".into(),
+        },
+    )
+    .await;
+    commit(
+        &c,
+        leader,
+        "bob",
+        Command::Post {
+            conversation: ops,
+            content: "deploy at 5".into(),
+        },
+    )
+    .await;
+    let target = first.unwrap();
+    commit(
+        &c,
+        leader,
+        "ana",
+        Command::Edit {
+            message: target,
+            content: "message 0, edited".into(),
+        },
+    )
+    .await;
+    let (_, last) = commit(&c, leader, "ana", Command::Delete { message: target }).await;
+    let last = last.effective_index().unwrap();
+
+    let report = flush(&c).await;
+    assert_eq!(report.up_to_index, last);
+    let one = clone_and_read(&url, &dir.path().join("clone1"));
+    assert_repo_matches_room(&one, &c, leader);
+    assert_eq!(one.changes.len(), 34);
+    assert_eq!(*one.watermarks.last().unwrap(), last);
+    // Edits and deletes are lines of their own; history is not rewritten.
+    let kinds: Vec<&str> = one
+        .changes
+        .iter()
+        .map(|ch| match ch.kind {
+            ChangeKind::Post { .. } => "post",
+            ChangeKind::Edit { .. } => "edit",
+            ChangeKind::Delete { .. } => "delete",
+            ChangeKind::CreateConversation { .. } => "conversation",
+        })
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "edit").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| **k == "delete").count(), 1);
+    // Rendering a file's changes again gives its bytes.
+    for (path, bytes) in &one.files {
+        let changes = layout::parse_batch(path, bytes).unwrap();
+        let again = layout::render(&changes).unwrap();
+        assert_eq!(again.files, vec![(path.clone(), bytes.clone())]);
+    }
+    wait_synced(&c, last).await;
+    for id in c.ids() {
+        let r = &c.handle(id).unwrap().storage.reader;
+        let m = r.message(target).unwrap().unwrap();
+        // The first commit whose watermark covers the message holds it.
+        let holder = one
+            .watermarks
+            .iter()
+            .position(|w| *w >= m.index)
+            .map(|i| one.commits[i].clone());
+        assert_eq!(r.commit_for(m.index).unwrap(), holder);
+        assert_eq!(
+            r.commit_for(m.last_change_index).unwrap().as_ref(),
+            one.commits.last()
+        );
+    }
+
+    // A second flush adds a commit and leaves the first one's files alone.
+    for i in 0..10 {
+        post_committed(&c, leader, "cy", format!("later {i}")).await;
+    }
+    let report = flush(&c).await;
+    assert_eq!(report.commits, 1);
+    assert_eq!(report.changes, 10);
+    let two = clone_and_read(&url, &dir.path().join("clone2"));
+    assert_repo_matches_room(&two, &c, leader);
+    assert_eq!(two.commits.len(), one.commits.len() + 1);
+    for f in &one.files {
+        assert!(two.files.contains(f), "{} changed or vanished", f.0);
+    }
+    // Nothing new: no commit.
+    let report = flush(&c).await;
+    assert_eq!(report.commits, 0);
+    c.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_new_leader_writes_what_its_predecessor_had_not() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = GitDaemon::start(&dir.path().join("srv")).unwrap();
+    let url = daemon.create("room.git").unwrap();
+    let mut c = cluster(
+        dir.path(),
+        3,
+        Some(opts(git_factory(url.clone(), dir.path()))),
+    )
+    .await;
+    let leader = c.wait_leader(WAIT).await.unwrap();
+    for i in 0..20 {
+        post_committed(&c, leader, "ana", format!("before {i}")).await;
+    }
+    flush(&c).await;
+    let mut last = 0;
+    for i in 0..15 {
+        last = post_committed(&c, leader, "ana", format!("unflushed {i}"))
+            .await
+            .1;
+    }
+    c.wait_converged(WAIT).await.unwrap();
+    // A crash: no shutdown flush.
+    c.stop_node(leader).await;
+    let next = c.wait_leader(WAIT).await.unwrap();
+    assert_ne!(next, leader);
+    // The new leader's first flush happens by itself.
+    wait_synced(&c, last).await;
+    let cloned = clone_and_read(&url, &dir.path().join("clone"));
+    assert_repo_matches_room(&cloned, &c, next);
+    assert_eq!(cloned.changes.len(), 35);
+    c.shutdown().await;
+}
+
+/// A git remote whose first commit misbehaves after (or instead of)
+/// reaching the server.
+struct Faulty {
+    inner: GitRemote,
+    commits: AtomicUsize,
+    mode: FaultMode,
+}
+
+#[derive(Clone, Copy)]
+enum FaultMode {
+    /// Commit, then report the outcome unknown (a timeout after the push).
+    LandThenUnknown,
+    /// Report the outcome unknown without committing.
+    UnknownWithoutLanding,
+    /// Commit, then hang for ever: the process dies before recording.
+    LandThenHang,
+}
+
+impl RepoRemote for Faulty {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn head(&self) -> BoxFuture<'_, Result<Option<RepoHead>, RepoError>> {
+        self.inner.head()
+    }
+    fn commit(&self, req: CommitRequest) -> BoxFuture<'_, Result<String, RepoError>> {
+        // The first commit is the room's config; the fault hits the next.
+        let n = self.commits.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            if n != 1 {
+                return self.inner.commit(req).await;
+            }
+            match self.mode {
+                FaultMode::LandThenUnknown => {
+                    self.inner.commit(req).await?;
+                    Err(RepoError::Unknown("connection reset after the push".into()))
+                }
+                FaultMode::UnknownWithoutLanding => Err(RepoError::Unknown(
+                    "connection reset before the push".into(),
+                )),
+                FaultMode::LandThenHang => {
+                    self.inner.commit(req).await?;
+                    futures::future::pending().await
+                }
+            }
+        })
+    }
+    fn history<'a>(
+        &'a self,
+        from: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<CommitInfo>, RepoError>> {
+        self.inner.history(from, max)
+    }
+    fn list<'a>(
+        &'a self,
+        commit: &'a str,
+        prefix: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<TreeEntry>, RepoError>> {
+        self.inner.list(commit, prefix, max)
+    }
+    fn read_blob<'a>(
+        &'a self,
+        id: &'a str,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Vec<u8>, RepoError>> {
+        self.inner.read_blob(id, max_bytes)
+    }
+    fn calls(&self) -> u64 {
+        self.inner.calls()
+    }
+}
+
+/// Node `faulty`'s remote misbehaves as `mode` says; the others are plain.
+fn faulty_factory(url: String, caches: &Path, faulty: NodeId, mode: FaultMode) -> RepoFactory {
+    let caches = caches.to_owned();
+    Arc::new(move |id: NodeId| {
+        let inner =
+            GitRemote::open(&url, "main", &caches.join(format!("cache-{id}"))).expect("git remote");
+        if id == faulty {
+            Arc::new(Faulty {
+                inner,
+                commits: AtomicUsize::new(0),
+                mode,
+            }) as Arc<dyn RepoRemote>
+        } else {
+            Arc::new(inner)
+        }
+    })
+}
+
+async fn unknown_outcome_case(mode: FaultMode) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = GitDaemon::start(&dir.path().join("srv")).unwrap();
+    let url = daemon.create("room.git").unwrap();
+    // Node 1 bootstraps the room, so it leads first.
+    let c = cluster(
+        dir.path(),
+        1,
+        Some(opts(faulty_factory(url.clone(), dir.path(), 1, mode))),
+    )
+    .await;
+    let mut last = 0;
+    for i in 0..12 {
+        last = post_committed(&c, 1, "ana", format!("m {i}")).await.1;
+    }
+    let report = flush(&c).await;
+    assert_eq!(report.up_to_index, last);
+    wait_synced(&c, last).await;
+    let cloned = clone_and_read(&url, &dir.path().join("clone"));
+    assert_repo_matches_room(&cloned, &c, 1);
+    assert_eq!(cloned.changes.len(), 12);
+    // The config commit and exactly one commit of the messages.
+    assert_eq!(
+        cloned.commits.len(),
+        2,
+        "watermarks {:?}",
+        cloned.watermarks
+    );
+    c.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_commit_that_landed_with_an_unknown_outcome_is_not_written_twice() {
+    unknown_outcome_case(FaultMode::LandThenUnknown).await;
+}
+
+#[actix_rt::test]
+async fn a_commit_that_did_not_land_with_an_unknown_outcome_is_written() {
+    unknown_outcome_case(FaultMode::UnknownWithoutLanding).await;
+}
+
+#[actix_rt::test]
+async fn a_committer_killed_during_a_flush_leaves_no_gap_and_no_duplicate() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = GitDaemon::start(&dir.path().join("srv")).unwrap();
+    let url = daemon.create("room.git").unwrap();
+    // Node 1's remote hangs after its push.
+    let mut c = LocalCluster::start(
+        dir.path(),
+        room(),
+        3,
+        opts(faulty_factory(
+            url.clone(),
+            dir.path(),
+            1,
+            FaultMode::LandThenHang,
+        )),
+    )
+    .await
+    .unwrap();
+    // Make node 1 the one that commits.
+    let mut leader = c.wait_leader(WAIT).await.unwrap();
+    while leader != 1 {
+        c.stop_node(leader).await;
+        c.start_node(leader).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        leader = c.wait_leader(WAIT).await.unwrap();
+    }
+    for i in 0..25 {
+        post_committed(&c, 1, "ana", format!("m {i}")).await;
+    }
+    // The flush pushes and then hangs before recording the sync.
+    let committer = c.handle(1).unwrap().committer.clone();
+    actix_rt::spawn(async move {
+        let _ = committer.send(Flush(FlushReason::OnDemand)).await;
+    });
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let heads = git(&["ls-remote", &url, "refs/heads/main"]);
+        let sha = heads.split_whitespace().next().unwrap_or("").to_owned();
+        if !sha.is_empty() {
+            let msg = git(&[
+                "--git-dir",
+                &daemon.path("room.git").to_string_lossy(),
+                "log",
+                "-1",
+                "--format=%B",
+                &sha,
+            ]);
+            if layout::watermark(&msg).unwrap_or(0) > 0 {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hanging commit never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Killed mid-flush.
+    c.stop_node(1).await;
+    let next = c.wait_leader(WAIT).await.unwrap();
+    let mut last = 0;
+    for i in 0..10 {
+        last = post_committed(&c, next, "bob", format!("after {i}"))
+            .await
+            .1;
+    }
+    flush(&c).await;
+    wait_synced(&c, last).await;
+    // Node 1 restarts (its remote is healthy now) and catches up.
+    c.start_node(1).await.unwrap();
+    c.wait_converged(WAIT).await.unwrap();
+    let cloned = clone_and_read(&url, &dir.path().join("clone"));
+    assert_repo_matches_room(&cloned, &c, next);
+    assert_eq!(cloned.changes.len(), 35);
+    c.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn two_committers_racing_on_one_ref_keep_history_linear_and_complete() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = GitDaemon::start(&dir.path().join("srv")).unwrap();
+    let url = daemon.create("room.git").unwrap();
+    let c = cluster(
+        dir.path(),
+        3,
+        Some(opts(git_factory(url.clone(), dir.path()))),
+    )
+    .await;
+    let leader = c.wait_leader(WAIT).await.unwrap();
+    let follower = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    let remote = |name: &str| -> Arc<dyn RepoRemote> {
+        Arc::new(GitRemote::open(&url, "main", &dir.path().join(name)).unwrap())
+    };
+    let user = UserId::new("committer").unwrap();
+    let mk = |node: NodeId, name: &str| {
+        let h = c.handle(node).unwrap();
+        Flusher::new(
+            remote(name),
+            h.storage.reader.clone(),
+            h.consensus.clone(),
+            user.clone(),
+            Duration::from_secs(30),
+        )
+    };
+    let a = mk(leader, "race-a");
+    let b = mk(follower, "race-b");
+    let config = RoomConfig::default();
+    for round in 0..3 {
+        for i in 0..10 {
+            post_committed(&c, leader, "ana", format!("round {round} message {i}")).await;
+        }
+        c.wait_converged(WAIT).await.unwrap();
+        // The follower falls behind, so the two committers render different
+        // prefixes on the same head.
+        c.isolate(follower, true);
+        for i in 0..5 {
+            post_committed(&c, leader, "ana", format!("round {round} late {i}")).await;
+        }
+        let (ra, rb) = tokio::join!(a.flush(&config), b.flush(&config));
+        ra.expect("committer a");
+        rb.expect("committer b");
+        c.isolate(follower, false);
+    }
+    let last = c.wait_converged(WAIT).await.unwrap();
+    let report = a.flush(&config).await.unwrap();
+    assert!(report.up_to_index <= last);
+    let cloned = clone_and_read(&url, &dir.path().join("clone"));
+    assert_repo_matches_room(&cloned, &c, leader);
+    assert_eq!(cloned.changes.len(), 45);
+    let merges = git(&[
+        "-C",
+        &cloned.dir.to_string_lossy(),
+        "rev-list",
+        "--merges",
+        "HEAD",
+    ]);
+    assert!(merges.trim().is_empty(), "history is not linear");
+    c.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn history_reads_back_from_the_repository_alone() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = GitDaemon::start(&dir.path().join("srv")).unwrap();
+    let url = daemon.create("room.git").unwrap();
+    let c = cluster(
+        dir.path(),
+        3,
+        Some(opts(git_factory(url.clone(), dir.path()))),
+    )
+    .await;
+    let leader = c.wait_leader(WAIT).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(
+            post_committed(&c, leader, "ana", format!("m {i}"))
+                .await
+                .0
+                .id,
+        );
+        if i % 3 == 2 {
+            flush(&c).await;
+        }
+    }
+    commit(
+        &c,
+        leader,
+        "ana",
+        Command::Edit {
+            message: ids[1],
+            content: "edited".into(),
+        },
+    )
+    .await;
+    let (_, del) = commit(&c, leader, "ana", Command::Delete { message: ids[2] }).await;
+    flush(&c).await;
+    wait_synced(&c, del.effective_index().unwrap()).await;
+
+    // A node with an empty disk: only the repository.
+    let fresh = GitRemote::open(&url, "main", &dir.path().join("fresh-cache")).unwrap();
+    let history = readback::load(&fresh, ReadbackLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(history.config, Some(RoomConfig::default()));
+    let reader = &c.handle(leader).unwrap().storage.reader;
+    let room = reader.all_messages().unwrap();
+    assert_eq!(history.messages.len(), room.len());
+    for (archived, live) in history.messages.iter().zip(&room) {
+        assert_eq!(&archived.record, live);
+        assert_eq!(
+            Some(archived.git_hash.clone()),
+            reader.commit_for(live.last_change_index).unwrap(),
+            "git hash of {}",
+            live.message.id
+        );
+    }
+    assert!(history.messages.iter().any(|m| m.record.message.deleted));
+    c.shutdown().await;
+}
+
+/// Commits `files` (path, bytes, symlink?) on top of a fresh room in a
+/// bare repository at `bare`, with watermark 100.
+fn hostile_repo(bare: &Path, work: &Path, files: &[(&str, Vec<u8>, bool)]) {
+    git(&[
+        "init",
+        "--quiet",
+        "--bare",
+        "--initial-branch=main",
+        &bare.to_string_lossy(),
+    ]);
+    git(&[
+        "clone",
+        "--quiet",
+        &bare.to_string_lossy(),
+        &work.to_string_lossy(),
+    ]);
+    let w = work.to_string_lossy().into_owned();
+    std::fs::create_dir_all(work.join(".messages")).unwrap();
+    std::fs::write(
+        work.join(layout::CONFIG_PATH),
+        RoomConfig::default().to_bytes(),
+    )
+    .unwrap();
+    for (path, bytes, link) in files {
+        let p = work.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        if *link {
+            std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
+        } else {
+            std::fs::write(&p, bytes).unwrap();
+        }
+    }
+    git(&["-C", &w, "add", "-A"]);
+    git(&[
+        "-C",
+        &w,
+        "-c",
+        "user.name=x",
+        "-c",
+        "user.email=x@x",
+        "commit",
+        "--quiet",
+        "-m",
+        "x\n\nRaft-Last-Index: 100",
+    ]);
+    git(&["-C", &w, "push", "--quiet", "origin", "HEAD:main"]);
+}
+
+#[actix_rt::test]
+async fn hostile_repository_files_fail_read_back_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = ".messages/general/2025/11/22/000000000003-000000000003.jsonl";
+    let line = |index: u64| {
+        format!(
+            "{{\"index\":{index},\"term\":1,\"kind\":\"post\",\"conversation\":\"general\",\"message\":\"{id}\",\"request\":\"{id}\",\"sender\":\"ana\",\"at\":1763800000000,\"time\":\"x\",\"content\":\"hi\"}}\n",
+            id = Ulid::from_parts(1, index as u128)
+        )
+    };
+    // The well-formed file loads, so the failures below are the hostile ones.
+    let cases: Vec<(&str, Vec<(&str, Vec<u8>, bool)>, &str)> = vec![
+        ("fine", vec![(good, line(3).into_bytes(), false)], ""),
+        (
+            "broken-json",
+            vec![(good, b"{\"index\": 3,".to_vec(), false)],
+            good,
+        ),
+        (
+            "huge",
+            vec![(good, vec![b'x'; layout::MAX_BATCH_FILE_BYTES + 1], false)],
+            "limit",
+        ),
+        (
+            "wrong-index",
+            vec![(good, line(7).into_bytes(), false)],
+            "index 7",
+        ),
+        (
+            "stray-path",
+            vec![(".messages/notes.txt", b"hello".to_vec(), false)],
+            ".messages/notes.txt",
+        ),
+        (
+            "symlink",
+            vec![(good, Vec::new(), true)],
+            "not a regular file",
+        ),
+        (
+            "above-watermark",
+            vec![(
+                ".messages/general/2025/11/22/000000000200-000000000200.jsonl",
+                line(200).into_bytes(),
+                false,
+            )],
+            "watermark",
+        ),
+    ];
+    for (name, files, want) in cases {
+        let bare = dir.path().join(format!("{name}.git"));
+        hostile_repo(&bare, &dir.path().join(format!("{name}-work")), &files);
+        let remote = GitRemote::open(
+            &bare.to_string_lossy(),
+            "main",
+            &dir.path().join(format!("{name}-cache")),
+        )
+        .unwrap();
+        let result = readback::load(&remote, ReadbackLimits::default()).await;
+        if want.is_empty() {
+            let h = result.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(h.messages.len(), 1);
+        } else {
+            let err = result.expect_err(name).to_string();
+            assert!(
+                err.contains(want),
+                "{name}: {err:?} does not mention {want:?}"
+            );
+        }
+    }
+}
