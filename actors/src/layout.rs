@@ -311,6 +311,9 @@ pub struct Batch {
     pub time_secs: i64,
 }
 
+/// A UTC calendar day: year, month, day.
+type Day = (i32, u32, u32);
+
 /// The path of the batch file holding `changes` (one conversation, one
 /// day, ascending indexes).
 fn batch_path(
@@ -328,7 +331,7 @@ fn batch_path(
 pub fn render(changes: &[Change]) -> Option<Batch> {
     let first = changes.first()?;
     let last = changes.last()?;
-    let mut groups: BTreeMap<(&ConversationId, (i32, u32, u32)), Vec<&Change>> = BTreeMap::new();
+    let mut groups: BTreeMap<(&ConversationId, Day), Vec<&Change>> = BTreeMap::new();
     let mut senders: BTreeMap<&UserId, usize> = BTreeMap::new();
     for c in changes {
         let t = utc(c.at);

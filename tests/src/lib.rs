@@ -1,5 +1,6 @@
 //! Helpers shared by skygit's cross-crate integration tests.
 
+pub mod committing;
 pub mod git_server;
 
 use std::collections::BTreeSet;

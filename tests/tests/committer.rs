@@ -3,14 +3,13 @@
 //! outcome is unknown, a committer killed mid-flush, two committers racing
 //! on one ref, and read-back from the repository alone.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use skygit_actors::committer::{CommitterOptions, Flush, FlushReason, FlushReport, Flusher};
+use skygit_actors::committer::{CommitterOptions, Flush, FlushReason, Flusher};
 use skygit_actors::layout::{self, RoomConfig};
 use skygit_actors::local::{LocalCluster, LocalOptions, RepoFactory};
 use skygit_actors::ports::{CommitInfo, CommitRequest, RepoError, RepoHead, RepoRemote, TreeEntry};
@@ -18,7 +17,8 @@ use skygit_actors::readback::{self, ReadbackLimits};
 use skygit_consensus::model::{ChangeKind, Command, ConversationId, UserId};
 use skygit_consensus::NodeId;
 use skygit_remotes::git::GitRemote;
-use skygit_tests::git_server::{clone_and_read, git, Cloned, GitDaemon};
+use skygit_tests::committing::*;
+use skygit_tests::git_server::{clone_and_read, git, GitDaemon};
 use skygit_tests::*;
 use ulid::Ulid;
 
@@ -43,81 +43,6 @@ fn git_factory(url: String, caches: &Path) -> RepoFactory {
             GitRemote::open(&url, "main", &caches.join(format!("cache-{id}"))).expect("git remote"),
         ) as Arc<dyn RepoRemote>
     })
-}
-
-async fn flush(c: &LocalCluster) -> FlushReport {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let leader = c.wait_leader(WAIT).await.expect("leader");
-        let h = c.handle(leader).expect("leader runs");
-        match h
-            .committer
-            .send(Flush(FlushReason::OnDemand))
-            .await
-            .expect("actor")
-        {
-            Ok(r) => return r,
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "flush keeps failing: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-}
-
-/// Waits until every node knows the repository holds everything up to
-/// `up_to` and has emptied its journal.
-async fn wait_synced(c: &LocalCluster, up_to: u64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let done = c.ids().iter().all(|id| {
-            let r = &c.handle(*id).expect("node").storage.reader;
-            r.synced_up_to().expect("readable") >= up_to
-                && r.journal(0, 1).expect("readable").is_empty()
-        });
-        if done {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "sync of {up_to} never recorded everywhere"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The posts, edits and deletes of the repository must be exactly the
-/// room's: every message of node `node` posted once.
-fn assert_repo_matches_room(cloned: &Cloned, c: &LocalCluster, node: NodeId) {
-    let posted: Vec<Ulid> = cloned
-        .changes
-        .iter()
-        .filter_map(|ch| match ch.kind {
-            ChangeKind::Post { message, .. } => Some(message),
-            _ => None,
-        })
-        .collect();
-    let unique: BTreeSet<Ulid> = posted.iter().copied().collect();
-    assert_eq!(
-        unique.len(),
-        posted.len(),
-        "a post is in the repository twice"
-    );
-    let room: BTreeSet<Ulid> = message_ids(c, node).into_iter().collect();
-    assert_eq!(
-        unique, room,
-        "the repository and the room hold different messages"
-    );
-    for w in cloned.watermarks.windows(2) {
-        assert!(
-            w[0] < w[1] || w[1] == 0,
-            "watermarks go backwards: {:?}",
-            cloned.watermarks
-        );
-    }
 }
 
 #[actix_rt::test]

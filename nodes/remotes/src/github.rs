@@ -114,6 +114,14 @@ impl Answer {
     }
 }
 
+/// Why one exchange failed before an answer was read.
+enum CallError {
+    /// Connection, timeout or protocol failure.
+    Transport(String),
+    /// The answer is larger than the caller accepts.
+    TooLarge(String),
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Method {
     Get,
@@ -303,6 +311,10 @@ impl GithubRemote {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if method.is_write() {
+                // Every attempt reaches GitHub, so every attempt counts.
+                self.take_write_budget()?;
+            }
             match self.call_once(method, path, body, max_bytes).await {
                 Ok(a) if a.status.is_server_error() && repeatable && attempt < MAX_ATTEMPTS => {
                     tracing::warn!(status = %a.status, path, attempt, "GitHub answered a server error; retrying");
@@ -316,11 +328,15 @@ impl GithubRemote {
                     )))
                 }
                 Ok(a) => return classify_limits(a),
-                Err(e) if repeatable && attempt < MAX_ATTEMPTS => {
+                // An answer over the limit would be just as large again.
+                Err(CallError::TooLarge(e)) => return Err(RepoError::Invalid(e)),
+                Err(CallError::Transport(e)) if repeatable && attempt < MAX_ATTEMPTS => {
                     tracing::warn!(error = %e, path, attempt, "GitHub call failed; retrying");
                 }
-                Err(e) if repeatable => return Err(RepoError::Unavailable(e)),
-                Err(e) => return Err(RepoError::Unknown(e)),
+                Err(CallError::Transport(e)) if repeatable => {
+                    return Err(RepoError::Unavailable(e))
+                }
+                Err(CallError::Transport(e)) => return Err(RepoError::Unknown(e)),
             }
             tokio::time::sleep(RETRY_BASE * 2u32.pow(attempt - 1)).await;
         }
@@ -332,7 +348,7 @@ impl GithubRemote {
         path: &str,
         body: Option<&Value>,
         max_bytes: usize,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, CallError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let cached = if method == Method::Get {
             self.etags
@@ -356,12 +372,20 @@ impl GithubRemote {
             Method::Patch => self.client._patch(path, body).await,
             Method::Put => self.client._put(path, body).await,
         };
-        let resp = result.map_err(|e| format!("{} {path}: {e}", method_name(method)))?;
+        let resp = result
+            .map_err(|e| CallError::Transport(format!("{} {path}: {e}", method_name(method))))?;
         let (parts, b) = resp.into_parts();
         let bytes = http_body_util::Limited::new(b, max_bytes)
             .collect()
             .await
-            .map_err(|e| format!("{} {path}: reading the answer: {e}", method_name(method)))?
+            .map_err(|e| {
+                let what = format!("{} {path}: reading the answer: {e}", method_name(method));
+                if e.is::<http_body_util::LengthLimitError>() {
+                    CallError::TooLarge(format!("{what} (limit {max_bytes} bytes)"))
+                } else {
+                    CallError::Transport(what)
+                }
+            })?
             .to_bytes()
             .to_vec();
         let mut answer = Answer {
@@ -396,7 +420,6 @@ impl GithubRemote {
         repeatable: bool,
     ) -> Result<Answer, RepoError> {
         debug_assert!(method.is_write());
-        self.take_write_budget()?;
         self.call(method, path, Some(body), repeatable, MAX_ANSWER_BYTES)
             .await
     }
@@ -714,13 +737,7 @@ impl GithubRemote {
                 true,
                 limit,
             )
-            .await
-            .map_err(|e| match e {
-                RepoError::Unavailable(m) if m.contains("length limit") => RepoError::Invalid(
-                    format!("blob {id} is larger than the limit of {max_bytes} bytes"),
-                ),
-                e => e,
-            })?;
+            .await?;
         match a.status {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return Err(RepoError::NotFound(format!("blob {id}"))),
@@ -766,6 +783,10 @@ fn method_name(m: Method) -> &'static str {
 fn classify_limits(a: Answer) -> Result<Answer, RepoError> {
     let retry_after = a.header("retry-after").map(|s| s.saturating_mul(1000));
     let exhausted = a.header("x-ratelimit-remaining") == Some(0);
+    // A secondary limit sometimes comes without headers; GitHub's
+    // documentation asks for at least a minute's wait then.
+    let secondary = a.status == StatusCode::FORBIDDEN
+        && a.message().to_ascii_lowercase().contains("rate limit");
     let until_reset = || {
         let reset = a.header("x-ratelimit-reset")?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
@@ -773,7 +794,10 @@ fn classify_limits(a: Answer) -> Result<Answer, RepoError> {
     };
     match a.status {
         StatusCode::TOO_MANY_REQUESTS | StatusCode::FORBIDDEN
-            if retry_after.is_some() || exhausted || a.status == StatusCode::TOO_MANY_REQUESTS =>
+            if retry_after.is_some()
+                || exhausted
+                || secondary
+                || a.status == StatusCode::TOO_MANY_REQUESTS =>
         {
             let wait = retry_after
                 .or_else(|| exhausted.then(until_reset).flatten())
