@@ -27,14 +27,13 @@ use tracing::Instrument;
 
 use crate::consensus::{ConsensusActor, LeaderChanged, Proposed, Submit};
 use crate::layout::{self, RoomConfig};
+use crate::readback;
 use crate::ports::{CommitRequest, RepoError, RepoHead, RepoRemote};
 
 /// Most changes rendered into one commit; a longer backlog takes several.
 pub const MAX_CHANGES_PER_COMMIT: usize = 250_000;
 /// Compare-and-swap rounds one flush tries before giving up for now.
 const MAX_ROUNDS: usize = 8;
-/// Commits searched for a watermark when the head was not made by skygit.
-const MAX_WATERMARK_SEARCH: usize = 1000;
 /// First retry delay after a failed flush; doubles up to the interval.
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 
@@ -156,19 +155,9 @@ impl Flusher {
         }
     }
 
-    /// The watermark of `head`: its own trailer, or the newest trailer in
-    /// its history (a commit not made by skygit on the branch).
     async fn watermark(&self, head: &RepoHead) -> Result<u64, CommitterError> {
-        if let Some(w) = layout::watermark(&head.message) {
-            return Ok(w);
-        }
-        let history = self
-            .timed(self.remote.history(&head.commit_sha, MAX_WATERMARK_SEARCH))
-            .await?;
-        Ok(history
-            .iter()
-            .find_map(|c| layout::watermark(&c.message))
-            .unwrap_or(0))
+        self.timed(readback::watermark_of(self.remote.as_ref(), head))
+            .await
     }
 
     /// Records through raft that the repository holds everything up to
@@ -302,20 +291,14 @@ impl Flusher {
         let Some(head) = self.timed(self.remote.head()).await? else {
             return Ok(RoomConfig::default());
         };
-        let entries = self
-            .timed(
-                self.remote
-                    .list(&head.commit_sha, layout::MESSAGES_DIR, 1_000_000),
-            )
-            .await?;
-        let Some(entry) = entries.iter().find(|e| e.path == layout::CONFIG_PATH) else {
-            return Ok(RoomConfig::default());
-        };
-        let bytes = self
-            .timed(self.remote.read_blob(&entry.id, layout::MAX_CONFIG_BYTES))
-            .await?;
-        RoomConfig::from_bytes(&bytes)
-            .map_err(|e| CommitterError::Repo(RepoError::Invalid(e.to_string())))
+        match self
+            .timed(readback::config_at(self.remote.as_ref(), &head.commit_sha))
+            .await?
+        {
+            None => Ok(RoomConfig::default()),
+            Some(Ok(c)) => Ok(c),
+            Some(Err(e)) => Err(CommitterError::Repo(RepoError::Invalid(e.to_string()))),
+        }
     }
 }
 

@@ -255,10 +255,17 @@ impl LocalCluster {
         }
     }
 
-    /// Stops every node.
+    /// Stops every node gracefully: the leader first, so its committer
+    /// flushes while the others can still confirm the `synced` record.
     pub async fn shutdown(mut self) {
-        for id in self.ids() {
-            self.stop_node(id).await;
+        let leader = self.wait_leader(Duration::from_millis(200)).await;
+        let mut ids = self.ids();
+        ids.sort_by_key(|id| Some(*id) != leader);
+        for id in ids {
+            if let Some(h) = self.nodes.remove(&id) {
+                h.shutdown().await;
+            }
+            self.net.leave(id);
         }
     }
 }

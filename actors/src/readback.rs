@@ -22,7 +22,7 @@ use skygit_consensus::model::{
 };
 
 use crate::layout::{self, LayoutError, RoomConfig};
-use crate::ports::{EntryKind, RepoError, RepoRemote};
+use crate::ports::{EntryKind, RepoError, RepoHead, RepoRemote};
 
 /// Bounds on what one load reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +243,46 @@ pub async fn load(
         messages,
         conversations: chat.conversations.into_values().collect(),
     })
+}
+
+/// Commits searched for a watermark when the head was not made by skygit.
+pub const MAX_WATERMARK_SEARCH: usize = 1000;
+
+/// The watermark of `head`: its own trailer, or the newest trailer in its
+/// history (a commit not made by skygit on the branch), 0 when none.
+pub async fn watermark_of(remote: &dyn RepoRemote, head: &RepoHead) -> Result<u64, RepoError> {
+    if let Some(w) = layout::watermark(&head.message) {
+        return Ok(w);
+    }
+    let history = remote
+        .history(&head.commit_sha, MAX_WATERMARK_SEARCH)
+        .await?;
+    Ok(history
+        .iter()
+        .find_map(|c| layout::watermark(&c.message))
+        .unwrap_or(0))
+}
+
+/// The room's `config.json` at `commit`: `None` when there is none, an
+/// inner error when it is there but unacceptable.
+pub async fn config_at(
+    remote: &dyn RepoRemote,
+    commit: &str,
+) -> Result<Option<Result<RoomConfig, LayoutError>>, RepoError> {
+    let entries = remote
+        .list(commit, layout::MESSAGES_DIR, ReadbackLimits::default().max_files)
+        .await?;
+    let Some(entry) = entries.iter().find(|e| e.path == layout::CONFIG_PATH) else {
+        return Ok(None);
+    };
+    if entry.kind != EntryKind::File {
+        return Ok(Some(Err(LayoutError::BadConfig("not a regular file".into()))));
+    }
+    Ok(Some(
+        read_bounded(remote, &entry.id, &entry.path, layout::MAX_CONFIG_BYTES)
+            .await?
+            .and_then(|b| RoomConfig::from_bytes(&b)),
+    ))
 }
 
 /// A blob's bytes, or a layout problem when it is too large.

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
+use skygit_actors::layout::{MAX_COMMIT_INTERVAL_SECS, MIN_COMMIT_INTERVAL_SECS};
 use skygit_consensus::model::{RoomId, UserId};
+use skygit_remotes::RemoteOptions;
 
 /// Largest configuration file read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -19,6 +21,14 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub user: Option<String>,
     pub repo: Option<String>,
+    /// The log branch (default `main`).
+    pub branch: Option<String>,
+    /// GitHub API base URL (GitHub Enterprise, tests).
+    pub github_api: Option<String>,
+    /// GitHub token; `GITHUB_TOKEN` overrides it. Keep the file private.
+    pub github_token: Option<String>,
+    /// Overrides the room's commit interval on this node, in seconds.
+    pub commit_interval_secs: Option<u64>,
     #[serde(default)]
     pub raft: RaftFileConfig,
 }
@@ -34,11 +44,21 @@ pub struct RaftFileConfig {
 }
 
 /// Values given on the command line or in the environment.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub user: Option<String>,
     pub repo: Option<String>,
+    pub remote: RemoteOverrides,
+}
+
+/// How to reach the repository, from flags and the environment.
+#[derive(Default, Clone)]
+pub struct RemoteOverrides {
+    pub branch: Option<String>,
+    pub github_api: Option<String>,
+    pub token: Option<String>,
+    pub commit_interval_secs: Option<u64>,
 }
 
 /// The checked configuration a node runs with.
@@ -48,6 +68,9 @@ pub struct NodeConfig {
     pub user: UserId,
     pub room: RoomId,
     pub raft: openraft::Config,
+    /// How to reach the repository (its `Debug` hides the token).
+    pub remote: RemoteOptions,
+    pub commit_interval: Option<std::time::Duration>,
 }
 
 impl FileConfig {
@@ -86,8 +109,54 @@ fn default_user() -> String {
         .unwrap_or_else(|| "me".to_owned())
 }
 
+fn check_interval(secs: u64) -> anyhow::Result<std::time::Duration> {
+    if !(MIN_COMMIT_INTERVAL_SECS..=MAX_COMMIT_INTERVAL_SECS).contains(&secs) {
+        bail!(
+            "commit interval {secs} s is outside {MIN_COMMIT_INTERVAL_SECS}..={MAX_COMMIT_INTERVAL_SECS}"
+        );
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+fn file_remote(file: &FileConfig) -> RemoteOverrides {
+    RemoteOverrides {
+        branch: file.branch.clone(),
+        github_api: file.github_api.clone(),
+        token: file.github_token.clone(),
+        commit_interval_secs: file.commit_interval_secs,
+    }
+}
+
+/// Merges the repository settings: flags and environment over the file.
+pub fn resolve_remote(
+    file: &RemoteOverrides,
+    over: RemoteOverrides,
+) -> anyhow::Result<RemoteOptions> {
+    let branch = over.branch.or_else(|| file.branch.clone());
+    if let Some(b) = &branch {
+        if b.is_empty() || b.len() > 200 || b.starts_with('-') || b.contains("..") {
+            bail!("invalid branch name {b:?}");
+        }
+    }
+    let github_api = over.github_api.or_else(|| file.github_api.clone());
+    if let Some(api) = &github_api {
+        if !(api.starts_with("https://") || api.starts_with("http://")) {
+            bail!("the GitHub API URL must start with https:// or http://, not {api:?}");
+        }
+    }
+    Ok(RemoteOptions {
+        branch,
+        github_api,
+        token: over
+            .token
+            .or_else(|| file.token.clone())
+            .filter(|t| !t.is_empty()),
+    })
+}
+
 /// Merges file and overrides over the defaults and checks the result.
 pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<NodeConfig> {
+    let file_remote = file_remote(&file);
     let user = over.user.or(file.user).unwrap_or_else(default_user);
     let user = UserId::new(user.as_str()).with_context(|| format!("invalid user name {user:?}"))?;
     let repo = over
@@ -117,11 +186,20 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<NodeConfig> 
         raft.election_timeout_max = m;
     }
     let raft = raft.validate().context("invalid [raft] settings")?;
+    let commit_interval = over
+        .remote
+        .commit_interval_secs
+        .or(file.commit_interval_secs)
+        .map(check_interval)
+        .transpose()?;
+    let remote = resolve_remote(&file_remote, over.remote)?;
     Ok(NodeConfig {
         data_dir,
         user,
         room,
         raft,
+        remote,
+        commit_interval,
     })
 }
 
@@ -174,5 +252,32 @@ mod tests {
         )
         .unwrap();
         assert!(resolve(file, Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn repository_settings_merge_and_the_token_stays_hidden() {
+        let file = FileConfig::parse(
+            "repo = \"github:acme/chat\"\ngithub_token = \"ghp_fromfile\"\nbranch = \"chat\"\ncommit_interval_secs = 60\n",
+        )
+        .unwrap();
+        let cfg = resolve(
+            file,
+            Overrides {
+                remote: RemoteOverrides {
+                    github_api: Some("http://127.0.0.1:9".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.remote.token.as_deref(), Some("ghp_fromfile"));
+        assert_eq!(cfg.remote.branch.as_deref(), Some("chat"));
+        assert_eq!(cfg.commit_interval, Some(std::time::Duration::from_secs(60)));
+        assert!(!format!("{cfg:?}").contains("ghp_fromfile"));
+        let bad = |text: &str| resolve(FileConfig::parse(text).unwrap(), Overrides::default());
+        assert!(bad("repo = \"r\"\ncommit_interval_secs = 0\n").is_err());
+        assert!(bad("repo = \"r\"\ngithub_api = \"ftp://x\"\n").is_err());
+        assert!(bad("repo = \"r\"\nbranch = \"a..b\"\n").is_err());
     }
 }

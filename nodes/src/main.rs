@@ -4,9 +4,11 @@
 //! runtime and signal handling. The work happens in `skygit-actors`.
 
 mod bench;
+mod bench_commit;
 mod config;
 mod demo;
 mod node;
+mod repo;
 
 use std::path::PathBuf;
 
@@ -37,6 +39,13 @@ enum Command {
     /// A room of several nodes in this process: posts, a leader crash, a
     /// restart, and a check that every node holds the same log.
     Demo(demo::DemoArgs),
+    /// Make a repository a skygit room: write `.messages/config.json`.
+    Init(repo::InitArgs),
+    /// Commit this node's room to the repository now (the node must not
+    /// be running; a running node commits on its own schedule).
+    Push(NodeArgs),
+    /// Print a room's messages read back from its repository alone.
+    History(repo::HistoryArgs),
     /// Benchmarks (they print numbers; they assert nothing).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -47,15 +56,24 @@ enum BenchCommand {
     /// Raft throughput and latency, send to applied on every node, over
     /// durable RocksDB storage and the in-process transport.
     Raft(bench::RaftBenchArgs),
+    /// One flush of many messages through each repository backend: a
+    /// git server on loopback and the GitHub-compatible test server.
+    Commit(bench_commit::CommitBenchArgs),
 }
 
 #[derive(Args)]
 struct NodeArgs {
-    /// The room's repository (`github:owner/name`, a git URL or a path).
-    /// Until the committer and the mesh land it names the room's storage
-    /// only; nothing is read from or written to it yet.
+    /// The room's repository (`github:owner/name`, a git URL or a path;
+    /// a path that does not exist becomes a new bare repository). The
+    /// token for GitHub comes from `GITHUB_TOKEN` or the config file.
     #[arg(long, env = "SKYGIT_REPO")]
     repo: Option<String>,
+    /// Commit to the repository every this many seconds, overriding the
+    /// room's `commit_interval_secs`.
+    #[arg(long, env = "SKYGIT_COMMIT_INTERVAL")]
+    commit_interval: Option<u64>,
+    #[command(flatten)]
+    remote: repo::RemoteArgs,
     /// Your user name in the room.
     #[arg(long, env = "SKYGIT_USER")]
     user: Option<String>,
@@ -69,6 +87,28 @@ struct NodeArgs {
     /// separate processes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
     local_nodes: u64,
+}
+
+impl NodeArgs {
+    /// The node's configuration: defaults, file, environment, flags.
+    fn resolve(self) -> anyhow::Result<config::NodeConfig> {
+        let file = match &self.config {
+            Some(p) => config::FileConfig::load(p)?,
+            None => config::FileConfig::default(),
+        };
+        let mut remote = self.remote.overrides();
+        remote.commit_interval_secs = self.commit_interval;
+        config::resolve(
+            file,
+            config::Overrides {
+                data_dir: self.data_dir,
+                user: self.user,
+                repo: self.repo,
+                remote,
+            },
+        )
+        .context("configuration")
+    }
 }
 
 fn init_tracing() {
@@ -93,23 +133,18 @@ fn main() -> anyhow::Result<()> {
     system.block_on(async move {
         match cli.command {
             Command::Node(a) => {
-                let file = match &a.config {
-                    Some(p) => config::FileConfig::load(p)?,
-                    None => config::FileConfig::default(),
-                };
-                let cfg = config::resolve(
-                    file,
-                    config::Overrides {
-                        data_dir: a.data_dir,
-                        user: a.user,
-                        repo: a.repo,
-                    },
-                )
-                .context("configuration")?;
-                node::run(cfg, a.local_nodes).await
+                let nodes = a.local_nodes;
+                node::run(a.resolve()?, nodes).await
             }
+            Command::Push(a) => {
+                let nodes = a.local_nodes;
+                repo::push(a.resolve()?, nodes).await
+            }
+            Command::Init(a) => repo::init(a).await,
+            Command::History(a) => repo::history(a).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Bench(BenchCommand::Raft(a)) => bench::raft(a).await,
+            Command::Bench(BenchCommand::Commit(a)) => bench_commit::commit(a).await,
         }
     })
 }

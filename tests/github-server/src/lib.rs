@@ -14,8 +14,12 @@
 //! so it can be used from synchronous code, from current-thread runtimes
 //! (actix) and from other tokio runtimes alike. Dropping the
 //! [`GithubServer`] shuts it down.
+//!
+//! [`git_daemon::GitDaemon`] is the plain-git counterpart: a real `git
+//! daemon` on loopback.
 
 mod api;
+pub mod git_daemon;
 mod server;
 mod util;
 
