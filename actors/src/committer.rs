@@ -27,8 +27,8 @@ use tracing::Instrument;
 
 use crate::consensus::{ConsensusActor, LeaderChanged, Proposed, Submit};
 use crate::layout::{self, RoomConfig};
-use crate::readback;
 use crate::ports::{CommitRequest, RepoError, RepoHead, RepoRemote};
+use crate::readback;
 
 /// Most changes rendered into one commit; a longer backlog takes several.
 pub const MAX_CHANGES_PER_COMMIT: usize = 250_000;
@@ -268,6 +268,13 @@ impl Flusher {
                     report.changes += batch.changes;
                     report.commits += 1;
                     self.record(batch.last_index, &sha).await?;
+                    if changes.len() < MAX_CHANGES_PER_COMMIT {
+                        // The head is known: no need to read it again.
+                        report.head = Some(sha);
+                        report.up_to_index = batch.last_index;
+                        report.remote_calls = self.remote.calls() - calls_before;
+                        return Ok(report);
+                    }
                     // More journal than one commit takes: go round again.
                     rounds = 0;
                 }

@@ -270,13 +270,19 @@ pub async fn config_at(
     commit: &str,
 ) -> Result<Option<Result<RoomConfig, LayoutError>>, RepoError> {
     let entries = remote
-        .list(commit, layout::MESSAGES_DIR, ReadbackLimits::default().max_files)
+        .list(
+            commit,
+            layout::MESSAGES_DIR,
+            ReadbackLimits::default().max_files,
+        )
         .await?;
     let Some(entry) = entries.iter().find(|e| e.path == layout::CONFIG_PATH) else {
         return Ok(None);
     };
     if entry.kind != EntryKind::File {
-        return Ok(Some(Err(LayoutError::BadConfig("not a regular file".into()))));
+        return Ok(Some(Err(LayoutError::BadConfig(
+            "not a regular file".into(),
+        ))));
     }
     Ok(Some(
         read_bounded(remote, &entry.id, &entry.path, layout::MAX_CONFIG_BYTES)

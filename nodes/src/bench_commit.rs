@@ -116,7 +116,10 @@ async fn one_backend(
     let seconds = started.elapsed().as_secs_f64();
     c.shutdown().await;
     if r.changes as u64 != messages {
-        bail!("{name}: the flush wrote {} of {messages} messages", r.changes);
+        bail!(
+            "{name}: the flush wrote {} of {messages} messages",
+            r.changes
+        );
     }
     Ok(Measured {
         seconds,
@@ -141,10 +144,16 @@ fn json_of(m: &Measured) -> serde_json::Value {
 pub async fn commit(a: CommitBenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
 
-    let daemon = GitDaemon::start(&dir.path().join("git-srv")).context("cannot start git daemon")?;
-    let url = daemon.create("room.git").context("cannot create the repository")?;
-    let git: Arc<dyn RepoRemote> =
-        Arc::new(GitRemote::open(&url, "main", &dir.path().join("git-cache"))?);
+    let daemon =
+        GitDaemon::start(&dir.path().join("git-srv")).context("cannot start git daemon")?;
+    let url = daemon
+        .create("room.git")
+        .context("cannot create the repository")?;
+    let git: Arc<dyn RepoRemote> = Arc::new(GitRemote::open(
+        &url,
+        "main",
+        &dir.path().join("git-cache"),
+    )?);
     let git = one_backend("git", git, a.messages, a.size).await?;
 
     let server = GithubServer::start(&dir.path().join("gh.git"), "bench", "room", TOKEN)

@@ -273,7 +273,10 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.remote.token.as_deref(), Some("ghp_fromfile"));
         assert_eq!(cfg.remote.branch.as_deref(), Some("chat"));
-        assert_eq!(cfg.commit_interval, Some(std::time::Duration::from_secs(60)));
+        assert_eq!(
+            cfg.commit_interval,
+            Some(std::time::Duration::from_secs(60))
+        );
         assert!(!format!("{cfg:?}").contains("ghp_fromfile"));
         let bad = |text: &str| resolve(FileConfig::parse(text).unwrap(), Overrides::default());
         assert!(bad("repo = \"r\"\ncommit_interval_secs = 0\n").is_err());

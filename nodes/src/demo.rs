@@ -1,18 +1,26 @@
 //! `skygit demo`: a room of several nodes in this process, on real RocksDB
-//! storage and the in-process transport. It posts from every node, crashes
-//! the leader, keeps posting, restarts the crashed node and checks that
-//! every node holds the same log. Exit status 0 only if they agree.
+//! storage and the in-process transport, committing to an embedded local
+//! repository (a bare git repository in the data directory). It posts from
+//! every node, crashes the leader, keeps posting, restarts the crashed
+//! node, checks that every node holds the same log, then stops the room
+//! (the leader flushes) and reads the history back from the repository
+//! alone. Exit status 0 only if the nodes and the repository agree.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
 use clap::Args;
 use skygit_actors::consensus::{Proposed, Submit};
 use skygit_actors::local::{LocalCluster, LocalOptions};
+use skygit_actors::ports::RepoRemote;
+use skygit_actors::readback::{self, ReadbackLimits};
 use skygit_consensus::model::{Command, ConversationId, RoomId, UserId};
 use skygit_consensus::NodeId;
+use skygit_remotes::git::GitRemote;
 use ulid::Ulid;
 
 #[derive(Args)]
@@ -82,8 +90,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    let room = RoomId::new("demo:local-room")?;
+    let repo = dir.join("room.git");
+    let room = RoomId::new(repo.to_string_lossy().into_owned())?;
     let mut opts = LocalOptions::new(&room);
+    let mut remotes = std::collections::BTreeMap::new();
+    for id in 1..=args.nodes {
+        let r: Arc<dyn RepoRemote> = Arc::new(GitRemote::open(
+            &repo.to_string_lossy(),
+            "main",
+            &dir.join(format!("git-cache-{id}")),
+        )?);
+        remotes.insert(id, r);
+    }
+    let fallback = remotes.get(&1).cloned().context("no nodes")?;
+    opts.repo = Some(Arc::new(move |id| {
+        remotes
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| fallback.clone())
+    }));
     for id in 1..=args.nodes {
         opts.users
             .insert(id, UserId::new(USERS[(id as usize - 1) % USERS.len()])?);
@@ -159,6 +184,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
         );
     }
+    println!(
+        "\nstopping the room; the leader commits the log to {}",
+        repo.display()
+    );
     c.shutdown().await;
     if !agree {
         bail!("nodes disagree on the log");
@@ -168,5 +197,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.nodes,
         reference.len()
     );
+    let fresh = GitRemote::open(
+        &repo.to_string_lossy(),
+        "main",
+        &dir.join("git-cache-reader"),
+    )?;
+    let history = readback::load(&fresh, ReadbackLimits::default())
+        .await
+        .context("cannot read the history back from the repository")?;
+    let in_repo: Vec<Ulid> = history
+        .messages
+        .iter()
+        .map(|m| m.record.message.id)
+        .collect();
+    println!(
+        "the repository holds {} messages up to raft index {} (head {}); read back with: git --git-dir {} log",
+        in_repo.len(),
+        history.watermark,
+        history.head.as_deref().unwrap_or("-"),
+        repo.display()
+    );
+    if in_repo != reference {
+        bail!("the repository's history differs from the room's log");
+    }
+    println!("the repository's history matches the room's log");
     Ok(())
 }

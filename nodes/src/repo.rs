@@ -73,7 +73,9 @@ pub fn factory(cfg: &NodeConfig, nodes: u64) -> anyhow::Result<skygit_actors::lo
         remotes.insert(id, open_remote(&cfg.room, &cfg.remote, &cfg.data_dir, id)?);
     }
     let first = remotes.get(&1).cloned().context("no raft member")?;
-    Ok(Arc::new(move |id| remotes.get(&id).cloned().unwrap_or_else(|| first.clone())))
+    Ok(Arc::new(move |id| {
+        remotes.get(&id).cloned().unwrap_or_else(|| first.clone())
+    }))
 }
 
 #[derive(Args)]
@@ -122,7 +124,10 @@ pub async fn init(a: InitArgs) -> anyhow::Result<()> {
         Some(h) => {
             match readback::config_at(remote.as_ref(), &h.commit_sha).await? {
                 Some(Ok(c)) if c == want => {
-                    println!("{} is already a skygit room with these settings", remote.describe());
+                    println!(
+                        "{} is already a skygit room with these settings",
+                        remote.describe()
+                    );
                     return Ok(());
                 }
                 Some(existing) if !a.force => {
@@ -191,7 +196,11 @@ pub async fn push(cfg: NodeConfig, local_nodes: u64) -> anyhow::Result<()> {
             .wait_leader(Duration::from_secs(30))
             .await
             .context("no leader among this node's raft members")?;
-        let committer = cluster.handle(leader).context("leader vanished")?.committer.clone();
+        let committer = cluster
+            .handle(leader)
+            .context("leader vanished")?
+            .committer
+            .clone();
         committer
             .send(Flush(FlushReason::OnDemand))
             .await
@@ -240,7 +249,10 @@ pub async fn history(a: HistoryArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read the history of {}", remote.describe()))?;
     for m in &h.messages {
         let msg = &m.record.message;
-        if a.conversation.as_deref().is_some_and(|c| c != msg.conversation.as_str()) {
+        if a.conversation
+            .as_deref()
+            .is_some_and(|c| c != msg.conversation.as_str())
+        {
             continue;
         }
         if a.json {
@@ -260,8 +272,16 @@ pub async fn history(a: HistoryArgs) -> anyhow::Result<()> {
                 })
             );
         } else {
-            let text = if msg.deleted { "(deleted)" } else { msg.content.as_str() };
-            let edited = if msg.edited_at.is_some() { " (edited)" } else { "" };
+            let text = if msg.deleted {
+                "(deleted)"
+            } else {
+                msg.content.as_str()
+            };
+            let edited = if msg.edited_at.is_some() {
+                " (edited)"
+            } else {
+                ""
+            };
             println!(
                 "[{:>6}] {} #{} {}: {text}{edited}",
                 m.record.index,

@@ -41,6 +41,67 @@ fn the_demo_room_agrees() {
         stdout.contains("all 3 nodes hold the same 10 messages in the same order"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("the repository's history matches the room's log"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn init_writes_the_room_config_and_refuses_to_overwrite_a_different_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("room.git");
+    let init = |extra: &[&str]| {
+        skygit()
+            .arg("init")
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = init(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = Command::new("git")
+        .arg("--git-dir")
+        .arg(&repo)
+        .args(["show", "main:.messages/config.json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&config.stdout);
+    assert!(text.contains("\"commit_interval_secs\": 600"), "{text}");
+    assert!(text.contains("\"voters\": 3"), "{text}");
+    // The same settings again: nothing to do.
+    let out = init(&[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already"));
+    // Different settings: refused without --force, written with it.
+    let out = init(&["--commit-interval", "60"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    let out = init(&["--commit-interval", "60", "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = Command::new("git")
+        .arg("--git-dir")
+        .arg(&repo)
+        .args(["log", "--format=%s", "main"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&log.stdout).lines().count(), 2);
+    // Bad settings never reach the repository.
+    let out = init(&["--voters", "4", "--force"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("voters"));
 }
 
 #[test]
@@ -108,16 +169,10 @@ fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, within: Duration) -> Stri
 
 fn start_node(data: &std::path::Path) -> Child {
     skygit()
-        .args([
-            "node",
-            "--repo",
-            "./team.git",
-            "--user",
-            "ana",
-            "--local-nodes",
-            "3",
-            "--data-dir",
-        ])
+        .arg("node")
+        .arg("--repo")
+        .arg(data.join("team.git"))
+        .args(["--user", "ana", "--local-nodes", "3", "--data-dir"])
         .arg(data)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -163,4 +218,29 @@ fn a_node_posts_from_stdin_stops_on_sigterm_and_keeps_its_messages() {
     let line = wait_for(&out, "hello from the terminal", Duration::from_secs(30));
     assert!(line.contains("ana"), "{line}");
     terminate(&mut node);
+
+    // The leader committed the log when it stopped: the repository alone
+    // gives the message back, with its git hash.
+    let out = skygit()
+        .arg("history")
+        .arg("--repo")
+        .arg(dir.path().join("team.git"))
+        .arg("--data-dir")
+        .arg(dir.path().join("reader"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("hello from the terminal"))
+        .unwrap_or_else(|| panic!("not in the repository: {stdout}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["sender"], "ana");
+    assert_eq!(v["git_hash"].as_str().map(str::len), Some(40));
 }

@@ -593,7 +593,8 @@ async fn hostile_repository_files_fail_read_back_with_a_clear_error() {
         )
     };
     // The well-formed file loads, so the failures below are the hostile ones.
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>, bool)>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, Vec<u8>, bool)>, &'a str);
+    let cases: Vec<Case> = vec![
         ("fine", vec![(good, line(3).into_bytes(), false)], ""),
         (
             "broken-json",

@@ -283,8 +283,7 @@ async fn a_room_commits_to_the_github_test_server_and_git_sees_it() {
     );
     let writes = reqs.iter().filter(|r| r.method != "GET").count();
     assert_eq!(writes, 3, "{:#?}", show(&reqs));
-    // (The exact total, 4, is checked by the ignored test below: the
-    // committer re-reads the branch after its commit, 5 calls today.)
+    // (The exact total, 4, is checked by the test below.)
     let two = clone_and_read(&url, &dir.path().join("clone2"));
     assert_repo_matches_room(&two, &c, leader);
     assert_eq!(two.commits.len(), one.commits.len() + 1);
@@ -298,9 +297,6 @@ async fn a_room_commits_to_the_github_test_server_and_git_sees_it() {
 /// The cost of a flush of new changes on a head this client committed:
 /// one ref read, then tree, commit and ref update.
 #[actix_rt::test]
-#[ignore = "committer bug: after a successful commit Flusher::flush loops back to \
-            remote.head() (rounds = 0) even when the batch held the whole journal, \
-            so a flush costs 5 calls (the extra GET of the ref is a 200, not a free 304)"]
 async fn a_flush_on_a_known_head_costs_one_ref_read_and_three_writes() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();

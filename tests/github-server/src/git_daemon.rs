@@ -82,4 +82,3 @@ impl Drop for GitDaemon {
         let _ = self.child.wait();
     }
 }
-
