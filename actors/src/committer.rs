@@ -125,6 +125,10 @@ pub struct Flusher {
     call_timeout: Duration,
     /// One flush at a time.
     running: tokio::sync::Mutex<()>,
+    /// The branch head this committer last wrote or read, with its
+    /// watermark: a flush starts from it without reading the branch (the
+    /// compare-and-swap still catches a branch that moved meanwhile).
+    known: std::sync::Mutex<Option<(String, u64)>>,
 }
 
 impl Flusher {
@@ -142,7 +146,18 @@ impl Flusher {
             user,
             call_timeout,
             running: tokio::sync::Mutex::new(()),
+            known: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Forgets the remembered head: the next flush reads the branch (a
+    /// node that just became leader must learn what its predecessors did).
+    pub fn forget_head(&self) {
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn remember_head(&self, sha: String, watermark: u64) {
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Some((sha, watermark));
     }
 
     async fn timed<T>(
@@ -199,31 +214,30 @@ impl Flusher {
             if rounds > MAX_ROUNDS {
                 return Err(CommitterError::Contended(MAX_ROUNDS));
             }
-            let Some(head) = self.timed(self.remote.head()).await? else {
-                // An empty repository: its first commit is the room's config.
-                let req = CommitRequest {
-                    expected_head: None,
-                    files: vec![(layout::CONFIG_PATH.to_owned(), config.to_bytes())],
-                    message: layout::init_message(),
-                    time_secs: 0,
-                };
-                match self.timed(self.remote.commit(req)).await {
-                    Ok(sha) => {
-                        tracing::info!(%sha, "initialised the repository with the room config");
-                        report.commits += 1;
+            let cached = self.known.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let from_cache = cached.is_some();
+            let (head_sha, watermark) = match cached {
+                Some(known) => known,
+                None => match self.timed(self.remote.head()).await? {
+                    Some(head) => {
+                        let w = self.watermark(&head).await?;
+                        (head.commit_sha, w)
                     }
-                    Err(CommitterError::Repo(RepoError::Conflict | RepoError::Unknown(_)))
-                    | Err(CommitterError::Timeout(_)) => {}
-                    Err(e) => return Err(e),
-                }
-                continue;
+                    None => {
+                        self.initialise(config, &mut report).await?;
+                        continue;
+                    }
+                },
             };
-            let watermark = self.watermark(&head).await?;
             let synced = self
                 .reader
                 .synced_up_to()
                 .map_err(|e| CommitterError::Storage(e.to_string()))?;
             if watermark < synced {
+                if from_cache {
+                    // Another leader wrote since: read the branch.
+                    continue;
+                }
                 return Err(CommitterError::Rewound {
                     repo: watermark,
                     room: synced,
@@ -238,15 +252,16 @@ impl Flusher {
                 // room knows (a predecessor may have committed without
                 // recording it).
                 if watermark > synced {
-                    self.record(watermark, &head.commit_sha).await?;
+                    self.record(watermark, &head_sha).await?;
                 }
-                report.head = Some(head.commit_sha);
+                self.remember_head(head_sha.clone(), watermark);
+                report.head = Some(head_sha);
                 report.up_to_index = watermark;
                 report.remote_calls = self.remote.calls() - calls_before;
                 return Ok(report);
             };
             let req = CommitRequest {
-                expected_head: Some(head.commit_sha.clone()),
+                expected_head: Some(head_sha.clone()),
                 files: batch.files,
                 message: batch.message,
                 time_secs: batch.time_secs,
@@ -267,6 +282,7 @@ impl Flusher {
                     );
                     report.changes += batch.changes;
                     report.commits += 1;
+                    self.remember_head(sha.clone(), batch.last_index);
                     self.record(batch.last_index, &sha).await?;
                     if changes.len() < MAX_CHANGES_PER_COMMIT {
                         // The head is known: no need to read it again.
@@ -289,6 +305,33 @@ impl Flusher {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// The first commit of an empty repository: the room's config.
+    async fn initialise(
+        &self,
+        config: &RoomConfig,
+        report: &mut FlushReport,
+    ) -> Result<(), CommitterError> {
+        let req = CommitRequest {
+            expected_head: None,
+            files: vec![(layout::CONFIG_PATH.to_owned(), config.to_bytes())],
+            message: layout::init_message(),
+            time_secs: 0,
+        };
+        match self.timed(self.remote.commit(req)).await {
+            Ok(sha) => {
+                tracing::info!(%sha, "initialised the repository with the room config");
+                report.commits += 1;
+                self.remember_head(sha, 0);
+                Ok(())
+            }
+            // Another writer initialised it first, or it may have landed:
+            // the next round reads the branch.
+            Err(CommitterError::Repo(RepoError::Conflict | RepoError::Unknown(_)))
+            | Err(CommitterError::Timeout(_)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -383,6 +426,7 @@ impl Handler<LeaderChanged> for CommitterActor {
             return;
         };
         tracing::info!(repository = %flusher.remote.describe(), "became leader; committer active");
+        flusher.forget_head();
         let epoch = self.epoch;
         let span = self.span.clone();
         // Learn the room's interval, then write what predecessors had not.
