@@ -257,6 +257,19 @@ async fn a_node_with_an_empty_disk_catches_up_through_a_snapshot() {
     let on4: BTreeSet<Ulid> = message_ids(&c, 4).into_iter().collect();
     assert_eq!(on4, sent);
     assert_same_log(&c);
+    // The journal of changes not yet in the repository (no repository here,
+    // so all of them) came with the snapshot: node 4 could commit them all
+    // if it led, although the log entries behind them were purged.
+    let journal = |id| {
+        c.handle(id)
+            .unwrap()
+            .storage
+            .reader
+            .journal(0, 10_000)
+            .unwrap()
+    };
+    assert_eq!(journal(4).len(), sent.len());
+    assert_eq!(journal(4), journal(leader));
     c.shutdown().await;
 }
 
