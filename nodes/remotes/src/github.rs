@@ -524,6 +524,19 @@ impl GithubRemote {
         }
         let created: ContentsAnswer = a.json("contents answer")?;
         check_sha(&created.commit.sha)?;
+        if let Some(tree) = created.commit.tree.filter(|t| check_sha(&t.sha).is_ok()) {
+            // Known now: the next commit on it needs no read.
+            self.commits
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    created.commit.sha.clone(),
+                    CommitObj {
+                        tree: tree.sha,
+                        message: req.message.clone(),
+                    },
+                );
+        }
         Ok(created.commit.sha)
     }
 
@@ -840,8 +853,15 @@ struct GitCommit {
 }
 
 #[derive(Deserialize)]
+struct ContentsCommit {
+    sha: String,
+    #[serde(default)]
+    tree: Option<Sha>,
+}
+
+#[derive(Deserialize)]
 struct ContentsAnswer {
-    commit: Sha,
+    commit: ContentsCommit,
 }
 
 #[derive(Deserialize)]
