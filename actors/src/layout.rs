@@ -449,12 +449,6 @@ pub struct BatchPath {
     pub last: u64,
 }
 
-/// Whether `path` is inside the room's folder.
-pub fn is_room_path(path: &str) -> bool {
-    path.strip_prefix(MESSAGES_DIR)
-        .is_some_and(|rest| rest.starts_with('/'))
-}
-
 /// Parses `.messages/<conversation>/<yyyy>/<mm>/<dd>/<first>-<last>.jsonl`.
 pub fn parse_batch_path(path: &str) -> Result<BatchPath, LayoutError> {
     let bad = |reason: &str| LayoutError::BadPath {

@@ -95,7 +95,8 @@ impl FileConfig {
     }
 }
 
-fn default_data_dir() -> PathBuf {
+/// `~/.local/share/skygit`, or `.skygit` without a home directory.
+pub fn default_data_dir() -> PathBuf {
     match std::env::var_os("HOME") {
         Some(home) => PathBuf::from(home).join(".local/share/skygit"),
         None => PathBuf::from(".skygit"),

@@ -10,17 +10,15 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use anyhow::{bail, Context};
 use clap::Args;
 use skygit_actors::consensus::{Proposed, Submit};
 use skygit_actors::local::{LocalCluster, LocalOptions};
-use skygit_actors::ports::RepoRemote;
 use skygit_actors::readback::{self, ReadbackLimits};
 use skygit_consensus::model::{Command, ConversationId, RoomId, UserId};
 use skygit_consensus::NodeId;
 use skygit_remotes::git::GitRemote;
+use skygit_remotes::RemoteOptions;
 use ulid::Ulid;
 
 #[derive(Args)]
@@ -93,22 +91,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let repo = dir.join("room.git");
     let room = RoomId::new(repo.to_string_lossy().into_owned())?;
     let mut opts = LocalOptions::new(&room);
-    let mut remotes = std::collections::BTreeMap::new();
-    for id in 1..=args.nodes {
-        let r: Arc<dyn RepoRemote> = Arc::new(GitRemote::open(
-            &repo.to_string_lossy(),
-            "main",
-            &dir.join(format!("git-cache-{id}")),
-        )?);
-        remotes.insert(id, r);
-    }
-    let fallback = remotes.get(&1).cloned().context("no nodes")?;
-    opts.repo = Some(Arc::new(move |id| {
-        remotes
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| fallback.clone())
-    }));
+    opts.repo = Some(crate::repo::factory(
+        &room,
+        &RemoteOptions::default(),
+        &dir,
+        args.nodes,
+    )?);
     for id in 1..=args.nodes {
         opts.users
             .insert(id, UserId::new(USERS[(id as usize - 1) % USERS.len()])?);

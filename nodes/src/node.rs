@@ -33,7 +33,12 @@ pub async fn run(cfg: NodeConfig, local_nodes: u64) -> anyhow::Result<()> {
     let mut opts = LocalOptions::new(&cfg.room);
     opts.raft = cfg.raft.clone();
     opts.users.insert(1, cfg.user.clone());
-    opts.repo = Some(crate::repo::factory(&cfg, local_nodes)?);
+    opts.repo = Some(crate::repo::factory(
+        &cfg.room,
+        &cfg.remote,
+        &cfg.data_dir,
+        local_nodes,
+    )?);
     opts.committer.interval = cfg.commit_interval;
     let dir = cfg.data_dir.join("local");
     let cluster = LocalCluster::start(&dir, cfg.room.clone(), local_nodes, opts)

@@ -15,7 +15,7 @@ use skygit_actors::readback::{self, ReadbackLimits};
 use skygit_consensus::model::RoomId;
 use skygit_remotes::RemoteOptions;
 
-use crate::config::{resolve_remote, NodeConfig, RemoteOverrides};
+use crate::config::{default_data_dir, resolve_remote, NodeConfig, RemoteOverrides};
 
 /// Flags that say how to reach a repository.
 #[derive(Args, Clone, Default)]
@@ -64,13 +64,19 @@ pub fn open_remote(
         .with_context(|| format!("cannot open repository {room}"))
 }
 
-/// A repository factory for a local cluster of `cfg`'s room with
-/// `nodes` members: every remote is opened now, so a bad spec is an error
-/// here rather than a node without a committer later.
-pub fn factory(cfg: &NodeConfig, nodes: u64) -> anyhow::Result<skygit_actors::local::RepoFactory> {
+/// A repository factory for a local cluster of `room` with `nodes`
+/// members, each with its own cache below `data_dir`: every remote is
+/// opened now, so a bad spec is an error here rather than a node without a
+/// committer later.
+pub fn factory(
+    room: &RoomId,
+    opts: &RemoteOptions,
+    data_dir: &Path,
+    nodes: u64,
+) -> anyhow::Result<skygit_actors::local::RepoFactory> {
     let mut remotes = std::collections::BTreeMap::new();
     for id in 1..=nodes {
-        remotes.insert(id, open_remote(&cfg.room, &cfg.remote, &cfg.data_dir, id)?);
+        remotes.insert(id, open_remote(room, opts, data_dir, id)?);
     }
     let first = remotes.get(&1).cloned().context("no raft member")?;
     Ok(Arc::new(move |id| {
@@ -100,13 +106,6 @@ pub struct InitArgs {
     remote: RemoteArgs,
 }
 
-fn data_dir_or_default(d: Option<PathBuf>) -> PathBuf {
-    d.unwrap_or_else(|| match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home).join(".local/share/skygit"),
-        None => PathBuf::from(".skygit"),
-    })
-}
-
 /// `skygit init`: writes `.messages/config.json`.
 pub async fn init(a: InitArgs) -> anyhow::Result<()> {
     let want = RoomConfig {
@@ -117,7 +116,12 @@ pub async fn init(a: InitArgs) -> anyhow::Result<()> {
     want.validate().context("invalid room settings")?;
     let room = RoomId::new(a.repo.as_str()).context("invalid repository")?;
     let opts = resolve_remote(&RemoteOverrides::default(), a.remote.overrides())?;
-    let remote = open_remote(&room, &opts, &data_dir_or_default(a.data_dir), 0)?;
+    let remote = open_remote(
+        &room,
+        &opts,
+        &a.data_dir.unwrap_or_else(default_data_dir),
+        0,
+    )?;
     let head = remote.head().await.context("cannot read the branch")?;
     let (expected_head, watermark) = match &head {
         None => (None, 0),
@@ -176,7 +180,7 @@ pub async fn push(cfg: NodeConfig, local_nodes: u64) -> anyhow::Result<()> {
     let mut opts = LocalOptions::new(&cfg.room);
     opts.raft = cfg.raft.clone();
     opts.users.insert(1, cfg.user.clone());
-    opts.repo = Some(factory(&cfg, local_nodes)?);
+    opts.repo = Some(factory(&cfg.room, &cfg.remote, &cfg.data_dir, local_nodes)?);
     opts.committer = CommitterOptions {
         interval: Some(Duration::from_secs(layout::MAX_COMMIT_INTERVAL_SECS)),
         ..CommitterOptions::default()
@@ -243,7 +247,12 @@ pub struct HistoryArgs {
 pub async fn history(a: HistoryArgs) -> anyhow::Result<()> {
     let room = RoomId::new(a.repo.as_str()).context("invalid repository")?;
     let opts = resolve_remote(&RemoteOverrides::default(), a.remote.overrides())?;
-    let remote = open_remote(&room, &opts, &data_dir_or_default(a.data_dir), 0)?;
+    let remote = open_remote(
+        &room,
+        &opts,
+        &a.data_dir.unwrap_or_else(default_data_dir),
+        0,
+    )?;
     let h = readback::load(remote.as_ref(), ReadbackLimits::default())
         .await
         .with_context(|| format!("cannot read the history of {}", remote.describe()))?;

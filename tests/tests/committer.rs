@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use skygit_actors::committer::{CommitterOptions, Flush, FlushReason, Flusher};
+use skygit_actors::committer::{Flush, FlushReason, Flusher};
 use skygit_actors::layout::{self, RoomConfig};
-use skygit_actors::local::{LocalCluster, LocalOptions, RepoFactory};
+use skygit_actors::local::{LocalCluster, RepoFactory};
 use skygit_actors::ports::{CommitInfo, CommitRequest, RepoError, RepoHead, RepoRemote, TreeEntry};
 use skygit_actors::readback::{self, ReadbackLimits};
-use skygit_consensus::model::{ChangeKind, Command, ConversationId, UserId};
+use skygit_consensus::model::{ChangeKind, Command, UserId};
 use skygit_consensus::NodeId;
 use skygit_remotes::git::GitRemote;
 use skygit_tests::committing::*;
@@ -23,17 +23,6 @@ use skygit_tests::*;
 use ulid::Ulid;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn opts(factory: RepoFactory) -> LocalOptions {
-    let mut o = LocalOptions::new(&room());
-    o.repo = Some(factory);
-    // Flushes happen when a test asks (and on becoming leader).
-    o.committer = CommitterOptions {
-        interval: Some(Duration::from_secs(3600)),
-        call_timeout: Duration::from_secs(30),
-    };
-    o
-}
 
 /// Each node gets its own adapter (and cache repository) for `url`.
 fn git_factory(url: String, caches: &Path) -> RepoFactory {
@@ -54,50 +43,12 @@ async fn flushes_write_exactly_the_committed_prefix_and_render_the_same_bytes() 
     let c = cluster(
         dir.path(),
         3,
-        Some(opts(git_factory(url.clone(), dir.path()))),
+        Some(committing_options(git_factory(url.clone(), dir.path()))),
     )
     .await;
     let leader = c.wait_leader(WAIT).await.unwrap();
 
-    let mut first = None;
-    for i in 0..30 {
-        let (req, _) = post_committed(&c, leader, "ana", format!("message {i}")).await;
-        first.get_or_insert(req.id);
-    }
-    let ops = ConversationId::new("ops").unwrap();
-    commit(
-        &c,
-        leader,
-        "bob",
-        Command::CreateConversation {
-            conversation: ops.clone(),
-            title: "Ops".into(),
-        },
-    )
-    .await;
-    commit(
-        &c,
-        leader,
-        "bob",
-        Command::Post {
-            conversation: ops,
-            content: "deploy at 5".into(),
-        },
-    )
-    .await;
-    let target = first.unwrap();
-    commit(
-        &c,
-        leader,
-        "ana",
-        Command::Edit {
-            message: target,
-            content: "message 0, edited".into(),
-        },
-    )
-    .await;
-    let (_, last) = commit(&c, leader, "ana", Command::Delete { message: target }).await;
-    let last = last.effective_index().unwrap();
+    let (target, last) = post_every_kind(&c, leader, "deploy at 5").await;
 
     let report = flush(&c).await;
     assert_eq!(report.up_to_index, last);
@@ -169,7 +120,7 @@ async fn a_new_leader_writes_what_its_predecessor_had_not() {
     let mut c = cluster(
         dir.path(),
         3,
-        Some(opts(git_factory(url.clone(), dir.path()))),
+        Some(committing_options(git_factory(url.clone(), dir.path()))),
     )
     .await;
     let leader = c.wait_leader(WAIT).await.unwrap();
@@ -297,7 +248,12 @@ async fn unknown_outcome_case(mode: FaultMode) {
     let c = cluster(
         dir.path(),
         1,
-        Some(opts(faulty_factory(url.clone(), dir.path(), 1, mode))),
+        Some(committing_options(faulty_factory(
+            url.clone(),
+            dir.path(),
+            1,
+            mode,
+        ))),
     )
     .await;
     let mut last = 0;
@@ -341,7 +297,7 @@ async fn a_committer_killed_during_a_flush_leaves_no_gap_and_no_duplicate() {
         dir.path(),
         room(),
         3,
-        opts(faulty_factory(
+        committing_options(faulty_factory(
             url.clone(),
             dir.path(),
             1,
@@ -418,7 +374,7 @@ async fn two_committers_racing_on_one_ref_keep_history_linear_and_complete() {
     let c = cluster(
         dir.path(),
         3,
-        Some(opts(git_factory(url.clone(), dir.path()))),
+        Some(committing_options(git_factory(url.clone(), dir.path()))),
     )
     .await;
     let leader = c.wait_leader(WAIT).await.unwrap();
@@ -439,37 +395,14 @@ async fn two_committers_racing_on_one_ref_keep_history_linear_and_complete() {
     };
     let a = mk(leader, "race-a");
     let b = mk(follower, "race-b");
-    let config = RoomConfig::default();
-    for round in 0..3 {
-        for i in 0..10 {
-            post_committed(&c, leader, "ana", format!("round {round} message {i}")).await;
-        }
-        c.wait_converged(WAIT).await.unwrap();
-        // The follower falls behind, so the two committers render different
-        // prefixes on the same head.
-        c.isolate(follower, true);
-        for i in 0..5 {
-            post_committed(&c, leader, "ana", format!("round {round} late {i}")).await;
-        }
-        let (ra, rb) = tokio::join!(a.flush(&config), b.flush(&config));
-        ra.expect("committer a");
-        rb.expect("committer b");
-        c.isolate(follower, false);
-    }
+    race_committers(&c, leader, follower, &a, &b).await;
     let last = c.wait_converged(WAIT).await.unwrap();
-    let report = a.flush(&config).await.unwrap();
+    let report = a.flush(&RoomConfig::default()).await.unwrap();
     assert!(report.up_to_index <= last);
     let cloned = clone_and_read(&url, &dir.path().join("clone"));
     assert_repo_matches_room(&cloned, &c, leader);
     assert_eq!(cloned.changes.len(), 45);
-    let merges = git(&[
-        "-C",
-        &cloned.dir.to_string_lossy(),
-        "rev-list",
-        "--merges",
-        "HEAD",
-    ]);
-    assert!(merges.trim().is_empty(), "history is not linear");
+    assert_linear(&cloned);
     c.shutdown().await;
 }
 
@@ -482,7 +415,7 @@ async fn history_reads_back_from_the_repository_alone() {
     let c = cluster(
         dir.path(),
         3,
-        Some(opts(git_factory(url.clone(), dir.path()))),
+        Some(committing_options(git_factory(url.clone(), dir.path()))),
     )
     .await;
     let leader = c.wait_leader(WAIT).await.unwrap();

@@ -8,13 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skygit_actors::committer::{
-    CommitterError, CommitterOptions, Flush, FlushReason, FlushReport, Flusher,
-};
+use skygit_actors::committer::{CommitterError, Flush, FlushReason, FlushReport, Flusher};
 use skygit_actors::layout::{self, RoomConfig};
-use skygit_actors::local::{LocalOptions, RepoFactory};
+use skygit_actors::local::RepoFactory;
 use skygit_actors::ports::{CommitRequest, RepoError, RepoRemote};
-use skygit_consensus::model::{Change, ChangeKind, Command, ConversationId, UserId};
+use skygit_consensus::model::{Change, ChangeKind, ConversationId, UserId};
 use skygit_consensus::NodeId;
 use skygit_github_server::{Fault, GithubServer, Recorded};
 use skygit_remotes::git::GitRemote;
@@ -52,17 +50,6 @@ fn github_remote(api: &str, token: &str) -> GithubRemote {
 fn github_factory(api: String, token: &str) -> RepoFactory {
     let token = token.to_owned();
     Arc::new(move |_: NodeId| Arc::new(github_remote(&api, &token)) as Arc<dyn RepoRemote>)
-}
-
-fn opts(factory: RepoFactory) -> LocalOptions {
-    let mut o = LocalOptions::new(&room());
-    o.repo = Some(factory);
-    // Flushes happen when a test asks (and on becoming leader).
-    o.committer = CommitterOptions {
-        interval: Some(Duration::from_secs(3600)),
-        call_timeout: Duration::from_secs(30),
-    };
-    o
 }
 
 fn repo_url(server: &GithubServer) -> String {
@@ -121,7 +108,7 @@ async fn a_room_commits_to_the_github_test_server_and_git_sees_it() {
     let c = cluster(
         dir.path(),
         3,
-        Some(opts(github_factory(server.url(), TOKEN))),
+        Some(committing_options(github_factory(server.url(), TOKEN))),
     )
     .await;
     let leader = c.wait_leader(WAIT).await.unwrap();
@@ -152,45 +139,7 @@ async fn a_room_commits_to_the_github_test_server_and_git_sees_it() {
         RoomConfig::default().to_bytes()
     );
 
-    let mut first = None;
-    for i in 0..30 {
-        let (req, _) = post_committed(&c, leader, "ana", format!("message {i}")).await;
-        first.get_or_insert(req.id);
-    }
-    let ops = ConversationId::new("ops").unwrap();
-    commit(
-        &c,
-        leader,
-        "bob",
-        Command::CreateConversation {
-            conversation: ops.clone(),
-            title: "Ops".into(),
-        },
-    )
-    .await;
-    commit(
-        &c,
-        leader,
-        "bob",
-        Command::Post {
-            conversation: ops,
-            content: "deploy at 5 \"sharp\" — ünïcode".into(),
-        },
-    )
-    .await;
-    let target = first.unwrap();
-    commit(
-        &c,
-        leader,
-        "ana",
-        Command::Edit {
-            message: target,
-            content: "message 0, edited".into(),
-        },
-    )
-    .await;
-    let (_, last) = commit(&c, leader, "ana", Command::Delete { message: target }).await;
-    let last = last.effective_index().unwrap();
+    let (_, last) = post_every_kind(&c, leader, "deploy at 5 \"sharp\" — ünïcode").await;
 
     let report = flush(&c).await;
     assert_eq!(report.up_to_index, last);
@@ -305,7 +254,7 @@ async fn a_flush_on_a_known_head_costs_three_calls() {
     let c = cluster(
         dir.path(),
         3,
-        Some(opts(github_factory(server.url(), TOKEN))),
+        Some(committing_options(github_factory(server.url(), TOKEN))),
     )
     .await;
     let leader = c.wait_leader(WAIT).await.unwrap();
@@ -507,7 +456,7 @@ async fn a_rate_limited_flush_is_retried_after_the_wait() {
     let c = cluster(
         dir.path(),
         3,
-        Some(opts(github_factory(server.url(), TOKEN))),
+        Some(committing_options(github_factory(server.url(), TOKEN))),
     )
     .await;
     let leader = c.wait_leader(WAIT).await.unwrap();
@@ -569,7 +518,7 @@ async fn a_token_that_is_refused_stops_the_flush_with_a_clear_error_and_no_token
     let c = cluster(
         dir.path(),
         1,
-        Some(opts(github_factory(server.url(), wrong))),
+        Some(committing_options(github_factory(server.url(), wrong))),
     )
     .await;
     let leader = c.wait_leader(WAIT).await.unwrap();
@@ -613,7 +562,7 @@ async fn racing_committers_on_github_keep_history_linear() {
     let c = cluster(
         dir.path(),
         3,
-        Some(opts(github_factory(server.url(), TOKEN))),
+        Some(committing_options(github_factory(server.url(), TOKEN))),
     )
     .await;
     let leader = c.wait_leader(WAIT).await.unwrap();
@@ -633,24 +582,8 @@ async fn racing_committers_on_github_keep_history_linear() {
     };
     let a = mk(leader);
     let b = mk(follower);
-    let config = RoomConfig::default();
     server.reset_log();
-    for round in 0..3 {
-        for i in 0..10 {
-            post_committed(&c, leader, "ana", format!("round {round} message {i}")).await;
-        }
-        c.wait_converged(WAIT).await.unwrap();
-        // The follower falls behind, so the two committers render different
-        // prefixes on the same head.
-        c.isolate(follower, true);
-        for i in 0..5 {
-            post_committed(&c, leader, "ana", format!("round {round} late {i}")).await;
-        }
-        let (ra, rb) = tokio::join!(a.flush(&config), b.flush(&config));
-        ra.expect("committer a");
-        rb.expect("committer b");
-        c.isolate(follower, false);
-    }
+    race_committers(&c, leader, follower, &a, &b).await;
     // The two did race: GitHub refused ref updates that were not fast
     // forwards.
     let reqs = server.requests();
@@ -667,18 +600,11 @@ async fn racing_committers_on_github_keep_history_linear() {
     assert_eq!(forced, 0, "a ref update was forced");
 
     let last = c.wait_converged(WAIT).await.unwrap();
-    let report = a.flush(&config).await.unwrap();
+    let report = a.flush(&RoomConfig::default()).await.unwrap();
     assert!(report.up_to_index <= last);
     let cloned = clone_and_read(&url, &dir.path().join("clone"));
     assert_repo_matches_room(&cloned, &c, leader);
     assert_eq!(cloned.changes.len(), 45);
-    let merges = git(&[
-        "-C",
-        &cloned.dir.to_string_lossy(),
-        "rev-list",
-        "--merges",
-        "HEAD",
-    ]);
-    assert!(merges.trim().is_empty(), "history is not linear");
+    assert_linear(&cloned);
     c.shutdown().await;
 }

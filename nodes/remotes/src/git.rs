@@ -157,14 +157,12 @@ struct Ctx<'a> {
 }
 
 fn net_error(what: &str, e: git2::Error) -> RepoError {
-    match e.class() {
-        git2::ErrorClass::Http | git2::ErrorClass::Ssh
-            if e.code() == ErrorCode::Auth || e.message().contains("401") =>
-        {
-            RepoError::Denied(format!("{what}: {}", e.message()))
-        }
-        _ if e.code() == ErrorCode::Auth => RepoError::Denied(format!("{what}: {}", e.message())),
-        _ => RepoError::Unavailable(format!("{what}: {}", e.message())),
+    let http_401 = matches!(e.class(), git2::ErrorClass::Http | git2::ErrorClass::Ssh)
+        && e.message().contains("401");
+    if e.code() == ErrorCode::Auth || http_401 {
+        RepoError::Denied(format!("{what}: {}", e.message()))
+    } else {
+        RepoError::Unavailable(format!("{what}: {}", e.message()))
     }
 }
 

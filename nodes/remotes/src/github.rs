@@ -141,26 +141,38 @@ pub struct GithubRemote {
     client: octocrab::Octocrab,
     cfg: GithubConfig,
     calls: AtomicU64,
-    etags: Mutex<EtagCache>,
-    commits: Mutex<CommitCache>,
+    /// Answers of conditional reads, by path: ETag and body.
+    etags: Mutex<Bounded<(HeaderValue, Vec<u8>)>>,
+    commits: Mutex<Bounded<CommitObj>>,
     writes: Mutex<VecDeque<Instant>>,
 }
 
-#[derive(Default)]
-struct EtagCache {
+/// A map that keeps at most `capacity` entries, forgetting the oldest
+/// inserted first.
+struct Bounded<V> {
+    capacity: usize,
     order: VecDeque<String>,
-    entries: BTreeMap<String, (HeaderValue, Vec<u8>)>,
+    entries: BTreeMap<String, V>,
 }
 
-impl EtagCache {
-    fn insert(&mut self, key: String, etag: HeaderValue, body: Vec<u8>) {
-        if body.len() > ETAG_CACHE_MAX_BODY {
-            return;
+impl<V> Bounded<V> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            order: VecDeque::new(),
+            entries: BTreeMap::new(),
         }
-        if self.entries.insert(key.clone(), (etag, body)).is_none() {
+    }
+
+    fn get(&self, key: &str) -> Option<&V> {
+        self.entries.get(key)
+    }
+
+    fn insert(&mut self, key: String, value: V) {
+        if self.entries.insert(key.clone(), value).is_none() {
             self.order.push_back(key);
         }
-        while self.order.len() > ETAG_CACHE_ENTRIES {
+        while self.order.len() > self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.entries.remove(&old);
             }
@@ -172,25 +184,6 @@ impl EtagCache {
 struct CommitObj {
     tree: String,
     message: String,
-}
-
-#[derive(Default)]
-struct CommitCache {
-    order: VecDeque<String>,
-    entries: BTreeMap<String, CommitObj>,
-}
-
-impl CommitCache {
-    fn insert(&mut self, sha: String, c: CommitObj) {
-        if self.entries.insert(sha.clone(), c).is_none() {
-            self.order.push_back(sha);
-        }
-        while self.order.len() > COMMIT_CACHE_ENTRIES {
-            if let Some(old) = self.order.pop_front() {
-                self.entries.remove(&old);
-            }
-        }
-    }
 }
 
 fn check_sha(s: &str) -> Result<(), RepoError> {
@@ -250,8 +243,8 @@ impl GithubRemote {
             client,
             cfg,
             calls: AtomicU64::new(0),
-            etags: Mutex::new(EtagCache::default()),
-            commits: Mutex::new(CommitCache::default()),
+            etags: Mutex::new(Bounded::new(ETAG_CACHE_ENTRIES)),
+            commits: Mutex::new(Bounded::new(COMMIT_CACHE_ENTRIES)),
             writes: Mutex::new(VecDeque::new()),
         })
     }
@@ -354,7 +347,6 @@ impl GithubRemote {
             self.etags
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .entries
                 .get(path)
                 .cloned()
         } else {
@@ -399,13 +391,12 @@ impl GithubRemote {
                     answer.status = StatusCode::OK;
                     answer.body = body;
                 }
-            } else if answer.status == StatusCode::OK {
+            } else if answer.status == StatusCode::OK && answer.body.len() <= ETAG_CACHE_MAX_BODY {
                 if let Some(etag) = answer.headers.get(http::header::ETAG) {
-                    self.etags.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                        path.to_owned(),
-                        etag.clone(),
-                        answer.body.clone(),
-                    );
+                    self.etags
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(path.to_owned(), (etag.clone(), answer.body.clone()));
                 }
             }
         }
@@ -434,7 +425,6 @@ impl GithubRemote {
             .commits
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entries
             .get(sha)
         {
             return Ok(c.clone());
