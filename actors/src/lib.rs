@@ -14,6 +14,8 @@ pub mod consensus;
 pub mod layout;
 pub mod local;
 pub mod media;
+pub mod membership;
+pub mod mesh;
 pub mod peer;
 pub mod ports;
 pub mod presence;

@@ -135,6 +135,7 @@ impl LocalCluster {
             committer: self.opts.committer,
         };
         let ports = RoomPorts {
+            mesh: None,
             link,
             incoming,
             clock: Arc::new(SystemClock),

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use actix::Message;
 use futures::future::BoxFuture;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -81,15 +82,108 @@ impl IdGen {
     }
 }
 
+/// Version of the presence record format; records of another version are
+/// ignored (and logged) by readers.
+pub const PRESENCE_VERSION: u32 = 1;
+/// Largest encoded presence record a reader accepts.
+pub const MAX_PRESENCE_RECORD_BYTES: usize = 64 * 1024;
+/// Most signals one record carries (one per peer being connected to).
+pub const MAX_SIGNALS_PER_RECORD: usize = 16;
+/// Largest SDP a signal may carry.
+pub const MAX_SDP_BYTES: usize = 16 * 1024;
+
 /// One node's presence record, as published through the repository.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PresenceRecord {
+    #[serde(default = "presence_version")]
+    pub version: u32,
     pub user: String,
     pub node_id: NodeId,
     pub session_id: String,
     /// Publisher's wall clock, milliseconds since the Unix epoch.
     pub last_seen: i64,
+    /// The node's DTLS certificate fingerprint (`sha-256 AB:CD:...`): a
+    /// data channel is kept only when the remote end presents it.
     pub dtls_fingerprint: String,
+    /// Whether the node is a member of the room's raft group (it holds raft
+    /// state); a newcomer waits to be added by the leader.
+    #[serde(default)]
+    pub in_group: bool,
+    /// WebRTC offers and answers addressed to other nodes.
+    #[serde(default)]
+    pub signals: Vec<Signal>,
+}
+
+fn presence_version() -> u32 {
+    PRESENCE_VERSION
+}
+
+/// A WebRTC session description addressed to one peer's session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Signal {
+    pub to: NodeId,
+    /// The addressee's session; a signal for an earlier session is stale.
+    pub to_session: String,
+    /// The sender's session the description belongs to.
+    pub from_session: String,
+    /// Distinguishes connection attempts: an answer names the offer's.
+    pub attempt: u64,
+    pub kind: SignalKind,
+    pub sdp: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalKind {
+    Offer,
+    Answer,
+}
+
+/// Why a presence record read from outside was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record of {0} bytes exceeds {MAX_PRESENCE_RECORD_BYTES}")]
+    TooLarge(usize),
+    #[error("malformed record: {0}")]
+    Malformed(String),
+    #[error("record version {0}; this node reads version {PRESENCE_VERSION}")]
+    Version(u32),
+    #[error("record breaks a bound: {0}")]
+    Bound(String),
+}
+
+impl PresenceRecord {
+    /// Encodes the record as the JSON stored in the repository.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and checks a record read from the repository or a peer.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, RecordError> {
+        if bytes.len() > MAX_PRESENCE_RECORD_BYTES {
+            return Err(RecordError::TooLarge(bytes.len()));
+        }
+        let r: PresenceRecord =
+            serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed(e.to_string()))?;
+        if r.version != PRESENCE_VERSION {
+            return Err(RecordError::Version(r.version));
+        }
+        if r.signals.len() > MAX_SIGNALS_PER_RECORD {
+            return Err(RecordError::Bound(format!(
+                "{} signals (at most {MAX_SIGNALS_PER_RECORD})",
+                r.signals.len()
+            )));
+        }
+        if r.user.is_empty() || r.user.len() > 64 || r.session_id.len() > 128 {
+            return Err(RecordError::Bound("user or session length".into()));
+        }
+        if r.signals.iter().any(|s| s.sdp.len() > MAX_SDP_BYTES) {
+            return Err(RecordError::Bound(format!(
+                "an SDP over {MAX_SDP_BYTES} bytes"
+            )));
+        }
+        Ok(r)
+    }
 }
 
 /// A failure of the presence channel.
@@ -258,4 +352,56 @@ mod tests {
             assert_eq!(a.next_id(), b.next_id());
         }
     }
+}
+
+/// What a peer transport reports about its links.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum TransportEvent {
+    /// The link to the peer is open and authenticated.
+    Open(NodeId),
+    /// The link failed (the peer may be gone); reconnect with backoff.
+    Failed { peer: NodeId, reason: String },
+    /// The link was closed.
+    Closed(NodeId),
+    /// The peer presented a certificate other than its presence record's.
+    Refused { peer: NodeId, reason: String },
+    /// The peer sent bytes that break the wire format; the link was dropped.
+    Misbehaved { peer: NodeId, reason: String },
+}
+
+/// One link as the transport sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LinkInfo {
+    pub peer: NodeId,
+    pub open: bool,
+    pub state: String,
+    pub rtt_us: Option<u64>,
+    pub queued_frames: usize,
+}
+
+/// Sets up links to peers: WebRTC for a real node, the simulator's model
+/// there. Session descriptions are opaque strings carried by signals.
+pub trait PeerTransport: Send + Sync + 'static {
+    /// This node's certificate fingerprint, published in its record.
+    fn fingerprint(&self) -> String;
+    /// Starts a link to `peer` as the offering side; returns the offer.
+    fn offer(
+        &self,
+        peer: NodeId,
+        expected_fingerprint: String,
+    ) -> BoxFuture<'_, Result<String, String>>;
+    /// Answers `peer`'s offer; returns the answer.
+    fn answer(
+        &self,
+        peer: NodeId,
+        offer: String,
+        expected_fingerprint: String,
+    ) -> BoxFuture<'_, Result<String, String>>;
+    /// Completes this node's offer to `peer` with its answer.
+    fn accept_answer(&self, peer: NodeId, answer: String) -> BoxFuture<'_, Result<(), String>>;
+    /// Closes the link to `peer`.
+    fn close(&self, peer: NodeId) -> BoxFuture<'_, ()>;
+    /// Every link's state.
+    fn links(&self) -> Vec<LinkInfo>;
 }

@@ -1,12 +1,17 @@
 //! The presence actor: heartbeats this node into the room's presence
-//! channel, polls it, and keeps the list of online peers. A peer whose
-//! record is older than [`OFFLINE_AFTER`] is offline.
+//! channel, polls it, keeps the list of online peers, and carries WebRTC
+//! signals (offers and answers) in this node's record until a peer picks
+//! them up.
 //!
-//! This issue builds the bookkeeping and the port; the real presence
-//! channels (GitHub Discussion, per-node git refs) and the fast/slow poll
-//! schedule come with the mesh issue.
+//! Schedule: the record is republished every [`PresenceOptions::heartbeat`]
+//! and at once when its signals or group flag change; the channel is polled
+//! every [`PresenceOptions::fast_poll`] while a connection is being set up
+//! ([`SetFastPoll`]) and every [`PresenceOptions::slow_poll`] when settled.
+//! A rate-limited channel pauses both until the host's retry time and the
+//! status says so. A peer whose record is older than [`OFFLINE_AFTER`] is
+//! offline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +19,32 @@ use actix::prelude::*;
 use skygit_consensus::NodeId;
 use tracing::Instrument;
 
-use crate::ports::{PresenceChannel, PresenceError, PresenceRecord, WallClock};
+use crate::ports::{PresenceChannel, PresenceError, PresenceRecord, Signal, WallClock};
 
 /// A peer is offline when its last heartbeat is older than this.
 pub const OFFLINE_AFTER: Duration = Duration::from_secs(180);
 /// Most peers tracked per room; further records are ignored and logged.
 pub const MAX_PEERS: usize = 256;
+/// Longest pause a rate-limit answer can impose.
+pub const MAX_THROTTLE: Duration = Duration::from_secs(3600);
+
+/// The presence schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceOptions {
+    pub heartbeat: Duration,
+    pub fast_poll: Duration,
+    pub slow_poll: Duration,
+}
+
+impl Default for PresenceOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(60),
+            fast_poll: Duration::from_secs(5),
+            slow_poll: Duration::from_secs(60),
+        }
+    }
+}
 
 /// A peer appeared or went offline.
 #[derive(Message, Debug, Clone, PartialEq, Eq)]
@@ -27,6 +52,14 @@ pub const MAX_PEERS: usize = 256;
 pub enum PeerEvent {
     Online(PresenceRecord),
     Offline(NodeId),
+}
+
+/// A signal addressed to this node's session was found in a peer's record.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct SignalReceived {
+    pub from: NodeId,
+    pub signal: Signal,
 }
 
 /// Publish this node's heartbeat now.
@@ -44,17 +77,80 @@ pub struct Poll;
 #[rtype(result = "Vec<PresenceRecord>")]
 pub struct OnlinePeers;
 
-/// Receive [`PeerEvent`]s.
+/// Receive [`PeerEvent`]s (the current peers are sent at once).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SubscribePeers(pub Recipient<PeerEvent>);
+
+/// Receive [`SignalReceived`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SubscribeSignals(pub Recipient<SignalReceived>);
+
+/// Put a signal for one peer into this node's record (replacing the
+/// earlier one for that peer) and publish.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetSignal(pub Signal);
+
+/// Remove the signal for a peer from this node's record (published with
+/// the next heartbeat).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClearSignal(pub NodeId);
+
+/// Whether this node is a member of the raft group (published at once).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetInGroup(pub bool);
+
+/// Poll fast (a connection is being set up) or slow (settled).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetFastPoll(pub bool);
+
+/// The presence actor's state, for status pages.
+#[derive(Message)]
+#[rtype(result = "PresenceStatus")]
+pub struct GetPresenceStatus;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PresenceStatus {
+    pub session_id: String,
+    pub fingerprint: String,
+    pub in_group: bool,
+    pub fast_poll: bool,
+    pub online: Vec<NodeId>,
+    pub publishes: u64,
+    pub polls: u64,
+    pub errors: u64,
+    /// Set while the channel asked us to slow down (milliseconds left).
+    pub throttled_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
 
 pub struct PresenceActor {
     me: PresenceRecord,
     channel: Arc<dyn PresenceChannel>,
     clock: Arc<dyn WallClock>,
+    opts: PresenceOptions,
     online: BTreeMap<NodeId, PresenceRecord>,
+    signals: BTreeMap<NodeId, Signal>,
+    /// Signals already handed to subscribers: (from, attempt, kind).
+    seen_signals: BTreeSet<(NodeId, String, u64, bool)>,
     subscribers: Vec<Recipient<PeerEvent>>,
+    signal_subscribers: Vec<Recipient<SignalReceived>>,
+    fast: bool,
+    publishing: bool,
+    dirty: bool,
+    polling: bool,
+    throttled_until: Option<tokio::time::Instant>,
+    next_poll: tokio::time::Instant,
+    next_heartbeat: tokio::time::Instant,
+    publishes: u64,
+    polls: u64,
+    errors: u64,
+    last_error: Option<String>,
     span: tracing::Span,
 }
 
@@ -65,13 +161,39 @@ impl PresenceActor {
         clock: Arc<dyn WallClock>,
         room: &str,
     ) -> Self {
+        Self::with_options(me, channel, clock, room, PresenceOptions::default())
+    }
+
+    pub fn with_options(
+        me: PresenceRecord,
+        channel: Arc<dyn PresenceChannel>,
+        clock: Arc<dyn WallClock>,
+        room: &str,
+        opts: PresenceOptions,
+    ) -> Self {
         let span = tracing::info_span!("presence", room, node = me.node_id);
+        let now = tokio::time::Instant::now();
         Self {
             me,
             channel,
             clock,
+            opts,
             online: BTreeMap::new(),
+            signals: BTreeMap::new(),
+            seen_signals: BTreeSet::new(),
             subscribers: Vec::new(),
+            signal_subscribers: Vec::new(),
+            fast: true,
+            publishing: false,
+            dirty: true,
+            polling: false,
+            throttled_until: None,
+            next_poll: now,
+            next_heartbeat: now,
+            publishes: 0,
+            polls: 0,
+            errors: 0,
+            last_error: None,
             span,
         }
     }
@@ -107,18 +229,158 @@ impl PresenceActor {
         self.online = fresh;
         events
     }
+
+    /// Signals in the online records addressed to this session, not yet
+    /// handed on.
+    fn new_signals(&mut self) -> Vec<SignalReceived> {
+        let mut out = Vec::new();
+        for r in self.online.values() {
+            for s in &r.signals {
+                if s.to != self.me.node_id || s.to_session != self.me.session_id {
+                    continue;
+                }
+                let key = (
+                    r.node_id,
+                    s.from_session.clone(),
+                    s.attempt,
+                    s.kind == crate::ports::SignalKind::Offer,
+                );
+                if self.seen_signals.insert(key) {
+                    out.push(SignalReceived {
+                        from: r.node_id,
+                        signal: s.clone(),
+                    });
+                }
+            }
+        }
+        // Bound the memory of handed-on signals.
+        while self.seen_signals.len() > 4 * MAX_PEERS {
+            self.seen_signals.pop_first();
+        }
+        out
+    }
+
+    fn throttled(&self) -> bool {
+        self.throttled_until
+            .is_some_and(|t| tokio::time::Instant::now() < t)
+    }
+
+    fn failed(&mut self, e: &PresenceError, what: &str) {
+        self.errors += 1;
+        self.last_error = Some(format!("{what}: {e}"));
+        if let PresenceError::RateLimited { retry_after_ms } = e {
+            let wait = Duration::from_millis(*retry_after_ms).min(MAX_THROTTLE);
+            self.throttled_until = Some(tokio::time::Instant::now() + wait);
+            tracing::warn!(?wait, "the presence channel is rate limited; slowing down");
+        } else {
+            tracing::warn!(error = %e, "{what} failed");
+        }
+    }
+
+    fn record(&mut self) -> PresenceRecord {
+        self.me.last_seen = self.clock.now_ms();
+        self.me.signals = self.signals.values().cloned().collect();
+        self.me.clone()
+    }
+
+    /// Runs whatever is due: a publish, a poll.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.throttled() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if !self.publishing && (self.dirty || now >= self.next_heartbeat) {
+            self.publish(ctx);
+        }
+        if !self.polling && now >= self.next_poll {
+            self.poll(ctx);
+        }
+    }
+
+    fn publish(&mut self, ctx: &mut Context<Self>) {
+        self.publishing = true;
+        self.dirty = false;
+        self.next_heartbeat = tokio::time::Instant::now() + self.opts.heartbeat;
+        let (channel, record) = (self.channel.clone(), self.record());
+        ctx.spawn(
+            async move { channel.publish(record).await }
+                .instrument(self.span.clone())
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    act.publishing = false;
+                    match res {
+                        Ok(()) => act.publishes += 1,
+                        Err(e) => {
+                            act.dirty = true;
+                            act.failed(&e, "publishing presence");
+                        }
+                    }
+                    if act.dirty {
+                        act.tick(ctx);
+                    }
+                }),
+        );
+    }
+
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        self.polling = true;
+        let every = if self.fast {
+            self.opts.fast_poll
+        } else {
+            self.opts.slow_poll
+        };
+        self.next_poll = tokio::time::Instant::now() + every;
+        let channel = self.channel.clone();
+        ctx.spawn(
+            async move { channel.fetch().await }
+                .instrument(self.span.clone())
+                .into_actor(self)
+                .map(|res, act, _| {
+                    act.polling = false;
+                    match res {
+                        Ok(records) => {
+                            act.polls += 1;
+                            act.absorb(records);
+                        }
+                        Err(e) => act.failed(&e, "polling presence"),
+                    }
+                }),
+        );
+    }
+
+    fn absorb(&mut self, records: Vec<PresenceRecord>) {
+        let events = self.update(records, self.clock.now_ms());
+        self.subscribers.retain(|s| s.connected());
+        for e in events {
+            for s in &self.subscribers {
+                s.do_send(e.clone());
+            }
+        }
+        let signals = self.new_signals();
+        self.signal_subscribers.retain(|s| s.connected());
+        for sig in signals {
+            for s in &self.signal_subscribers {
+                s.do_send(sig.clone());
+            }
+        }
+    }
 }
 
 impl Actor for PresenceActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let _e = self.span.enter();
+        tracing::info!(session = %self.me.session_id, "presence actor started");
+        ctx.run_interval(Duration::from_millis(200), |act, ctx| act.tick(ctx));
+    }
 }
 
 impl Handler<Heartbeat> for PresenceActor {
     type Result = ResponseFuture<Result<(), PresenceError>>;
 
     fn handle(&mut self, _: Heartbeat, _ctx: &mut Self::Context) -> Self::Result {
-        self.me.last_seen = self.clock.now_ms();
-        let (channel, record) = (self.channel.clone(), self.me.clone());
+        let (channel, record) = (self.channel.clone(), self.record());
         Box::pin(async move { channel.publish(record).await }.instrument(self.span.clone()))
     }
 }
@@ -134,13 +396,8 @@ impl Handler<Poll> for PresenceActor {
                 .into_actor(self)
                 .map(|res, act, _| {
                     let records = res?;
-                    let events = act.update(records, act.clock.now_ms());
-                    act.subscribers.retain(|s| s.connected());
-                    for e in events {
-                        for s in &act.subscribers {
-                            s.do_send(e.clone());
-                        }
-                    }
+                    act.polls += 1;
+                    act.absorb(records);
                     Ok(act.online.values().cloned().collect())
                 }),
         )
@@ -159,7 +416,87 @@ impl Handler<SubscribePeers> for PresenceActor {
     type Result = ();
 
     fn handle(&mut self, msg: SubscribePeers, _ctx: &mut Self::Context) {
+        for r in self.online.values() {
+            msg.0.do_send(PeerEvent::Online(r.clone()));
+        }
         self.subscribers.push(msg.0);
+    }
+}
+
+impl Handler<SubscribeSignals> for PresenceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SubscribeSignals, _ctx: &mut Self::Context) {
+        self.signal_subscribers.push(msg.0);
+    }
+}
+
+impl Handler<SetSignal> for PresenceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetSignal, ctx: &mut Self::Context) {
+        self.signals.insert(msg.0.to, msg.0);
+        self.dirty = true;
+        self.tick(ctx);
+    }
+}
+
+impl Handler<ClearSignal> for PresenceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ClearSignal, _ctx: &mut Self::Context) {
+        self.signals.remove(&msg.0);
+    }
+}
+
+impl Handler<SetInGroup> for PresenceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetInGroup, ctx: &mut Self::Context) {
+        if self.me.in_group != msg.0 {
+            self.me.in_group = msg.0;
+            self.dirty = true;
+            self.tick(ctx);
+        }
+    }
+}
+
+impl Handler<SetFastPoll> for PresenceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetFastPoll, ctx: &mut Self::Context) {
+        if self.fast != msg.0 {
+            self.fast = msg.0;
+            if msg.0 {
+                self.next_poll = self
+                    .next_poll
+                    .min(tokio::time::Instant::now() + self.opts.fast_poll);
+                self.tick(ctx);
+            }
+        }
+    }
+}
+
+impl Handler<GetPresenceStatus> for PresenceActor {
+    type Result = MessageResult<GetPresenceStatus>;
+
+    fn handle(&mut self, _: GetPresenceStatus, _ctx: &mut Self::Context) -> Self::Result {
+        let throttled_ms = self
+            .throttled_until
+            .and_then(|t| t.checked_duration_since(tokio::time::Instant::now()))
+            .map(|d| d.as_millis() as u64);
+        MessageResult(PresenceStatus {
+            session_id: self.me.session_id.clone(),
+            fingerprint: self.me.dtls_fingerprint.clone(),
+            in_group: self.me.in_group,
+            fast_poll: self.fast,
+            online: self.online.keys().copied().collect(),
+            publishes: self.publishes,
+            polls: self.polls,
+            errors: self.errors,
+            throttled_ms,
+            last_error: self.last_error.clone(),
+        })
     }
 }
 
@@ -205,6 +542,9 @@ mod tests {
             session_id: session.into(),
             last_seen,
             dtls_fingerprint: String::new(),
+            in_group: false,
+            signals: Vec::new(),
+            version: crate::ports::PRESENCE_VERSION,
         }
     }
 

@@ -20,12 +20,19 @@ use crate::committer::{
 };
 use crate::consensus::{ConsensusActor, Shutdown, SubscribeLeader};
 use crate::media::MediaActor;
+use crate::membership::{Bootstrap, MembershipActor};
+use crate::mesh::{MeshActor, MeshOptions, RelayFrame, SubscribeLinks};
 use crate::ports::{IdGen, PresenceChannel, PresenceRecord, RandomSource, RepoRemote};
-use crate::presence::PresenceActor;
+use crate::ports::{PeerTransport, TransportEvent};
+use crate::presence::{PresenceActor, PresenceOptions, SubscribePeers, SubscribeSignals};
+use skygit_consensus::membership::MembershipPolicy;
+use tracing::Instrument;
 
 /// How long a restarting room waits for the previous instance to release
 /// its database lock.
 const REOPEN_WAIT: Duration = Duration::from_secs(10);
+/// Longest a graceful shutdown waits to be replaced as a voter.
+pub const LEAVE_WAIT: Duration = Duration::from_secs(10);
 /// Longest a graceful shutdown waits for the leader's last flush.
 pub const SHUTDOWN_FLUSH_WAIT: Duration = Duration::from_secs(30);
 
@@ -50,6 +57,22 @@ pub struct RoomPorts {
     pub presence: Arc<dyn PresenceChannel>,
     /// The room's repository; `None` runs the room without committing.
     pub repo: Option<Arc<dyn RepoRemote>>,
+    /// A peer transport with its event stream: the node then runs the
+    /// mesh and membership actors, and the group is formed and grown by
+    /// them. `None`: the caller manages membership (in-process rooms).
+    pub mesh: Option<MeshPorts>,
+}
+
+/// What a room on a real (or simulated) mesh needs.
+pub struct MeshPorts {
+    pub transport: Arc<dyn PeerTransport>,
+    pub events: mpsc::Receiver<TransportEvent>,
+    pub presence: PresenceOptions,
+    pub mesh: MeshOptions,
+    pub policy: MembershipPolicy,
+    pub bootstrap: Bootstrap,
+    /// Seeds the mesh actor's backoff jitter.
+    pub rng: Box<dyn RandomSource>,
 }
 
 /// Why a room could not start.
@@ -68,6 +91,7 @@ pub enum RoomError {
 }
 
 /// A room running on this node.
+#[derive(Clone)]
 pub struct RoomHandle {
     pub room: RoomId,
     pub node_id: NodeId,
@@ -76,6 +100,8 @@ pub struct RoomHandle {
     pub presence: Addr<PresenceActor>,
     pub committer: Addr<CommitterActor>,
     pub media: Addr<MediaActor>,
+    pub mesh: Option<Addr<MeshActor>>,
+    pub membership: Option<Addr<MembershipActor>>,
     pub replica: Arc<Replica<StateMachine>>,
     pub storage: RoomStorage,
 }
@@ -105,19 +131,62 @@ async fn open_storage(dir: &Path, faults: Faults) -> Result<RoomStorage, Storage
 pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, RoomError> {
     let dir = room_dir(&spec.data_dir, &spec.room);
     let storage = open_storage(&dir, spec.faults).await?;
+    let room = spec.room.as_str();
+    let session_id = format!("{}-{}", spec.node_id, ports.clock.now_ms());
+    let me = PresenceRecord {
+        user: spec.user.to_string(),
+        node_id: spec.node_id,
+        session_id: session_id.clone(),
+        last_seen: ports.clock.now_ms(),
+        dtls_fingerprint: ports
+            .mesh
+            .as_ref()
+            .map(|m| m.transport.fingerprint())
+            .unwrap_or_default(),
+        in_group: false,
+        signals: Vec::new(),
+        version: crate::ports::PRESENCE_VERSION,
+    };
+    let presence_opts = ports.mesh.as_ref().map(|m| m.presence).unwrap_or_default();
+    let presence =
+        PresenceActor::with_options(me, ports.presence, ports.clock.clone(), room, presence_opts)
+            .start();
+    // With a mesh, signalling frames are taken out of the incoming stream
+    // before raft sees it.
+    let (incoming, mesh) = match ports.mesh {
+        None => (ports.incoming, None),
+        Some(m) => {
+            let actor = MeshActor::new(
+                room,
+                spec.node_id,
+                session_id,
+                m.transport,
+                ports.link.clone(),
+                presence.clone(),
+                ports.clock.clone(),
+                m.rng,
+                m.mesh,
+            )
+            .start();
+            presence.do_send(SubscribePeers(actor.clone().recipient()));
+            presence.do_send(SubscribeSignals(actor.clone().recipient()));
+            let incoming = demux(spec.node_id, ports.incoming, actor.clone());
+            pump_events(m.events, actor.clone());
+            (incoming, Some((actor, m.policy, m.bootstrap)))
+        }
+    };
     let replica = Arc::new(
         Replica::start(
             spec.node_id,
             spec.raft,
             ports.link,
-            ports.incoming,
+            incoming,
             ports.clock.clone(),
             storage.log.clone(),
             storage.state_machine.clone(),
         )
         .await?,
     );
-    let room = spec.room.as_str();
     let ids = IdGen::new(ports.clock.clone(), ports.rng);
     let consensus = ConsensusActor::new(replica.clone(), storage.clone(), ids, room).start();
     let flusher = ports.repo.map(|remote| {
@@ -131,14 +200,16 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     });
     let committer = CommitterActor::new(room, spec.node_id, flusher, spec.committer).start();
     consensus.do_send(SubscribeLeader(committer.clone().recipient()));
-    let me = PresenceRecord {
-        user: spec.user.to_string(),
-        node_id: spec.node_id,
-        session_id: format!("{}-{}", spec.node_id, ports.clock.now_ms()),
-        last_seen: ports.clock.now_ms(),
-        dtls_fingerprint: String::new(),
+    let (mesh, membership) = match mesh {
+        None => (None, None),
+        Some((actor, policy, bootstrap)) => {
+            let membership =
+                MembershipActor::new(room, replica.clone(), presence.clone(), policy, bootstrap)
+                    .start();
+            actor.do_send(SubscribeLinks(membership.clone().recipient()));
+            (Some(actor), Some(membership))
+        }
     };
-    let presence = PresenceActor::new(me, ports.presence, ports.clock, room).start();
     let media = MediaActor::new(room, spec.node_id).start();
     Ok(RoomHandle {
         room: spec.room,
@@ -148,9 +219,60 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         presence,
         committer,
         media,
+        mesh,
+        membership,
         replica,
         storage,
     })
+}
+
+/// Frames a room's inbox holds before the transport waits.
+const DEMUX_CAPACITY: usize = 4096;
+
+/// Routes signalling frames to the mesh actor and everything else to raft.
+fn demux(
+    me: NodeId,
+    mut incoming: mpsc::Receiver<IncomingFrame>,
+    mesh: Addr<MeshActor>,
+) -> mpsc::Receiver<IncomingFrame> {
+    let (tx, rx) = mpsc::channel(DEMUX_CAPACITY);
+    let task = async move {
+        while let Some(f) = incoming.recv().await {
+            if skygit_consensus::codec::peek_kind(&f.frame)
+                == Some(skygit_consensus::codec::EnvelopeKind::Signal)
+            {
+                match skygit_consensus::codec::decode_frame(&f.frame) {
+                    Ok(env) if env.from == f.peer && env.to == me => mesh.do_send(RelayFrame(env)),
+                    Ok(env) => tracing::warn!(
+                        peer = f.peer,
+                        claimed = env.from,
+                        to = env.to,
+                        "dropped a misaddressed signalling frame"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(peer = f.peer, error = %e, "dropped a bad signalling frame")
+                    }
+                }
+                continue;
+            }
+            if tx.send(f).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::spawn(task.instrument(tracing::debug_span!("demux", node = me)));
+    rx
+}
+
+/// Hands the transport's events to the mesh actor.
+fn pump_events(mut events: mpsc::Receiver<TransportEvent>, mesh: Addr<MeshActor>) {
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            if mesh.send(e).await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 impl RoomHandle {
@@ -175,6 +297,13 @@ impl RoomHandle {
             }
             _ => {}
         }
+        if self.membership.is_some() {
+            let voters = self.replica.voters();
+            if voters.contains(&self.node_id) && voters.len() > 1 {
+                let left = self.replica.leave_voters(LEAVE_WAIT).await;
+                tracing::info!(room = %self.room, left, "asked the leader to replace this voter");
+            }
+        }
         self.stop().await;
     }
 
@@ -183,6 +312,9 @@ impl RoomHandle {
     pub async fn stop(self) {
         // Stopping the committer drops any flush in progress.
         let _ = self.committer.send(StopCommitter).await;
+        if let Some(m) = &self.mesh {
+            m.do_send(crate::mesh::StopMesh);
+        }
         if self.consensus.send(Shutdown).await.is_err() {
             // The actor is already gone; stop raft directly.
             self.replica.shutdown().await;

@@ -113,6 +113,20 @@ pub fn encode_frame(envelope: &Envelope) -> Result<Vec<u8>, CodecError> {
     Ok(frame)
 }
 
+/// The kind of a frame without decoding it (the demultiplexer uses it to
+/// route signalling away from raft); `None` for a frame that is not of
+/// this wire version. The full decode still checks everything.
+pub fn peek_kind(frame: &[u8]) -> Option<EnvelopeKind> {
+    match frame {
+        [WIRE_VERSION, 0, ..] => Some(EnvelopeKind::Chat),
+        [WIRE_VERSION, 1, ..] => Some(EnvelopeKind::Presence),
+        [WIRE_VERSION, 2, ..] => Some(EnvelopeKind::Signal),
+        [WIRE_VERSION, 3, ..] => Some(EnvelopeKind::Raft),
+        [WIRE_VERSION, 4, ..] => Some(EnvelopeKind::Custom),
+        _ => None,
+    }
+}
+
 /// Decodes a frame received from a peer link.
 pub fn decode_frame(frame: &[u8]) -> Result<Envelope, CodecError> {
     let (&version, body) = frame.split_first().ok_or(CodecError::Empty)?;
@@ -242,5 +256,29 @@ mod tests {
             let e = Envelope { kind, from, to, timestamp: ts, payload };
             prop_assert_eq!(decode_frame(&encode_frame(&e).unwrap()).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn peek_kind_agrees_with_decoding() {
+        for kind in [
+            EnvelopeKind::Chat,
+            EnvelopeKind::Presence,
+            EnvelopeKind::Signal,
+            EnvelopeKind::Raft,
+            EnvelopeKind::Custom,
+        ] {
+            let frame = encode_frame(&Envelope {
+                kind,
+                from: 300,
+                to: 7,
+                timestamp: 1,
+                payload: vec![1, 2, 3],
+            })
+            .expect("encodes");
+            assert_eq!(peek_kind(&frame), Some(kind));
+            assert_eq!(decode_frame(&frame).expect("decodes").kind, kind);
+        }
+        assert_eq!(peek_kind(&[9, 2, 0]), None);
+        assert_eq!(peek_kind(&[]), None);
     }
 }

@@ -12,6 +12,7 @@ pub mod chat;
 pub mod codec;
 pub mod config;
 pub mod inproc;
+pub mod membership;
 pub mod model;
 pub mod network;
 pub mod ports;

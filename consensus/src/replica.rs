@@ -34,6 +34,9 @@ const MAX_FORWARD_HOPS: usize = 3;
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ChatRpcRequest {
     Propose(ChatRequest),
+    /// The sender is shutting down and asks the leader to take it out of
+    /// the voters first.
+    Leave,
 }
 
 /// The leader's answer to a forwarded proposal.
@@ -43,6 +46,8 @@ pub enum ChatRpcResponse {
     NotLeader {
         leader: Option<NodeId>,
     },
+    /// The leader noted a node's wish to leave.
+    Leaving,
     /// The request breaks a bound; it will never be accepted.
     Invalid(String),
     Failed(String),
@@ -85,6 +90,9 @@ where
     raft: Raft<SM>,
     mux: Arc<RpcMux>,
     service: RaftService<SM>,
+    /// Nodes that asked this node, as leader, to take them out of the
+    /// voters (read by the membership controller).
+    leaving: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
 }
 
 /// A running member of a room's raft group.
@@ -125,6 +133,7 @@ where
             service: RaftService::new(raft.clone()),
             raft,
             mux,
+            leaving: Default::default(),
         });
         let serve = tokio::spawn(serve(inner.clone(), incoming));
         Ok(Self { inner, serve })
@@ -173,6 +182,12 @@ where
                 Ok(ChatRpcResponse::Outcome(o)) => return Ok(o),
                 Ok(ChatRpcResponse::NotLeader { leader: next }) => leader = next,
                 Ok(ChatRpcResponse::Invalid(reason)) => return Err(ProposeError::Refused(reason)),
+                Ok(ChatRpcResponse::Leaving) => {
+                    return Err(ProposeError::Forward {
+                        leader: to,
+                        reason: "unexpected answer to a proposal".into(),
+                    })
+                }
                 Ok(ChatRpcResponse::Failed(reason)) => {
                     return Err(ProposeError::Forward { leader: to, reason })
                 }
@@ -185,6 +200,55 @@ where
             }
         }
         Err(ProposeError::NoLeader)
+    }
+
+    /// Nodes that asked to leave the voters (this node included when it
+    /// asked while leading).
+    pub fn leaving(&self) -> std::collections::BTreeSet<NodeId> {
+        self.inner.lock_leaving().clone()
+    }
+
+    /// Forgets a leave request (the node came back or left the membership).
+    pub fn forget_leaving(&self, id: NodeId) {
+        self.inner.lock_leaving().remove(&id);
+    }
+
+    /// Asks the leader to take this node out of the voters and waits until
+    /// the membership no longer lists it as a voter, or `wait` passes.
+    /// Returns whether it left the voters.
+    pub async fn leave_voters(&self, wait: Duration) -> bool {
+        let me = self.inner.id;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if !self.voters().contains(&me) {
+                return true;
+            }
+            let leader = self.metrics().current_leader;
+            match leader {
+                Some(l) if l == me => {
+                    self.inner.lock_leaving().insert(me);
+                }
+                Some(l) => {
+                    let ask = async {
+                        let body = codec::to_bytes(&ChatRpcRequest::Leave)?;
+                        let answer = self
+                            .inner
+                            .mux
+                            .call(EnvelopeKind::Chat, l, body, Duration::from_secs(2))
+                            .await?;
+                        Ok::<ChatRpcResponse, RpcError>(codec::from_bytes(&answer)?)
+                    };
+                    if let Err(e) = ask.await {
+                        tracing::debug!(node = me, leader = l, error = %e, "leave request not delivered");
+                    }
+                }
+                None => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return !self.voters().contains(&me);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Stops serving and shuts raft down.
@@ -202,6 +266,15 @@ where
 {
     fn drop(&mut self) {
         self.serve.abort();
+    }
+}
+
+impl<SM> Inner<SM>
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
+{
+    fn lock_leaving(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<NodeId>> {
+        self.leaving.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -294,6 +367,21 @@ where
                         Err(Local::Timeout(e) | Local::Failed(e)) => ChatRpcResponse::Failed(e),
                     },
                 },
+                Ok(ChatRpcRequest::Leave) => {
+                    use openraft::async_runtime::WatchReceiver;
+                    let leader = inner.raft.metrics().borrow_watched().current_leader;
+                    if leader == Some(inner.id) {
+                        tracing::info!(
+                            node = inner.id,
+                            peer = req.from,
+                            "peer asked to leave the voters"
+                        );
+                        inner.lock_leaving().insert(req.from);
+                        ChatRpcResponse::Leaving
+                    } else {
+                        ChatRpcResponse::NotLeader { leader }
+                    }
+                }
                 Err(e) => ChatRpcResponse::Failed(format!("bad chat request: {e}")),
             };
             codec::to_bytes(&answer)

@@ -3,12 +3,15 @@
 //! The binary's edge: command-line parsing, configuration, logging, the
 //! runtime and signal handling. The work happens in `skygit-actors`.
 
+mod api;
 mod bench;
 mod bench_commit;
 mod config;
 mod demo;
+mod mesh_node;
 mod node;
 mod repo;
+mod transport;
 
 use std::path::PathBuf;
 
@@ -83,10 +86,12 @@ struct NodeArgs {
     /// A TOML configuration file (flags and environment override it).
     #[arg(long, env = "SKYGIT_CONFIG")]
     config: Option<PathBuf>,
-    /// Raft members run in this process (1 to 5) until the mesh connects
-    /// separate processes.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
-    local_nodes: u64,
+    /// Run this many raft members in this process over the in-process
+    /// transport (2 to 5) instead of joining the room's WebRTC mesh.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=5))]
+    local_nodes: Option<u64>,
+    #[command(flatten)]
+    mesh: mesh_node::MeshArgs,
 }
 
 impl NodeArgs {
@@ -132,12 +137,15 @@ fn main() -> anyhow::Result<()> {
     });
     system.block_on(async move {
         match cli.command {
-            Command::Node(a) => {
-                let nodes = a.local_nodes;
-                node::run(a.resolve()?, nodes).await
-            }
+            Command::Node(a) => match a.local_nodes {
+                Some(nodes) => node::run(a.resolve()?, nodes).await,
+                None => {
+                    let mesh = a.mesh.clone();
+                    mesh_node::run(a.resolve()?, mesh).await
+                }
+            },
             Command::Push(a) => {
-                let nodes = a.local_nodes;
+                let nodes = a.local_nodes.unwrap_or(1);
                 repo::push(a.resolve()?, nodes).await
             }
             Command::Init(a) => repo::init(a).await,

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use skygit_actors::consensus::{Proposed, Submit};
 use skygit_actors::local::{LocalCluster, LocalOptions};
+use skygit_actors::room::RoomHandle;
 use skygit_consensus::model::{ApplyOutcome, Command, ConversationId, MAX_CONTENT_BYTES};
 use skygit_storage::AppliedEvent;
 use tokio::sync::broadcast::error::RecvError;
@@ -52,6 +53,29 @@ pub async fn run(cfg: NodeConfig, local_nodes: u64) -> anyhow::Result<()> {
         cfg.user,
         local_nodes
     );
+    let io = terminal(me)?;
+    let signal = crate::shutdown_signal().await?;
+    eprintln!("{signal}: shutting down");
+    io.abort();
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// The terminal side of a node: recent history, then every message as it
+/// commits; lines typed on standard input are posted.
+pub struct Terminal {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Terminal {
+    pub fn abort(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+pub fn terminal(me: &RoomHandle) -> anyhow::Result<Terminal> {
     for m in me
         .storage
         .reader
@@ -80,7 +104,7 @@ pub async fn run(cfg: NodeConfig, local_nodes: u64) -> anyhow::Result<()> {
         }
     });
     let consensus = me.consensus.clone();
-    let user = cfg.user.clone();
+    let user = me.user.clone();
     // Standard input is read on a plain thread: tokio's stdin would hold
     // the runtime open at shutdown while the terminal stays open.
     let (tx, mut typed) = tokio::sync::mpsc::channel::<String>(64);
@@ -126,10 +150,7 @@ pub async fn run(cfg: NodeConfig, local_nodes: u64) -> anyhow::Result<()> {
         }
     };
     let input = tokio::spawn(input);
-    let signal = crate::shutdown_signal().await?;
-    eprintln!("{signal}: shutting down");
-    input.abort();
-    printer.abort();
-    cluster.shutdown().await;
-    Ok(())
+    Ok(Terminal {
+        tasks: vec![printer, input],
+    })
 }

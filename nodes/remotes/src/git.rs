@@ -132,12 +132,12 @@ impl GitRemote {
 }
 
 /// Whether `s` names a remote by URL rather than by local path.
-fn is_url(s: &str) -> bool {
+pub(crate) fn is_url(s: &str) -> bool {
     s.contains("://") || (s.contains('@') && s.contains(':') && !s.starts_with('/'))
 }
 
 /// libgit2's own network timeouts, so a dead server cannot hang a flush.
-fn set_timeouts() {
+pub(crate) fn set_timeouts() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // SAFETY: called once, before any other libgit2 network operation
@@ -170,7 +170,7 @@ fn local_error(what: &str, e: git2::Error) -> RepoError {
     RepoError::Unavailable(format!("{what}: {}", e.message()))
 }
 
-fn callbacks<'a>() -> RemoteCallbacks<'a> {
+pub(crate) fn callbacks<'a>() -> RemoteCallbacks<'a> {
     let mut cb = RemoteCallbacks::new();
     let mut attempts = 0usize;
     cb.credentials(move |url, username, allowed| {

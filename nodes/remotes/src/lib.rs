@@ -8,7 +8,10 @@
 //! [`open`] picks one from a room's repository spec.
 
 pub mod git;
+pub mod git_presence;
 pub mod github;
+
+pub use git_presence::GitPresence;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,0 +1,301 @@
+//! The membership actor: on the leader, carries out the membership
+//! controller's plan ([`skygit_consensus::membership::plan`]) one step at a
+//! time, from the links the mesh reports and raft's replication metrics.
+//! On every node it also bootstraps the group when the room has none: the
+//! smallest-id node among online nodes none of which is in a group starts
+//! a one-voter group, and the leader grows it from there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use openraft::BasicNode;
+use skygit_consensus::membership::{plan, MembershipPolicy, MembershipView, Step};
+use skygit_consensus::replica::Replica;
+use skygit_consensus::NodeId;
+use skygit_storage::StateMachine;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::mesh::LinkChanged;
+use crate::presence::{OnlinePeers, PresenceActor, SetInGroup};
+
+/// How often the controller looks at the room.
+pub const TICK: Duration = Duration::from_secs(1);
+/// A membership change that has not committed by then is abandoned (and
+/// planned again).
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a new node may start a group when nobody else has one.
+#[derive(Debug, Clone)]
+pub enum Bootstrap {
+    /// Yes, after this long online (so that nodes starting together see
+    /// each other first).
+    After(Duration),
+    /// No: the reason is logged (for example the repository holds history
+    /// that only a member of the old group can continue).
+    Refuse(String),
+}
+
+/// The controller's state and settings, for status pages.
+#[derive(Message)]
+#[rtype(result = "MembershipStatus")]
+pub struct GetMembershipStatus;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MembershipStatus {
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub online: Vec<NodeId>,
+    pub leaving: Vec<NodeId>,
+    pub last_step: Option<String>,
+    pub waiting: Option<String>,
+}
+
+pub struct MembershipActor {
+    replica: Arc<Replica<StateMachine>>,
+    presence: Addr<PresenceActor>,
+    policy: MembershipPolicy,
+    bootstrap: Bootstrap,
+    started: Instant,
+    online: BTreeSet<NodeId>,
+    down_since: BTreeMap<NodeId, Instant>,
+    busy: bool,
+    in_group: bool,
+    last_step: Option<String>,
+    waiting: Option<String>,
+    span: tracing::Span,
+}
+
+impl MembershipActor {
+    pub fn new(
+        room: &str,
+        replica: Arc<Replica<StateMachine>>,
+        presence: Addr<PresenceActor>,
+        policy: MembershipPolicy,
+        bootstrap: Bootstrap,
+    ) -> Self {
+        let span = tracing::info_span!("membership", room, node = replica.id());
+        let me = replica.id();
+        Self {
+            replica,
+            presence,
+            policy,
+            bootstrap,
+            started: Instant::now(),
+            online: BTreeSet::from([me]),
+            down_since: BTreeMap::new(),
+            busy: false,
+            in_group: false,
+            last_step: None,
+            waiting: None,
+            span,
+        }
+    }
+
+    fn view(&self) -> Option<MembershipView> {
+        let m = self.replica.metrics();
+        let me = self.replica.id();
+        if m.current_leader != Some(me) {
+            return None;
+        }
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        let now = Instant::now();
+        let offline_for = voters
+            .iter()
+            .chain(&learners)
+            .filter(|id| !self.online.contains(id))
+            .map(|id| {
+                let since = self.down_since.get(id).copied().unwrap_or(self.started);
+                (*id, now.duration_since(since))
+            })
+            .collect();
+        let matched = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, log)| (*id, log.map(|l| l.index).unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(MembershipView {
+            leader: me,
+            voters,
+            learners,
+            online: self.online.clone(),
+            offline_for,
+            leaving: self.replica.leaving(),
+            last_index: m.last_log_index.unwrap_or(0),
+            matched,
+        })
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.busy {
+            return;
+        }
+        let initialized = self
+            .replica
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_some();
+        if initialized != self.in_group {
+            self.in_group = initialized;
+            self.presence.do_send(SetInGroup(initialized));
+        }
+        if !initialized {
+            self.try_bootstrap(ctx);
+            return;
+        }
+        self.waiting = None;
+        let Some(view) = self.view() else { return };
+        // Leave requests of nodes no longer in the membership are done.
+        for id in view.leaving.iter() {
+            if !view.voters.contains(id) && !view.learners.contains(id) {
+                self.replica.forget_leaving(*id);
+            }
+        }
+        let Some(step) = plan(&view, &self.policy) else {
+            return;
+        };
+        self.busy = true;
+        let text = format!("{step:?}");
+        tracing::info!(step = %text, "membership change");
+        self.last_step = Some(text);
+        let replica = self.replica.clone();
+        ctx.spawn(
+            async move {
+                let raft = replica.raft();
+                let work = async {
+                    match step {
+                        Step::AddLearner(id) => raft
+                            .add_learner(id, BasicNode::new(format!("node:{id}")), false)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        Step::SetVoters(v) => raft
+                            .change_membership(openraft::ChangeMembers::ReplaceAllVoters(v), true)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        Step::RemoveLearners(ids) => raft
+                            .change_membership(openraft::ChangeMembers::RemoveNodes(ids), false)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                    }
+                };
+                match tokio::time::timeout(STEP_TIMEOUT, work).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "membership change failed"),
+                    Err(_) => tracing::warn!("membership change did not commit in time"),
+                }
+            }
+            .instrument(self.span.clone())
+            .into_actor(self)
+            .map(|_, act, _| act.busy = false),
+        );
+    }
+
+    fn try_bootstrap(&mut self, ctx: &mut Context<Self>) {
+        let settle = match &self.bootstrap {
+            Bootstrap::Refuse(reason) => {
+                if self.waiting.as_deref() != Some(reason) {
+                    tracing::warn!(reason = %reason, "waiting for a member of the room's group to come online");
+                    self.waiting = Some(reason.clone());
+                }
+                return;
+            }
+            Bootstrap::After(d) => *d,
+        };
+        if self.started.elapsed() < settle {
+            return;
+        }
+        self.busy = true;
+        let me = self.replica.id();
+        let presence = self.presence.clone();
+        ctx.spawn(
+            async move { presence.send(OnlinePeers).await.unwrap_or_default() }
+                .into_actor(self)
+                .map(move |peers, act, ctx| {
+                    act.busy = false;
+                    if peers.iter().any(|p| p.in_group) {
+                        let w = "a member of the room's group is online; waiting to be added"
+                            .to_owned();
+                        if act.waiting.as_ref() != Some(&w) {
+                            tracing::info!("{w}");
+                            act.waiting = Some(w);
+                        }
+                        return;
+                    }
+                    if peers.iter().any(|p| p.node_id < me) {
+                        act.waiting = Some("a node with a smaller id starts the group".into());
+                        return;
+                    }
+                    act.busy = true;
+                    let replica = act.replica.clone();
+                    ctx.spawn(
+                        async move {
+                            let members =
+                                BTreeMap::from([(me, BasicNode::new(format!("node:{me}")))]);
+                            match replica.raft().initialize(members).await {
+                                Ok(()) => tracing::info!("started the room's raft group"),
+                                Err(e) => tracing::warn!(error = %e, "could not start the group"),
+                            }
+                        }
+                        .instrument(act.span.clone())
+                        .into_actor(act)
+                        .map(|_, act, _| act.busy = false),
+                    );
+                }),
+        );
+    }
+}
+
+impl Actor for MembershipActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
+    }
+}
+
+impl Handler<LinkChanged> for MembershipActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LinkChanged, _ctx: &mut Self::Context) {
+        if msg.up {
+            // A node that comes back after leaving may be a voter again.
+            self.replica.forget_leaving(msg.peer);
+            self.online.insert(msg.peer);
+            self.down_since.remove(&msg.peer);
+        } else {
+            self.online.remove(&msg.peer);
+            self.down_since.insert(msg.peer, Instant::now());
+        }
+    }
+}
+
+impl Handler<GetMembershipStatus> for MembershipActor {
+    type Result = MessageResult<GetMembershipStatus>;
+
+    fn handle(&mut self, _: GetMembershipStatus, _ctx: &mut Self::Context) -> Self::Result {
+        let m = self.replica.metrics();
+        let membership = m.membership_config.membership();
+        MessageResult(MembershipStatus {
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            online: self.online.iter().copied().collect(),
+            leaving: self.replica.leaving().into_iter().collect(),
+            last_step: self.last_step.clone(),
+            waiting: self.waiting.clone(),
+        })
+    }
+}

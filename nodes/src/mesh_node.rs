@@ -1,0 +1,195 @@
+//! `skygit node`: this process's member of a room. It announces itself in
+//! the repository (per-node presence refs), connects to the other online
+//! nodes over WebRTC, joins or starts the room's raft group, serves the
+//! local HTTP API, posts what is typed on standard input and prints what
+//! commits.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use skygit_actors::membership::Bootstrap;
+use skygit_actors::ports::{PresenceChannel, RepoRemote, SeededRng};
+use skygit_actors::presence::PresenceOptions;
+use skygit_actors::room::{start_room, MeshPorts, RoomPorts, RoomSpec};
+use skygit_consensus::membership::{MembershipPolicy, MAX_VOTERS};
+use skygit_consensus::ports::{PeerLink, SystemClock};
+use skygit_consensus::NodeId;
+use skygit_mesh::{Mesh, MeshConfig};
+use skygit_storage::Faults;
+
+use crate::config::NodeConfig;
+
+/// Settings of the mesh node beyond the shared node configuration.
+#[derive(Args, Clone, Debug)]
+pub struct MeshArgs {
+    /// The HTTP API's address (port 0 picks a free one; the address is
+    /// printed as `api: http://...`).
+    #[arg(long, env = "SKYGIT_API", default_value = "127.0.0.1:0")]
+    pub api: SocketAddr,
+    /// IPs the WebRTC transport gathers candidates on (repeatable).
+    #[arg(
+        long = "bind",
+        env = "SKYGIT_BIND",
+        value_delimiter = ',',
+        default_value = "127.0.0.1"
+    )]
+    pub bind: Vec<IpAddr>,
+    /// Presence poll interval while connecting, in milliseconds.
+    #[arg(long, env = "SKYGIT_FAST_POLL_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(200..=60_000))]
+    pub fast_poll_ms: u64,
+    /// Presence poll and heartbeat interval once settled, in seconds.
+    #[arg(long, env = "SKYGIT_SLOW_POLL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub slow_poll_secs: u64,
+    /// Raft voters of the room (1 to 5); every other node is a learner.
+    #[arg(long, env = "SKYGIT_VOTERS", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_VOTERS as u64))]
+    pub voters: u64,
+}
+
+/// Largest node-id file the node reads.
+const MAX_ID_FILE: u64 = 64;
+
+/// This node's raft id: made once per data directory and kept in
+/// `node-id` (openraft ids must never be reused by another node).
+pub fn node_id(data_dir: &Path) -> anyhow::Result<NodeId> {
+    let path = data_dir.join("node-id");
+    if let Ok(meta) = std::fs::metadata(&path) {
+        anyhow::ensure!(
+            meta.len() <= MAX_ID_FILE,
+            "{} is not a node id file",
+            path.display()
+        );
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let id: NodeId = text
+            .trim()
+            .parse()
+            .with_context(|| format!("{} does not hold a node id", path.display()))?;
+        anyhow::ensure!(id != 0, "{} holds node id 0", path.display());
+        return Ok(id);
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    // Below 2^53 so the id survives JavaScript's numbers in the UI.
+    let id = (rand::random::<u64>() >> 11).max(1);
+    let tmp = data_dir.join("node-id.tmp");
+    std::fs::write(&tmp, format!("{id}\n"))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
+/// Whether this node may start a new group: only when the repository has
+/// no log yet (a room with history is continued by a member of its group;
+/// re-forming a group from the repository alone is not built yet).
+async fn bootstrap_rule(remote: &dyn RepoRemote, settle: Duration) -> Bootstrap {
+    let head = match remote.head().await {
+        Ok(h) => h,
+        Err(e) => return Bootstrap::Refuse(format!("cannot read the repository: {e}")),
+    };
+    let Some(head) = head else {
+        return Bootstrap::After(settle);
+    };
+    match skygit_actors::readback::watermark_of(remote, &head).await {
+        Ok(0) => Bootstrap::After(settle),
+        Ok(w) => Bootstrap::Refuse(format!(
+            "the repository holds the room's log up to index {w}; only a member of its raft group can continue it"
+        )),
+        Err(e) => Bootstrap::Refuse(format!("cannot read the repository's watermark: {e}")),
+    }
+}
+
+pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
+    let id = node_id(&cfg.data_dir)?;
+    let spec = cfg.room.as_str().to_owned();
+    let cache = cfg.data_dir.join("cache").join(cfg.room.storage_key());
+    let presence: Arc<dyn PresenceChannel> = match skygit_remotes::parse_github_spec(&spec) {
+        Some(_) => anyhow::bail!(
+            "presence over the GitHub API is not built yet; run the room on a git remote or path, or use --local-nodes"
+        ),
+        None => Arc::new(
+            skygit_remotes::GitPresence::open(&spec, id, &cache.join("presence"))
+                .map_err(|e| anyhow::anyhow!("presence channel: {e}"))?,
+        ),
+    };
+    let remote = crate::repo::open_remote(&cfg.room, &cfg.remote, &cfg.data_dir, id)?;
+    let fast = Duration::from_millis(args.fast_poll_ms);
+    let presence_opts = PresenceOptions {
+        heartbeat: Duration::from_secs(args.slow_poll_secs),
+        fast_poll: fast,
+        slow_poll: Duration::from_secs(args.slow_poll_secs),
+    };
+    let bootstrap = bootstrap_rule(remote.as_ref(), 2 * fast + Duration::from_secs(1)).await;
+    let (mesh, incoming, events) = Mesh::new(
+        id,
+        MeshConfig {
+            bind_ips: args.bind.clone(),
+            ..MeshConfig::default()
+        },
+    )
+    .await
+    .context("cannot start the WebRTC transport")?;
+    let transport = Arc::new(crate::transport::WebRtcTransport(mesh.clone()));
+    let link: Arc<dyn PeerLink> = mesh.clone();
+    let room = start_room(
+        RoomSpec {
+            room: cfg.room.clone(),
+            node_id: id,
+            user: cfg.user.clone(),
+            data_dir: cfg.data_dir.clone(),
+            raft: cfg.raft.clone(),
+            faults: Faults::default(),
+            committer: skygit_actors::committer::CommitterOptions {
+                interval: cfg.commit_interval,
+                ..Default::default()
+            },
+        },
+        RoomPorts {
+            link,
+            incoming,
+            clock: Arc::new(SystemClock),
+            rng: Box::new(SeededRng::from_os()),
+            presence,
+            repo: Some(remote),
+            mesh: Some(MeshPorts {
+                transport,
+                events: crate::transport::forward_events(events),
+                presence: presence_opts,
+                mesh: Default::default(),
+                policy: MembershipPolicy {
+                    voters: args.voters as usize,
+                    ..Default::default()
+                },
+                bootstrap,
+                rng: Box::new(SeededRng::from_os()),
+            }),
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot start room {} in {}",
+            cfg.room,
+            cfg.data_dir.display()
+        )
+    })?;
+    let api = crate::api::serve(args.api, crate::api::ApiState { room: room.clone() }).await?;
+    println!("api: http://{api}");
+    eprintln!(
+        "skygit node {id} in room {} as {}; api http://{api}; type a line to post, Ctrl-C to stop",
+        cfg.room, cfg.user
+    );
+    let io = crate::node::terminal(&room)?;
+    let signal = crate::shutdown_signal().await?;
+    eprintln!("{signal}: shutting down");
+    io.abort();
+    room.shutdown().await;
+    mesh.shutdown().await;
+    Ok(())
+}

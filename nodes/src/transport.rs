@@ -1,0 +1,96 @@
+//! The WebRTC mesh (`skygit-mesh`) as the actors' [`PeerTransport`] port.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use skygit_actors::ports::{LinkInfo, PeerTransport, TransportEvent};
+use skygit_consensus::NodeId;
+use skygit_mesh::{LinkState, Mesh, MeshEvent};
+use tokio::sync::mpsc;
+
+/// Transport events queued for the mesh actor.
+const EVENT_QUEUE: usize = 1024;
+
+pub struct WebRtcTransport(pub Arc<Mesh>);
+
+impl PeerTransport for WebRtcTransport {
+    fn fingerprint(&self) -> String {
+        self.0.fingerprint()
+    }
+
+    fn offer(
+        &self,
+        peer: NodeId,
+        expected_fingerprint: String,
+    ) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            self.0
+                .offer(peer, &expected_fingerprint)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn answer(
+        &self,
+        peer: NodeId,
+        offer: String,
+        expected_fingerprint: String,
+    ) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            self.0
+                .answer(peer, &offer, &expected_fingerprint)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn accept_answer(&self, peer: NodeId, answer: String) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .accept_answer(peer, &answer)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn close(&self, peer: NodeId) -> BoxFuture<'_, ()> {
+        Box::pin(self.0.close(peer))
+    }
+
+    fn links(&self) -> Vec<LinkInfo> {
+        self.0
+            .status()
+            .into_iter()
+            .map(|s| LinkInfo {
+                peer: s.peer,
+                open: s.state == LinkState::Open,
+                state: format!("{:?}", s.state),
+                rtt_us: s.rtt_us,
+                queued_frames: s.queued_frames,
+            })
+            .collect()
+    }
+}
+
+/// Translates the mesh's events into transport events.
+pub fn forward_events(mut events: mpsc::Receiver<MeshEvent>) -> mpsc::Receiver<TransportEvent> {
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            let e = match e {
+                MeshEvent::Open(p) => TransportEvent::Open(p),
+                MeshEvent::Failed { peer, reason } => TransportEvent::Failed { peer, reason },
+                MeshEvent::Closed(p) => TransportEvent::Closed(p),
+                MeshEvent::Refused { peer, reason } => TransportEvent::Refused { peer, reason },
+                MeshEvent::Misbehaved { peer, reason } => {
+                    TransportEvent::Misbehaved { peer, reason }
+                }
+            };
+            if tx.send(e).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
