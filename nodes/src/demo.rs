@@ -1,4 +1,5 @@
-//! `skygit demo`: a room of several nodes in this process, on real RocksDB
+//! `skygit demo`: by default a room of node processes over WebRTC (see
+//! `demo_procs`); with `--in-process`, a room of several nodes in this process, on real RocksDB
 //! storage and the in-process transport, committing to an embedded local
 //! repository (a bare git repository in the data directory). It posts from
 //! every node, crashes the leader, keeps posting, restarts the crashed
@@ -32,6 +33,13 @@ pub struct DemoArgs {
     /// Keep the room's data here (default: a temporary directory).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Run the nodes inside this process over the in-process transport
+    /// instead of as separate processes over WebRTC.
+    #[arg(long)]
+    in_process: bool,
+    /// After the checks, keep the node processes running until Ctrl-C.
+    #[arg(long)]
+    keep: bool,
 }
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -80,6 +88,9 @@ fn log_of(c: &LocalCluster, id: NodeId) -> anyhow::Result<Vec<Ulid>> {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if !args.in_process {
+        return crate::demo_procs::run(args.nodes, args.messages, args.data_dir, args.keep).await;
+    }
     let tmp;
     let dir = match args.data_dir {
         Some(d) => d,

@@ -8,6 +8,7 @@ mod bench;
 mod bench_commit;
 mod config;
 mod demo;
+mod demo_procs;
 mod mesh_node;
 mod node;
 mod repo;
@@ -39,8 +40,9 @@ enum Command {
     /// Run this node's member of a room; lines typed on standard input are
     /// posted, messages print as they commit.
     Node(NodeArgs),
-    /// A room of several nodes in this process: posts, a leader crash, a
-    /// restart, and a check that every node holds the same log.
+    /// A room of node processes on an embedded repository: they meet over
+    /// WebRTC, post, lose their leader to kill -9, recover, commit, and the
+    /// repository's history is checked against the room's log.
     Demo(demo::DemoArgs),
     /// Make a repository a skygit room: write `.messages/config.json`.
     Init(repo::InitArgs),
@@ -117,8 +119,11 @@ impl NodeArgs {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,skygit=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "warn,skygit=info,openraft=error,rtc_dtls=error,rtc_ice=error,rtc=error",
+        )
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

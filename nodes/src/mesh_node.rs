@@ -50,6 +50,10 @@ pub struct MeshArgs {
     #[arg(long, env = "SKYGIT_VOTERS", default_value_t = 3,
           value_parser = clap::value_parser!(u64).range(1..=MAX_VOTERS as u64))]
     pub voters: u64,
+    /// Test fault: publish a certificate fingerprint that is not this
+    /// node's (its peers must refuse it).
+    #[arg(long, hide = true)]
+    pub fault_wrong_fingerprint: bool,
 }
 
 /// Largest node-id file the node reads.
@@ -135,7 +139,10 @@ pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
     )
     .await
     .context("cannot start the WebRTC transport")?;
-    let transport = Arc::new(crate::transport::WebRtcTransport(mesh.clone()));
+    let transport = Arc::new(crate::transport::WebRtcTransport {
+        mesh: mesh.clone(),
+        wrong_fingerprint: args.fault_wrong_fingerprint,
+    });
     let link: Arc<dyn PeerLink> = mesh.clone();
     let room = start_room(
         RoomSpec {

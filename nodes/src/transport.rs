@@ -11,11 +11,29 @@ use tokio::sync::mpsc;
 /// Transport events queued for the mesh actor.
 const EVENT_QUEUE: usize = 1024;
 
-pub struct WebRtcTransport(pub Arc<Mesh>);
+pub struct WebRtcTransport {
+    pub mesh: Arc<Mesh>,
+    /// Fault injection for the refusal test: publish a fingerprint other
+    /// than the certificate's, as an impostor would.
+    pub wrong_fingerprint: bool,
+}
 
 impl PeerTransport for WebRtcTransport {
     fn fingerprint(&self) -> String {
-        self.0.fingerprint()
+        let real = self.mesh.fingerprint();
+        if !self.wrong_fingerprint {
+            return real;
+        }
+        // Same form, other bytes.
+        real.chars()
+            .map(|c| match c {
+                '0' => '1',
+                '1' => '0',
+                'A' | 'a' => 'B',
+                'B' | 'b' => 'A',
+                c => c,
+            })
+            .collect()
     }
 
     fn offer(
@@ -24,7 +42,7 @@ impl PeerTransport for WebRtcTransport {
         expected_fingerprint: String,
     ) -> BoxFuture<'_, Result<String, String>> {
         Box::pin(async move {
-            self.0
+            self.mesh
                 .offer(peer, &expected_fingerprint)
                 .await
                 .map_err(|e| e.to_string())
@@ -38,7 +56,7 @@ impl PeerTransport for WebRtcTransport {
         expected_fingerprint: String,
     ) -> BoxFuture<'_, Result<String, String>> {
         Box::pin(async move {
-            self.0
+            self.mesh
                 .answer(peer, &offer, &expected_fingerprint)
                 .await
                 .map_err(|e| e.to_string())
@@ -47,7 +65,7 @@ impl PeerTransport for WebRtcTransport {
 
     fn accept_answer(&self, peer: NodeId, answer: String) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            self.0
+            self.mesh
                 .accept_answer(peer, &answer)
                 .await
                 .map_err(|e| e.to_string())
@@ -55,11 +73,11 @@ impl PeerTransport for WebRtcTransport {
     }
 
     fn close(&self, peer: NodeId) -> BoxFuture<'_, ()> {
-        Box::pin(self.0.close(peer))
+        Box::pin(self.mesh.close(peer))
     }
 
     fn links(&self) -> Vec<LinkInfo> {
-        self.0
+        self.mesh
             .status()
             .into_iter()
             .map(|s| LinkInfo {

@@ -394,7 +394,10 @@ async fn teardown(link: &Link, reader: Option<JoinHandle<()>>) {
         let _ = dc.close().await;
         if link.was_open.load(Ordering::Acquire) {
             if let Some(r) = reader.as_mut() {
-                let _ = tokio::time::timeout(GRACEFUL_CLOSE, r).await;
+                // A finished handle must not be polled again.
+                if tokio::time::timeout(GRACEFUL_CLOSE, r).await.is_ok() {
+                    reader = None;
+                }
             }
         }
     }

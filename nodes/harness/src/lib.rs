@@ -1,0 +1,294 @@
+//! Drives `skygit node` processes: starts them on a repository, learns
+//! each one's HTTP API address from its first line of output, and talks to
+//! it over that API. `skygit demo`, `skygit bench mesh` and the process
+//! tests share it, so they all exercise the binary a user runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a node may take to print its API address.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// One HTTP call's timeout.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How to start a node.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub bin: PathBuf,
+    pub repo: PathBuf,
+    pub user: String,
+    pub data_dir: PathBuf,
+    /// Extra command-line arguments (after `node`).
+    pub args: Vec<String>,
+    /// Extra environment (for example `RUST_LOG`).
+    pub env: Vec<(String, String)>,
+    /// Where the node's standard error goes.
+    pub log: PathBuf,
+}
+
+impl NodeSpec {
+    pub fn new(bin: &Path, repo: &Path, user: &str, data_dir: &Path) -> Self {
+        Self {
+            bin: bin.to_owned(),
+            repo: repo.to_owned(),
+            user: user.to_owned(),
+            data_dir: data_dir.to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+            log: data_dir.with_extension("log"),
+        }
+    }
+}
+
+/// The answer to a post.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Posted {
+    pub id: String,
+    pub index: Option<u64>,
+    pub queued: bool,
+}
+
+/// A running node process.
+pub struct NodeProc {
+    pub spec: NodeSpec,
+    /// `http://127.0.0.1:PORT`.
+    pub api: String,
+    pub node_id: u64,
+    child: Child,
+    http: reqwest::Client,
+}
+
+impl NodeProc {
+    /// Starts a node and waits for its API address and node id.
+    pub async fn start(spec: NodeSpec) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&spec.data_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+            .with_context(|| format!("cannot open {}", spec.log.display()))?;
+        let mut cmd = Command::new(&spec.bin);
+        cmd.arg("node")
+            .arg("--repo")
+            .arg(&spec.repo)
+            .arg("--user")
+            .arg(&spec.user)
+            .arg("--data-dir")
+            .arg(&spec.data_dir)
+            .args(&spec.args)
+            .envs(spec.env.iter().cloned())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", spec.bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let api = tokio::time::timeout(START_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(addr) = line.strip_prefix("api: ") {
+                    return Ok(addr.trim().to_owned());
+                }
+            }
+            bail!(
+                "the node exited before printing its API address (see {})",
+                spec.log.display()
+            )
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "node {} did not start in time (see {})",
+                spec.user,
+                spec.log.display()
+            )
+        })??;
+        // Keep draining standard output so the node never blocks on it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let http = reqwest::Client::builder().timeout(CALL_TIMEOUT).build()?;
+        let mut node = Self {
+            spec,
+            api,
+            node_id: 0,
+            child,
+            http,
+        };
+        let status = node.status().await?;
+        node.node_id = status["node_id"]
+            .as_u64()
+            .context("status without node_id")?;
+        Ok(node)
+    }
+
+    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let r = self
+            .http
+            .get(format!("{}/api/status", self.api))
+            .send()
+            .await?;
+        Ok(r.error_for_status()?.json().await?)
+    }
+
+    /// Posts `content` to the general conversation.
+    pub async fn post(&self, content: &str) -> anyhow::Result<Posted> {
+        let r = self
+            .http
+            .post(format!("{}/api/messages", self.api))
+            .json(&serde_json::json!({ "content": content }))
+            .send()
+            .await?;
+        let status = r.status();
+        let body = r.text().await?;
+        if !status.is_success() {
+            bail!("post answered {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// The general conversation's message contents in log order.
+    pub async fn contents(&self) -> anyhow::Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut after: Option<u64> = None;
+        loop {
+            let mut url = format!("{}/api/messages?limit=1000", self.api);
+            if let Some(a) = after {
+                url.push_str(&format!("&after={a}"));
+            }
+            let page: Vec<serde_json::Value> = self
+                .http
+                .get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last["index"].as_u64();
+            for m in &page {
+                out.push(
+                    m["message"]["content"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+            if page.len() < 1000 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The leader this node knows, if any.
+    pub async fn leader(&self) -> Option<u64> {
+        let s = self.status().await.ok()?;
+        s["consensus"]["leader"].as_u64()
+    }
+
+    /// Kills the process at once (SIGKILL): no flush, no goodbye.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for it.
+    pub async fn stop(&mut self, wait: Duration) -> anyhow::Result<()> {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
+        }
+        match tokio::time::timeout(wait, self.child.wait()).await {
+            Ok(r) => {
+                r?;
+                Ok(())
+            }
+            Err(_) => {
+                self.child.kill().await?;
+                bail!(
+                    "node {} did not stop within {wait:?}; killed",
+                    self.spec.user
+                )
+            }
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails after
+/// `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until every node reports the same leader and returns it.
+pub async fn wait_leader(nodes: &[&NodeProc], timeout: Duration) -> anyhow::Result<u64> {
+    wait_for(timeout, "one leader known to every node", || async {
+        let mut leader = None;
+        for n in nodes {
+            let l = n.leader().await?;
+            if leader.is_some_and(|x| x != l) {
+                return None;
+            }
+            leader = Some(l);
+        }
+        leader
+    })
+    .await
+}
+
+/// Waits until the room's voters are exactly `count` nodes as the leader
+/// sees them, and every node in `nodes` is a member.
+pub async fn wait_members(
+    nodes: &[&NodeProc],
+    voters: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    wait_for(timeout, "the membership to settle", || async {
+        let leader = wait_leader(nodes, Duration::from_millis(1)).await.ok()?;
+        let l = nodes.iter().find(|n| n.node_id == leader)?;
+        let s = l.status().await.ok()?;
+        let v: Vec<u64> = s["membership"]["voters"]
+            .as_array()?
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .collect();
+        let learners: Vec<u64> = s["membership"]["learners"]
+            .as_array()?
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .collect();
+        let all_in = nodes
+            .iter()
+            .all(|n| v.contains(&n.node_id) || learners.contains(&n.node_id));
+        (v.len() == voters && all_in).then_some(())
+    })
+    .await
+}

@@ -1,0 +1,304 @@
+//! Real `skygit node` processes on loopback: they find each other through a
+//! bare repository's presence refs, connect over WebRTC, form and grow the
+//! raft group, replicate, commit to the repository, survive a killed
+//! leader and voters leaving, and refuse a node whose certificate does not
+//! match its presence record.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use skygit_harness::{wait_for, wait_leader, wait_members, NodeProc, NodeSpec};
+use skygit_tests::git_server::{clone_and_read, git};
+
+const SETTLE: Duration = Duration::from_secs(90);
+
+fn spec(dir: &Path, repo: &Path, user: &str, extra: &[&str]) -> NodeSpec {
+    let mut s = NodeSpec::new(
+        Path::new(env!("CARGO_BIN_EXE_skygit")),
+        repo,
+        user,
+        &dir.join(user),
+    );
+    s.args = [
+        "--fast-poll-ms",
+        "300",
+        "--slow-poll-secs",
+        "5",
+        "--commit-interval",
+        "1",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|a| a.to_string())
+    .collect();
+    s
+}
+
+fn bare_repo(dir: &Path) -> PathBuf {
+    let repo = dir.join("room.git");
+    git(&["init", "--quiet", "--bare", &repo.to_string_lossy()]);
+    repo
+}
+
+async fn start(dir: &Path, repo: &Path, users: &[&str], extra: &[&str]) -> Vec<NodeProc> {
+    let mut nodes = Vec::new();
+    for u in users {
+        nodes.push(
+            NodeProc::start(spec(dir, repo, u, extra))
+                .await
+                .expect("node starts"),
+        );
+    }
+    nodes
+}
+
+/// Waits until every node's general conversation holds exactly `want`
+/// (in any order) and returns one node's order; every node must agree on
+/// that order.
+async fn wait_converged(nodes: &[&NodeProc], want: &BTreeMap<String, ()>) -> Vec<String> {
+    wait_for(SETTLE, "every node to hold every message once", || async {
+        let mut first: Option<Vec<String>> = None;
+        for n in nodes {
+            let c = n.contents().await.ok()?;
+            let set: BTreeMap<String, ()> = c.iter().map(|x| (x.clone(), ())).collect();
+            if c.len() != want.len() || &set != want {
+                return None;
+            }
+            match &first {
+                None => first = Some(c),
+                Some(f) => assert_eq!(f, &c, "nodes disagree on the order"),
+            }
+        }
+        first
+    })
+    .await
+    .expect("converged")
+}
+
+async fn post_all(nodes: &[&NodeProc], round: &str, each: usize, acked: &mut BTreeMap<String, ()>) {
+    for i in 0..each {
+        for n in nodes {
+            let text = format!("{round} {i} via {}", n.spec.user);
+            let p = n.post(&text).await.expect("post answered");
+            assert!(
+                p.index.is_some() || p.queued,
+                "post neither applied nor queued: {p:?}"
+            );
+            acked.insert(text, ());
+        }
+    }
+}
+
+/// The repository's messages (contents), read with the real git.
+fn repo_contents(repo: &Path, scratch: &Path) -> Vec<String> {
+    let url = format!("file://{}", repo.display());
+    let cloned = clone_and_read(&url, scratch);
+    cloned
+        .changes
+        .iter()
+        .filter_map(|c| match &c.kind {
+            skygit_consensus::model::ChangeKind::Post { content, .. } => Some(content.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_form_a_room_commit_and_survive_a_killed_leader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = bare_repo(dir.path());
+    let t0 = Instant::now();
+    let mut nodes = start(dir.path(), &repo, &["ana", "bo", "cy"], &[]).await;
+    let refs: Vec<&NodeProc> = nodes.iter().collect();
+    wait_members(&refs, 3, SETTLE).await.expect("three voters");
+    let leader = wait_leader(&refs, SETTLE).await.expect("a leader");
+    eprintln!("room formed with leader {leader} after {:?}", t0.elapsed());
+    let mut acked = BTreeMap::new();
+    post_all(&refs, "before", 5, &mut acked).await;
+    wait_converged(&refs, &acked).await;
+    // The leader commits to the repository.
+    let scratch = dir.path().join("clone");
+    wait_for(
+        SETTLE,
+        "the repository to hold the first messages",
+        || async {
+            let mut got = repo_contents(&repo, &scratch);
+            got.sort();
+            (got.len() == acked.len()).then_some(())
+        },
+    )
+    .await
+    .expect("committed");
+
+    // Kill -9 the leader.
+    let li = nodes
+        .iter()
+        .position(|n| n.node_id == leader)
+        .expect("leader is a node");
+    let mut dead = nodes.remove(li);
+    dead.kill().await.expect("killed");
+    let killed_at = Instant::now();
+    let survivors: Vec<&NodeProc> = nodes.iter().collect();
+    let next = wait_for(SETTLE, "a new leader", || async {
+        let l = wait_leader(&survivors, Duration::from_millis(1))
+            .await
+            .ok()?;
+        (l != leader).then_some(l)
+    })
+    .await
+    .expect("new leader");
+    eprintln!("new leader {next} {:?} after the kill", killed_at.elapsed());
+    post_all(&survivors, "after", 5, &mut acked).await;
+    wait_converged(&survivors, &acked).await;
+    wait_for(SETTLE, "the new leader to commit the rest", || async {
+        let got = repo_contents(&repo, &scratch);
+        let set: BTreeMap<String, ()> = got.iter().map(|x| (x.clone(), ())).collect();
+        (got.len() == acked.len() && set == acked).then_some(())
+    })
+    .await
+    .expect("the repository holds every acknowledged message exactly once");
+    for n in &mut nodes {
+        n.stop(Duration::from_secs(30)).await.expect("stops");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_processes_keep_going_while_voters_leave_and_lose_nothing_when_they_return() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = bare_repo(dir.path());
+    let users = ["ana", "bo", "cy", "dee", "eli"];
+    let mut nodes = start(dir.path(), &repo, &users, &[]).await;
+    let refs: Vec<&NodeProc> = nodes.iter().collect();
+    wait_members(&refs, 3, SETTLE)
+        .await
+        .expect("three voters, two learners");
+    let mut acked = BTreeMap::new();
+    post_all(&refs, "all five", 2, &mut acked).await;
+    wait_converged(&refs, &acked).await;
+
+    // Two voters that are not the leader leave at once.
+    let leader = wait_leader(&refs, SETTLE).await.expect("leader");
+    let status = refs
+        .iter()
+        .find(|n| n.node_id == leader)
+        .expect("leader")
+        .status()
+        .await
+        .expect("status");
+    let voters: Vec<u64> = status["membership"]["voters"]
+        .as_array()
+        .expect("voters")
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    let leaving: Vec<u64> = voters
+        .iter()
+        .copied()
+        .filter(|v| *v != leader)
+        .take(2)
+        .collect();
+    assert_eq!(leaving.len(), 2);
+    let mut gone = Vec::new();
+    let mut i = 0;
+    while i < nodes.len() {
+        if leaving.contains(&nodes[i].node_id) {
+            gone.push(nodes.remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    let (a, b) = gone.split_at_mut(1);
+    let (ra, rb) = tokio::join!(
+        a[0].stop(Duration::from_secs(30)),
+        b[0].stop(Duration::from_secs(30))
+    );
+    ra.expect("first voter left");
+    rb.expect("second voter left");
+    let rest: Vec<&NodeProc> = nodes.iter().collect();
+    post_all(&rest, "two gone", 2, &mut acked).await;
+    wait_converged(&rest, &acked).await;
+
+    // The leader leaves later.
+    let li = nodes
+        .iter()
+        .position(|n| n.node_id == leader)
+        .expect("leader");
+    let mut third = nodes.remove(li);
+    third
+        .stop(Duration::from_secs(30))
+        .await
+        .expect("third voter left");
+    gone.push(third);
+    let rest: Vec<&NodeProc> = nodes.iter().collect();
+    wait_leader(&rest, SETTLE)
+        .await
+        .expect("a leader among the two left");
+    post_all(&rest, "three gone", 2, &mut acked).await;
+    wait_converged(&rest, &acked).await;
+
+    // They come back with their data: nothing lost, nothing twice.
+    for g in &gone {
+        nodes.push(NodeProc::start(g.spec.clone()).await.expect("restarts"));
+    }
+    let all: Vec<&NodeProc> = nodes.iter().collect();
+    post_all(&all, "back", 1, &mut acked).await;
+    wait_converged(&all, &acked).await;
+    for n in &mut nodes {
+        n.stop(Duration::from_secs(30)).await.expect("stops");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_certificate_does_not_match_its_record_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = bare_repo(dir.path());
+    let mut nodes = start(dir.path(), &repo, &["ana", "bo"], &[]).await;
+    let refs: Vec<&NodeProc> = nodes.iter().collect();
+    wait_members(&refs, 2, SETTLE).await.expect("two voters");
+    let mut liar = NodeProc::start(spec(
+        dir.path(),
+        &repo,
+        "mallory",
+        &["--fault-wrong-fingerprint"],
+    ))
+    .await
+    .expect("starts");
+    // The honest nodes see the liar's record and try; every attempt is
+    // refused, so it never gets a link or a place in the group.
+    wait_for(SETTLE, "the honest nodes to refuse the liar", || async {
+        for n in &refs {
+            let s = n.status().await.ok()?;
+            let peer = s["peers"]
+                .as_array()?
+                .iter()
+                .find(|p| p["node_id"].as_u64() == Some(liar.node_id))?
+                .clone();
+            if peer["failures"].as_u64()? < 2 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await
+    .expect("refused");
+    for n in &refs {
+        let s = n.status().await.expect("status");
+        let members: Vec<u64> = ["voters", "learners"]
+            .iter()
+            .flat_map(|k| s["membership"][k].as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v.as_u64())
+            .collect();
+        assert!(!members.contains(&liar.node_id), "the liar joined: {s}");
+        let open = s["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .any(|p| p["node_id"].as_u64() == Some(liar.node_id) && p["phase"] == "open");
+        assert!(!open, "a link to the liar is open: {s}");
+    }
+    liar.kill().await.expect("killed");
+    for n in &mut nodes {
+        n.stop(Duration::from_secs(30)).await.expect("stops");
+    }
+}
