@@ -6,6 +6,7 @@
 mod api;
 mod bench;
 mod bench_commit;
+mod bench_mesh;
 mod config;
 mod demo;
 mod demo_procs;
@@ -64,6 +65,9 @@ enum BenchCommand {
     /// One flush of many messages through each repository backend: a
     /// git server on loopback and the GitHub-compatible test server.
     Commit(bench_commit::CommitBenchArgs),
+    /// Node processes over real WebRTC on loopback: channel set-up, first
+    /// commit, latency at a light load and sustained throughput.
+    Mesh(bench_mesh::MeshBenchArgs),
 }
 
 #[derive(Args)]
@@ -158,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             Command::Demo(a) => demo::run(a).await,
             Command::Bench(BenchCommand::Raft(a)) => bench::raft(a).await,
             Command::Bench(BenchCommand::Commit(a)) => bench_commit::commit(a).await,
+            Command::Bench(BenchCommand::Mesh(a)) => bench_mesh::mesh(a).await,
         }
     })
 }

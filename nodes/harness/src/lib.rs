@@ -187,6 +187,37 @@ impl NodeProc {
         Ok(out)
     }
 
+    /// Follows the node's stream of applied messages: `(message id,
+    /// applied_at_us)` pairs, until the stream ends or the receiver is
+    /// dropped.
+    pub async fn events(&self) -> anyhow::Result<tokio::sync::mpsc::Receiver<(String, u64)>> {
+        let client = reqwest::Client::builder().build()?;
+        let mut r = client
+            .get(format!("{}/api/events", self.api))
+            .send()
+            .await?
+            .error_for_status()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(65_536);
+        tokio::spawn(async move {
+            let mut buf: Vec<u8> = Vec::new();
+            while let Ok(Some(chunk)) = r.chunk().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=nl).collect();
+                    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                        continue;
+                    };
+                    if let (Some(id), Some(at)) = (v["id"].as_str(), v["applied_at_us"].as_u64()) {
+                        if tx.send((id.to_owned(), at)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     /// The leader this node knows, if any.
     pub async fn leader(&self) -> Option<u64> {
         let s = self.status().await.ok()?;

@@ -385,17 +385,28 @@ fn adopt_channel(
     ))
 }
 
+/// Signals `torn_down` when dropped, so waiters are released even if the
+/// supervisor unwinds.
+struct TornDownGuard<'a>(&'a Link);
+
+impl Drop for TornDownGuard<'_> {
+    fn drop(&mut self) {
+        self.0.torn_down.send_replace(true);
+    }
+}
+
 /// Closes the channel (gracefully, if the link had been open: the peer then
 /// sees the close at once instead of waiting for ICE to fail), then the
 /// connection, and signals `torn_down`.
 async fn teardown(link: &Link, reader: Option<JoinHandle<()>>) {
+    let _guard = TornDownGuard(link);
     let mut reader = reader;
     if let Some(dc) = link.channel() {
         let _ = dc.close().await;
         if link.was_open.load(Ordering::Acquire) {
             if let Some(r) = reader.as_mut() {
-                // A finished handle must not be polled again.
                 if tokio::time::timeout(GRACEFUL_CLOSE, r).await.is_ok() {
+                    // Finished: a JoinHandle must not be polled again.
                     reader = None;
                 }
             }
@@ -410,7 +421,6 @@ async fn teardown(link: &Link, reader: Option<JoinHandle<()>>) {
         }
     }
     tracing::debug!(state = ?link.state(), "link torn down");
-    link.torn_down.send_replace(true);
 }
 
 /// Checks the certificate the peer presented in the DTLS handshake.
