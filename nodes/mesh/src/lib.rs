@@ -39,7 +39,7 @@
 //!
 //! # Where to read next
 //!
-//! [`wire`](crate) (private) is the message format, `link` the per-link tasks
+//! The private modules: `wire` is the message format, `link` the per-link tasks
 //! (supervisor, reader, writer), `fingerprint` the certificate pinning and
 //! `runtime` the socket-buffer tweak.
 
