@@ -2,10 +2,11 @@
 # Installs the system packages skygit builds against (Debian or Ubuntu).
 # RocksDB comes from Debian's librocksdb-dev (linked through
 # ROCKSDB_LIB_DIR in .cargo/config.toml) instead of a 25 CPU-minute source
-# build; bindgen needs libclang.
+# build; bindgen needs libclang. iproute2 (`ip netns`) lets the partition
+# test put node processes in separate network namespaces.
 set -euo pipefail
 
-packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git)
+packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git iproute2)
 
 missing=()
 for p in "${packages[@]}"; do

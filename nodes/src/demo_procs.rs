@@ -24,39 +24,20 @@ async fn post_round(
     each: u64,
     sent: &mut BTreeSet<String>,
 ) -> anyhow::Result<()> {
-    for i in 0..each {
-        for n in nodes {
-            let text = format!("{round} #{i} from {}", n.spec.user);
-            let p = n
-                .post(&text)
-                .await
-                .with_context(|| format!("posting through {}", n.spec.user))?;
-            let how = match (p.index, p.queued) {
-                (Some(i), _) => format!("committed at index {i}"),
-                (None, true) => "queued in the outbox".to_owned(),
-                _ => "refused".to_owned(),
-            };
-            println!("  {} posted {:?}: {how}", n.spec.user, text);
-            sent.insert(text);
-        }
+    let refs: Vec<&NodeProc> = nodes.iter().collect();
+    for (user, text, p) in skygit_harness::post_round(&refs, round, each, sent).await? {
+        let how = match p.index {
+            Some(i) => format!("committed at index {i}"),
+            None => "queued in the outbox".to_owned(),
+        };
+        println!("  {user} posted {text:?}: {how}");
     }
     Ok(())
 }
 
 async fn converged(nodes: &[NodeProc], sent: &BTreeSet<String>) -> anyhow::Result<Vec<String>> {
-    wait_for(WAIT, "every node to hold every message", || async {
-        let mut first: Option<Vec<String>> = None;
-        for n in nodes {
-            let c = n.contents().await.ok()?;
-            let set: BTreeSet<String> = c.iter().cloned().collect();
-            if set != *sent || c.len() != sent.len() || first.as_ref().is_some_and(|f| *f != c) {
-                return None;
-            }
-            first.get_or_insert(c);
-        }
-        first
-    })
-    .await
+    let refs: Vec<&NodeProc> = nodes.iter().collect();
+    skygit_harness::converged(&refs, sent, WAIT).await
 }
 
 pub async fn run(

@@ -4,14 +4,21 @@
 //! leader and voters leaving, and refuse a node whose certificate does not
 //! match its presence record.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use skygit_harness::{wait_for, wait_leader, wait_members, NodeProc, NodeSpec};
+use skygit_harness::{
+    converged, post_round, wait_for, wait_leader, wait_members, NodeProc, NodeSpec,
+};
 use skygit_tests::git_server::{clone_and_read, git};
 
 const SETTLE: Duration = Duration::from_secs(90);
+
+/// The tests of this file run one at a time: each starts up to five node
+/// processes, and on two cores several rooms at once would starve raft's
+/// timers.
+static ONE_ROOM_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn spec(dir: &Path, repo: &Path, user: &str, extra: &[&str]) -> NodeSpec {
     let mut s = NodeSpec::new(
@@ -53,41 +60,14 @@ async fn start(dir: &Path, repo: &Path, users: &[&str], extra: &[&str]) -> Vec<N
     nodes
 }
 
-/// Waits until every node's general conversation holds exactly `want`
-/// (in any order) and returns one node's order; every node must agree on
-/// that order.
-async fn wait_converged(nodes: &[&NodeProc], want: &BTreeMap<String, ()>) -> Vec<String> {
-    wait_for(SETTLE, "every node to hold every message once", || async {
-        let mut first: Option<Vec<String>> = None;
-        for n in nodes {
-            let c = n.contents().await.ok()?;
-            let set: BTreeMap<String, ()> = c.iter().map(|x| (x.clone(), ())).collect();
-            if c.len() != want.len() || &set != want {
-                return None;
-            }
-            match &first {
-                None => first = Some(c),
-                Some(f) => assert_eq!(f, &c, "nodes disagree on the order"),
-            }
-        }
-        first
-    })
-    .await
-    .expect("converged")
+async fn wait_converged(nodes: &[&NodeProc], sent: &BTreeSet<String>) -> Vec<String> {
+    converged(nodes, sent, SETTLE).await.expect("converged")
 }
 
-async fn post_all(nodes: &[&NodeProc], round: &str, each: usize, acked: &mut BTreeMap<String, ()>) {
-    for i in 0..each {
-        for n in nodes {
-            let text = format!("{round} {i} via {}", n.spec.user);
-            let p = n.post(&text).await.expect("post answered");
-            assert!(
-                p.index.is_some() || p.queued,
-                "post neither applied nor queued: {p:?}"
-            );
-            acked.insert(text, ());
-        }
-    }
+async fn post_all(nodes: &[&NodeProc], round: &str, each: u64, acked: &mut BTreeSet<String>) {
+    post_round(nodes, round, each, acked)
+        .await
+        .expect("posts acknowledged");
 }
 
 /// The repository's messages (contents), read with the real git.
@@ -106,6 +86,7 @@ fn repo_contents(repo: &Path, scratch: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_form_a_room_commit_and_survive_a_killed_leader() {
+    let _one = ONE_ROOM_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = bare_repo(dir.path());
     let t0 = Instant::now();
@@ -114,7 +95,7 @@ async fn three_processes_form_a_room_commit_and_survive_a_killed_leader() {
     wait_members(&refs, 3, SETTLE).await.expect("three voters");
     let leader = wait_leader(&refs, SETTLE).await.expect("a leader");
     eprintln!("room formed with leader {leader} after {:?}", t0.elapsed());
-    let mut acked = BTreeMap::new();
+    let mut acked = BTreeSet::new();
     post_all(&refs, "before", 5, &mut acked).await;
     wait_converged(&refs, &acked).await;
     // The leader commits to the repository.
@@ -153,7 +134,7 @@ async fn three_processes_form_a_room_commit_and_survive_a_killed_leader() {
     wait_converged(&survivors, &acked).await;
     wait_for(SETTLE, "the new leader to commit the rest", || async {
         let got = repo_contents(&repo, &scratch);
-        let set: BTreeMap<String, ()> = got.iter().map(|x| (x.clone(), ())).collect();
+        let set: BTreeSet<String> = got.iter().cloned().collect();
         (got.len() == acked.len() && set == acked).then_some(())
     })
     .await
@@ -165,6 +146,7 @@ async fn three_processes_form_a_room_commit_and_survive_a_killed_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_processes_keep_going_while_voters_leave_and_lose_nothing_when_they_return() {
+    let _one = ONE_ROOM_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = bare_repo(dir.path());
     let users = ["ana", "bo", "cy", "dee", "eli"];
@@ -173,7 +155,7 @@ async fn five_processes_keep_going_while_voters_leave_and_lose_nothing_when_they
     wait_members(&refs, 3, SETTLE)
         .await
         .expect("three voters, two learners");
-    let mut acked = BTreeMap::new();
+    let mut acked = BTreeSet::new();
     post_all(&refs, "all five", 2, &mut acked).await;
     wait_converged(&refs, &acked).await;
 
@@ -251,6 +233,7 @@ async fn five_processes_keep_going_while_voters_leave_and_lose_nothing_when_they
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_certificate_does_not_match_its_record_is_refused() {
+    let _one = ONE_ROOM_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = bare_repo(dir.path());
     let mut nodes = start(dir.path(), &repo, &["ana", "bo"], &[]).await;

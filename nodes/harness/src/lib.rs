@@ -30,6 +30,8 @@ pub struct NodeSpec {
     pub env: Vec<(String, String)>,
     /// Where the node's standard error goes.
     pub log: PathBuf,
+    /// A command the node runs under (for example `ip netns exec NS`).
+    pub wrapper: Vec<String>,
 }
 
 impl NodeSpec {
@@ -42,6 +44,7 @@ impl NodeSpec {
             args: Vec::new(),
             env: Vec::new(),
             log: data_dir.with_extension("log"),
+            wrapper: Vec::new(),
         }
     }
 }
@@ -73,7 +76,14 @@ impl NodeProc {
             .append(true)
             .open(&spec.log)
             .with_context(|| format!("cannot open {}", spec.log.display()))?;
-        let mut cmd = Command::new(&spec.bin);
+        let mut cmd = match spec.wrapper.split_first() {
+            None => Command::new(&spec.bin),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&spec.bin);
+                c
+            }
+        };
         cmd.arg("node")
             .arg("--repo")
             .arg(&spec.repo)
@@ -321,5 +331,59 @@ pub async fn wait_members(
             .all(|n| v.contains(&n.node_id) || learners.contains(&n.node_id));
         (v.len() == voters && all_in).then_some(())
     })
+    .await
+}
+
+/// Posts `each` messages through every node in turn (`"{round} #{i} from
+/// {user}"`), adding each acknowledged text to `sent`; returns what each
+/// post answered.
+pub async fn post_round(
+    nodes: &[&NodeProc],
+    round: &str,
+    each: u64,
+    sent: &mut std::collections::BTreeSet<String>,
+) -> anyhow::Result<Vec<(String, String, Posted)>> {
+    let mut out = Vec::new();
+    for i in 0..each {
+        for n in nodes {
+            let text = format!("{round} #{i} from {}", n.spec.user);
+            let p = n
+                .post(&text)
+                .await
+                .with_context(|| format!("posting through {}", n.spec.user))?;
+            if p.index.is_none() && !p.queued {
+                bail!("{} neither applied nor queued {text:?}", n.spec.user);
+            }
+            sent.insert(text.clone());
+            out.push((n.spec.user.clone(), text, p));
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until every node's general conversation holds exactly the texts
+/// in `sent`, each once, in the same order on every node; returns it.
+pub async fn converged(
+    nodes: &[&NodeProc],
+    sent: &std::collections::BTreeSet<String>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<String>> {
+    wait_for(
+        timeout,
+        "every node to hold every message once, in one order",
+        || async {
+            let mut first: Option<Vec<String>> = None;
+            for n in nodes {
+                let c = n.contents().await.ok()?;
+                let set: std::collections::BTreeSet<String> = c.iter().cloned().collect();
+                if set != *sent || c.len() != sent.len() || first.as_ref().is_some_and(|f| *f != c)
+                {
+                    return None;
+                }
+                first.get_or_insert(c);
+            }
+            first
+        },
+    )
     .await
 }
