@@ -83,12 +83,11 @@ struct Posted {
     outcome: String,
 }
 
-fn conversation(name: Option<String>) -> Result<ConversationId, Response> {
+fn conversation(name: Option<String>) -> Result<ConversationId, Box<Response>> {
     match name {
         None => Ok(ConversationId::general()),
-        Some(n) => {
-            ConversationId::new(n).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
-        }
+        Some(n) => ConversationId::new(n)
+            .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string()))),
     }
 }
 
@@ -111,7 +110,7 @@ async fn post_message(State(s): State<Shared>, body: axum::body::Bytes) -> Respo
     }
     let conversation = match conversation(body.conversation) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let submit = Submit {
         sender: s.room.user.clone(),
@@ -160,7 +159,7 @@ struct ReadQuery {
 async fn read_messages(State(s): State<Shared>, Query(q): Query<ReadQuery>) -> Response {
     let conversation = match conversation(q.conversation) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
     let reader = s.room.storage.reader.clone();
