@@ -78,6 +78,12 @@ pub struct SubscribeLinks(pub Recipient<LinkChanged>);
 #[rtype(result = "()")]
 pub struct RelayFrame(pub Envelope);
 
+/// Close the link to one peer as if it had failed (fault injection for
+/// tests; the usual reconnect follows).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct DropLink(pub NodeId);
+
 /// Close every link and stop (the node is shutting down).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -85,8 +91,16 @@ pub struct StopMesh;
 
 /// The mesh as this node sees it.
 #[derive(Message)]
-#[rtype(result = "Vec<PeerStatus>")]
+#[rtype(result = "MeshStatus")]
 pub struct GetMeshStatus;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MeshStatus {
+    pub peers: Vec<PeerStatus>,
+    /// Signals this node sent through the repository and over the mesh.
+    pub signals_via_repo: u64,
+    pub signals_via_mesh: u64,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PeerStatus {
@@ -105,6 +119,9 @@ pub struct Relayed {
     pub target: NodeId,
     /// 0 when sent by the origin; a relay forwards only hop-0 signals.
     pub hops: u8,
+    /// Sent back to the origin by a relay that has no open link to the
+    /// target: the origin falls back to the repository.
+    pub bounced: bool,
     pub kind: SignalKind,
     pub to_session: String,
     pub from_session: String,
@@ -143,6 +160,13 @@ struct Conn {
     /// The last signal this node sent for the current attempt went over
     /// the mesh.
     relayed: bool,
+    /// Relays of the current signal that have not bounced it, and the
+    /// signal itself (sent through the repository when all bounce).
+    relays_left: usize,
+    relayed_signal: Option<Signal>,
+    /// The attempt whose answer is being applied (a relayed answer may
+    /// arrive twice).
+    accepting: Option<u64>,
     actor: Addr<PeerActor>,
 }
 
@@ -159,6 +183,8 @@ pub struct MeshActor {
     peers: BTreeMap<NodeId, Conn>,
     pending: Vec<(NodeId, Signal)>,
     subscribers: Vec<Recipient<LinkChanged>>,
+    signals_via_repo: u64,
+    signals_via_mesh: u64,
     span: tracing::Span,
 }
 
@@ -188,6 +214,8 @@ impl MeshActor {
             peers: BTreeMap::new(),
             pending: Vec::new(),
             subscribers: Vec::new(),
+            signals_via_repo: 0,
+            signals_via_mesh: 0,
             span: tracing::info_span!("mesh", room, node = me),
         }
     }
@@ -243,16 +271,21 @@ impl MeshActor {
         };
         if neighbours.is_empty() || conn.relay_failed {
             conn.relayed = false;
+            self.signals_via_repo += 1;
             tracing::debug!(peer = signal.to, kind = ?signal.kind, attempt = signal.attempt, "signal through the repository");
             self.presence.do_send(SetSignal(signal));
             return;
         }
         conn.relayed = true;
+        conn.relays_left = neighbours.len();
+        conn.relayed_signal = Some(signal.clone());
+        self.signals_via_mesh += 1;
         tracing::debug!(peer = signal.to, kind = ?signal.kind, attempt = signal.attempt, via = ?neighbours, "signal over the mesh");
         let relayed = Relayed {
             origin: self.me,
             target: signal.to,
             hops: 0,
+            bounced: false,
             kind: signal.kind,
             to_session: signal.to_session,
             from_session: signal.from_session,
@@ -295,6 +328,34 @@ impl MeshActor {
             }
             .instrument(self.span.clone()),
         );
+    }
+
+    /// A relay could not forward this node's signal: when every relay has
+    /// bounced it, the signal goes through the repository.
+    fn on_bounce(&mut self, bounced: Relayed) {
+        let Some(conn) = self.peers.get_mut(&bounced.target) else {
+            return;
+        };
+        let current = conn
+            .relayed_signal
+            .as_ref()
+            .is_some_and(|s| s.attempt == bounced.attempt && s.kind == bounced.kind);
+        if !current {
+            return;
+        }
+        conn.relays_left = conn.relays_left.saturating_sub(1);
+        if conn.relays_left == 0 {
+            if let Some(signal) = conn.relayed_signal.take() {
+                tracing::debug!(
+                    peer = bounced.target,
+                    "no relay reaches the peer; signalling through the repository"
+                );
+                conn.relayed = false;
+                conn.relay_failed = true;
+                self.signals_via_repo += 1;
+                self.presence.do_send(SetSignal(signal));
+            }
+        }
     }
 
     fn start_offer(&mut self, peer: NodeId, ctx: &mut Context<Self>) {
@@ -449,8 +510,11 @@ impl MeshActor {
                 let Phase::Offering { attempt, .. } = conn.phase else {
                     return;
                 };
-                if attempt != signal.attempt {
+                if attempt != signal.attempt || conn.accepting == Some(attempt) {
                     return;
+                }
+                if let Some(c) = self.peers.get_mut(&from) {
+                    c.accepting = Some(attempt);
                 }
                 let transport = self.transport.clone();
                 ctx.spawn(
@@ -536,7 +600,8 @@ impl Handler<PeerEvent> for MeshActor {
                     c.record = record;
                     c.phase = Phase::Idle;
                     c.failures = 0;
-                    c.relay_failed = false;
+                    // Its neighbours' links to it are stale too.
+                    c.relay_failed = true;
                     if was_open {
                         self.notify(id, false);
                     }
@@ -552,8 +617,14 @@ impl Handler<PeerEvent> for MeshActor {
                             phase: Phase::Idle,
                             attempt: 0,
                             failures: 0,
-                            relay_failed: false,
+                            // A peer never linked before may not be linked
+                            // to any neighbour either: its first signals go
+                            // through the repository.
+                            relay_failed: true,
                             relayed: false,
+                            relays_left: 0,
+                            relayed_signal: None,
+                            accepting: None,
                             actor,
                         },
                     );
@@ -610,6 +681,12 @@ impl Handler<RelayFrame> for MeshActor {
         };
         if relayed.sdp.len() > crate::ports::MAX_SDP_BYTES {
             tracing::warn!(from = msg.0.from, "dropped an oversized relayed signal");
+            return;
+        }
+        if relayed.bounced {
+            if relayed.origin == self.me {
+                self.on_bounce(relayed);
+            }
             return;
         }
         if relayed.target == self.me {
@@ -710,8 +787,11 @@ impl Handler<GetMeshStatus> for MeshActor {
             .into_iter()
             .map(|l| (l.peer, l))
             .collect();
-        MessageResult(
-            self.peers
+        MessageResult(MeshStatus {
+            signals_via_repo: self.signals_via_repo,
+            signals_via_mesh: self.signals_via_mesh,
+            peers: self
+                .peers
                 .iter()
                 .map(|(id, c)| PeerStatus {
                     node_id: *id,
@@ -722,7 +802,7 @@ impl Handler<GetMeshStatus> for MeshActor {
                     link: links.get(id).cloned(),
                 })
                 .collect(),
-        )
+        })
     }
 }
 
@@ -738,5 +818,24 @@ impl Handler<StopMesh> for MeshActor {
             }
         });
         ctx.stop();
+    }
+}
+
+impl Handler<DropLink> for MeshActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: DropLink, _ctx: &mut Self::Context) -> bool {
+        let peer = msg.0;
+        if !self
+            .peers
+            .get(&peer)
+            .is_some_and(|c| c.phase == Phase::Open)
+        {
+            return false;
+        }
+        let transport = self.transport.clone();
+        actix::spawn(async move { transport.close(peer).await });
+        self.failed(peer, "dropped on request");
+        true
     }
 }

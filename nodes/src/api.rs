@@ -33,6 +33,8 @@ const MAX_PAGE: usize = 1000;
 
 pub struct ApiState {
     pub room: RoomHandle,
+    /// Serve `POST /api/faults/drop-link/{peer}` (tests only).
+    pub faults: bool,
 }
 
 type Shared = Arc<ApiState>;
@@ -63,7 +65,11 @@ async fn status(State(s): State<Shared>) -> Response {
         "consensus": consensus,
         "membership": membership,
         "presence": presence,
-        "peers": mesh,
+        "peers": mesh.as_ref().map(|m| &m.peers),
+        "signals": mesh.as_ref().map(|m| serde_json::json!({
+            "via_repo": m.signals_via_repo,
+            "via_mesh": m.signals_via_mesh,
+        })),
     }))
     .into_response()
 }
@@ -213,12 +219,33 @@ async fn events(State(s): State<Shared>) -> Response {
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
+async fn drop_link(
+    State(s): State<Shared>,
+    axum::extract::Path(peer): axum::extract::Path<u64>,
+) -> Response {
+    if !s.faults {
+        return error(StatusCode::NOT_FOUND, "fault injection is off");
+    }
+    let Some(mesh) = &s.room.mesh else {
+        return error(StatusCode::NOT_FOUND, "this node has no mesh");
+    };
+    match mesh.send(skygit_actors::mesh::DropLink(peer)).await {
+        Ok(true) => Json(serde_json::json!({ "dropped": peer })).into_response(),
+        Ok(false) => error(StatusCode::CONFLICT, format!("no open link to {peer}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
 /// Serves the API on `addr`; returns the bound address.
 pub async fn serve(addr: SocketAddr, state: ApiState) -> anyhow::Result<SocketAddr> {
     let app = Router::new()
         .route("/api/status", get(status))
         .route("/api/messages", get(read_messages).post(post_message))
         .route("/api/events", get(events))
+        .route(
+            "/api/faults/drop-link/{peer}",
+            axum::routing::post(drop_link),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::new(state));
     let listener = tokio::net::TcpListener::bind(addr)

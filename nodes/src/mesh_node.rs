@@ -54,6 +54,9 @@ pub struct MeshArgs {
     /// node's (its peers must refuse it).
     #[arg(long, hide = true)]
     pub fault_wrong_fingerprint: bool,
+    /// Test fault: serve `POST /api/faults/drop-link/{peer}`.
+    #[arg(long, hide = true)]
+    pub fault_api: bool,
 }
 
 /// Largest node-id file the node reads.
@@ -186,7 +189,14 @@ pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
             cfg.data_dir.display()
         )
     })?;
-    let api = crate::api::serve(args.api, crate::api::ApiState { room: room.clone() }).await?;
+    let api = crate::api::serve(
+        args.api,
+        crate::api::ApiState {
+            room: room.clone(),
+            faults: args.fault_api,
+        },
+    )
+    .await?;
     println!("api: http://{api}");
     eprintln!(
         "skygit node {id} in room {} as {}; api http://{api}; type a line to post, Ctrl-C to stop",

@@ -285,3 +285,71 @@ async fn a_node_whose_certificate_does_not_match_its_record_is_refused() {
         n.stop(Duration::from_secs(30)).await.expect("stops");
     }
 }
+
+fn signals(s: &serde_json::Value) -> (u64, u64) {
+    (
+        s["signals"]["via_repo"].as_u64().unwrap_or(0),
+        s["signals"]["via_mesh"].as_u64().unwrap_or(0),
+    )
+}
+
+fn phase_of(s: &serde_json::Value, peer: u64) -> String {
+    s["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["node_id"].as_u64() == Some(peer)))
+        .and_then(|p| p["phase"].as_str())
+        .unwrap_or("none")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_link_is_re_signalled_over_the_mesh_without_repository_writes() {
+    let _one = ONE_ROOM_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = bare_repo(dir.path());
+    let nodes = start(dir.path(), &repo, &["ana", "bo", "cy"], &["--fault-api"]).await;
+    let refs: Vec<&NodeProc> = nodes.iter().collect();
+    wait_members(&refs, 3, SETTLE).await.expect("three voters");
+    // The smallest and the largest id: the first offers to the second, and
+    // the third node is linked to both.
+    let mut ids: Vec<(u64, usize)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.node_id, i))
+        .collect();
+    ids.sort();
+    let (low, high) = (&nodes[ids[0].1], &nodes[ids[2].1]);
+    let before_low = signals(&low.status().await.expect("status"));
+    let before_high = signals(&high.status().await.expect("status"));
+    low.drop_link(high.node_id).await.expect("link dropped");
+    wait_for(SETTLE, "the link to come back", || async {
+        let s = low.status().await.ok()?;
+        (phase_of(&s, high.node_id) == "open").then_some(())
+    })
+    .await
+    .expect("reconnected");
+    let after_low = signals(&low.status().await.expect("status"));
+    let after_high = signals(&high.status().await.expect("status"));
+    assert!(
+        after_low.1 > before_low.1,
+        "the offer went over the mesh: {before_low:?} -> {after_low:?}"
+    );
+    assert!(
+        after_high.1 > before_high.1,
+        "the answer went over the mesh: {before_high:?} -> {after_high:?}"
+    );
+    assert_eq!(
+        after_low.0, before_low.0,
+        "no repository write for the offer"
+    );
+    assert_eq!(
+        after_high.0, before_high.0,
+        "no repository write for the answer"
+    );
+    let mut sent = BTreeSet::new();
+    post_all(&refs, "after the reconnect", 1, &mut sent).await;
+    wait_converged(&refs, &sent).await;
+    for mut n in nodes {
+        n.stop(Duration::from_secs(30)).await.expect("stops");
+    }
+}

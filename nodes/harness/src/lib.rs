@@ -228,6 +228,18 @@ impl NodeProc {
         Ok(rx)
     }
 
+    /// Closes this node's link to `peer` as if it failed (the node must run
+    /// with `--fault-api`).
+    pub async fn drop_link(&self, peer: u64) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .post(format!("{}/api/faults/drop-link/{peer}", self.api))
+            .send()
+            .await?;
+        r.error_for_status()?;
+        Ok(())
+    }
+
     /// The leader this node knows, if any.
     pub async fn leader(&self) -> Option<u64> {
         let s = self.status().await.ok()?;
