@@ -168,6 +168,7 @@ impl MembershipActor {
         self.busy = true;
         let text = format!("{step:?}");
         tracing::info!(step = %text, "membership change");
+        metrics::counter!("skygit_membership_changes_total").increment(1);
         self.last_step = Some(text);
         let replica = self.replica.clone();
         ctx.spawn(

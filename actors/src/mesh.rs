@@ -243,6 +243,12 @@ impl MeshActor {
     }
 
     fn notify(&mut self, peer: NodeId, up: bool) {
+        let open = self
+            .peers
+            .values()
+            .filter(|c| c.phase == Phase::Open)
+            .count();
+        metrics::gauge!("skygit_mesh_links_open").set(open as f64);
         self.subscribers.retain(|s| s.connected());
         for s in &self.subscribers {
             s.do_send(LinkChanged { peer, up });
@@ -272,6 +278,7 @@ impl MeshActor {
         if neighbours.is_empty() || conn.relay_failed {
             conn.relayed = false;
             self.signals_via_repo += 1;
+            metrics::counter!("skygit_mesh_signals_total", "via" => "repository").increment(1);
             tracing::debug!(peer = signal.to, kind = ?signal.kind, attempt = signal.attempt, "signal through the repository");
             self.presence.do_send(SetSignal(signal));
             return;
@@ -280,6 +287,7 @@ impl MeshActor {
         conn.relays_left = neighbours.len();
         conn.relayed_signal = Some(signal.clone());
         self.signals_via_mesh += 1;
+        metrics::counter!("skygit_mesh_signals_total", "via" => "mesh").increment(1);
         tracing::debug!(peer = signal.to, kind = ?signal.kind, attempt = signal.attempt, via = ?neighbours, "signal over the mesh");
         let relayed = Relayed {
             origin: self.me,
@@ -462,6 +470,7 @@ impl MeshActor {
             conn.relay_failed = true;
         }
         conn.failures = conn.failures.saturating_add(1);
+        metrics::counter!("skygit_mesh_link_failures_total").increment(1);
         conn.phase = Phase::Backoff {
             until: Instant::now() + wait,
         };
@@ -531,6 +540,16 @@ impl MeshActor {
         }
     }
 
+    /// Publishes each open link's round-trip time as a metric.
+    fn record_rtts(&self) {
+        for l in self.transport.links() {
+            if let (true, Some(rtt)) = (l.open, l.rtt_us) {
+                metrics::gauge!("skygit_mesh_rtt_seconds", "peer" => l.peer.to_string())
+                    .set(rtt as f64 / 1e6);
+            }
+        }
+    }
+
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let mut offer = Vec::new();
@@ -571,6 +590,7 @@ impl Actor for MeshActor {
         let _e = span.enter();
         tracing::info!(session = %self.session, "mesh actor started");
         ctx.run_interval(Duration::from_millis(250), |act, ctx| act.tick(ctx));
+        ctx.run_interval(Duration::from_secs(5), |act, _| act.record_rtts());
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {

@@ -21,7 +21,8 @@ use tracing::Instrument;
 
 use crate::ports::{PresenceChannel, PresenceError, PresenceRecord, Signal, WallClock};
 
-/// A peer is offline when its last heartbeat is older than this.
+/// A peer is offline when its last heartbeat is older than this (or than
+/// three heartbeat intervals, when those are longer).
 pub const OFFLINE_AFTER: Duration = Duration::from_secs(180);
 /// Most peers tracked per room; further records are ignored and logged.
 pub const MAX_PEERS: usize = 256;
@@ -200,7 +201,9 @@ impl PresenceActor {
 
     /// Folds fetched records into the online list, returning the events.
     fn update(&mut self, records: Vec<PresenceRecord>, now_ms: i64) -> Vec<PeerEvent> {
-        let cutoff = now_ms - OFFLINE_AFTER.as_millis() as i64;
+        // Three missed heartbeats, and never less than OFFLINE_AFTER.
+        let offline_after = OFFLINE_AFTER.max(self.opts.heartbeat.saturating_mul(3));
+        let cutoff = now_ms - offline_after.as_millis() as i64;
         let mut fresh = BTreeMap::new();
         for r in records {
             if r.node_id == self.me.node_id || r.last_seen < cutoff {
@@ -227,6 +230,7 @@ impl PresenceActor {
             }
         }
         self.online = fresh;
+        metrics::gauge!("skygit_presence_online_peers").set(self.online.len() as f64);
         events
     }
 
@@ -268,8 +272,10 @@ impl PresenceActor {
     fn failed(&mut self, e: &PresenceError, what: &str) {
         self.errors += 1;
         self.last_error = Some(format!("{what}: {e}"));
+        metrics::counter!("skygit_presence_errors_total").increment(1);
         if let PresenceError::RateLimited { retry_after_ms } = e {
             let wait = Duration::from_millis(*retry_after_ms).min(MAX_THROTTLE);
+            metrics::counter!("skygit_presence_throttled_total").increment(1);
             self.throttled_until = Some(tokio::time::Instant::now() + wait);
             tracing::warn!(?wait, "the presence channel is rate limited; slowing down");
         } else {
@@ -309,7 +315,10 @@ impl PresenceActor {
                 .map(|res, act, ctx| {
                     act.publishing = false;
                     match res {
-                        Ok(()) => act.publishes += 1,
+                        Ok(()) => {
+                            act.publishes += 1;
+                            metrics::counter!("skygit_presence_publishes_total").increment(1);
+                        }
                         Err(e) => {
                             act.dirty = true;
                             act.failed(&e, "publishing presence");
@@ -340,6 +349,7 @@ impl PresenceActor {
                     match res {
                         Ok(records) => {
                             act.polls += 1;
+                            metrics::counter!("skygit_presence_polls_total").increment(1);
                             act.absorb(records);
                         }
                         Err(e) => act.failed(&e, "polling presence"),

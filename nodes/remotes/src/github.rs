@@ -83,18 +83,18 @@ impl std::fmt::Debug for GithubConfig {
 }
 
 /// One answer, read whole (bounded).
-struct Answer {
-    status: StatusCode,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
     headers: HeaderMap,
     body: Vec<u8>,
 }
 
 impl Answer {
-    fn json<T: for<'de> Deserialize<'de>>(&self, what: &str) -> Result<T, RepoError> {
+    pub(crate) fn json<T: for<'de> Deserialize<'de>>(&self, what: &str) -> Result<T, RepoError> {
         serde_json::from_slice(&self.body).map_err(|e| RepoError::Invalid(format!("{what}: {e}")))
     }
 
-    fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         #[derive(Deserialize)]
         struct Msg {
             message: String,
@@ -123,7 +123,7 @@ enum CallError {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Method {
+pub(crate) enum Method {
     Get,
     Post,
     Patch,
@@ -139,7 +139,7 @@ impl Method {
 /// The GitHub remote of one repository and branch.
 pub struct GithubRemote {
     client: octocrab::Octocrab,
-    cfg: GithubConfig,
+    pub(crate) cfg: GithubConfig,
     calls: AtomicU64,
     /// Answers of conditional reads, by path: ETag and body.
     etags: Mutex<Bounded<(HeaderValue, Vec<u8>)>>,
@@ -186,7 +186,7 @@ struct CommitObj {
     message: String,
 }
 
-fn check_sha(s: &str) -> Result<(), RepoError> {
+pub(crate) fn check_sha(s: &str) -> Result<(), RepoError> {
     if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(())
     } else {
@@ -249,7 +249,7 @@ impl GithubRemote {
         })
     }
 
-    fn repo_path(&self) -> String {
+    pub(crate) fn repo_path(&self) -> String {
         format!(
             "/repos/{}/{}",
             encode_path(&self.cfg.owner),
@@ -403,7 +403,7 @@ impl GithubRemote {
         Ok(answer)
     }
 
-    async fn write(
+    pub(crate) async fn write(
         &self,
         method: Method,
         path: &str,
@@ -415,7 +415,7 @@ impl GithubRemote {
             .await
     }
 
-    async fn get(&self, path: &str, max_bytes: usize) -> Result<Answer, RepoError> {
+    pub(crate) async fn get(&self, path: &str, max_bytes: usize) -> Result<Answer, RepoError> {
         self.call(Method::Get, path, None, true, max_bytes).await
     }
 
@@ -728,7 +728,11 @@ impl GithubRemote {
         Ok(out)
     }
 
-    async fn read_blob_impl(&self, id: &str, max_bytes: usize) -> Result<Vec<u8>, RepoError> {
+    pub(crate) async fn read_blob_impl(
+        &self,
+        id: &str,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, RepoError> {
         check_sha(id)?;
         // base64 with line breaks, plus the JSON around it.
         let limit = max_bytes.saturating_mul(2).saturating_add(64 * 1024);
@@ -816,7 +820,7 @@ fn classify_limits(a: Answer) -> Result<Answer, RepoError> {
     }
 }
 
-fn unexpected(what: &str, status: StatusCode, a: &Answer) -> RepoError {
+pub(crate) fn unexpected(what: &str, status: StatusCode, a: &Answer) -> RepoError {
     if status.is_server_error() {
         RepoError::Unavailable(format!("{what}: {status} {}", a.message()))
     } else if status == StatusCode::NOT_FOUND {

@@ -6,12 +6,19 @@
 //! - [`git::GitRemote`]: a local path or any git URL, through libgit2.
 //!
 //! [`open`] picks one from a room's repository spec.
+//!
+//! The presence channels behind
+//! [`PresenceChannel`](skygit_actors::ports::PresenceChannel) store per-node
+//! refs `refs/skygit/presence/<id>` identically on either backend:
+//! [`GitPresence`] and [`GithubPresence`].
 
 pub mod git;
 pub mod git_presence;
 pub mod github;
+pub mod github_presence;
 
 pub use git_presence::GitPresence;
+pub use github_presence::GithubPresence;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -59,6 +59,9 @@ type ApiResult = Result<Reply, ApiError>;
 /// Routes one request (path with query) and runs it.
 pub(crate) fn dispatch(shared: &Shared, method: &str, path: &str, body: &Value) -> Reply {
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    // `split_path` drops a trailing slash, which matters to matching-refs
+    // (`heads/a/` matches `heads/a/b` but not `heads/ab`).
+    let trailing_slash = path.ends_with('/');
     let query = parse_query(query);
     let Some(segments) = split_path(path) else {
         return not_found();
@@ -88,6 +91,13 @@ pub(crate) fn dispatch(shared: &Shared, method: &str, path: &str, body: &Value) 
     let result = match (method, rest.as_slice()) {
         ("GET", []) => ctx.get_repo(),
         ("GET", ["git", "ref" | "refs", r @ ..]) if !r.is_empty() => ctx.get_ref(&r.join("/")),
+        ("GET", ["git", "matching-refs", r @ ..]) => {
+            let mut prefix = r.join("/");
+            if trailing_slash && !prefix.is_empty() {
+                prefix.push('/');
+            }
+            ctx.matching_refs(&prefix)
+        }
         ("PATCH", ["git", "refs", r @ ..]) if !r.is_empty() => ctx.update_ref(&r.join("/"), body),
         ("DELETE", ["git", "refs", r @ ..]) if !r.is_empty() => ctx.delete_ref(&r.join("/")),
         ("POST", ["git", "refs"]) => ctx.create_ref(body),
@@ -462,6 +472,32 @@ impl Ctx<'_> {
             .and_then(|r| r.target())
             .ok_or_else(ApiError::not_found)?;
         Ok(Reply::cacheable(self.ref_json(&full, oid)))
+    }
+
+    /// `GET /git/matching-refs/{prefix}`: every ref whose full name starts
+    /// with `refs/{prefix}`, sorted by name (an empty array when none
+    /// does).
+    fn matching_refs(&self, prefix: &str) -> ApiResult {
+        self.ensure_not_empty()?;
+        let full_prefix = format!("refs/{prefix}");
+        let mut found: Vec<(String, Oid)> = Vec::new();
+        for r in self.repo.references().map_err(ApiError::internal)? {
+            let r = r.map_err(ApiError::internal)?;
+            let Some(name) = r.name().ok().filter(|n| n.starts_with(&full_prefix)) else {
+                continue;
+            };
+            let name = name.to_owned();
+            if let Some(oid) = r.resolve().ok().and_then(|r| r.target()) {
+                found.push((name, oid));
+            }
+        }
+        found.sort();
+        Ok(Reply::cacheable(Value::Array(
+            found
+                .iter()
+                .map(|(name, oid)| self.ref_json(name, *oid))
+                .collect(),
+        )))
     }
 
     fn update_ref(&self, rest: &str, body: &Value) -> ApiResult {

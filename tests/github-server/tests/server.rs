@@ -984,3 +984,111 @@ fn concurrent_ref_updates_are_atomic() {
     let winner = head_sha(&server);
     assert!(children.contains(&winner));
 }
+
+#[test]
+fn matching_refs_lists_refs_by_prefix_and_is_conditional() {
+    let (_dir, server) = start();
+    let r = call(
+        &server,
+        "GET",
+        "/repos/acme/chat/git/matching-refs/skygit/presence/",
+        None,
+    );
+    assert_eq!(r.status, 409, "an empty repository");
+    let head = seed(&server);
+    let path = "/repos/acme/chat/git/matching-refs/skygit/presence/";
+    let r = call(&server, "GET", path, None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!([]));
+    for name in [
+        "refs/skygit/presence/7",
+        "refs/skygit/presence/10",
+        "refs/skygit/presence-other/1",
+    ] {
+        let r = call(
+            &server,
+            "POST",
+            "/repos/acme/chat/git/refs",
+            Some(json!({"ref": name, "sha": head})),
+        );
+        assert_eq!(r.status, 201, "{:?}", r.json());
+    }
+    let r = call(&server, "GET", path, None);
+    assert_eq!(r.status, 200);
+    let listed: Vec<(String, String)> = r
+        .json()
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|e| {
+            (
+                e["ref"].as_str().unwrap().to_owned(),
+                e["object"]["sha"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("refs/skygit/presence/10".to_owned(), head.clone()),
+            ("refs/skygit/presence/7".to_owned(), head.clone()),
+        ],
+        "sorted by name; the trailing slash keeps presence-other out"
+    );
+    assert_eq!(r.json()[0]["object"]["type"], "commit");
+    // Without the trailing slash the prefix matches presence-other too.
+    let r = call(
+        &server,
+        "GET",
+        "/repos/acme/chat/git/matching-refs/skygit/presence",
+        None,
+    );
+    assert_eq!(r.json().as_array().map(Vec::len), Some(3));
+
+    // Conditional: unchanged refs answer 304, a moved ref 200.
+    let etag = call(&server, "GET", path, None)
+        .header("etag")
+        .expect("etag")
+        .to_owned();
+    let auth = format!("token {TOKEN}");
+    let conditional = || {
+        raw_request(
+            &server,
+            "GET",
+            path,
+            &[("Authorization", &auth), ("If-None-Match", &etag)],
+            b"",
+        )
+    };
+    assert_eq!(conditional().status, 304);
+    let tree = call(
+        &server,
+        "POST",
+        "/repos/acme/chat/git/trees",
+        Some(json!({"tree": [{"path": "p", "mode": "100644", "type": "blob", "content": "x"}]})),
+    )
+    .json()["sha"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let commit = call(
+        &server,
+        "POST",
+        "/repos/acme/chat/git/commits",
+        Some(json!({"message": "p", "tree": tree, "parents": []})),
+    )
+    .json()["sha"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = call(
+        &server,
+        "PATCH",
+        "/repos/acme/chat/git/refs/skygit/presence/7",
+        Some(json!({"sha": commit, "force": true})),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let r = conditional();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()[1]["object"]["sha"], commit.as_str());
+}
