@@ -42,10 +42,16 @@ pub struct MeshArgs {
     #[arg(long, env = "SKYGIT_FAST_POLL_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(200..=60_000))]
     pub fast_poll_ms: u64,
-    /// Presence poll and heartbeat interval once settled, in seconds.
+    /// Presence poll interval once settled, in seconds.
     #[arg(long, env = "SKYGIT_SLOW_POLL_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub slow_poll_secs: u64,
+    /// Presence heartbeat (a repository write) interval, in seconds:
+    /// default 60 on a git remote, 300 on GitHub, whose secondary limit
+    /// allows 500 writes an hour for presence and commits together.
+    #[arg(long, env = "SKYGIT_HEARTBEAT_SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_secs: Option<u64>,
     /// Raft voters of the room (1 to 5); every other node is a learner.
     #[arg(long, env = "SKYGIT_VOTERS", default_value_t = 3,
           value_parser = clap::value_parser!(u64).range(1..=MAX_VOTERS as u64))]
@@ -116,19 +122,28 @@ pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
     let id = node_id(&cfg.data_dir)?;
     let spec = cfg.room.as_str().to_owned();
     let cache = cfg.data_dir.join("cache").join(cfg.room.storage_key());
-    let presence: Arc<dyn PresenceChannel> = match skygit_remotes::parse_github_spec(&spec) {
-        Some(_) => anyhow::bail!(
-            "presence over the GitHub API is not built yet; run the room on a git remote or path, or use --local-nodes"
-        ),
-        None => Arc::new(
-            skygit_remotes::GitPresence::open(&spec, id, &cache.join("presence"))
-                .map_err(|e| anyhow::anyhow!("presence channel: {e}"))?,
-        ),
-    };
-    let remote = crate::repo::open_remote(&cfg.room, &cfg.remote, &cfg.data_dir, id)?;
+    // On GitHub presence and commits share one remote, so they share its
+    // write budget and conditional-request cache.
+    let (presence, remote, heartbeat): (Arc<dyn PresenceChannel>, Arc<dyn RepoRemote>, u64) =
+        match skygit_remotes::parse_github_spec(&spec) {
+            Some(parsed) => {
+                let (owner, name) =
+                    parsed.map_err(|e| anyhow::anyhow!("repository {spec}: {e}"))?;
+                let p = skygit_remotes::GithubPresence::open(&owner, &name, &cfg.remote, id)
+                    .map_err(|e| anyhow::anyhow!("presence channel: {e}"))?;
+                let remote: Arc<dyn RepoRemote> = p.remote();
+                (Arc::new(p), remote, args.heartbeat_secs.unwrap_or(300))
+            }
+            None => {
+                let p = skygit_remotes::GitPresence::open(&spec, id, &cache.join("presence"))
+                    .map_err(|e| anyhow::anyhow!("presence channel: {e}"))?;
+                let remote = crate::repo::open_remote(&cfg.room, &cfg.remote, &cfg.data_dir, id)?;
+                (Arc::new(p), remote, args.heartbeat_secs.unwrap_or(60))
+            }
+        };
     let fast = Duration::from_millis(args.fast_poll_ms);
     let presence_opts = PresenceOptions {
-        heartbeat: Duration::from_secs(args.slow_poll_secs),
+        heartbeat: Duration::from_secs(heartbeat),
         fast_poll: fast,
         slow_poll: Duration::from_secs(args.slow_poll_secs),
     };

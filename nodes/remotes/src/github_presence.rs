@@ -558,35 +558,36 @@ impl GithubPresence {
                     continue;
                 }
             };
-            let name: String = r.name.chars().take(256).collect();
-            let sha: String = r.object.sha.chars().take(64).collect();
-            let reason = if !r.name.starts_with(PRESENCE_REF_PREFIX) {
-                Some("the ref is not a presence ref".to_owned())
-            } else if node_of(&r.name).is_none() {
-                Some("the ref name is not a decimal node id".to_owned())
+            let id = node_of(&r.name);
+            let reason = if id.is_none() {
+                "the ref name is not a decimal node id".to_owned()
             } else if check_sha(&r.object.sha).is_err() {
-                Some("the ref does not name an object id".to_owned())
+                "the ref does not name an object id".to_owned()
             } else {
-                match r.object.kind.as_deref() {
-                    None | Some("commit") => None,
-                    Some(kind) => Some(format!(
+                match (id, r.object.kind.as_deref()) {
+                    (Some(id), None | Some("commit")) => {
+                        out.push(Listed {
+                            name: r.name,
+                            id,
+                            sha: r.object.sha.to_ascii_lowercase(),
+                        });
+                        continue;
+                    }
+                    (_, kind) => format!(
                         "the ref points at a {}, not a commit",
-                        kind.chars().take(32).collect::<String>()
-                    )),
+                        kind.unwrap_or_default()
+                            .chars()
+                            .take(32)
+                            .collect::<String>()
+                    ),
                 }
             };
-            match (reason, node_of(&r.name)) {
-                (None, Some(id)) => out.push(Listed {
-                    name: r.name,
-                    id,
-                    sha: r.object.sha.to_ascii_lowercase(),
-                }),
-                (reason, _) => refused.push((
-                    name,
-                    sha,
-                    reason.unwrap_or_else(|| "the ref name is not a decimal node id".into()),
-                )),
-            }
+            // Bounded: these are logged.
+            refused.push((
+                r.name.chars().take(256).collect(),
+                r.object.sha.chars().take(64).collect(),
+                reason,
+            ));
         }
         {
             let mut state = self.state();
