@@ -1,0 +1,106 @@
+//! Two `skygit node` processes on a GitHub room, served by the stateful
+//! GitHub-compatible test server (a real bare repository behind the REST
+//! API): they meet through presence refs written with the Git Data API,
+//! connect over WebRTC, and the leader commits through the same API. The
+//! results are checked with the real git in the server's repository.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use skygit_github_server::GithubServer;
+use skygit_harness::{converged, post_round, wait_for, wait_members, NodeProc, NodeSpec};
+use skygit_tests::git_server::{clone_and_read, git};
+
+const TOKEN: &str = "test-token-1234";
+const SETTLE: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_meet_and_commit_through_the_github_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bare = dir.path().join("srv").join("room.git");
+    let server = GithubServer::start(&bare, "acme", "room", TOKEN).expect("server starts");
+    let bin = Path::new(env!("CARGO_BIN_EXE_skygit"));
+    let init = std::process::Command::new(bin)
+        .args([
+            "init",
+            "--repo",
+            "github:acme/room",
+            "--github-api",
+            &server.url(),
+        ])
+        .env("GITHUB_TOKEN", TOKEN)
+        .output()
+        .expect("init runs");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+
+    let mut nodes = Vec::new();
+    for user in ["ana", "bo"] {
+        let mut spec = NodeSpec::new(
+            bin,
+            Path::new("github:acme/room"),
+            user,
+            &dir.path().join(user),
+        );
+        spec.args = [
+            "--github-api",
+            &server.url(),
+            "--fast-poll-ms",
+            "300",
+            "--slow-poll-secs",
+            "2",
+            "--heartbeat-secs",
+            "5",
+            "--commit-interval",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec();
+        spec.env = vec![("GITHUB_TOKEN".into(), TOKEN.into())];
+        nodes.push(NodeProc::start(spec).await.expect("node starts"));
+    }
+    let refs: Vec<&NodeProc> = nodes.iter().collect();
+    wait_members(&refs, 2, SETTLE).await.expect("two voters");
+    let mut sent = BTreeSet::new();
+    post_round(&refs, "via github", 3, &mut sent)
+        .await
+        .expect("posted");
+    converged(&refs, &sent, SETTLE).await.expect("converged");
+
+    let url = format!("file://{}", bare.display());
+    let scratch = dir.path().join("clone");
+    wait_for(SETTLE, "the leader to commit through the API", || async {
+        let cloned = clone_and_read(&url, &scratch);
+        let got: BTreeSet<String> = cloned
+            .changes
+            .iter()
+            .filter_map(|c| match &c.kind {
+                skygit_consensus::model::ChangeKind::Post { content, .. } => Some(content.clone()),
+                _ => None,
+            })
+            .collect();
+        (got == sent).then_some(())
+    })
+    .await
+    .expect("the repository holds every message");
+    let presence = git(&[
+        "--git-dir",
+        &bare.to_string_lossy(),
+        "for-each-ref",
+        "--format=%(refname)",
+        "refs/skygit/presence",
+    ]);
+    let listed: BTreeSet<String> = presence.lines().map(str::to_owned).collect();
+    let want: BTreeSet<String> = nodes
+        .iter()
+        .map(|n| format!("refs/skygit/presence/{}", n.node_id))
+        .collect();
+    assert_eq!(listed, want, "one presence ref per node");
+    for mut n in nodes {
+        n.stop(Duration::from_secs(30)).await.expect("stops");
+    }
+}
