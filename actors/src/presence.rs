@@ -587,4 +587,74 @@ mod tests {
         let ev = a.update(vec![rec(3, "s3b", t1)], t1);
         assert_eq!(ev, vec![PeerEvent::Online(rec(3, "s3b", t1))]);
     }
+
+    fn signal(
+        to: NodeId,
+        to_session: &str,
+        attempt: u64,
+        kind: crate::ports::SignalKind,
+    ) -> Signal {
+        Signal {
+            to,
+            to_session: to_session.into(),
+            from_session: "s2".into(),
+            attempt,
+            kind,
+            sdp: "v=0".into(),
+        }
+    }
+
+    #[test]
+    fn only_new_signals_for_this_session_are_handed_on() {
+        use crate::ports::SignalKind::{Answer, Offer};
+        let mut a = PresenceActor::new(
+            rec(1, "s1", 0),
+            Arc::new(LocalPresence::default()),
+            Arc::new(crate::ports::SystemClock),
+            "r",
+        );
+        let t0 = 1_000_000_000;
+        let mut peer = rec(2, "s2", t0);
+        peer.signals = vec![
+            signal(1, "s1", 1, Offer),
+            signal(1, "old-session", 1, Offer),
+            signal(3, "s3", 1, Offer),
+        ];
+        a.update(vec![peer.clone()], t0);
+        let got = a.new_signals();
+        assert_eq!(got.len(), 1, "only the offer to this session: {got:?}");
+        assert_eq!(got[0].from, 2);
+        assert_eq!(got[0].signal.attempt, 1);
+        // The same record read again hands nothing on.
+        a.update(vec![peer.clone()], t0);
+        assert!(a.new_signals().is_empty());
+        // A new attempt, and an answer, are new.
+        peer.signals = vec![signal(1, "s1", 2, Offer), signal(1, "s1", 2, Answer)];
+        a.update(vec![peer], t0);
+        assert_eq!(a.new_signals().len(), 2);
+    }
+
+    #[test]
+    fn records_from_outside_are_checked() {
+        let mut r = rec(2, "s2", 1);
+        assert_eq!(PresenceRecord::from_json(&r.to_json()), Ok(r.clone()));
+        r.version = 2;
+        assert!(matches!(
+            PresenceRecord::from_json(&r.to_json()),
+            Err(crate::ports::RecordError::Version(2))
+        ));
+        r.version = crate::ports::PRESENCE_VERSION;
+        r.signals = (0..17)
+            .map(|i| signal(1, "s1", i, crate::ports::SignalKind::Offer))
+            .collect();
+        assert!(matches!(
+            PresenceRecord::from_json(&r.to_json()),
+            Err(crate::ports::RecordError::Bound(_))
+        ));
+        assert!(PresenceRecord::from_json(b"{not json").is_err());
+        assert!(matches!(
+            PresenceRecord::from_json(&vec![b' '; crate::ports::MAX_PRESENCE_RECORD_BYTES + 1]),
+            Err(crate::ports::RecordError::TooLarge(_))
+        ));
+    }
 }
