@@ -33,8 +33,10 @@ const MAX_PAGE: usize = 1000;
 
 pub struct ApiState {
     pub room: RoomHandle,
-    /// Serve `POST /api/faults/drop-link/{peer}` (tests only).
+    /// Serve the `/api/faults/...` routes (tests only).
     pub faults: bool,
+    /// The WebRTC endpoint, for injecting raw bytes (tests only).
+    pub mesh: Option<Arc<skygit_mesh::Mesh>>,
 }
 
 type Shared = Arc<ApiState>;
@@ -236,12 +238,46 @@ async fn drop_link(
     }
 }
 
+/// Sends `body` to a peer as it is: `wire` as one raw data-channel message
+/// (below the mesh's framing), `frame` as one frame (below the envelope
+/// codec). Tests use it to play a peer that sends garbage.
+async fn send_raw(
+    State(s): State<Shared>,
+    axum::extract::Path((peer, layer)): axum::extract::Path<(u64, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if !s.faults {
+        return error(StatusCode::NOT_FOUND, "fault injection is off");
+    }
+    let Some(mesh) = &s.mesh else {
+        return error(StatusCode::NOT_FOUND, "this node has no mesh");
+    };
+    let sent = match layer.as_str() {
+        "wire" => mesh.send_raw(peer, &body).await.map_err(|e| e.to_string()),
+        "frame" => {
+            use skygit_consensus::ports::PeerLink;
+            mesh.send(peer, body.to_vec())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        other => return error(StatusCode::BAD_REQUEST, format!("unknown layer {other:?}")),
+    };
+    match sent {
+        Ok(()) => Json(serde_json::json!({ "sent": body.len() })).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e),
+    }
+}
+
 /// Serves the API on `addr`; returns the bound address.
 pub async fn serve(addr: SocketAddr, state: ApiState) -> anyhow::Result<SocketAddr> {
     let app = Router::new()
         .route("/api/status", get(status))
         .route("/api/messages", get(read_messages).post(post_message))
         .route("/api/events", get(events))
+        .route(
+            "/api/faults/send/{peer}/{layer}",
+            axum::routing::post(send_raw),
+        )
         .route(
             "/api/faults/drop-link/{peer}",
             axum::routing::post(drop_link),

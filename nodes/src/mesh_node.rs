@@ -60,7 +60,8 @@ pub struct MeshArgs {
     /// node's (its peers must refuse it).
     #[arg(long, hide = true)]
     pub fault_wrong_fingerprint: bool,
-    /// Test fault: serve `POST /api/faults/drop-link/{peer}`.
+    /// Test fault: serve `POST /api/faults/drop-link/{peer}` and
+    /// `POST /api/faults/send/{peer}/{wire|frame}`.
     #[arg(long, hide = true)]
     pub fault_api: bool,
 }
@@ -209,6 +210,7 @@ pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
         crate::api::ApiState {
             room: room.clone(),
             faults: args.fault_api,
+            mesh: Some(mesh.clone()),
         },
     )
     .await?;

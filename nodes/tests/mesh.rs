@@ -353,3 +353,66 @@ async fn a_lost_link_is_re_signalled_over_the_mesh_without_repository_writes() {
         n.stop(Duration::from_secs(30)).await.expect("stops");
     }
 }
+
+fn peer_field(s: &serde_json::Value, peer: u64, field: &str) -> u64 {
+    s["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["node_id"].as_u64() == Some(peer)))
+        .and_then(|p| p[field].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_a_peer_is_refused_and_the_node_keeps_serving_the_others() {
+    let _one = ONE_ROOM_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = bare_repo(dir.path());
+    let nodes = start(dir.path(), &repo, &["ana", "bo", "cy"], &["--fault-api"]).await;
+    let refs: Vec<&NodeProc> = nodes.iter().collect();
+    wait_members(&refs, 3, SETTLE).await.expect("three voters");
+    let (attacker, victim) = (&nodes[0], &nodes[1]);
+    let mut sent = BTreeSet::new();
+
+    // Frames that break the envelope codec: a wrong wire version, junk
+    // after the right one, an empty frame. The victim drops each frame and
+    // keeps the link.
+    let before = victim.status().await.expect("status");
+    let attempt_before = peer_field(&before, attacker.node_id, "attempt");
+    for bad in [vec![9u8, 1, 2, 3], vec![1u8, 255, 255, 255, 255, 7], vec![]] {
+        attacker
+            .send_raw(victim.node_id, "frame", bad)
+            .await
+            .expect("frame sent");
+    }
+    post_all(&refs, "after bad frames", 1, &mut sent).await;
+    wait_converged(&refs, &sent).await;
+    let after = victim.status().await.expect("status");
+    assert_eq!(phase_of(&after, attacker.node_id), "open", "{after}");
+    assert_eq!(
+        peer_field(&after, attacker.node_id, "attempt"),
+        attempt_before,
+        "a bad frame must not cost the link: {after}"
+    );
+
+    // Bytes that break the mesh's own framing (unknown version, unknown
+    // kind, a lone chunk continuation): the victim drops the link.
+    for bad in [vec![7u8, 0, 1], vec![1u8, 99, 0], vec![1u8, 2, 0, 0]] {
+        attacker.send_raw(victim.node_id, "wire", bad).await.ok();
+        wait_for(SETTLE, "the link to be dropped and made again", || async {
+            let s = victim.status().await.ok()?;
+            let attempt = peer_field(&s, attacker.node_id, "attempt");
+            let reconnected = phase_of(&s, attacker.node_id) == "open";
+            let attacker_side = attacker.status().await.ok()?;
+            let both = phase_of(&attacker_side, victim.node_id) == "open";
+            (attempt > attempt_before && reconnected && both).then_some(attempt)
+        })
+        .await
+        .expect("dropped, then reconnected");
+    }
+    // Meanwhile the victim served the third node, and the room goes on.
+    post_all(&refs, "after bad wire bytes", 1, &mut sent).await;
+    wait_converged(&refs, &sent).await;
+    for mut n in nodes {
+        n.stop(Duration::from_secs(30)).await.expect("stops");
+    }
+}

@@ -240,6 +240,25 @@ impl NodeProc {
         Ok(())
     }
 
+    /// Sends raw bytes to `peer` at `layer` (`wire` or `frame`); the node
+    /// must run with `--fault-api`.
+    pub async fn send_raw(&self, peer: u64, layer: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .post(format!("{}/api/faults/send/{peer}/{layer}", self.api))
+            .body(bytes)
+            .send()
+            .await?;
+        let status = r.status();
+        if !status.is_success() {
+            bail!(
+                "send_raw answered {status}: {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
     /// The leader this node knows, if any.
     pub async fn leader(&self) -> Option<u64> {
         let s = self.status().await.ok()?;
