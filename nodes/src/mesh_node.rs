@@ -53,9 +53,10 @@ pub struct MeshArgs {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub heartbeat_secs: Option<u64>,
     /// Raft voters of the room (1 to 5); every other node is a learner.
-    #[arg(long, env = "SKYGIT_VOTERS", default_value_t = 3,
+    /// Default: the room's `config.json`, else 3.
+    #[arg(long, env = "SKYGIT_VOTERS",
           value_parser = clap::value_parser!(u64).range(1..=MAX_VOTERS as u64))]
-    pub voters: u64,
+    pub voters: Option<u64>,
     /// Test fault: publish a certificate fingerprint that is not this
     /// node's (its peers must refuse it).
     #[arg(long, hide = true)]
@@ -97,6 +98,20 @@ pub fn node_id(data_dir: &Path) -> anyhow::Result<NodeId> {
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(id)
+}
+
+/// The room's voter count from its `config.json` at the branch head, if
+/// the repository has one (a bad or missing config leaves the default).
+async fn configured_voters(remote: &dyn RepoRemote) -> Option<u64> {
+    let head = remote.head().await.ok()??;
+    match skygit_actors::readback::config_at(remote, &head.commit_sha).await {
+        Ok(Some(Ok(c))) => Some(u64::from(c.voters)),
+        Ok(Some(Err(e))) => {
+            tracing::warn!(error = %e, "the room's config.json is invalid; using the default voter count");
+            None
+        }
+        _ => None,
+    }
 }
 
 /// Whether this node may start a new group: only when the repository has
@@ -149,6 +164,11 @@ pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
         slow_poll: Duration::from_secs(args.slow_poll_secs),
     };
     let bootstrap = bootstrap_rule(remote.as_ref(), 2 * fast + Duration::from_secs(1)).await;
+    let voters = match args.voters {
+        Some(v) => v,
+        None => configured_voters(remote.as_ref()).await.unwrap_or(3),
+    }
+    .clamp(1, MAX_VOTERS as u64);
     let (mesh, incoming, events) = Mesh::new(
         id,
         MeshConfig {
@@ -189,7 +209,7 @@ pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
                 presence: presence_opts,
                 mesh: Default::default(),
                 policy: MembershipPolicy {
-                    voters: args.voters as usize,
+                    voters: voters as usize,
                     ..Default::default()
                 },
                 bootstrap,

@@ -416,3 +416,31 @@ async fn garbage_from_a_peer_is_refused_and_the_node_keeps_serving_the_others() 
         n.stop(Duration::from_secs(30)).await.expect("stops");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_config_sets_the_voter_count() {
+    let _one = ONE_ROOM_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = bare_repo(dir.path());
+    let init = std::process::Command::new(env!("CARGO_BIN_EXE_skygit"))
+        .args(["init", "--repo", &repo.to_string_lossy(), "--voters", "1"])
+        .output()
+        .expect("init runs");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let nodes = start(dir.path(), &repo, &["ana", "bo", "cy"], &[]).await;
+    let refs: Vec<&NodeProc> = nodes.iter().collect();
+    // One voter, the other two learners, and the room still replicates.
+    wait_members(&refs, 1, SETTLE)
+        .await
+        .expect("one voter, two learners");
+    let mut sent = BTreeSet::new();
+    post_all(&refs, "one voter", 1, &mut sent).await;
+    wait_converged(&refs, &sent).await;
+    for mut n in nodes {
+        n.stop(Duration::from_secs(30)).await.expect("stops");
+    }
+}
