@@ -170,6 +170,28 @@ fn local_error(what: &str, e: git2::Error) -> RepoError {
     RepoError::Unavailable(format!("{what}: {}", e.message()))
 }
 
+/// Pushes `refspec` to `remote` with the shared callbacks; returns the
+/// remote's refusal of the ref update, if it refused one.
+pub(crate) fn push_refspec(
+    remote: &mut git2::Remote<'_>,
+    refspec: &str,
+) -> Result<Option<String>, git2::Error> {
+    let mut rejected: Option<String> = None;
+    {
+        let mut cb = callbacks();
+        cb.push_update_reference(|_, status| {
+            if let Some(s) = status {
+                rejected = Some(s.to_owned());
+            }
+            Ok(())
+        });
+        let mut po = PushOptions::new();
+        po.remote_callbacks(cb);
+        remote.push(&[refspec], Some(&mut po))?;
+    }
+    Ok(rejected)
+}
+
 pub(crate) fn callbacks<'a>() -> RemoteCallbacks<'a> {
     let mut cb = RemoteCallbacks::new();
     let mut attempts = 0usize;
@@ -312,22 +334,7 @@ impl Ctx<'_> {
             .map_err(|e| local_error("push ref", e))?;
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut remote = self.remote()?;
-        let mut rejected: Option<String> = None;
-        let result = {
-            let mut cb = callbacks();
-            cb.push_update_reference(|_, status| {
-                if let Some(s) = status {
-                    rejected = Some(s.to_owned());
-                }
-                Ok(())
-            });
-            let mut po = PushOptions::new();
-            po.remote_callbacks(cb);
-            remote.push(
-                &[format!("{PUSH_REF}:{}", self.branch_ref())],
-                Some(&mut po),
-            )
-        };
+        let result = push_refspec(&mut remote, &format!("{PUSH_REF}:{}", self.branch_ref()));
         match result {
             Err(e) if e.code() == ErrorCode::NotFastForward => Err(RepoError::Conflict),
             Err(e)
@@ -338,7 +345,7 @@ impl Ctx<'_> {
             // The pack may or may not have been applied when the connection
             // broke: the caller re-reads the head.
             Err(e) => Err(RepoError::Unknown(format!("push: {}", e.message()))),
-            Ok(()) => match rejected {
+            Ok(rejected) => match rejected {
                 None => Ok(()),
                 Some(s)
                     if s.contains("fast-forward")

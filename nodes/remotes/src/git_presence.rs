@@ -40,14 +40,13 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use git2::{
-    AutotagOption, Direction, FetchOptions, FileMode, ObjectType, Oid, PushOptions, Repository,
-    Signature, Time,
+    AutotagOption, Direction, FetchOptions, FileMode, ObjectType, Oid, Repository, Signature, Time,
 };
 use skygit_actors::ports::{
     PresenceChannel, PresenceError, PresenceRecord, MAX_PRESENCE_RECORD_BYTES,
 };
 
-use crate::git::{callbacks, is_url, redact, set_timeouts};
+use crate::git::{callbacks, is_url, push_refspec, redact, set_timeouts};
 
 /// A node's id (`skygit_consensus::NodeId`, which this crate does not
 /// depend on directly).
@@ -98,9 +97,58 @@ struct State {
 }
 
 #[derive(Clone)]
-enum Decoded {
+pub(crate) enum Decoded {
     Record(PresenceRecord),
     Refused(String),
+}
+
+impl Decoded {
+    /// The record, when it belongs to node `id` named by ref `name`;
+    /// otherwise logs why it is skipped: a warning the first time commit
+    /// `commit` is read (`fresh`), a debug line after (an unchanged bad ref
+    /// is not news).
+    pub(crate) fn accept(
+        self,
+        name: &str,
+        commit: &dyn std::fmt::Display,
+        id: NodeId,
+        fresh: bool,
+    ) -> Option<PresenceRecord> {
+        let refused = match self {
+            Decoded::Record(r) if r.node_id == id => return Some(r),
+            Decoded::Record(r) => format!("the record claims node {}", r.node_id),
+            Decoded::Refused(reason) => reason,
+        };
+        if fresh {
+            tracing::warn!(r#ref = %name, %commit, reason = %refused, "skipping a presence record");
+        } else {
+            tracing::debug!(r#ref = %name, %commit, reason = %refused, "skipping a presence record");
+        }
+        None
+    }
+}
+
+/// The node a presence ref names, when its name ends in the id's
+/// canonical decimal form (`007`, `+7` and `1/2` name none).
+pub(crate) fn node_of(name: &str) -> Option<NodeId> {
+    let suffix = name.strip_prefix(PRESENCE_REF_PREFIX)?;
+    suffix
+        .parse::<NodeId>()
+        .ok()
+        .filter(|id| id.to_string() == suffix)
+}
+
+/// Keeps the first [`MAX_PRESENCE_REFS`] of refs sorted by node id (the
+/// lowest ids), warning when some are dropped.
+pub(crate) fn cap_refs<T>(sorted: &mut Vec<T>) {
+    if sorted.len() > MAX_PRESENCE_REFS {
+        tracing::warn!(
+            refs = sorted.len(),
+            kept = MAX_PRESENCE_REFS,
+            "too many presence refs; ignoring those of the highest node ids"
+        );
+        sorted.truncate(MAX_PRESENCE_REFS);
+    }
 }
 
 impl GitPresence {
@@ -340,20 +388,8 @@ impl Shared {
         let mut remote = repo
             .remote_anonymous(&self.location)
             .map_err(|e| self.error("remote", e))?;
-        let mut rejected: Option<String> = None;
-        let result = {
-            let mut cb = callbacks();
-            cb.push_update_reference(|_, status| {
-                if let Some(s) = status {
-                    rejected = Some(s.to_owned());
-                }
-                Ok(())
-            });
-            let mut po = PushOptions::new();
-            po.remote_callbacks(cb);
-            remote.push(&[format!("+{own}:{own}")], Some(&mut po))
-        };
-        result.map_err(|e| self.error("push", e))?;
+        let rejected = push_refspec(&mut remote, &format!("+{own}:{own}"))
+            .map_err(|e| self.error("push", e))?;
         match rejected {
             None => Ok(()),
             Some(s) => Err(PresenceError::Unavailable(
@@ -388,19 +424,8 @@ impl Shared {
                     (d, true)
                 }
             };
-            let refused = match decoded {
-                Decoded::Record(r) if r.node_id == l.id => {
-                    out.push(r);
-                    continue;
-                }
-                Decoded::Record(r) => format!("the record claims node {}", r.node_id),
-                Decoded::Refused(reason) => reason,
-            };
-            // Warn once per commit; an unchanged bad ref is not news.
-            if fresh {
-                tracing::warn!(r#ref = %l.name, commit = %l.oid, reason = %refused, "skipping a presence record");
-            } else {
-                tracing::debug!(r#ref = %l.name, commit = %l.oid, reason = %refused, "skipping a presence record");
+            if let Some(r) = decoded.accept(&l.name, &l.oid, l.id, fresh) {
+                out.push(r);
             }
         }
         // Forget commits no ref points at any more.
@@ -498,12 +523,7 @@ impl Shared {
 fn select(raw: Vec<(String, Option<Oid>)>) -> Vec<Listed> {
     let mut out = Vec::new();
     for (name, oid) in raw {
-        let suffix = name.strip_prefix(PRESENCE_REF_PREFIX).unwrap_or("");
-        let id = suffix
-            .parse::<NodeId>()
-            .ok()
-            .filter(|id| id.to_string() == suffix);
-        match (id, oid) {
+        match (node_of(&name), oid) {
             (Some(id), Some(oid)) => out.push(Listed { name, id, oid }),
             (None, _) => {
                 tracing::warn!(r#ref = %name, reason = "the ref name is not a decimal node id", "skipping a presence record");
@@ -514,14 +534,7 @@ fn select(raw: Vec<(String, Option<Oid>)>) -> Vec<Listed> {
         }
     }
     out.sort_by_key(|l| l.id);
-    if out.len() > MAX_PRESENCE_REFS {
-        tracing::warn!(
-            refs = out.len(),
-            kept = MAX_PRESENCE_REFS,
-            "too many presence refs; ignoring those of the highest node ids"
-        );
-        out.truncate(MAX_PRESENCE_REFS);
-    }
+    cap_refs(&mut out);
     out
 }
 

@@ -61,6 +61,7 @@ use skygit_actors::ports::{
 };
 
 use crate::git::redact;
+use crate::git_presence::{cap_refs, node_of, Decoded};
 pub use crate::git_presence::{
     NodeId, MAX_PRESENCE_REFS, PRESENCE_AUTHOR_EMAIL, PRESENCE_AUTHOR_NAME, PRESENCE_FILE,
     PRESENCE_REF_PREFIX,
@@ -103,12 +104,6 @@ struct State {
     /// Listed refs refused for their name or target, by (ref, sha): warned
     /// about once.
     warned: BTreeSet<(String, String)>,
-}
-
-#[derive(Clone)]
-enum Decoded {
-    Record(PresenceRecord),
-    Refused(String),
 }
 
 /// Why a presence commit could not be read.
@@ -181,14 +176,6 @@ fn presence_message(id: NodeId) -> String {
 
 /// A listed ref's node id: the ref name's suffix, when it is a canonical
 /// decimal id (`7`, not `007`, `+7` or `7/x`).
-fn node_of(name: &str) -> Option<NodeId> {
-    let suffix = name.strip_prefix(PRESENCE_REF_PREFIX)?;
-    suffix
-        .parse::<NodeId>()
-        .ok()
-        .filter(|id| id.to_string() == suffix)
-}
-
 impl GithubPresence {
     /// The presence channel of GitHub repository `owner/name`, reached as
     /// `opts` says (API base URL, token), for node `node_id`. It makes its
@@ -505,19 +492,8 @@ impl GithubPresence {
                     (d, true)
                 }
             };
-            let refused = match decoded {
-                Decoded::Record(r) if r.node_id == l.id => {
-                    out.push(r);
-                    continue;
-                }
-                Decoded::Record(r) => format!("the record claims node {}", r.node_id),
-                Decoded::Refused(reason) => reason,
-            };
-            // Warn once per commit; an unchanged bad ref is not news.
-            if fresh {
-                tracing::warn!(r#ref = %l.name, commit = %l.sha, reason = %refused, "skipping a presence record");
-            } else {
-                tracing::debug!(r#ref = %l.name, commit = %l.sha, reason = %refused, "skipping a presence record");
+            if let Some(r) = decoded.accept(&l.name, &l.sha, l.id, fresh) {
+                out.push(r);
             }
         }
         // Forget commits no ref points at any more.
@@ -603,14 +579,7 @@ impl GithubPresence {
         }
         out.sort_by_key(|l| l.id);
         out.dedup_by_key(|l| l.id);
-        if out.len() > MAX_PRESENCE_REFS {
-            tracing::warn!(
-                refs = out.len(),
-                kept = MAX_PRESENCE_REFS,
-                "too many presence refs; ignoring those of the highest node ids"
-            );
-            out.truncate(MAX_PRESENCE_REFS);
-        }
+        cap_refs(&mut out);
         out
     }
 
