@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use skygit_consensus::ports::{IncomingFrame, LinkError, PeerLink};
 use skygit_consensus::NodeId;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use webrtc::peer_connection::{RTCCertificate, RTCSessionDescription};
 
@@ -423,6 +423,24 @@ impl Mesh {
         }
     }
 
+    /// Replaces any link to `peer` with a new one of the next generation
+    /// in `role`; returns it with the watch that turns true when its ICE
+    /// gathering completes.
+    async fn new_link(
+        &self,
+        peer: NodeId,
+        role: Role,
+        expected: Fingerprint,
+    ) -> Result<(Arc<Link>, watch::Receiver<bool>), MeshError> {
+        self.retire(peer).await;
+        let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+        let (link, gathered) = Link::start(&self.inner, peer, generation, role, expected).await?;
+        if let Some(old) = self.inner.install(link.clone()) {
+            old.wait_torn_down().await;
+        }
+        Ok((link, gathered))
+    }
+
     /// Starts a connection to `peer` as the offerer (replacing any earlier link
     /// to it) and returns the complete offer SDP (ICE gathering finished:
     /// non-trickle). The peer's certificate must have fingerprint
@@ -435,13 +453,7 @@ impl Mesh {
         self.check_open()?;
         let expected =
             Fingerprint::parse(expected_fingerprint).map_err(MeshError::BadFingerprint)?;
-        self.retire(peer).await;
-        let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
-        let (link, gathered) =
-            Link::start(&self.inner, peer, generation, Role::Offerer, expected).await?;
-        if let Some(old) = self.inner.install(link.clone()) {
-            old.wait_torn_down().await;
-        }
+        let (link, gathered) = self.new_link(peer, Role::Offerer, expected).await?;
         let result = async {
             let offer = link.pc.create_offer(None).await?;
             link.pc.set_local_description(offer).await?;
@@ -478,13 +490,7 @@ impl Mesh {
         }
         let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
             .map_err(|e| MeshError::BadSdp(e.to_string()))?;
-        self.retire(peer).await;
-        let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
-        let (link, gathered) =
-            Link::start(&self.inner, peer, generation, Role::Answerer, expected).await?;
-        if let Some(old) = self.inner.install(link.clone()) {
-            old.wait_torn_down().await;
-        }
+        let (link, gathered) = self.new_link(peer, Role::Answerer, expected).await?;
         let result = async {
             link.pc
                 .set_remote_description(offer)
