@@ -40,14 +40,8 @@ pub struct RaftBenchArgs {
 }
 
 pub async fn raft(args: RaftBenchArgs) -> anyhow::Result<()> {
-    let tmp;
-    let dir = match &args.data_dir {
-        Some(d) => d.clone(),
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let work = crate::work_dir(args.data_dir.clone())?;
+    let dir = work.path.clone();
     let room = RoomId::new("bench:raft")?;
     // Default raft settings: snapshots at the default interval are part of
     // the measured cost.

@@ -90,14 +90,8 @@ async fn applied_everywhere(
 }
 
 pub async fn mesh(args: MeshBenchArgs) -> anyhow::Result<()> {
-    let tmp;
-    let dir = match &args.data_dir {
-        Some(d) => d.clone(),
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let work = crate::work_dir(args.data_dir.clone())?;
+    let dir = work.path.clone();
     let repo = dir.join("room.git");
     let reader = GitRemote::open(
         &repo.to_string_lossy(),

@@ -8,7 +8,7 @@
 //! alone. Exit status 0 only if the nodes and the repository agree.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -87,18 +87,25 @@ fn log_of(c: &LocalCluster, id: NodeId) -> anyhow::Result<Vec<Ulid>> {
         .all_message_ids()?)
 }
 
+/// Reads the room's history back from the repository at `repo` alone,
+/// through a fresh cache below `dir`.
+pub async fn read_back(dir: &Path, repo: &Path) -> anyhow::Result<readback::History> {
+    let fresh = GitRemote::open(
+        &repo.to_string_lossy(),
+        "main",
+        &dir.join("git-cache-reader"),
+    )?;
+    readback::load(&fresh, ReadbackLimits::default())
+        .await
+        .context("cannot read the history back from the repository")
+}
+
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if !args.in_process {
         return crate::demo_procs::run(args.nodes, args.messages, args.data_dir, args.keep).await;
     }
-    let tmp;
-    let dir = match args.data_dir {
-        Some(d) => d,
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let work = crate::work_dir(args.data_dir)?;
+    let dir = work.path.clone();
     let repo = dir.join("room.git");
     let room = RoomId::new(repo.to_string_lossy().into_owned())?;
     let mut opts = LocalOptions::new(&room);
@@ -196,14 +203,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.nodes,
         reference.len()
     );
-    let fresh = GitRemote::open(
-        &repo.to_string_lossy(),
-        "main",
-        &dir.join("git-cache-reader"),
-    )?;
-    let history = readback::load(&fresh, ReadbackLimits::default())
-        .await
-        .context("cannot read the history back from the repository")?;
+    let history = read_back(&dir, &repo).await?;
     let in_repo: Vec<Ulid> = history
         .messages
         .iter()

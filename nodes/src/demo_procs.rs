@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use skygit_actors::readback::{self, ReadbackLimits};
 use skygit_harness::{wait_for, wait_leader, wait_members, NodeProc, NodeSpec};
 use skygit_remotes::git::GitRemote;
 
@@ -46,14 +45,8 @@ pub async fn run(
     data_dir: Option<PathBuf>,
     keep: bool,
 ) -> anyhow::Result<()> {
-    let tmp;
-    let dir = match data_dir {
-        Some(d) => d,
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let work = crate::work_dir(data_dir)?;
+    let dir = work.path.clone();
     let repo = dir.join("room.git");
     std::fs::create_dir_all(&dir)?;
     // Creates the bare repository before the nodes race to.
@@ -141,14 +134,7 @@ pub async fn run(
     for node in nodes.iter_mut().rev() {
         node.stop(Duration::from_secs(60)).await?;
     }
-    let fresh = GitRemote::open(
-        &repo.to_string_lossy(),
-        "main",
-        &dir.join("git-cache-reader"),
-    )?;
-    let history = readback::load(&fresh, ReadbackLimits::default())
-        .await
-        .context("cannot read the history back from the repository")?;
+    let history = crate::demo::read_back(&dir, &repo).await?;
     let in_repo: Vec<String> = history
         .messages
         .iter()

@@ -167,6 +167,26 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// A command's working directory: the one given, or a temporary one that
+/// is removed when this value drops.
+pub struct WorkDir {
+    pub path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+pub fn work_dir(given: Option<PathBuf>) -> anyhow::Result<WorkDir> {
+    Ok(match given {
+        Some(path) => WorkDir { path, _temp: None },
+        None => {
+            let t = tempfile::tempdir().context("cannot make a temporary directory")?;
+            WorkDir {
+                path: t.path().to_path_buf(),
+                _temp: Some(t),
+            }
+        }
+    })
+}
+
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).
 pub async fn shutdown_signal() -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
