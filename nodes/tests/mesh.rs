@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use skygit_harness::{
-    converged, post_round, wait_for, wait_leader, wait_members, NodeProc, NodeSpec,
+    converged, link_phase, peer_entry, post_round, wait_for, wait_leader, wait_members, NodeProc,
+    NodeSpec,
 };
 use skygit_tests::git_server::{clone_and_read, git};
 
@@ -252,12 +253,7 @@ async fn a_node_whose_certificate_does_not_match_its_record_is_refused() {
     wait_for(SETTLE, "the honest nodes to refuse the liar", || async {
         for n in &refs {
             let s = n.status().await.ok()?;
-            let peer = s["peers"]
-                .as_array()?
-                .iter()
-                .find(|p| p["node_id"].as_u64() == Some(liar.node_id))?
-                .clone();
-            if peer["failures"].as_u64()? < 2 {
+            if peer_entry(&s, liar.node_id)?["failures"].as_u64()? < 2 {
                 return None;
             }
         }
@@ -273,12 +269,11 @@ async fn a_node_whose_certificate_does_not_match_its_record_is_refused() {
             .filter_map(|v| v.as_u64())
             .collect();
         assert!(!members.contains(&liar.node_id), "the liar joined: {s}");
-        let open = s["peers"]
-            .as_array()
-            .expect("peers")
-            .iter()
-            .any(|p| p["node_id"].as_u64() == Some(liar.node_id) && p["phase"] == "open");
-        assert!(!open, "a link to the liar is open: {s}");
+        assert_ne!(
+            link_phase(&s, liar.node_id),
+            "open",
+            "a link to the liar is open: {s}"
+        );
     }
     liar.kill().await.expect("killed");
     for n in &mut nodes {
@@ -291,15 +286,6 @@ fn signals(s: &serde_json::Value) -> (u64, u64) {
         s["signals"]["via_repo"].as_u64().unwrap_or(0),
         s["signals"]["via_mesh"].as_u64().unwrap_or(0),
     )
-}
-
-fn phase_of(s: &serde_json::Value, peer: u64) -> String {
-    s["peers"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["node_id"].as_u64() == Some(peer)))
-        .and_then(|p| p["phase"].as_str())
-        .unwrap_or("none")
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,7 +310,7 @@ async fn a_lost_link_is_re_signalled_over_the_mesh_without_repository_writes() {
     low.drop_link(high.node_id).await.expect("link dropped");
     wait_for(SETTLE, "the link to come back", || async {
         let s = low.status().await.ok()?;
-        (phase_of(&s, high.node_id) == "open").then_some(())
+        (link_phase(&s, high.node_id) == "open").then_some(())
     })
     .await
     .expect("reconnected");
@@ -355,9 +341,7 @@ async fn a_lost_link_is_re_signalled_over_the_mesh_without_repository_writes() {
 }
 
 fn peer_field(s: &serde_json::Value, peer: u64, field: &str) -> u64 {
-    s["peers"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["node_id"].as_u64() == Some(peer)))
+    peer_entry(s, peer)
         .and_then(|p| p[field].as_u64())
         .unwrap_or(0)
 }
@@ -387,7 +371,7 @@ async fn garbage_from_a_peer_is_refused_and_the_node_keeps_serving_the_others() 
     post_all(&refs, "after bad frames", 1, &mut sent).await;
     wait_converged(&refs, &sent).await;
     let after = victim.status().await.expect("status");
-    assert_eq!(phase_of(&after, attacker.node_id), "open", "{after}");
+    assert_eq!(link_phase(&after, attacker.node_id), "open", "{after}");
     assert_eq!(
         peer_field(&after, attacker.node_id, "attempt"),
         attempt_before,
@@ -401,9 +385,9 @@ async fn garbage_from_a_peer_is_refused_and_the_node_keeps_serving_the_others() 
         wait_for(SETTLE, "the link to be dropped and made again", || async {
             let s = victim.status().await.ok()?;
             let attempt = peer_field(&s, attacker.node_id, "attempt");
-            let reconnected = phase_of(&s, attacker.node_id) == "open";
+            let reconnected = link_phase(&s, attacker.node_id) == "open";
             let attacker_side = attacker.status().await.ok()?;
-            let both = phase_of(&attacker_side, victim.node_id) == "open";
+            let both = link_phase(&attacker_side, victim.node_id) == "open";
             (attempt > attempt_before && reconnected && both).then_some(attempt)
         })
         .await

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use skygit_harness::{
-    converged, post_round, wait_for, wait_leader, wait_members, NodeProc, NodeSpec,
+    converged, link_phase, post_round, wait_for, wait_leader, wait_members, NodeProc, NodeSpec,
 };
 use skygit_tests::git_server::git;
 
@@ -229,11 +229,7 @@ async fn an_isolated_host_catches_up_after_the_partition_heals() {
         || async {
             for n in &majority {
                 let s = n.status().await.ok()?;
-                let open = s["peers"]
-                    .as_array()?
-                    .iter()
-                    .any(|p| p["node_id"].as_u64() == Some(cut_off) && p["phase"] == "open");
-                if open {
+                if link_phase(&s, cut_off) == "open" {
                     return None;
                 }
             }

@@ -418,3 +418,18 @@ pub async fn converged(
     )
     .await
 }
+
+/// The entry for `peer` in a node's status (its `peers` list), if listed.
+pub fn peer_entry(status: &serde_json::Value, peer: u64) -> Option<&serde_json::Value> {
+    status["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["node_id"].as_u64() == Some(peer))
+}
+
+/// The phase of this node's link to `peer` (`"none"` when not listed).
+pub fn link_phase(status: &serde_json::Value, peer: u64) -> &str {
+    peer_entry(status, peer)
+        .and_then(|p| p["phase"].as_str())
+        .unwrap_or("none")
+}
