@@ -63,14 +63,16 @@ pub struct SignalReceived {
     pub signal: Signal,
 }
 
-/// Publish this node's heartbeat now.
+/// Publish this node's heartbeat now (through the schedule: after a
+/// publish in flight, not while the channel is rate limited).
 #[derive(Message)]
-#[rtype(result = "Result<(), PresenceError>")]
+#[rtype(result = "()")]
 pub struct Heartbeat;
 
-/// Read the presence channel now and update the peer list.
+/// Read the presence channel now and update the peer list (through the
+/// schedule: after a poll in flight, not while rate limited).
 #[derive(Message)]
-#[rtype(result = "Result<Vec<PresenceRecord>, PresenceError>")]
+#[rtype(result = "()")]
 pub struct Poll;
 
 /// The peers currently online.
@@ -387,30 +389,20 @@ impl Actor for PresenceActor {
 }
 
 impl Handler<Heartbeat> for PresenceActor {
-    type Result = ResponseFuture<Result<(), PresenceError>>;
+    type Result = ();
 
-    fn handle(&mut self, _: Heartbeat, _ctx: &mut Self::Context) -> Self::Result {
-        let (channel, record) = (self.channel.clone(), self.record());
-        Box::pin(async move { channel.publish(record).await }.instrument(self.span.clone()))
+    fn handle(&mut self, _: Heartbeat, ctx: &mut Self::Context) {
+        self.dirty = true;
+        self.tick(ctx);
     }
 }
 
 impl Handler<Poll> for PresenceActor {
-    type Result = ResponseActFuture<Self, Result<Vec<PresenceRecord>, PresenceError>>;
+    type Result = ();
 
-    fn handle(&mut self, _: Poll, _ctx: &mut Self::Context) -> Self::Result {
-        let channel = self.channel.clone();
-        Box::pin(
-            async move { channel.fetch().await }
-                .instrument(self.span.clone())
-                .into_actor(self)
-                .map(|res, act, _| {
-                    let records = res?;
-                    act.polls += 1;
-                    act.absorb(records);
-                    Ok(act.online.values().cloned().collect())
-                }),
-        )
+    fn handle(&mut self, _: Poll, ctx: &mut Self::Context) {
+        self.next_poll = tokio::time::Instant::now();
+        self.tick(ctx);
     }
 }
 
