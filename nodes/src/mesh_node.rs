@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use skygit_actors::membership::Bootstrap;
-use skygit_actors::ports::{PresenceChannel, RepoRemote, SeededRng};
+use skygit_actors::ports::{PresenceChannel, RepoError, RepoHead, RepoRemote, SeededRng};
 use skygit_actors::presence::PresenceOptions;
 use skygit_actors::room::{start_room, MeshPorts, RoomPorts, RoomSpec};
 use skygit_consensus::membership::{MembershipPolicy, MAX_VOTERS};
@@ -102,8 +102,8 @@ pub fn node_id(data_dir: &Path) -> anyhow::Result<NodeId> {
 
 /// The room's voter count from its `config.json` at the branch head, if
 /// the repository has one (a bad or missing config leaves the default).
-async fn configured_voters(remote: &dyn RepoRemote) -> Option<u64> {
-    let head = remote.head().await.ok()??;
+async fn configured_voters(remote: &dyn RepoRemote, head: Option<&RepoHead>) -> Option<u64> {
+    let head = head?;
     match skygit_actors::readback::config_at(remote, &head.commit_sha).await {
         Ok(Some(Ok(c))) => Some(u64::from(c.voters)),
         Ok(Some(Err(e))) => {
@@ -117,15 +117,19 @@ async fn configured_voters(remote: &dyn RepoRemote) -> Option<u64> {
 /// Whether this node may start a new group: only when the repository has
 /// no log yet (a room with history is continued by a member of its group;
 /// re-forming a group from the repository alone is not built yet).
-async fn bootstrap_rule(remote: &dyn RepoRemote, settle: Duration) -> Bootstrap {
-    let head = match remote.head().await {
+async fn bootstrap_rule(
+    remote: &dyn RepoRemote,
+    head: &Result<Option<RepoHead>, RepoError>,
+    settle: Duration,
+) -> Bootstrap {
+    let head = match head {
         Ok(h) => h,
         Err(e) => return Bootstrap::Refuse(format!("cannot read the repository: {e}")),
     };
     let Some(head) = head else {
         return Bootstrap::After(settle);
     };
-    match skygit_actors::readback::watermark_of(remote, &head).await {
+    match skygit_actors::readback::watermark_of(remote, head).await {
         Ok(0) => Bootstrap::After(settle),
         Ok(w) => Bootstrap::Refuse(format!(
             "the repository holds the room's log up to index {w}; only a member of its raft group can continue it"
@@ -163,10 +167,15 @@ pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
         fast_poll: fast,
         slow_poll: Duration::from_secs(args.slow_poll_secs),
     };
-    let bootstrap = bootstrap_rule(remote.as_ref(), 2 * fast + Duration::from_secs(1)).await;
+    // One read of the branch head serves the bootstrap rule and the
+    // room's config.
+    let head = remote.head().await;
+    let bootstrap = bootstrap_rule(remote.as_ref(), &head, 2 * fast + Duration::from_secs(1)).await;
     let voters = match args.voters {
         Some(v) => v,
-        None => configured_voters(remote.as_ref()).await.unwrap_or(3),
+        None => configured_voters(remote.as_ref(), head.as_ref().ok().and_then(Option::as_ref))
+            .await
+            .unwrap_or(3),
     }
     .clamp(1, MAX_VOTERS as u64);
     let (mesh, incoming, events) = Mesh::new(
