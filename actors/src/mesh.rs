@@ -157,11 +157,9 @@ struct Conn {
     failures: u32,
     /// The last attempt's signals went over the mesh and did not connect.
     relay_failed: bool,
-    /// The last signal this node sent for the current attempt went over
-    /// the mesh.
-    relayed: bool,
     /// Relays of the current signal that have not bounced it, and the
-    /// signal itself (sent through the repository when all bounce).
+    /// signal itself while it travels over the mesh (sent through the
+    /// repository when all bounce; `None` once it went there).
     relays_left: usize,
     relayed_signal: Option<Signal>,
     /// The attempt whose answer is being applied (a relayed answer may
@@ -276,14 +274,13 @@ impl MeshActor {
             return;
         };
         if neighbours.is_empty() || conn.relay_failed {
-            conn.relayed = false;
+            conn.relayed_signal = None;
             self.signals_via_repo += 1;
             metrics::counter!("skygit_mesh_signals_total", "via" => "repository").increment(1);
             tracing::debug!(peer = signal.to, kind = ?signal.kind, attempt = signal.attempt, "signal through the repository");
             self.presence.do_send(SetSignal(signal));
             return;
         }
-        conn.relayed = true;
         conn.relays_left = neighbours.len();
         conn.relayed_signal = Some(signal.clone());
         self.signals_via_mesh += 1;
@@ -358,7 +355,6 @@ impl MeshActor {
                     peer = bounced.target,
                     "no relay reaches the peer; signalling through the repository"
                 );
-                conn.relayed = false;
                 conn.relay_failed = true;
                 self.signals_via_repo += 1;
                 self.presence.do_send(SetSignal(signal));
@@ -466,7 +462,7 @@ impl MeshActor {
             return;
         };
         let was_open = conn.phase == Phase::Open;
-        if !was_open && conn.relayed {
+        if !was_open && conn.relayed_signal.is_some() {
             conn.relay_failed = true;
         }
         conn.failures = conn.failures.saturating_add(1);
@@ -641,7 +637,6 @@ impl Handler<PeerEvent> for MeshActor {
                             // to any neighbour either: its first signals go
                             // through the repository.
                             relay_failed: true,
-                            relayed: false,
                             relays_left: 0,
                             relayed_signal: None,
                             accepting: None,
