@@ -1,9 +1,6 @@
-//! The peer actor: one per remote node of a room, owning the connection to
-//! it and its state for the UI.
-//!
-//! This issue defines its messages and state machine; the WebRTC
-//! connection, signalling and reconnect backoff come with the mesh issue.
-//! Until then nodes of one process talk over `skygit_consensus::inproc`.
+//! The peer actor: one per remote node of a room, holding the state of the
+//! link to it for the UI. The mesh actor (`crate::mesh`) runs the link
+//! itself (signalling, reconnects with backoff) and reports its state here.
 
 use actix::prelude::*;
 use skygit_consensus::NodeId;

@@ -195,8 +195,8 @@ pub enum PresenceError {
     RateLimited { retry_after_ms: u64 },
 }
 
-/// Where nodes of a room announce themselves (a GitHub Discussion, per-node
-/// refs of a git remote, or the simulator's host).
+/// Where nodes of a room announce themselves: per-node refs of the room's
+/// repository (on GitHub or any git remote), or the simulator's host.
 pub trait PresenceChannel: Send + Sync + 'static {
     /// Writes this node's record, replacing its previous one.
     fn publish(&self, record: PresenceRecord) -> BoxFuture<'_, Result<(), PresenceError>>;

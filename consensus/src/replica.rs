@@ -387,8 +387,9 @@ where
             codec::to_bytes(&answer)
         }
         other => {
-            // Presence, signalling and media traffic get their handlers with
-            // the mesh; until then such calls are refused, not ignored.
+            // Signalling is taken out of the frame stream before it gets
+            // here (the room's demultiplexer); presence and media calls
+            // have no handler yet and are refused, not ignored.
             tracing::debug!(node = inner.id, kind = ?other, "no handler for call");
             codec::to_bytes(&ChatRpcResponse::Failed(format!(
                 "no handler for {other:?}"
