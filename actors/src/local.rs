@@ -133,6 +133,7 @@ impl LocalCluster {
             raft: self.opts.raft.clone(),
             faults: self.opts.faults,
             committer: self.opts.committer,
+            disk: None,
         };
         let ports = RoomPorts {
             mesh: None,

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::mesh::LinkChanged;
+use crate::ports::{RepoError, RepoRemote};
 use crate::presence::{OnlinePeers, PresenceActor, SetInGroup};
 
 /// How often the controller looks at the room.
@@ -58,6 +59,10 @@ pub struct MembershipActor {
     presence: Addr<PresenceActor>,
     policy: MembershipPolicy,
     bootstrap: Bootstrap,
+    /// The room's repository: read again right before starting a group,
+    /// so a node that lost sight of an existing group does not start a
+    /// second one once that group has committed.
+    repo: Option<Arc<dyn RepoRemote>>,
     started: Instant,
     online: BTreeSet<NodeId>,
     down_since: BTreeMap<NodeId, Instant>,
@@ -75,6 +80,7 @@ impl MembershipActor {
         presence: Addr<PresenceActor>,
         policy: MembershipPolicy,
         bootstrap: Bootstrap,
+        repo: Option<Arc<dyn RepoRemote>>,
     ) -> Self {
         let span = tracing::info_span!("membership", room, node = replica.id());
         let me = replica.id();
@@ -83,6 +89,7 @@ impl MembershipActor {
             presence,
             policy,
             bootstrap,
+            repo,
             started: Instant::now(),
             online: BTreeSet::from([me]),
             down_since: BTreeMap::new(),
@@ -242,21 +249,50 @@ impl MembershipActor {
                     }
                     act.busy = true;
                     let replica = act.replica.clone();
+                    let repo = act.repo.clone();
                     ctx.spawn(
                         async move {
+                            if let Some(repo) = repo {
+                                match repository_log(repo.as_ref()).await {
+                                    Ok(0) => {}
+                                    Ok(w) => {
+                                        return Some(format!(
+                                            "the repository holds the room's log up to index {w}; only a member of its raft group can continue it"
+                                        ))
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "cannot read the repository before starting a group; trying again");
+                                        return None;
+                                    }
+                                }
+                            }
                             let members =
                                 BTreeMap::from([(me, BasicNode::new(format!("node:{me}")))]);
                             match replica.raft().initialize(members).await {
                                 Ok(()) => tracing::info!("started the room's raft group"),
                                 Err(e) => tracing::warn!(error = %e, "could not start the group"),
                             }
+                            None
                         }
                         .instrument(act.span.clone())
                         .into_actor(act)
-                        .map(|_, act, _| act.busy = false),
+                        .map(|refused, act, _| {
+                            act.busy = false;
+                            if let Some(reason) = refused {
+                                act.bootstrap = Bootstrap::Refuse(reason);
+                            }
+                        }),
                     );
                 }),
         );
+    }
+}
+
+/// The raft index the repository's log reaches (0: no log yet).
+async fn repository_log(repo: &dyn RepoRemote) -> Result<u64, RepoError> {
+    match repo.head().await? {
+        None => Ok(0),
+        Some(head) => crate::readback::watermark_of(repo, &head).await,
     }
 }
 

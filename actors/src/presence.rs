@@ -148,6 +148,11 @@ pub struct PresenceActor {
     dirty: bool,
     polling: bool,
     throttled_until: Option<tokio::time::Instant>,
+    /// Each peer's last `last_seen` and when (local monotonic time) this
+    /// node saw it change: liveness is judged by this node's own clock,
+    /// so a peer whose wall clock is behind is not taken for gone.
+    /// `None`: seen only with a stale stamp so far.
+    observed: BTreeMap<NodeId, (i64, Option<tokio::time::Instant>)>,
     next_poll: tokio::time::Instant,
     next_heartbeat: tokio::time::Instant,
     publishes: u64,
@@ -191,6 +196,7 @@ impl PresenceActor {
             dirty: true,
             polling: false,
             throttled_until: None,
+            observed: BTreeMap::new(),
             next_poll: now,
             next_heartbeat: now,
             publishes: 0,
@@ -206,9 +212,30 @@ impl PresenceActor {
         // Three missed heartbeats, and never less than OFFLINE_AFTER.
         let offline_after = OFFLINE_AFTER.max(self.opts.heartbeat.saturating_mul(3));
         let cutoff = now_ms - offline_after.as_millis() as i64;
+        let local_now = tokio::time::Instant::now();
         let mut fresh = BTreeMap::new();
+        let mut observed = BTreeMap::new();
         for r in records {
-            if r.node_id == self.me.node_id || r.last_seen < cutoff {
+            if r.node_id == self.me.node_id {
+                continue;
+            }
+            // A record seen before is alive while it keeps changing (by
+            // this node's monotonic clock). One seen for the first time
+            // can only be judged by its wall-clock stamp; if that looks
+            // stale (its writer's clock may be behind), its next change
+            // proves it alive.
+            let changed_at = match self.observed.get(&r.node_id) {
+                Some((seen, at)) if *seen == r.last_seen => *at,
+                Some(_) => Some(local_now),
+                None => (r.last_seen >= cutoff).then_some(local_now),
+            };
+            if observed.len() < MAX_PEERS {
+                observed.insert(r.node_id, (r.last_seen, changed_at));
+            }
+            let Some(changed_at) = changed_at else {
+                continue;
+            };
+            if local_now.duration_since(changed_at) > offline_after {
                 continue;
             }
             if fresh.len() >= MAX_PEERS {
@@ -232,6 +259,7 @@ impl PresenceActor {
             }
         }
         self.online = fresh;
+        self.observed = observed;
         metrics::gauge!("skygit_presence_online_peers").set(self.online.len() as f64);
         events
     }

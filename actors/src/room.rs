@@ -12,7 +12,7 @@ use skygit_consensus::model::{RoomId, UserId};
 use skygit_consensus::ports::{IncomingFrame, PeerLink, WallClock};
 use skygit_consensus::replica::{Replica, StartError};
 use skygit_consensus::NodeId;
-use skygit_storage::{Faults, RoomStorage, StateMachine, StorageError};
+use skygit_storage::{Faults, RoomStorage, SimDisk, StateMachine, StorageError};
 use tokio::sync::mpsc;
 
 use crate::committer::{
@@ -46,6 +46,8 @@ pub struct RoomSpec {
     pub raft: openraft::Config,
     pub faults: Faults,
     pub committer: CommitterOptions,
+    /// The simulator's disk model; `None` on a real node.
+    pub disk: Option<SimDisk>,
 }
 
 /// The ports a room talks through.
@@ -111,10 +113,18 @@ pub fn room_dir(data_dir: &Path, room: &RoomId) -> PathBuf {
     data_dir.join("rooms").join(room.storage_key())
 }
 
-async fn open_storage(dir: &Path, faults: Faults) -> Result<RoomStorage, StorageError> {
+async fn open_storage(
+    dir: &Path,
+    faults: Faults,
+    disk: Option<&SimDisk>,
+) -> Result<RoomStorage, StorageError> {
     let deadline = tokio::time::Instant::now() + REOPEN_WAIT;
     loop {
-        match RoomStorage::open_with(dir, faults) {
+        let opened = match disk {
+            None => RoomStorage::open_with(dir, faults),
+            Some(d) => RoomStorage::open_sim(dir, faults, d.clone()),
+        };
+        match opened {
             Ok(s) => return Ok(s),
             // The previous instance of this room may still be closing.
             Err(StorageError::Rocks(e))
@@ -130,7 +140,7 @@ async fn open_storage(dir: &Path, faults: Faults) -> Result<RoomStorage, Storage
 /// Opens the room's storage, starts its raft replica and its actors.
 pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, RoomError> {
     let dir = room_dir(&spec.data_dir, &spec.room);
-    let storage = open_storage(&dir, spec.faults).await?;
+    let storage = open_storage(&dir, spec.faults, spec.disk.as_ref()).await?;
     let room = spec.room.as_str();
     let session_id = format!("{}-{}", spec.node_id, ports.clock.now_ms());
     let me = PresenceRecord {
@@ -189,6 +199,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     );
     let ids = IdGen::new(ports.clock.clone(), ports.rng);
     let consensus = ConsensusActor::new(replica.clone(), storage.clone(), ids, room).start();
+    let repo_for_bootstrap = ports.repo.clone();
     let flusher = ports.repo.map(|remote| {
         Arc::new(Flusher::new(
             remote,
@@ -203,9 +214,15 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     let (mesh, membership) = match mesh {
         None => (None, None),
         Some((actor, policy, bootstrap)) => {
-            let membership =
-                MembershipActor::new(room, replica.clone(), presence.clone(), policy, bootstrap)
-                    .start();
+            let membership = MembershipActor::new(
+                room,
+                replica.clone(),
+                presence.clone(),
+                policy,
+                bootstrap,
+                repo_for_bootstrap,
+            )
+            .start();
             actor.do_send(SubscribeLinks(membership.clone().recipient()));
             (Some(actor), Some(membership))
         }
@@ -315,12 +332,36 @@ impl RoomHandle {
         if let Some(m) = &self.mesh {
             m.do_send(crate::mesh::StopMesh);
         }
+        if let Some(m) = &self.membership {
+            m.do_send(StopActor);
+        }
+        self.presence.do_send(StopActor);
+        self.media.do_send(StopActor);
         if self.consensus.send(Shutdown).await.is_err() {
             // The actor is already gone; stop raft directly.
             self.replica.shutdown().await;
         }
     }
 }
+
+/// Stops an actor that has nothing to finish (presence, membership,
+/// media): a room's [`RoomHandle::stop`] sends it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopActor;
+
+macro_rules! stop_on_request {
+    ($($actor:ty),*) => {$(
+        impl Handler<StopActor> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: StopActor, ctx: &mut Self::Context) {
+                ctx.stop();
+            }
+        }
+    )*};
+}
+
+stop_on_request!(PresenceActor, MembershipActor, MediaActor);
 
 /// The rooms a node serves.
 #[derive(Default)]

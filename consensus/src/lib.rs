@@ -18,6 +18,7 @@ pub mod network;
 pub mod ports;
 pub mod replica;
 pub mod rpc;
+pub mod rt;
 pub mod types;
 
 pub use types::{NodeId, TypeConfig};

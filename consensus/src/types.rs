@@ -14,6 +14,7 @@ openraft::declare_raft_types!(
         R = ApplyOutcome,
         NodeId = NodeId,
         Node = openraft::BasicNode,
+        AsyncRuntime = crate::rt::RaftRuntime,
 );
 
 /// A raft node id. Unique per room for all time.

@@ -204,6 +204,7 @@ pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
                 interval: cfg.commit_interval,
                 ..Default::default()
             },
+            disk: None,
         },
         RoomPorts {
             link,

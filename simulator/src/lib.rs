@@ -1,55 +1,23 @@
-//! skygit's deterministic simulator.
+//! skygit's deterministic simulator: whole rooms of real actors on
+//! simulated ports, with faults, reproducible from a seed.
 //!
-//! This crate holds the simulated ports. What exists now is the simulated
-//! wall clock; the whole-room simulator (seeded network, repository host,
-//! crashes, workload, invariants, `skygit sim`) is the simulator issue and
-//! is not built yet.
+//! - [`clock`]: each node's wall clock, skewed, on tokio's paused time.
+//! - [`trace`]: the run's event trace and its digest.
+//! - [`net`]: the seeded network model (links, latency, partitions).
+//! - [`repo`]: the simulated repository host (commits, presence, faults).
+//! - [`world`]: one run: nodes, workload, faults, invariants, report.
 
-use skygit_actors::ports::WallClock;
+#[cfg(not(tokio_unstable))]
+compile_error!(
+    "the simulator needs tokio's rng_seed: build with --cfg tokio_unstable \
+     (.cargo/config.toml sets it; a RUSTFLAGS variable overrides that file)"
+);
 
-/// A wall clock that follows tokio's (pausable) clock from a fixed epoch,
-/// with a per-node skew, so simulated nodes disagree about the time the way
-/// real laptops do while the run stays reproducible.
-#[derive(Debug, Clone)]
-pub struct SimClock {
-    epoch_ms: i64,
-    skew_ms: i64,
-    start: tokio::time::Instant,
-}
+pub mod clock;
+pub mod net;
+pub mod repo;
+pub mod trace;
+pub mod world;
 
-impl SimClock {
-    /// A clock that reads `epoch_ms + skew_ms` now and advances with tokio
-    /// time. Must be created inside a tokio runtime.
-    pub fn new(epoch_ms: i64, skew_ms: i64) -> Self {
-        Self {
-            epoch_ms,
-            skew_ms,
-            start: tokio::time::Instant::now(),
-        }
-    }
-}
-
-impl WallClock for SimClock {
-    fn now_ms(&self) -> i64 {
-        let elapsed = i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX);
-        self.epoch_ms
-            .saturating_add(self.skew_ms)
-            .saturating_add(elapsed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[tokio::test(start_paused = true)]
-    async fn follows_paused_tokio_time_with_skew() {
-        let a = SimClock::new(1_000_000, 0);
-        let b = SimClock::new(1_000_000, -250);
-        assert_eq!(a.now_ms(), 1_000_000);
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        assert_eq!(a.now_ms(), 1_000_000 + 3_600_000);
-        assert_eq!(a.now_ms() - b.now_ms(), 250);
-    }
-}
+pub use clock::SimClock;
+pub use trace::{derive_seed, Trace};

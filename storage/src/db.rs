@@ -22,6 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::sim_disk::SimDisk;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 use skygit_consensus::codec::{self, CodecError};
 
@@ -94,6 +95,8 @@ impl From<StorageError> for std::io::Error {
 pub struct RoomDb {
     pub(crate) db: Arc<DB>,
     pub(crate) dir: PathBuf,
+    /// The simulator's disk model; `None` on a real node.
+    pub(crate) sim: Option<SimDisk>,
 }
 
 impl std::fmt::Debug for RoomDb {
@@ -105,7 +108,17 @@ impl std::fmt::Debug for RoomDb {
 impl RoomDb {
     /// Opens (creating when missing) the room database in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
-        let dir = dir.as_ref().to_path_buf();
+        Self::open_inner(dir.as_ref(), None)
+    }
+
+    /// Opens the database on the simulator's disk model: no fsync, no
+    /// blocking pool (see [`SimDisk`]).
+    pub fn open_sim(dir: impl AsRef<Path>, disk: SimDisk) -> Result<Self, StorageError> {
+        Self::open_inner(dir.as_ref(), Some(disk))
+    }
+
+    fn open_inner(dir: &Path, sim: Option<SimDisk>) -> Result<Self, StorageError> {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir)?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -114,6 +127,11 @@ impl RoomDb {
         opts.set_max_total_wal_size(64 << 20);
         opts.set_write_buffer_size(16 << 20);
         opts.set_keep_log_file_num(4);
+        if sim.is_some() {
+            // Many simulated nodes share one process: keep each small.
+            opts.set_write_buffer_size(1 << 20);
+            opts.set_max_background_jobs(1);
+        }
         let cfs = ALL_CFS
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
@@ -121,7 +139,34 @@ impl RoomDb {
         Ok(Self {
             db: Arc::new(db),
             dir,
+            sim,
         })
+    }
+
+    /// The simulator's disk model, if this database runs on one.
+    pub fn sim_disk(&self) -> Option<&SimDisk> {
+        self.sim.as_ref()
+    }
+
+    /// Whether writes that must be durable ask RocksDB to fsync (not on
+    /// the simulator's disk, which models durability itself).
+    pub(crate) fn fsync_writes(&self) -> bool {
+        self.sim.is_none()
+    }
+
+    /// Runs blocking storage work: on tokio's blocking pool for a real
+    /// node, inline on the simulator's single thread.
+    pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+    {
+        if self.sim.is_some() {
+            return f();
+        }
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StorageError::Background(e.to_string()))?
     }
 
     /// The directory holding this room's database and snapshot.

@@ -10,6 +10,7 @@ mod db;
 mod log_store;
 mod outbox;
 mod reader;
+mod sim_disk;
 mod snapshot;
 mod state_machine;
 
@@ -17,6 +18,7 @@ pub use db::{RoomDb, StorageError};
 pub use log_store::{Durability, LogStore};
 pub use outbox::{Outbox, MAX_OUTBOX};
 pub use reader::{ChatReader, MAX_PAGE};
+pub use sim_disk::{lose_unsynced, power_on, SimDisk};
 pub use state_machine::{AppliedEvent, ApplyMode, StateMachine, EVENT_CAPACITY};
 
 use std::path::Path;
@@ -46,7 +48,19 @@ impl RoomStorage {
 
     /// Opens the room storage with fault injection (simulator canaries).
     pub fn open_with(dir: impl AsRef<Path>, faults: Faults) -> Result<Self, StorageError> {
-        let db = RoomDb::open(dir)?;
+        Self::from_db(RoomDb::open(dir)?, faults)
+    }
+
+    /// Opens the room storage on the simulator's disk model.
+    pub fn open_sim(
+        dir: impl AsRef<Path>,
+        faults: Faults,
+        disk: SimDisk,
+    ) -> Result<Self, StorageError> {
+        Self::from_db(RoomDb::open_sim(dir, disk)?, faults)
+    }
+
+    fn from_db(db: RoomDb, faults: Faults) -> Result<Self, StorageError> {
         Ok(Self {
             log: log_store::log_store(&db, faults.durability)?,
             state_machine: StateMachine::new(db.clone(), faults.apply),

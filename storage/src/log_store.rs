@@ -46,7 +46,7 @@ pub enum Durability {
 #[derive(Clone)]
 pub struct LogStore {
     db: RoomDb,
-    syncer: std_mpsc::Sender<IOFlushed<TypeConfig>>,
+    syncer: Syncer,
     durability: Durability,
     recent: Arc<Mutex<Recent>>,
 }
@@ -113,16 +113,34 @@ impl Recent {
     }
 }
 
+/// Where appends wait for durability: the sync thread of a real node, or
+/// the simulated disk's fsync task.
+#[derive(Clone)]
+enum Syncer {
+    Thread(std_mpsc::Sender<IOFlushed<TypeConfig>>),
+    Sim(tokio::sync::mpsc::UnboundedSender<IOFlushed<TypeConfig>>),
+}
+
 impl LogStore {
     pub(crate) fn new(db: RoomDb, durability: Durability) -> Result<Self, StorageError> {
-        let (tx, rx) = std_mpsc::channel::<IOFlushed<TypeConfig>>();
-        let sync_db = db.clone();
-        std::thread::Builder::new()
-            .name("skygit-wal-sync".into())
-            .spawn(move || sync_loop(sync_db, rx))?;
+        let syncer = match db.sim_disk() {
+            None => {
+                let (tx, rx) = std_mpsc::channel::<IOFlushed<TypeConfig>>();
+                let sync_db = db.clone();
+                std::thread::Builder::new()
+                    .name("skygit-wal-sync".into())
+                    .spawn(move || sync_loop(sync_db, rx))?;
+                Syncer::Thread(tx)
+            }
+            Some(disk) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(sim_sync_loop(disk.clone(), rx));
+                Syncer::Sim(tx)
+            }
+        };
         Ok(Self {
             db,
-            syncer: tx,
+            syncer,
             durability,
             recent: Arc::new(Mutex::new(Recent::default())),
         })
@@ -192,6 +210,30 @@ fn sync_loop(db: RoomDb, rx: std_mpsc::Receiver<IOFlushed<TypeConfig>>) {
                     .map(|_| ())
                     .map_err(|e| std::io::Error::other(e.to_string())),
             );
+        }
+    }
+}
+
+/// The simulated disk's fsync: every append waiting at that moment shares
+/// one fsync of simulated time, then is acknowledged in order (unless the
+/// machine lost power meanwhile: then never).
+async fn sim_sync_loop(
+    disk: crate::SimDisk,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<IOFlushed<TypeConfig>>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let upto = disk.written();
+        tokio::time::sleep(disk.fsync_time()).await;
+        if !disk.note_fsync(upto) {
+            // Power is off: these appends were never acknowledged.
+            continue;
+        }
+        for cb in batch {
+            cb.io_completed(Ok(()));
         }
     }
 }
@@ -291,15 +333,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
         let bytes = codec::to_bytes(vote).map_err(StorageError::from)?;
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            let mut opts = WriteOptions::default();
-            opts.set_sync(true);
-            db.db
-                .put_cf_opt(db.cf(CF_RAFT_META)?, KEY_VOTE, bytes, &opts)?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| StorageError::Background(e.to_string()))??;
+        db.clone()
+            .blocking(move || -> Result<(), StorageError> {
+                let mut opts = WriteOptions::default();
+                opts.set_sync(db.fsync_writes());
+                db.db
+                    .put_cf_opt(db.cf(CF_RAFT_META)?, KEY_VOTE, bytes, &opts)?;
+                Ok(())
+            })
+            .await?;
         Ok(())
     }
 
@@ -337,26 +379,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = self.db.cf(CF_LOG)?;
         let mut batch = WriteBatch::default();
-        let mut appended = Vec::new();
+        let mut appended: Vec<Entry> = Vec::new();
         for entry in entries {
             let bytes = codec::to_bytes(&entry).map_err(StorageError::from)?;
             batch.put_cf(cf, index_key(entry.index()), bytes);
             appended.push(entry);
         }
         self.db.db.write(batch).map_err(StorageError::from)?;
+        if let (Some(disk), Some(last)) = (self.db.sim_disk(), appended.last()) {
+            disk.note_append(last.index());
+        }
         {
             let mut recent = self.recent();
             for e in appended {
                 recent.push(e);
             }
         }
-        match self.durability {
-            Durability::Synced => {
-                if let Err(std_mpsc::SendError(cb)) = self.syncer.send(callback) {
+        match (self.durability, &self.syncer) {
+            (Durability::Synced, Syncer::Thread(tx)) => {
+                if let Err(std_mpsc::SendError(cb)) = tx.send(callback) {
                     cb.io_completed(Err(std::io::Error::other("WAL sync thread stopped")));
                 }
             }
-            Durability::AckBeforeDurable => callback.io_completed(Ok(())),
+            (Durability::Synced, Syncer::Sim(tx)) => {
+                if let Err(tokio::sync::mpsc::error::SendError(cb)) = tx.send(callback) {
+                    cb.io_completed(Err(std::io::Error::other("simulated disk stopped")));
+                }
+            }
+            // The planted bug: done at once, durable whenever the disk
+            // happens to write it back.
+            (Durability::AckBeforeDurable, _) => callback.io_completed(Ok(())),
         }
         Ok(())
     }
@@ -364,6 +416,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
         let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
         self.recent().truncate_after(last_log_id.map(|l| l.index()));
+        if let Some(disk) = self.db.sim_disk() {
+            disk.note_truncate(last_log_id.map(|l| l.index()));
+        }
         let cf = self.db.cf(CF_LOG)?;
         self.db
             .db

@@ -56,23 +56,24 @@ impl Outbox {
         let bytes = codec::to_bytes(req)?;
         let key = req.id.to_bytes();
         let this = self.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            let mut len = this.lock();
-            let cf = this.db.cf(CF_OUTBOX)?;
-            let existed = this.db.db.get_pinned_cf(cf, key)?.is_some();
-            if !existed && *len >= MAX_OUTBOX {
-                return Err(StorageError::OutboxFull(*len));
-            }
-            let mut opts = WriteOptions::default();
-            opts.set_sync(true);
-            this.db.db.put_cf_opt(cf, key, bytes, &opts)?;
-            if !existed {
-                *len += 1;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| StorageError::Background(e.to_string()))?
+        self.db
+            .clone()
+            .blocking(move || -> Result<(), StorageError> {
+                let mut len = this.lock();
+                let cf = this.db.cf(CF_OUTBOX)?;
+                let existed = this.db.db.get_pinned_cf(cf, key)?.is_some();
+                if !existed && *len >= MAX_OUTBOX {
+                    return Err(StorageError::OutboxFull(*len));
+                }
+                let mut opts = WriteOptions::default();
+                opts.set_sync(this.db.fsync_writes());
+                this.db.db.put_cf_opt(cf, key, bytes, &opts)?;
+                if !existed {
+                    *len += 1;
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// Forgets a request that committed (or was refused for good).

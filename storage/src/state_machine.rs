@@ -341,9 +341,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             lock: self.snapshot_file.clone(),
         };
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || install(&db, &meta, &bytes, &file))
-            .await
-            .map_err(|e| StorageError::Background(e.to_string()))??;
+        db.clone()
+            .blocking(move || install(&db, &meta, &bytes, &file))
+            .await?;
         Ok(())
     }
 
@@ -371,9 +371,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             path: self.snapshot_path(),
             lock: self.snapshot_file.clone(),
         };
-        let (meta, bytes) = tokio::task::spawn_blocking(move || build(&db, &file))
-            .await
-            .map_err(|e| StorageError::Background(e.to_string()))??;
+        let (meta, bytes) = db.clone().blocking(move || build(&db, &file)).await?;
         Ok(Snapshot {
             meta,
             snapshot: std::io::Cursor::new(bytes),
@@ -468,7 +466,7 @@ fn install(
         codec::to_bytes(&meta.last_membership)?,
     );
     let mut opts = WriteOptions::default();
-    opts.set_sync(true);
+    opts.set_sync(db.fsync_writes());
     db.db.write_opt(batch, &opts)?;
     file.store_if_newer(meta, bytes)?;
     tracing::info!(
