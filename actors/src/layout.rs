@@ -412,6 +412,17 @@ pub fn init_message() -> String {
     "skygit: create the room\n\nRaft-Last-Index: 0\n".to_owned()
 }
 
+/// The message of the commit by which node `id` claims the founding of
+/// the room's raft group (it changes no file).
+pub fn founding_message(id: u64) -> String {
+    format!("skygit: node {id} starts the room's raft group\n\nRaft-Last-Index: 0\nGroup-Founder: {id}\n")
+}
+
+/// The node a founding commit names, if `message` is one.
+pub fn founder(message: &str) -> Option<u64> {
+    trailer(message, "Group-Founder")?.parse().ok()
+}
+
 /// The raft watermark a commit message records: `Raft-Last-Index`, or
 /// `None` when the message has no such trailer (a commit not made by the
 /// committer).

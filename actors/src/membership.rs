@@ -18,9 +18,10 @@ use skygit_storage::StateMachine;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::layout;
 use crate::mesh::LinkChanged;
-use crate::ports::{RepoError, RepoRemote};
-use crate::presence::{OnlinePeers, PresenceActor, SetInGroup};
+use crate::ports::{CommitRequest, RepoError, RepoRemote, WallClock};
+use crate::presence::{PossiblePeers, PresenceActor, SetInGroup};
 
 /// How often the controller looks at the room.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -62,7 +63,7 @@ pub struct MembershipActor {
     /// The room's repository: read again right before starting a group,
     /// so a node that lost sight of an existing group does not start a
     /// second one once that group has committed.
-    repo: Option<Arc<dyn RepoRemote>>,
+    repo: Option<(Arc<dyn RepoRemote>, Arc<dyn WallClock>)>,
     started: Instant,
     online: BTreeSet<NodeId>,
     down_since: BTreeMap<NodeId, Instant>,
@@ -80,7 +81,7 @@ impl MembershipActor {
         presence: Addr<PresenceActor>,
         policy: MembershipPolicy,
         bootstrap: Bootstrap,
-        repo: Option<Arc<dyn RepoRemote>>,
+        repo: Option<(Arc<dyn RepoRemote>, Arc<dyn WallClock>)>,
     ) -> Self {
         let span = tracing::info_span!("membership", room, node = replica.id());
         let me = replica.id();
@@ -230,10 +231,14 @@ impl MembershipActor {
         let me = self.replica.id();
         let presence = self.presence.clone();
         ctx.spawn(
-            async move { presence.send(OnlinePeers).await.unwrap_or_default() }
+            async move { presence.send(PossiblePeers).await.ok().flatten() }
                 .into_actor(self)
                 .map(move |peers, act, ctx| {
                     act.busy = false;
+                    let Some(peers) = peers else {
+                        act.waiting = Some("reading the room's presence".into());
+                        return;
+                    };
                     if peers.iter().any(|p| p.in_group) {
                         let w = "a member of the room's group is online; waiting to be added"
                             .to_owned();
@@ -252,16 +257,12 @@ impl MembershipActor {
                     let repo = act.repo.clone();
                     ctx.spawn(
                         async move {
-                            if let Some(repo) = repo {
-                                match repository_log(repo.as_ref()).await {
-                                    Ok(0) => {}
-                                    Ok(w) => {
-                                        return Some(format!(
-                                            "the repository holds the room's log up to index {w}; only a member of its raft group can continue it"
-                                        ))
-                                    }
+                            if let Some((repo, clock)) = repo {
+                                match claim_founding(repo.as_ref(), me, clock.now_ms() / 1000).await {
+                                    Ok(None) => {}
+                                    Ok(Some(refusal)) => return Some(refusal),
                                     Err(e) => {
-                                        tracing::warn!(error = %e, "cannot read the repository before starting a group; trying again");
+                                        tracing::warn!(error = %e, "could not claim the room's group in the repository; trying again");
                                         return None;
                                     }
                                 }
@@ -288,12 +289,53 @@ impl MembershipActor {
     }
 }
 
-/// The raft index the repository's log reaches (0: no log yet).
-async fn repository_log(repo: &dyn RepoRemote) -> Result<u64, RepoError> {
-    match repo.head().await? {
-        None => Ok(0),
-        Some(head) => crate::readback::watermark_of(repo, &head).await,
+/// Commits searched for a founding claim.
+const MAX_FOUNDER_SEARCH: usize = 100;
+
+/// Claims the founding of the room's raft group in the repository, so
+/// that two nodes that cannot see each other's presence never both start
+/// one: the claim is a commit (no file changes, a `Group-Founder` trailer)
+/// made by compare-and-swap on the branch, and only one can win.
+/// `Ok(None)`: this node founds the group; `Ok(Some(why))`: it must not;
+/// `Err`: undecided (try again).
+async fn claim_founding(
+    repo: &dyn RepoRemote,
+    me: NodeId,
+    now_secs: i64,
+) -> Result<Option<String>, RepoError> {
+    let Some(head) = repo.head().await? else {
+        // A branch without even the room's config: nothing to claim on
+        // (the committer writes the config with the first flush).
+        return Ok(None);
+    };
+    let w = crate::readback::watermark_of(repo, &head).await?;
+    if w > 0 {
+        return Ok(Some(format!(
+            "the repository holds the room's log up to index {w}; only a member of its raft group can continue it"
+        )));
     }
+    let founder = match layout::founder(&head.message) {
+        Some(f) => Some(f),
+        None => repo
+            .history(&head.commit_sha, MAX_FOUNDER_SEARCH)
+            .await?
+            .iter()
+            .find_map(|c| layout::founder(&c.message)),
+    };
+    match founder {
+        Some(f) if f == me => return Ok(None),
+        Some(f) => return Ok(Some(format!("node {f} founded the room's group"))),
+        None => {}
+    }
+    repo.commit(CommitRequest {
+        expected_head: Some(head.commit_sha),
+        files: Vec::new(),
+        message: layout::founding_message(me),
+        time_secs: now_secs,
+    })
+    .await?;
+    tracing::info!("claimed the founding of the room's group in the repository");
+    Ok(None)
 }
 
 impl Actor for MembershipActor {

@@ -80,6 +80,24 @@ pub struct Poll;
 #[rtype(result = "Vec<PresenceRecord>")]
 pub struct OnlinePeers;
 
+/// The peers a node must defer to before starting a group: the online
+/// ones, and those whose record looked stale at first sight but has not
+/// been watched long enough to call them gone (their clock may be behind).
+/// `None` until two reads of the channel have succeeded (one read cannot
+/// tell a live record from a stale one).
+#[derive(Message)]
+#[rtype(result = "Option<Vec<PresenceRecord>>")]
+pub struct PossiblePeers;
+
+/// What this node has seen of one peer's record.
+struct Observed {
+    record: PresenceRecord,
+    /// When (local monotonic time) the record was first seen.
+    first_seen: tokio::time::Instant,
+    /// When it last changed; `None`: seen only with a stale stamp so far.
+    changed_at: Option<tokio::time::Instant>,
+}
+
 /// Receive [`PeerEvent`]s (the current peers are sent at once).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -151,8 +169,9 @@ pub struct PresenceActor {
     /// Each peer's last `last_seen` and when (local monotonic time) this
     /// node saw it change: liveness is judged by this node's own clock,
     /// so a peer whose wall clock is behind is not taken for gone.
-    /// `None`: seen only with a stale stamp so far.
-    observed: BTreeMap<NodeId, (i64, Option<tokio::time::Instant>)>,
+    observed: BTreeMap<NodeId, Observed>,
+    /// Successful reads of the channel.
+    fetched: u64,
     next_poll: tokio::time::Instant,
     next_heartbeat: tokio::time::Instant,
     publishes: u64,
@@ -197,6 +216,7 @@ impl PresenceActor {
             polling: false,
             throttled_until: None,
             observed: BTreeMap::new(),
+            fetched: 0,
             next_poll: now,
             next_heartbeat: now,
             publishes: 0,
@@ -213,6 +233,7 @@ impl PresenceActor {
         let offline_after = OFFLINE_AFTER.max(self.opts.heartbeat.saturating_mul(3));
         let cutoff = now_ms - offline_after.as_millis() as i64;
         let local_now = tokio::time::Instant::now();
+        self.fetched += 1;
         let mut fresh = BTreeMap::new();
         let mut observed = BTreeMap::new();
         for r in records {
@@ -224,13 +245,20 @@ impl PresenceActor {
             // can only be judged by its wall-clock stamp; if that looks
             // stale (its writer's clock may be behind), its next change
             // proves it alive.
-            let changed_at = match self.observed.get(&r.node_id) {
-                Some((seen, at)) if *seen == r.last_seen => *at,
-                Some(_) => Some(local_now),
-                None => (r.last_seen >= cutoff).then_some(local_now),
+            let (first_seen, changed_at) = match self.observed.get(&r.node_id) {
+                Some(o) if o.record == r => (o.first_seen, o.changed_at),
+                Some(o) => (o.first_seen, Some(local_now)),
+                None => (local_now, (r.last_seen >= cutoff).then_some(local_now)),
             };
             if observed.len() < MAX_PEERS {
-                observed.insert(r.node_id, (r.last_seen, changed_at));
+                observed.insert(
+                    r.node_id,
+                    Observed {
+                        record: r.clone(),
+                        first_seen,
+                        changed_at,
+                    },
+                );
             }
             let Some(changed_at) = changed_at else {
                 continue;
@@ -439,6 +467,28 @@ impl Handler<OnlinePeers> for PresenceActor {
 
     fn handle(&mut self, _: OnlinePeers, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.online.values().cloned().collect())
+    }
+}
+
+impl Handler<PossiblePeers> for PresenceActor {
+    type Result = MessageResult<PossiblePeers>;
+
+    fn handle(&mut self, _: PossiblePeers, _ctx: &mut Self::Context) -> Self::Result {
+        let offline_after = OFFLINE_AFTER.max(self.opts.heartbeat.saturating_mul(3));
+        let now = tokio::time::Instant::now();
+        if self.fetched < 2 {
+            return MessageResult(None);
+        }
+        MessageResult(Some(
+            self.observed
+                .values()
+                .filter(|o| {
+                    let since = o.changed_at.unwrap_or(o.first_seen);
+                    now.duration_since(since) <= offline_after
+                })
+                .map(|o| o.record.clone())
+                .collect(),
+        ))
     }
 }
 

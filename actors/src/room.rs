@@ -199,7 +199,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     );
     let ids = IdGen::new(ports.clock.clone(), ports.rng);
     let consensus = ConsensusActor::new(replica.clone(), storage.clone(), ids, room).start();
-    let repo_for_bootstrap = ports.repo.clone();
+    let repo_for_bootstrap = ports.repo.clone().map(|r| (r, ports.clock.clone()));
     let flusher = ports.repo.map(|remote| {
         Arc::new(Flusher::new(
             remote,

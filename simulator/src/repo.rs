@@ -74,6 +74,11 @@ pub struct RepoFaults {
     /// by how much.
     pub slow_read: f64,
     pub slow_read_extra: Duration,
+    /// Chance a write (commit, publish) is slow, and by how much. A write
+    /// is applied when its request reaches the host, even if the caller
+    /// has given up on it or crashed meanwhile.
+    pub slow_write: f64,
+    pub slow_write_extra: Duration,
     /// Chance a call is answered 502/503, without effect.
     pub p_5xx: f64,
     /// Chance a commit is answered 409 (a ref update conflict), without effect.
@@ -97,6 +102,8 @@ impl RepoFaults {
             latency_max: Duration::ZERO,
             slow_read: 0.0,
             slow_read_extra: Duration::ZERO,
+            slow_write: 0.0,
+            slow_write_extra: Duration::ZERO,
             p_5xx: 0.0,
             p_409: 0.0,
             p_422: 0.0,
@@ -116,6 +123,8 @@ impl Default for RepoFaults {
             latency_max: Duration::from_millis(300),
             slow_read: 0.02,
             slow_read_extra: Duration::from_secs(2),
+            slow_write: 0.05,
+            slow_write_extra: Duration::from_secs(8),
             p_5xx: 0.02,
             p_409: 0.005,
             p_422: 0.005,
@@ -361,6 +370,9 @@ impl Host {
         let mut latency = Duration::from_nanos(self.rng.random_range(lo..=hi));
         if !op.is_write() && self.rng.random_bool(prob(f.slow_read)) {
             latency = latency.saturating_add(f.slow_read_extra);
+        }
+        if op.is_write() && self.rng.random_bool(prob(f.slow_write)) {
+            latency = latency.saturating_add(f.slow_write_extra);
         }
         latency
     }
@@ -958,7 +970,18 @@ impl RepoRemote for SimRepo {
     }
 
     fn commit(&self, req: CommitRequest) -> BoxFuture<'_, Result<String, RepoError>> {
-        Box::pin(self.call(Op::Commit, move |h, n| h.commit(n, req)))
+        // The request is on its way: the host applies it after the
+        // latency whether or not the caller is still waiting.
+        let this = self.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let res = this.call(Op::Commit, move |h, n| h.commit(n, req)).await;
+            let _ = tx.send(res);
+        });
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(RepoError::Unknown("the host went away".into())))
+        })
     }
 
     fn history<'a>(

@@ -217,6 +217,8 @@ struct Slot {
     handle: Option<RoomHandle>,
     incarnation: u64,
     skew_ms: i64,
+    /// Its previous incarnation is still shutting down.
+    stopping: bool,
 }
 
 #[derive(Default)]
@@ -309,6 +311,10 @@ impl World {
 
     /// Starts node `id` from whatever its directory holds.
     async fn start_node(&self, id: NodeId) -> Result<(), String> {
+        // A node still shutting down is started once it is gone.
+        while self.lock().slots.get(&id).is_some_and(|s| s.stopping) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let (user, disk, incarnation, skew_ms) = {
             let mut g = self.lock();
             let slot = g.slots.get_mut(&id).ok_or("no such node")?;
@@ -445,6 +451,9 @@ impl World {
             let Some(slot) = g.slots.get_mut(&id) else {
                 return;
             };
+            if slot.handle.is_some() {
+                slot.stopping = true;
+            }
             (slot.handle.take(), slot.disk.clone())
         };
         let Some(handle) = handle else { return };
@@ -452,6 +461,8 @@ impl World {
             self.trace.event(id, "node.leave", "graceful shutdown");
             handle.shutdown().await;
             self.net.detach(id);
+            self.trace.event(id, "node.left", "");
+            self.stopped(id);
             return;
         }
         self.net.detach(id);
@@ -482,6 +493,13 @@ impl World {
             }
         } else {
             skygit_storage::power_on(&disk);
+        }
+        self.stopped(id);
+    }
+
+    fn stopped(&self, id: NodeId) {
+        if let Some(slot) = self.lock().slots.get_mut(&id) {
+            slot.stopping = false;
         }
     }
 
@@ -750,6 +768,12 @@ async fn faults(world: World, until: tokio::time::Instant) {
         let hold = Duration::from_millis(rng.random_range(2_000..60_000));
         let ids: Vec<NodeId> = (1..=n).collect();
         let a = ids[rng.random_range(0..ids.len())];
+        // Half of the node faults strike the leader: that is where a
+        // room loses messages if it can.
+        let a = match (rng.random_bool(0.5), world.leader()) {
+            (true, Some((leader, _))) => leader,
+            _ => a,
+        };
         match rng.random_range(0..100u32) {
             // Crashes, power losses and graceful leaves: at most a
             // minority down at once.
@@ -822,13 +846,46 @@ async fn faults(world: World, until: tokio::time::Instant) {
                 });
             }
             // A link fails (ICE restart, NAT rebinding).
-            65..=79 => {
+            65..=77 => {
                 let b = ids[rng.random_range(0..ids.len())];
                 if a != b {
                     world.lock().faults.link_failures += 1;
                     world.trace.event(0, "fault.link", format!("{a}-{b}"));
                     world.net.fail_link(a, b);
                 }
+            }
+            // A power cut takes every node down at once (one office, one
+            // host): whatever no disk had made durable is gone everywhere.
+            94..=99 => {
+                let up = world.up_nodes();
+                if !world.lock().down_until.is_empty() || up.is_empty() {
+                    continue;
+                }
+                {
+                    let mut g = world.lock();
+                    g.faults.power_losses += up.len() as u64;
+                    for id in &up {
+                        g.down_until.insert(*id, now + hold);
+                    }
+                }
+                world.trace.event(
+                    0,
+                    "fault.power_cut",
+                    format!("{up:?} for {}ms", hold.as_millis()),
+                );
+                for id in &up {
+                    world.stop_node(*id, true, false).await;
+                }
+                let w = world.clone();
+                actix_rt::spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    for id in up {
+                        if let Err(e) = w.start_node(id).await {
+                            w.violation("restart", e, None);
+                        }
+                        w.lock().down_until.remove(&id);
+                    }
+                });
             }
             // The repository host is down for a while.
             _ => {
@@ -984,6 +1041,7 @@ async fn simulate(opts: Arc<SimOptions>) -> Result<(Finished, Trace, Duration), 
                 handle: None,
                 incarnation: 0,
                 skew_ms,
+                stopping: false,
             },
         );
     }
