@@ -193,10 +193,10 @@ fn single(args: SimArgs) -> anyhow::Result<()> {
         r.workload.unanswered
     );
     println!(
-        "  faults: {} crashes, {} power losses ({} log entries lost), {} graceful leaves, {} partitions (+{} one-way), {} link failures, {} repository outages, clock skew up to {} ms",
+        "  faults: {} crashes, {} power losses ({} unsynced WAL bytes lost), {} graceful leaves, {} partitions (+{} one-way), {} link failures, {} repository outages, clock skew up to {} ms",
         r.faults.crashes,
         r.faults.power_losses,
-        r.faults.lost_log_entries,
+        r.faults.lost_wal_bytes,
         r.faults.graceful_leaves,
         r.faults.partitions,
         r.faults.asymmetric_partitions,

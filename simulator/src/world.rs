@@ -161,7 +161,7 @@ pub struct WorkloadStats {
 pub struct FaultStats {
     pub crashes: u64,
     pub power_losses: u64,
-    pub lost_log_entries: u64,
+    pub lost_wal_bytes: u64,
     pub graceful_leaves: u64,
     pub partitions: u64,
     pub asymmetric_partitions: u64,
@@ -477,13 +477,12 @@ impl World {
         handle.stop().await;
         // Let the stopped tasks drop their database handles.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let dir = skygit_actors::room::room_dir(&self.base.join(format!("node-{id}")), &self.room);
         if power_loss {
-            match skygit_storage::lose_unsynced(&dir, &disk) {
+            match skygit_storage::lose_unsynced(&disk) {
                 Ok(lost) => {
                     self.trace
-                        .event(id, "disk.lost", format!("{lost} unsynced log entries"));
-                    self.lock().faults.lost_log_entries += lost;
+                        .event(id, "disk.lost", format!("{lost} unsynced WAL bytes"));
+                    self.lock().faults.lost_wal_bytes += lost;
                 }
                 Err(e) => self.violation(
                     "storage-recovers",

@@ -136,6 +136,9 @@ impl RoomDb {
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
+        if let Some(d) = &sim {
+            d.attach(&dir.join("db"));
+        }
         Ok(Self {
             db: Arc::new(db),
             dir,
@@ -152,6 +155,14 @@ impl RoomDb {
     /// the simulator's disk, which models durability itself).
     pub(crate) fn fsync_writes(&self) -> bool {
         self.sim.is_none()
+    }
+
+    /// After a write that must be durable: on the simulator's disk, the
+    /// fsync RocksDB was not asked for.
+    pub(crate) fn synced_write(&self) {
+        if let Some(d) = &self.sim {
+            d.sync_now();
+        }
     }
 
     /// Runs blocking storage work: on tokio's blocking pool for a real

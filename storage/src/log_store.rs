@@ -226,9 +226,9 @@ async fn sim_sync_loop(
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        let upto = disk.written();
+        let lengths = disk.begin_sync();
         tokio::time::sleep(disk.fsync_time()).await;
-        if !disk.note_fsync(upto) {
+        if !disk.end_sync(lengths) {
             // Power is off: these appends were never acknowledged.
             continue;
         }
@@ -339,6 +339,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 opts.set_sync(db.fsync_writes());
                 db.db
                     .put_cf_opt(db.cf(CF_RAFT_META)?, KEY_VOTE, bytes, &opts)?;
+                db.synced_write();
                 Ok(())
             })
             .await?;
@@ -386,9 +387,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             appended.push(entry);
         }
         self.db.db.write(batch).map_err(StorageError::from)?;
-        if let (Some(disk), Some(last)) = (self.db.sim_disk(), appended.last()) {
-            disk.note_append(last.index());
-        }
         {
             let mut recent = self.recent();
             for e in appended {
@@ -416,9 +414,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
         let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
         self.recent().truncate_after(last_log_id.map(|l| l.index()));
-        if let Some(disk) = self.db.sim_disk() {
-            disk.note_truncate(last_log_id.map(|l| l.index()));
-        }
         let cf = self.db.cf(CF_LOG)?;
         self.db
             .db

@@ -68,6 +68,7 @@ impl Outbox {
                 let mut opts = WriteOptions::default();
                 opts.set_sync(this.db.fsync_writes());
                 this.db.db.put_cf_opt(cf, key, bytes, &opts)?;
+                this.db.synced_write();
                 if !existed {
                     *len += 1;
                 }

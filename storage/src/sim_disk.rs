@@ -2,29 +2,31 @@
 //! acknowledged before it is durable.
 //!
 //! A room opened with a [`SimDisk`] does no fsync and no blocking-pool
-//! work (the simulator runs on one thread with paused time). Instead the
-//! disk remembers how far the raft log has been written and how far it is
-//! durable: an append waits one simulated fsync before raft hears it is
-//! done, and the simulator's periodic [`SimDisk::writeback`] plays the
-//! operating system writing dirty pages back on its own. After a power
-//! loss, [`lose_unsynced`] deletes the log entries that were not durable,
-//! as the machine would have lost them. (Votes and the state machine are
-//! treated as durable when written; the model's loss is the log's tail.)
+//! work (the simulator runs on one thread with paused time). RocksDB
+//! still writes its write-ahead log to the (tmpfs) file system; the disk
+//! model notes, at every simulated fsync, how long each WAL file was.
+//! An append waits one simulated fsync before raft hears it is done;
+//! votes and outbox entries are written durably as on a real node; the
+//! simulator's periodic [`SimDisk::writeback`] plays the operating system
+//! writing dirty pages back on its own. After a power loss,
+//! [`lose_unsynced`] cuts every WAL file back to its durable length, so
+//! RocksDB's point-in-time recovery loses exactly what the machine would
+//! have lost: every write of the room (log, state machine, outbox) after
+//! the last sync, and nothing before it.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rocksdb::WriteBatch;
-
-use crate::db::{index_key, RoomDb, StorageError, CF_LOG};
+use crate::db::StorageError;
 
 #[derive(Debug, Default)]
 struct DiskState {
-    /// Last log index written (the log is contiguous up to it).
-    written: Option<u64>,
-    /// Last log index known durable.
-    synced: Option<u64>,
+    /// The database directory whose WAL files are modelled.
+    dir: Option<PathBuf>,
+    /// Durable length of each WAL file.
+    durable: BTreeMap<PathBuf, u64>,
     /// The machine lost power: nothing more becomes durable or done.
     dead: bool,
     fsyncs: u64,
@@ -36,6 +38,22 @@ struct DiskState {
 pub struct SimDisk {
     state: Arc<Mutex<DiskState>>,
     fsync: Duration,
+}
+
+/// The length of every WAL file in `dir` now.
+fn wal_lengths(dir: &Path) -> BTreeMap<PathBuf, u64> {
+    let mut out = BTreeMap::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "log") {
+                if let Ok(m) = e.metadata() {
+                    out.insert(p, m.len());
+                }
+            }
+        }
+    }
+    out
 }
 
 impl SimDisk {
@@ -56,21 +74,42 @@ impl SimDisk {
         self.fsync
     }
 
-    /// The operating system wrote every dirty page back.
-    pub fn writeback(&self) {
-        let mut s = self.lock();
-        if !s.dead {
-            s.synced = s.written;
-        }
+    pub(crate) fn attach(&self, db_dir: &Path) {
+        self.lock().dir = Some(db_dir.to_path_buf());
     }
 
-    /// Last log index written / durable.
-    pub fn written(&self) -> Option<u64> {
-        self.lock().written
+    /// What an fsync started now would make durable.
+    pub(crate) fn begin_sync(&self) -> BTreeMap<PathBuf, u64> {
+        let dir = self.lock().dir.clone();
+        dir.map(|d| wal_lengths(&d)).unwrap_or_default()
     }
-    pub fn synced(&self) -> Option<u64> {
-        self.lock().synced
+
+    /// An fsync that began with `lengths` finished; false if the machine
+    /// went off meanwhile (what waited on it is then never done).
+    pub(crate) fn end_sync(&self, lengths: BTreeMap<PathBuf, u64>) -> bool {
+        let mut s = self.lock();
+        if s.dead {
+            return false;
+        }
+        s.fsyncs += 1;
+        for (p, len) in lengths {
+            let d = s.durable.entry(p).or_default();
+            *d = (*d).max(len);
+        }
+        true
     }
+
+    /// A write that is synced before it returns (votes, the outbox).
+    pub(crate) fn sync_now(&self) -> bool {
+        let lengths = self.begin_sync();
+        self.end_sync(lengths)
+    }
+
+    /// The operating system wrote every dirty page back.
+    pub fn writeback(&self) {
+        self.sync_now();
+    }
+
     /// Fsyncs done so far.
     pub fn fsyncs(&self) -> u64 {
         self.lock().fsyncs
@@ -86,68 +125,32 @@ impl SimDisk {
     pub fn is_off(&self) -> bool {
         self.lock().dead
     }
-
-    pub(crate) fn note_append(&self, last: u64) {
-        let mut s = self.lock();
-        if !s.dead {
-            s.written = Some(last);
-        }
-    }
-
-    pub(crate) fn note_truncate(&self, last: Option<u64>) {
-        let mut s = self.lock();
-        if s.dead {
-            return;
-        }
-        s.written = last;
-        if s.synced > last {
-            s.synced = last;
-        }
-    }
-
-    /// An fsync finished that started when `upto` was written; false if
-    /// the machine went off meanwhile (the append is then never done).
-    pub(crate) fn note_fsync(&self, upto: Option<u64>) -> bool {
-        let mut s = self.lock();
-        if s.dead {
-            return false;
-        }
-        s.fsyncs += 1;
-        if upto > s.synced {
-            s.synced = upto.min(s.written);
-        }
-        true
-    }
 }
 
-/// After a simulated power loss: deletes from the (closed) room database
-/// in `dir` every log entry `disk` had not made durable, then powers the
-/// disk back on with its written mark at the durable one. Answers how many
-/// entries were lost.
-pub fn lose_unsynced(dir: &Path, disk: &SimDisk) -> Result<u64, StorageError> {
-    let synced = disk.synced();
-    let written = disk.written();
-    let db = RoomDb::open_sim(dir, disk.clone())?;
-    let from = synced.map(|s| s + 1).unwrap_or(0);
+/// After a simulated power loss, with the room's database closed: cuts
+/// every WAL file back to its durable length and powers the disk on.
+/// Answers how many bytes of WAL were lost.
+pub fn lose_unsynced(disk: &SimDisk) -> Result<u64, StorageError> {
+    let (dir, durable) = {
+        let s = disk.lock();
+        (s.dir.clone(), s.durable.clone())
+    };
     let mut lost = 0;
-    if let Some(w) = written {
-        if w >= from {
-            let cf = db.cf(CF_LOG)?;
-            let mut batch = WriteBatch::default();
-            batch.delete_range_cf(cf, index_key(from), index_key(u64::MAX));
-            batch.delete_cf(cf, index_key(u64::MAX));
-            db.db.write(batch)?;
-            lost = w - from + 1;
+    if let Some(dir) = dir {
+        for (path, len) in wal_lengths(&dir) {
+            let keep = durable.get(&path).copied().unwrap_or(0);
+            if len > keep {
+                let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+                f.set_len(keep)?;
+                lost += len - keep;
+            }
         }
     }
-    drop(db);
-    let mut s = disk.lock();
-    s.written = synced;
-    s.dead = false;
+    disk.lock().dead = false;
     Ok(lost)
 }
 
-/// The node restarts after a crash that kept its memory-mapped writes (a
+/// The node restarts after a crash that kept what it had written (a
 /// process crash): the disk is on again and nothing is lost.
 pub fn power_on(disk: &SimDisk) {
     disk.lock().dead = false;

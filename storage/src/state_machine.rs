@@ -468,6 +468,7 @@ fn install(
     let mut opts = WriteOptions::default();
     opts.set_sync(db.fsync_writes());
     db.db.write_opt(batch, &opts)?;
+    db.synced_write();
     file.store_if_newer(meta, bytes)?;
     tracing::info!(
         records = parsed.records.len(),
