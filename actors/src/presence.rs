@@ -628,8 +628,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn peers_come_online_and_time_out() {
+    #[tokio::test(start_paused = true)]
+    async fn peers_come_online_and_time_out() {
         let me = rec(1, "s1", 0);
         let mut a = PresenceActor::new(
             me,
@@ -649,13 +649,44 @@ mod tests {
                 PeerEvent::Online(rec(3, "s3", t0))
             ]
         );
-        // Node 3 keeps beating, node 2 falls silent past the cutoff.
+        // Node 3 keeps beating, node 2 falls silent past the cutoff (by
+        // this node's own clock).
+        tokio::time::advance(OFFLINE_AFTER + Duration::from_millis(1)).await;
         let t1 = t0 + OFFLINE_AFTER.as_millis() as i64 + 1;
         let ev = a.update(vec![rec(2, "s2", t0), rec(3, "s3", t1)], t1);
         assert_eq!(ev, vec![PeerEvent::Offline(2)]);
         // Node 3 restarts with a new session: it is announced again.
         let ev = a.update(vec![rec(3, "s3b", t1)], t1);
         assert_eq!(ev, vec![PeerEvent::Online(rec(3, "s3b", t1))]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_whose_clock_is_behind_is_online_once_its_record_changes() {
+        let mut a = PresenceActor::new(
+            rec(1, "s1", 0),
+            Arc::new(LocalPresence::default()),
+            Arc::new(crate::ports::SystemClock),
+            "r",
+        );
+        let now = 1_000_000_000;
+        // Node 2's clock is ten minutes behind: its fresh record looks old.
+        let behind = now - 600_000;
+        assert!(a.update(vec![rec(2, "s2", behind)], now).is_empty());
+        // Not online, but a node about to start a group must wait for it.
+        assert!(a.online.is_empty());
+        assert_eq!(a.observed.len(), 1);
+        // Its next heartbeat proves it alive, whatever its clock says.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let ev = a.update(vec![rec(2, "s2", behind + 60_000)], now + 60_000);
+        assert_eq!(ev, vec![PeerEvent::Online(rec(2, "s2", behind + 60_000))]);
+        // A node whose clock is ahead is not kept alive by its stamp: a
+        // record that stops changing goes offline by this node's clock.
+        let ahead = now + 3_600_000;
+        let ev = a.update(vec![rec(2, "s2", behind + 60_000), rec(3, "s3", ahead)], now + 60_000);
+        assert_eq!(ev, vec![PeerEvent::Online(rec(3, "s3", ahead))]);
+        tokio::time::advance(OFFLINE_AFTER + Duration::from_secs(1)).await;
+        let ev = a.update(vec![rec(2, "s2", behind + 60_000), rec(3, "s3", ahead)], now);
+        assert_eq!(ev, vec![PeerEvent::Offline(2), PeerEvent::Offline(3)]);
     }
 
     fn signal(

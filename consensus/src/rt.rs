@@ -173,6 +173,7 @@ impl AsyncRuntime for RaftRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand_raft::RngExt;
 
     fn draws() -> Vec<u64> {
         (0..4)

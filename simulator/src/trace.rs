@@ -157,7 +157,7 @@ mod tests {
         a.event(0, "x", "");
         assert_ne!(a.digest(), b.digest());
         assert_eq!(a.events(), 3);
-        assert_eq!(a.tail(1), vec!["0.005000 n0 x ".to_string()]);
+        assert_eq!(a.tail(1), vec!["0.010000 n0 x ".to_string()]);
         assert_eq!(a.grep("apply", 5).len(), 1);
     }
 
