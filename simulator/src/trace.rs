@@ -160,7 +160,8 @@ mod tests {
         a.event(0, "x", "");
         assert_ne!(a.digest(), b.digest());
         assert_eq!(a.events(), 3);
-        assert_eq!(a.tail(1), vec!["0.005000 n0 x ".to_string()]);
+        // `b` ran for 5 ms after `a` finished.
+        assert_eq!(a.tail(1), vec!["0.010000 n0 x ".to_string()]);
         assert_eq!(a.grep("apply", 5), vec!["0.005000 n2 apply 7".to_string()]);
         // The same events at another instant are another trace.
         let c = Trace::new(None).expect("trace");
