@@ -682,10 +682,16 @@ mod tests {
         // A node whose clock is ahead is not kept alive by its stamp: a
         // record that stops changing goes offline by this node's clock.
         let ahead = now + 3_600_000;
-        let ev = a.update(vec![rec(2, "s2", behind + 60_000), rec(3, "s3", ahead)], now + 60_000);
+        let ev = a.update(
+            vec![rec(2, "s2", behind + 60_000), rec(3, "s3", ahead)],
+            now + 60_000,
+        );
         assert_eq!(ev, vec![PeerEvent::Online(rec(3, "s3", ahead))]);
         tokio::time::advance(OFFLINE_AFTER + Duration::from_secs(1)).await;
-        let ev = a.update(vec![rec(2, "s2", behind + 60_000), rec(3, "s3", ahead)], now);
+        let ev = a.update(
+            vec![rec(2, "s2", behind + 60_000), rec(3, "s3", ahead)],
+            now,
+        );
         assert_eq!(ev, vec![PeerEvent::Offline(2), PeerEvent::Offline(3)]);
     }
 

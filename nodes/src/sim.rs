@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use skygit_simulator::world::{self, Canary, Report, SimOptions};
+use skygit_simulator::world::{self, Canary, FaultClass, Report, SimOptions};
 
 #[derive(Args, Clone)]
 pub struct SimArgs {
@@ -36,6 +36,10 @@ pub struct SimArgs {
     /// ack-before-durable.
     #[arg(long)]
     canary: Option<Canary>,
+    /// Inject only these kinds of fault (comma-separated): crash,
+    /// power-loss, leave, partition, link-failure, repo-outage, power-cut.
+    #[arg(long, value_delimiter = ',')]
+    fault_classes: Vec<FaultClass>,
     /// Write the event trace of the run here (single runs only).
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -104,6 +108,11 @@ impl SimArgs {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             request_every: secs(self.request_every_secs, "--request-every-secs")?,
             fault_every: secs(self.fault_every_secs, "--fault-every-secs")?,
+            fault_classes: if self.fault_classes.is_empty() {
+                FaultClass::ALL.into_iter().collect()
+            } else {
+                self.fault_classes.iter().copied().collect()
+            },
             ..SimOptions::default()
         })
     }
@@ -136,6 +145,10 @@ impl SimArgs {
                 " --request-every-secs {}",
                 self.request_every_secs
             ));
+        }
+        if !self.fault_classes.is_empty() {
+            let names: Vec<&str> = self.fault_classes.iter().map(|c| c.name()).collect();
+            c.push_str(&format!(" --fault-classes {}", names.join(",")));
         }
         if self.fault_every_secs != 20.0 {
             c.push_str(&format!(" --fault-every-secs {}", self.fault_every_secs));

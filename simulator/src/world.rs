@@ -86,6 +86,77 @@ impl std::str::FromStr for Canary {
     }
 }
 
+/// The kinds of fault the injector chooses from (the repository host's
+/// error answers, link loss and clock skew come with every faulty run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultClass {
+    /// A node's process dies and restarts; its disk keeps everything.
+    Crash,
+    /// A node loses power: what its disk had not synced is gone.
+    PowerLoss,
+    /// A node shuts down gracefully (flush, leave) and comes back.
+    Leave,
+    /// Symmetric and one-way partitions.
+    Partition,
+    /// One peer link fails (ICE restart).
+    LinkFailure,
+    /// The repository host is down.
+    RepoOutage,
+    /// Every node loses power at once.
+    PowerCut,
+}
+
+impl FaultClass {
+    pub const ALL: [FaultClass; 7] = [
+        FaultClass::Crash,
+        FaultClass::PowerLoss,
+        FaultClass::Leave,
+        FaultClass::Partition,
+        FaultClass::LinkFailure,
+        FaultClass::RepoOutage,
+        FaultClass::PowerCut,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultClass::Crash => "crash",
+            FaultClass::PowerLoss => "power-loss",
+            FaultClass::Leave => "leave",
+            FaultClass::Partition => "partition",
+            FaultClass::LinkFailure => "link-failure",
+            FaultClass::RepoOutage => "repo-outage",
+            FaultClass::PowerCut => "power-cut",
+        }
+    }
+
+    /// Which class a roll of the injector's 100-sided die picks.
+    fn of_roll(roll: u32) -> FaultClass {
+        match roll {
+            0..=17 => FaultClass::Crash,
+            18..=33 => FaultClass::PowerLoss,
+            34..=39 => FaultClass::Leave,
+            40..=64 => FaultClass::Partition,
+            65..=77 => FaultClass::LinkFailure,
+            94..=99 => FaultClass::PowerCut,
+            _ => FaultClass::RepoOutage,
+        }
+    }
+}
+
+impl std::str::FromStr for FaultClass {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        FaultClass::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = FaultClass::ALL.iter().map(|c| c.name()).collect();
+                format!("unknown fault class {s:?}; known: {}", names.join(", "))
+            })
+    }
+}
+
 /// What to simulate.
 #[derive(Debug, Clone)]
 pub struct SimOptions {
@@ -110,6 +181,10 @@ pub struct SimOptions {
     /// After the faults stop: how long the room has to elect a leader,
     /// commit the probe and get it into the repository.
     pub liveness_bound: Duration,
+    /// The injected fault kinds (all by default).
+    pub fault_classes: std::collections::BTreeSet<FaultClass>,
+    /// The repository host's misbehaviour; `None`: [`RepoFaults::default`].
+    pub repo_faults: Option<RepoFaults>,
 }
 
 impl Default for SimOptions {
@@ -127,6 +202,8 @@ impl Default for SimOptions {
             request_every: Duration::from_secs(3),
             fault_every: Duration::from_secs(20),
             liveness_bound: Duration::from_secs(120),
+            fault_classes: FaultClass::ALL.into_iter().collect(),
+            repo_faults: None,
         }
     }
 }
@@ -773,7 +850,17 @@ async fn faults(world: World, until: tokio::time::Instant) {
             (true, Some((leader, _))) => leader,
             _ => a,
         };
-        match rng.random_range(0..100u32) {
+        if world.opts.fault_classes.is_empty() {
+            break;
+        }
+        // The die is rolled again until it names an enabled class.
+        let roll = loop {
+            let r = rng.random_range(0..100u32);
+            if world.opts.fault_classes.contains(&FaultClass::of_roll(r)) {
+                break r;
+            }
+        };
+        match roll {
             // Crashes, power losses and graceful leaves: at most a
             // minority down at once.
             r @ 0..=39 => {
@@ -993,7 +1080,7 @@ async fn simulate(opts: Arc<SimOptions>) -> Result<(Finished, Trace, Duration), 
         .await
         .map_err(|e| SimError::Setup(format!("initial commit: {e}")))?;
     if opts.faults {
-        host.set_faults(RepoFaults::default());
+        host.set_faults(opts.repo_faults.unwrap_or_default());
     }
     let net_model = if opts.faults {
         LinkModel::default()
