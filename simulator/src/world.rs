@@ -543,32 +543,40 @@ impl World {
             return;
         }
         self.net.detach(id);
-        if power_loss {
-            disk.power_off();
-        }
+        disk.crash(power_loss);
         self.trace.event(
             id,
             "node.crash",
             if power_loss { "power loss" } else { "process" },
         );
+        let db = handle.storage.db.clone();
         handle.stop().await;
-        // Let the stopped tasks drop their database handles.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if power_loss {
-            match skygit_storage::lose_unsynced(&disk) {
-                Ok(lost) => {
-                    self.trace
-                        .event(id, "disk.lost", format!("{lost} unsynced WAL bytes"));
-                    self.lock().faults.lost_wal_bytes += lost;
-                }
-                Err(e) => self.violation(
-                    "storage-recovers",
-                    format!("node {id}: could not reopen its storage after a power loss: {e}"),
-                    None,
-                ),
+        // The dead incarnation's last tasks (a proposal waiting for its
+        // timeout, say) still hold the database: wait until they let go,
+        // then cut the disk back to what the crash kept.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        while db.handles() > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if db.handles() > 1 {
+            self.violation(
+                "storage-recovers",
+                format!("node {id}: its crashed instance still holds the database after 300 s"),
+                None,
+            );
+        }
+        drop(db);
+        match skygit_storage::recover(&disk) {
+            Ok(lost) => {
+                self.trace
+                    .event(id, "disk.lost", format!("{lost} unsynced WAL bytes"));
+                self.lock().faults.lost_wal_bytes += lost;
             }
-        } else {
-            skygit_storage::power_on(&disk);
+            Err(e) => self.violation(
+                "storage-recovers",
+                format!("node {id}: could not cut its disk back after the crash: {e}"),
+                None,
+            ),
         }
         self.stopped(id);
     }
@@ -760,7 +768,17 @@ fn answer_label<T: std::fmt::Debug, E: std::fmt::Debug>(res: &Result<T, E>) -> S
     }
 }
 
+/// The incarnation of node `id` now, if it is up.
+fn incarnation(world: &World, id: NodeId) -> Option<u64> {
+    let g = world.lock();
+    g.slots
+        .get(&id)
+        .filter(|s| s.handle.is_some())
+        .map(|s| s.incarnation)
+}
+
 async fn submit(world: World, node: NodeId, h: RoomHandle, command: Command) {
+    let asked = incarnation(&world, node);
     let kind = match &command {
         Command::Post { .. } => "post",
         Command::Edit { .. } => "edit",
@@ -775,6 +793,13 @@ async fn submit(world: World, node: NodeId, h: RoomHandle, command: Command) {
         }),
     )
     .await;
+    // An answer from a node that crashed meanwhile never reached the
+    // user: a dead process acknowledges nothing.
+    let res = if incarnation(&world, node) == asked {
+        res
+    } else {
+        Ok(Err(actix::MailboxError::Closed))
+    };
     let mut g = world.lock();
     match res {
         Ok(Ok(Ok((req, Proposed::Committed(outcome))))) => {

@@ -146,6 +146,12 @@ impl RoomDb {
         })
     }
 
+    /// How many handles on the open database exist (the simulator waits
+    /// for a crashed node's last one before it cuts the disk back).
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.db)
+    }
+
     /// The simulator's disk model, if this database runs on one.
     pub fn sim_disk(&self) -> Option<&SimDisk> {
         self.sim.as_ref()

@@ -18,7 +18,7 @@ pub use db::{RoomDb, StorageError};
 pub use log_store::{Durability, LogStore};
 pub use outbox::{Outbox, MAX_OUTBOX};
 pub use reader::{ChatReader, MAX_PAGE};
-pub use sim_disk::{lose_unsynced, power_on, SimDisk};
+pub use sim_disk::{recover, SimDisk};
 pub use state_machine::{AppliedEvent, ApplyMode, StateMachine, EVENT_CAPACITY};
 
 use std::path::Path;

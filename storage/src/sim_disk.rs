@@ -27,6 +27,9 @@ struct DiskState {
     dir: Option<PathBuf>,
     /// Durable length of each WAL file.
     durable: BTreeMap<PathBuf, u64>,
+    /// After a crash: the length each WAL file keeps on recovery (what
+    /// the disk, or the operating system's cache, held at that instant).
+    cut: Option<BTreeMap<PathBuf, u64>>,
     /// The machine lost power: nothing more becomes durable or done.
     dead: bool,
     fsyncs: u64,
@@ -115,10 +118,16 @@ impl SimDisk {
         self.lock().fsyncs
     }
 
-    /// The machine stops: from now on nothing becomes durable and no
-    /// pending append is acknowledged.
-    pub fn power_off(&self) {
-        self.lock().dead = true;
+    /// The node dies now. With `power_loss` the machine keeps only what
+    /// was durable; otherwise (the process died, the operating system
+    /// lives on) it keeps everything written so far. Either way nothing
+    /// the dead process does afterwards reaches the disk, and no pending
+    /// append is acknowledged.
+    pub fn crash(&self, power_loss: bool) {
+        let now = self.begin_sync();
+        let mut s = self.lock();
+        s.dead = true;
+        s.cut = Some(if power_loss { s.durable.clone() } else { now });
     }
 
     /// Whether the machine is off.
@@ -127,18 +136,18 @@ impl SimDisk {
     }
 }
 
-/// After a simulated power loss, with the room's database closed: cuts
-/// every WAL file back to its durable length and powers the disk on.
-/// Answers how many bytes of WAL were lost.
-pub fn lose_unsynced(disk: &SimDisk) -> Result<u64, StorageError> {
-    let (dir, durable) = {
+/// After a crash, with the room's database closed: cuts every WAL file
+/// back to what the crash kept and turns the disk on. Answers how many
+/// bytes of WAL were lost.
+pub fn recover(disk: &SimDisk) -> Result<u64, StorageError> {
+    let (dir, cut) = {
         let s = disk.lock();
-        (s.dir.clone(), s.durable.clone())
+        (s.dir.clone(), s.cut.clone())
     };
     let mut lost = 0;
-    if let Some(dir) = dir {
+    if let (Some(dir), Some(cut)) = (dir, cut) {
         for (path, len) in wal_lengths(&dir) {
-            let keep = durable.get(&path).copied().unwrap_or(0);
+            let keep = cut.get(&path).copied().unwrap_or(0);
             if len > keep {
                 let f = std::fs::OpenOptions::new().write(true).open(&path)?;
                 f.set_len(keep)?;
@@ -146,12 +155,8 @@ pub fn lose_unsynced(disk: &SimDisk) -> Result<u64, StorageError> {
             }
         }
     }
-    disk.lock().dead = false;
+    let mut s = disk.lock();
+    s.dead = false;
+    s.cut = None;
     Ok(lost)
-}
-
-/// The node restarts after a crash that kept what it had written (a
-/// process crash): the disk is on again and nothing is lost.
-pub fn power_on(disk: &SimDisk) {
-    disk.lock().dead = false;
 }
