@@ -1093,7 +1093,14 @@ fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
 }
 
 async fn simulate(opts: Arc<SimOptions>) -> Result<(Finished, Trace, Duration), SimError> {
-    let trace = Trace::new(opts.trace_file.as_deref())?;
+    let trace = Trace::new(opts.trace_file.as_deref()).map_err(|e| {
+        let path = opts
+            .trace_file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        SimError::Trace(std::io::Error::new(e.kind(), format!("{path}: {e}")))
+    })?;
     let dir = scratch_dir()?;
     let room = RoomId::new(ROOM).map_err(|e| SimError::Setup(format!("room id: {e:?}")))?;
     let host = SimRepoHost::new(
