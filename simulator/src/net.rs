@@ -366,6 +366,16 @@ impl World {
 
     /// Installs `end` as `me`'s end to `peer`, replacing any earlier one
     /// silently; an open one's peer learns one latency later.
+    /// `me` refuses `peer`'s certificate: traced and reported; answers
+    /// the error for the caller.
+    fn refuse(&mut self, me: NodeId, peer: NodeId, reason: String) -> String {
+        self.trace
+            .event(me, "net.refuse", format_args!("{me}-{peer} {reason}"));
+        let err = format!("peer {peer} refused: {reason}");
+        self.emit(me, TransportEvent::Refused { peer, reason });
+        err
+    }
+
     fn install(&mut self, shared: &Arc<Shared>, me: NodeId, peer: NodeId, end: End) {
         let new_generation = end.generation;
         if let Some(old) = self.ends.insert((me, peer), end) {
@@ -638,6 +648,22 @@ impl Sdp {
         )
     }
 
+    /// Parses a description that must be of `kind` and sent by `from`
+    /// to `to`.
+    fn parse_for(s: &str, kind: SdpKind, from: NodeId, to: NodeId) -> Result<Self, String> {
+        let sdp = Self::parse(s)?;
+        if sdp.kind != kind {
+            return Err(format!("expected an {kind}"));
+        }
+        if sdp.to != to || sdp.from != from {
+            return Err(format!(
+                "an {kind} from node {} to node {} (expected {from} to {to})",
+                sdp.from, sdp.to
+            ));
+        }
+        Ok(sdp)
+    }
+
     fn parse(s: &str) -> Result<Self, String> {
         if s.len() > MAX_SDP_BYTES {
             return Err(format!(
@@ -753,90 +779,61 @@ impl Endpoint {
         let mut w = self.lock()?;
         let generation = w.next_generation;
         w.next_generation += 1;
+        Ok(self.start_end(w, peer, generation, EndState::Offered, expected))
+    }
+
+    fn do_answer(&self, peer: NodeId, offer: &str, expected: String) -> Result<String, String> {
+        let me = self.id;
+        let sdp = Sdp::parse_for(offer, SdpKind::Offer, peer, me)?;
+        let mut w = self.lock()?;
+        if sdp.fp != expected {
+            let reason = format!("offer presents {:?}, expected {expected:?}", sdp.fp);
+            return Err(w.refuse(me, peer, reason));
+        }
+        Ok(self.start_end(w, peer, sdp.generation, EndState::Answered, expected))
+    }
+
+    /// Installs this node's new end of the link to `peer` and answers the
+    /// session description that announces it.
+    fn start_end(
+        &self,
+        mut w: MutexGuard<'_, World>,
+        peer: NodeId,
+        generation: u64,
+        state: EndState,
+        expected_fp: String,
+    ) -> String {
+        let me = self.id;
         w.install(
             &self.shared,
             me,
             peer,
             End {
                 generation,
-                state: EndState::Offered,
-                expected_fp: expected,
+                state,
+                expected_fp,
                 out: None,
             },
         );
         drop(w);
         self.shared.changed.notify_waiters();
-        Ok(Sdp {
-            kind: SdpKind::Offer,
+        Sdp {
+            kind: if state == EndState::Offered {
+                SdpKind::Offer
+            } else {
+                SdpKind::Answer
+            },
             from: me,
             to: peer,
             generation,
             fp: fingerprint_of(me),
         }
-        .encode())
-    }
-
-    fn do_answer(&self, peer: NodeId, offer: &str, expected: String) -> Result<String, String> {
-        let me = self.id;
-        let sdp = Sdp::parse(offer)?;
-        if sdp.kind != SdpKind::Offer {
-            return Err("expected an offer".to_owned());
-        }
-        if sdp.to != me || sdp.from != peer {
-            return Err(format!(
-                "an offer from node {} to node {} (expected {peer} to {me})",
-                sdp.from, sdp.to
-            ));
-        }
-        let mut w = self.lock()?;
-        if sdp.fp != expected {
-            let reason = format!("offer presents {:?}, expected {expected:?}", sdp.fp);
-            w.trace
-                .event(me, "net.refuse", format_args!("{me}-{peer} {reason}"));
-            w.emit(
-                me,
-                TransportEvent::Refused {
-                    peer,
-                    reason: reason.clone(),
-                },
-            );
-            return Err(format!("peer {peer} refused: {reason}"));
-        }
-        w.install(
-            &self.shared,
-            me,
-            peer,
-            End {
-                generation: sdp.generation,
-                state: EndState::Answered,
-                expected_fp: expected,
-                out: None,
-            },
-        );
-        drop(w);
-        self.shared.changed.notify_waiters();
-        Ok(Sdp {
-            kind: SdpKind::Answer,
-            from: me,
-            to: peer,
-            generation: sdp.generation,
-            fp: fingerprint_of(me),
-        }
-        .encode())
+        .encode()
     }
 
     fn do_accept(&self, peer: NodeId, answer: &str) -> Result<(), String> {
         let me = self.id;
-        let sdp = Sdp::parse(answer)?;
-        if sdp.kind != SdpKind::Answer {
-            return Err("expected an answer".to_owned());
-        }
-        if sdp.to != me || sdp.from != peer {
-            return Err(format!(
-                "an answer from node {} to node {} (expected {peer} to {me})",
-                sdp.from, sdp.to
-            ));
-        }
+        let sdp = Sdp::parse_for(answer, SdpKind::Answer, peer, me)?;
         let mut w = self.lock()?;
         let Some(end) = w
             .ends
@@ -851,16 +848,7 @@ impl Endpoint {
                 sdp.fp, end.expected_fp
             );
             end.state = EndState::Failed;
-            w.trace
-                .event(me, "net.refuse", format_args!("{me}-{peer} {reason}"));
-            w.emit(
-                me,
-                TransportEvent::Refused {
-                    peer,
-                    reason: reason.clone(),
-                },
-            );
-            return Err(format!("peer {peer} refused: {reason}"));
+            return Err(w.refuse(me, peer, reason));
         }
         end.state = EndState::Connecting;
         let m = w.model(me, peer);
