@@ -75,11 +75,6 @@ pub struct Heartbeat;
 #[rtype(result = "()")]
 pub struct Poll;
 
-/// The peers currently online.
-#[derive(Message)]
-#[rtype(result = "Vec<PresenceRecord>")]
-pub struct OnlinePeers;
-
 /// The peers a node must defer to before starting a group: the online
 /// ones, and those whose record looked stale at first sight but has not
 /// been watched long enough to call them gone (their clock may be behind).
@@ -462,14 +457,6 @@ impl Handler<Poll> for PresenceActor {
     }
 }
 
-impl Handler<OnlinePeers> for PresenceActor {
-    type Result = MessageResult<OnlinePeers>;
-
-    fn handle(&mut self, _: OnlinePeers, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.online.values().cloned().collect())
-    }
-}
-
 impl Handler<PossiblePeers> for PresenceActor {
     type Result = MessageResult<PossiblePeers>;
 
@@ -628,15 +615,19 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn peers_come_online_and_time_out() {
-        let me = rec(1, "s1", 0);
-        let mut a = PresenceActor::new(
-            me,
+    /// Node 1's presence actor (its channel and clock are not used).
+    fn node_one() -> PresenceActor {
+        PresenceActor::new(
+            rec(1, "s1", 0),
             Arc::new(LocalPresence::default()),
             Arc::new(crate::ports::SystemClock),
             "r",
-        );
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peers_come_online_and_time_out() {
+        let mut a = node_one();
         let t0 = 1_000_000_000;
         let ev = a.update(
             vec![rec(1, "s1", t0), rec(2, "s2", t0), rec(3, "s3", t0)],
@@ -662,12 +653,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_peer_whose_clock_is_behind_is_online_once_its_record_changes() {
-        let mut a = PresenceActor::new(
-            rec(1, "s1", 0),
-            Arc::new(LocalPresence::default()),
-            Arc::new(crate::ports::SystemClock),
-            "r",
-        );
+        let mut a = node_one();
         let now = 1_000_000_000;
         // Node 2's clock is ten minutes behind: its fresh record looks old.
         let behind = now - 600_000;
@@ -714,12 +700,7 @@ mod tests {
     #[test]
     fn only_new_signals_for_this_session_are_handed_on() {
         use crate::ports::SignalKind::{Answer, Offer};
-        let mut a = PresenceActor::new(
-            rec(1, "s1", 0),
-            Arc::new(LocalPresence::default()),
-            Arc::new(crate::ports::SystemClock),
-            "r",
-        );
+        let mut a = node_one();
         let t0 = 1_000_000_000;
         let mut peer = rec(2, "s2", t0);
         peer.signals = vec![

@@ -73,16 +73,24 @@ impl Canary {
     }
 }
 
+/// The member of `all` called `s` on the command line, or an error that
+/// lists the known names.
+fn by_name<T: Copy>(
+    all: &[T],
+    name: fn(T) -> &'static str,
+    what: &str,
+    s: &str,
+) -> Result<T, String> {
+    all.iter().copied().find(|c| name(*c) == s).ok_or_else(|| {
+        let names: Vec<&str> = all.iter().map(|c| name(*c)).collect();
+        format!("unknown {what} {s:?}; known: {}", names.join(", "))
+    })
+}
+
 impl std::str::FromStr for Canary {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Canary::ALL
-            .into_iter()
-            .find(|c| c.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Canary::ALL.iter().map(|c| c.name()).collect();
-                format!("unknown canary {s:?}; known: {}", names.join(", "))
-            })
+        by_name(&Canary::ALL, Canary::name, "canary", s)
     }
 }
 
@@ -147,13 +155,7 @@ impl FaultClass {
 impl std::str::FromStr for FaultClass {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        FaultClass::ALL
-            .into_iter()
-            .find(|c| c.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = FaultClass::ALL.iter().map(|c| c.name()).collect();
-                format!("unknown fault class {s:?}; known: {}", names.join(", "))
-            })
+        by_name(&FaultClass::ALL, FaultClass::name, "fault class", s)
     }
 }
 

@@ -32,7 +32,6 @@ struct DiskState {
     cut: Option<BTreeMap<PathBuf, u64>>,
     /// The machine lost power: nothing more becomes durable or done.
     dead: bool,
-    fsyncs: u64,
 }
 
 /// One node's simulated disk (shared by the room's storage and the
@@ -94,7 +93,6 @@ impl SimDisk {
         if s.dead {
             return false;
         }
-        s.fsyncs += 1;
         for (p, len) in lengths {
             let d = s.durable.entry(p).or_default();
             *d = (*d).max(len);
@@ -113,11 +111,6 @@ impl SimDisk {
         self.sync_now();
     }
 
-    /// Fsyncs done so far.
-    pub fn fsyncs(&self) -> u64 {
-        self.lock().fsyncs
-    }
-
     /// The node dies now. With `power_loss` the machine keeps only what
     /// was durable; otherwise (the process died, the operating system
     /// lives on) it keeps everything written so far. Either way nothing
@@ -128,11 +121,6 @@ impl SimDisk {
         let mut s = self.lock();
         s.dead = true;
         s.cut = Some(if power_loss { s.durable.clone() } else { now });
-    }
-
-    /// Whether the machine is off.
-    pub fn is_off(&self) -> bool {
-        self.lock().dead
     }
 }
 
