@@ -3,10 +3,11 @@
 # RocksDB comes from Debian's librocksdb-dev (linked through
 # ROCKSDB_LIB_DIR in .cargo/config.toml) instead of a 25 CPU-minute source
 # build; bindgen needs libclang. iproute2 (`ip netns`) lets the partition
-# test put node processes in separate network namespaces.
+# test put node processes in separate network namespaces. chromium and
+# chromium-driver run the web UI tests in a real headless browser.
 set -euo pipefail
 
-packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git iproute2)
+packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git iproute2 chromium chromium-driver)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -17,8 +17,9 @@
 //! node's override), when this node becomes leader, on graceful shutdown
 //! and on demand.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use skygit_consensus::model::{Command, UserId};
@@ -87,6 +88,48 @@ pub struct FlushReport {
     /// Calls to the remote during this flush.
     pub remote_calls: u64,
 }
+
+/// Flushes this node remembers for the dashboard.
+pub const FLUSH_HISTORY: usize = 100;
+
+/// One flush as the dashboard shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FlushRecord {
+    /// Milliseconds since the Unix epoch (this node's clock) when it began.
+    pub at_ms: i64,
+    pub reason: String,
+    pub ok: bool,
+    pub changes: usize,
+    pub commits: usize,
+    pub head: Option<String>,
+    pub up_to_index: u64,
+    pub duration_ms: f64,
+    pub remote_calls: u64,
+    pub error: Option<String>,
+}
+
+/// The last [`FLUSH_HISTORY`] flushes, oldest first.
+#[derive(Message)]
+#[rtype(result = "Vec<FlushRecord>")]
+pub struct GetFlushes;
+
+/// The committer's settings and last flush.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CommitterInfo {
+    pub leader: bool,
+    pub interval_secs: u64,
+    pub last_flush: Option<FlushRecord>,
+}
+
+#[derive(Message)]
+#[rtype(result = "CommitterInfo")]
+pub struct GetCommitterInfo;
+
+/// Override the commit interval on this node from now on (`None`: the
+/// room's `config.json`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetInterval(pub Option<Duration>);
 
 /// Write the committed log to the repository now.
 #[derive(Message)]
@@ -361,6 +404,8 @@ pub struct CommitterActor {
     /// Bumped on every leadership change, so timers of an old term stop.
     epoch: u64,
     retry_delay: Duration,
+    history: VecDeque<FlushRecord>,
+    timer: Option<SpawnHandle>,
     span: tracing::Span,
 }
 
@@ -380,6 +425,8 @@ impl CommitterActor {
             config: RoomConfig::default(),
             epoch: 0,
             retry_delay: RETRY_FIRST,
+            history: VecDeque::new(),
+            timer: None,
             span: tracing::info_span!("committer", room, node),
         }
     }
@@ -394,6 +441,20 @@ impl CommitterActor {
             .unwrap_or(Duration::from_secs(self.config.commit_interval_secs))
     }
 
+    /// Flushes every interval for as long as this epoch lasts.
+    /// Replaces any earlier interval timer.
+    fn start_interval(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        let epoch = self.epoch;
+        self.timer = Some(ctx.run_interval(self.interval(), move |act, ctx| {
+            if act.epoch == epoch && act.is_leader() {
+                ctx.notify(Flush(FlushReason::Interval));
+            }
+        }));
+    }
+
     fn schedule(&mut self, ctx: &mut Context<Self>, after: Duration, reason: FlushReason) {
         let epoch = self.epoch;
         ctx.run_later(after, move |act, ctx| {
@@ -406,6 +467,83 @@ impl CommitterActor {
 
 impl Actor for CommitterActor {
     type Context = Context<Self>;
+}
+
+/// Wall-clock milliseconds, for display only (flush history): no
+/// decision depends on it.
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl CommitterActor {
+    /// Remembers a flush (bounded) and counts it in the metrics.
+    fn record(
+        &mut self,
+        at_ms: i64,
+        reason: FlushReason,
+        took: Duration,
+        result: &Result<FlushReport, CommitterError>,
+    ) {
+        let label = match result {
+            Ok(_) => "ok",
+            Err(CommitterError::Repo(RepoError::RateLimited { .. })) => "rate_limited",
+            Err(CommitterError::NotLeader) => "not_leader",
+            Err(_) => "error",
+        };
+        metrics::counter!("skygit_committer_flushes_total", "result" => label).increment(1);
+        metrics::histogram!("skygit_committer_flush_duration_seconds").record(took.as_secs_f64());
+        let report = result.as_ref().ok();
+        if let Some(r) = report {
+            metrics::counter!("skygit_committer_changes_total").increment(r.changes as u64);
+            metrics::counter!("skygit_committer_commits_total").increment(r.commits as u64);
+        }
+        if self.history.len() >= FLUSH_HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(FlushRecord {
+            at_ms,
+            reason: format!("{reason:?}"),
+            ok: report.is_some(),
+            changes: report.map_or(0, |r| r.changes),
+            commits: report.map_or(0, |r| r.commits),
+            head: report.and_then(|r| r.head.clone()),
+            up_to_index: report.map_or(0, |r| r.up_to_index),
+            duration_ms: took.as_secs_f64() * 1e3,
+            remote_calls: report.map_or(0, |r| r.remote_calls),
+            error: result.as_ref().err().map(|e| e.to_string()),
+        });
+    }
+}
+
+impl Handler<GetFlushes> for CommitterActor {
+    type Result = MessageResult<GetFlushes>;
+    fn handle(&mut self, _: GetFlushes, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.history.iter().cloned().collect())
+    }
+}
+
+impl Handler<GetCommitterInfo> for CommitterActor {
+    type Result = MessageResult<GetCommitterInfo>;
+    fn handle(&mut self, _: GetCommitterInfo, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(CommitterInfo {
+            leader: self.is_leader(),
+            interval_secs: self.interval().as_secs(),
+            last_flush: self.history.back().cloned(),
+        })
+    }
+}
+
+impl Handler<SetInterval> for CommitterActor {
+    type Result = ();
+    fn handle(&mut self, msg: SetInterval, ctx: &mut Self::Context) {
+        self.options.interval = msg.0;
+        if self.is_leader() && self.flusher.is_some() {
+            self.start_interval(ctx);
+        }
+    }
 }
 
 impl Handler<LeaderChanged> for CommitterActor {
@@ -446,12 +584,7 @@ impl Handler<LeaderChanged> for CommitterActor {
                         }
                     }
                     ctx.notify(Flush(FlushReason::BecameLeader));
-                    let every = act.interval();
-                    ctx.run_interval(every, move |act, ctx| {
-                        if act.epoch == epoch && act.is_leader() {
-                            ctx.notify(Flush(FlushReason::Interval));
-                        }
-                    });
+                    act.start_interval(ctx);
                 }),
         );
     }
@@ -480,6 +613,8 @@ impl Handler<Flush> for CommitterActor {
         };
         let config = self.config.clone();
         let span = tracing::info_span!(parent: &self.span, "flush", ?reason);
+        let started = Instant::now();
+        let at_ms = wall_ms();
         Box::pin(
             async move { flusher.flush(&config).await }
                 .instrument(span)
@@ -487,6 +622,7 @@ impl Handler<Flush> for CommitterActor {
                 .map(move |result, act, ctx| {
                     let span = act.span.clone();
                     let _e = span.enter();
+                    act.record(at_ms, reason, started.elapsed(), &result);
                     match &result {
                         Ok(r) => {
                             act.retry_delay = RETRY_FIRST;

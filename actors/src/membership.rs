@@ -47,6 +47,8 @@ pub struct GetMembershipStatus;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MembershipStatus {
+    /// How many voters the controller aims for.
+    pub target_voters: usize,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
     pub online: Vec<NodeId>,
@@ -362,6 +364,22 @@ impl Handler<LinkChanged> for MembershipActor {
     }
 }
 
+/// Change how many voters this node's controller aims for (it acts on it
+/// while this node leads).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetVoters(pub usize);
+
+impl Handler<SetVoters> for MembershipActor {
+    type Result = ();
+    fn handle(&mut self, msg: SetVoters, ctx: &mut Self::Context) {
+        self.policy.voters = msg.0.clamp(1, skygit_consensus::membership::MAX_VOTERS);
+        self.span
+            .in_scope(|| tracing::info!(voters = msg.0, "voter target changed"));
+        self.tick(ctx);
+    }
+}
+
 impl Handler<GetMembershipStatus> for MembershipActor {
     type Result = MessageResult<GetMembershipStatus>;
 
@@ -369,6 +387,7 @@ impl Handler<GetMembershipStatus> for MembershipActor {
         let m = self.replica.metrics();
         let membership = m.membership_config.membership();
         MessageResult(MembershipStatus {
+            target_voters: self.policy.voters,
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             online: self.online.iter().copied().collect(),

@@ -317,6 +317,20 @@ pub trait RepoRemote: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<u8>, RepoError>>;
     /// How many calls to the remote this adapter has made.
     fn calls(&self) -> u64;
+    /// The host's write budget as this adapter counts it, when the host
+    /// limits writes (GitHub's secondary limits).
+    fn write_budget(&self) -> Option<WriteBudget> {
+        None
+    }
+}
+
+/// Writes made and allowed in the host's sliding windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct WriteBudget {
+    pub writes_last_minute: u64,
+    pub writes_last_hour: u64,
+    pub limit_minute: u64,
+    pub limit_hour: u64,
 }
 
 #[cfg(test)]

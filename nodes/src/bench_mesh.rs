@@ -162,12 +162,11 @@ pub async fn mesh(args: MeshBenchArgs) -> anyhow::Result<()> {
     for i in 0..args.latency_messages {
         tick.tick().await;
         let n = &nodes[(i % args.nodes) as usize];
-        let (api, body) = (n.api.clone(), body.clone());
+        let (api, body, client) = (n.api.clone(), body.clone(), n.http().clone());
         let at = now_us();
         posts.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
             let r: serde_json::Value = client
-                .post(format!("{api}/api/messages"))
+                .post(format!("{api}/messages"))
                 .json(&serde_json::json!({ "content": body }))
                 .send()
                 .await
@@ -175,7 +174,7 @@ pub async fn mesh(args: MeshBenchArgs) -> anyhow::Result<()> {
                 .json()
                 .await
                 .ok()?;
-            Some((r["id"].as_str()?.to_owned(), at))
+            Some((r["message_id"].as_str()?.to_owned(), at))
         }));
     }
     for p in posts {
@@ -197,19 +196,19 @@ pub async fn mesh(args: MeshBenchArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for s in 0..args.senders {
         let api = nodes[(s % args.nodes) as usize].api.clone();
+        let client = nodes[(s % args.nodes) as usize].http().clone();
         let (ids, body) = (ids.clone(), body.clone());
         let count = per_sender.min(args.messages.saturating_sub(s * per_sender));
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
             for _ in 0..count {
                 let r = client
-                    .post(format!("{api}/api/messages"))
+                    .post(format!("{api}/messages"))
                     .json(&serde_json::json!({ "content": body }))
                     .send()
                     .await;
                 if let Ok(r) = r {
                     if let Ok(v) = r.json::<serde_json::Value>().await {
-                        if let Some(id) = v["id"].as_str() {
+                        if let Some(id) = v["message_id"].as_str() {
                             ids.lock().await.insert(id.to_owned(), 0u64);
                         }
                     }

@@ -11,6 +11,7 @@ mod config;
 mod demo;
 mod demo_procs;
 mod mesh_node;
+mod metrics;
 mod node;
 mod repo;
 mod sim;

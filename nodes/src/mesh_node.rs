@@ -16,11 +16,13 @@ use skygit_actors::ports::{PresenceChannel, RepoError, RepoHead, RepoRemote, See
 use skygit_actors::presence::PresenceOptions;
 use skygit_actors::room::{start_room, MeshPorts, RoomPorts, RoomSpec};
 use skygit_consensus::membership::{MembershipPolicy, MAX_VOTERS};
+use skygit_consensus::model::RoomId;
 use skygit_consensus::ports::{PeerLink, SystemClock};
 use skygit_consensus::NodeId;
 use skygit_mesh::{Mesh, MeshConfig};
 use skygit_storage::Faults;
 
+use crate::api::{ApiState, Served};
 use crate::config::NodeConfig;
 
 /// Settings of the mesh node beyond the shared node configuration.
@@ -61,8 +63,8 @@ pub struct MeshArgs {
     /// node's (its peers must refuse it).
     #[arg(long, hide = true)]
     pub fault_wrong_fingerprint: bool,
-    /// Test fault: serve `POST /api/faults/drop-link/{peer}` and
-    /// `POST /api/faults/send/{peer}/{wire|frame}`.
+    /// Test fault: serve `POST /faults/drop-link/{peer}` and
+    /// `POST /faults/send/{peer}/{wire|frame}`.
     #[arg(long, hide = true)]
     pub fault_api: bool,
 }
@@ -138,10 +140,17 @@ async fn bootstrap_rule(
     }
 }
 
-pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
-    let id = node_id(&cfg.data_dir)?;
-    let spec = cfg.room.as_str().to_owned();
-    let cache = cfg.data_dir.join("cache").join(cfg.room.storage_key());
+/// Opens `room` on this node: its presence channel and repository, a
+/// WebRTC endpoint of its own and the room's actors (one raft group per
+/// repository; the node id is the node's for every room).
+pub async fn open_room(
+    cfg: NodeConfig,
+    args: MeshArgs,
+    id: NodeId,
+    room: RoomId,
+) -> anyhow::Result<Served> {
+    let spec = room.as_str().to_owned();
+    let cache = cfg.data_dir.join("cache").join(room.storage_key());
     // On GitHub presence and commits share one remote, so they share its
     // write budget and conditional-request cache.
     let (presence, remote, heartbeat): (Arc<dyn PresenceChannel>, Arc<dyn RepoRemote>, u64) =
@@ -157,7 +166,7 @@ pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
             None => {
                 let p = skygit_remotes::GitPresence::open(&spec, id, &cache.join("presence"))
                     .map_err(|e| anyhow::anyhow!("presence channel: {e}"))?;
-                let remote = crate::repo::open_remote(&cfg.room, &cfg.remote, &cfg.data_dir, id)?;
+                let remote = crate::repo::open_remote(&room, &cfg.remote, &cfg.data_dir, id)?;
                 (Arc::new(p), remote, args.heartbeat_secs.unwrap_or(60))
             }
         };
@@ -192,9 +201,9 @@ pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
         wrong_fingerprint: args.fault_wrong_fingerprint,
     });
     let link: Arc<dyn PeerLink> = mesh.clone();
-    let room = start_room(
+    let handle = start_room(
         RoomSpec {
-            room: cfg.room.clone(),
+            room: room.clone(),
             node_id: id,
             user: cfg.user.clone(),
             data_dir: cfg.data_dir.clone(),
@@ -212,7 +221,7 @@ pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
             clock: Arc::new(SystemClock),
             rng: Box::new(SeededRng::from_os()),
             presence,
-            repo: Some(remote),
+            repo: Some(remote.clone()),
             mesh: Some(MeshPorts {
                 transport,
                 events: crate::transport::forward_events(events),
@@ -228,32 +237,73 @@ pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
         },
     )
     .await
-    .with_context(|| {
-        format!(
-            "cannot start room {} in {}",
-            cfg.room,
-            cfg.data_dir.display()
-        )
-    })?;
-    let api = crate::api::serve(
-        args.api,
-        crate::api::ApiState {
-            room: room.clone(),
-            faults: args.fault_api,
-            mesh: Some(mesh.clone()),
-        },
-    )
-    .await?;
-    println!("api: http://{api}");
+    .with_context(|| format!("cannot start room {room} in {}", cfg.data_dir.display()))?;
+    let served = Served::new(handle, Some(mesh), Some(remote));
+    crate::metrics::spawn_room_sampler(served.handle.clone(), served.key.clone());
+    Ok(served)
+}
+
+pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
+    let id = node_id(&cfg.data_dir)?;
+    let secret = crate::api::secret::load_or_create(&cfg.data_dir)?;
+    let metrics = match crate::metrics::install() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics are off");
+            None
+        }
+    };
+    let primary = open_room(cfg.clone(), args.clone(), id, cfg.room.clone()).await?;
+    let mut state = ApiState::new(secret.clone(), primary);
+    state.faults = args.fault_api;
+    state.metrics = metrics;
+    if !args.api.ip().is_loopback() {
+        // Listening beyond loopback was asked for: requests may name this
+        // address (or any, on a wildcard address); the secret still holds.
+        let ip = args.api.ip();
+        state.extra_hosts.push(if ip.is_unspecified() {
+            "*".to_owned()
+        } else {
+            ip.to_string()
+        });
+    }
+    let (c, a) = (cfg.clone(), args.clone());
+    state.opener = Some(Arc::new(move |spec: String| {
+        let (c, a) = (c.clone(), a.clone());
+        Box::pin(async move {
+            let room = RoomId::new(spec)?;
+            open_room(c, a, id, room).await
+        })
+    }));
+    let state = Arc::new(state);
+    let api = crate::api::serve_shared(args.api, state.clone()).await?;
+    let url = format!("http://{api}");
+    crate::api::secret::write_endpoint(&cfg.data_dir, &url)?;
+    // The first line is what scripts and the test harness read.
+    println!("api: {url}");
+    println!("secret: {secret}");
+    println!("ui: {url}/#secret={secret}");
+    println!("dashboard: {url}/dashboard#secret={secret}");
+    let first = state
+        .room(None)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     eprintln!(
-        "skygit node {id} in room {} as {}; api http://{api}; type a line to post, Ctrl-C to stop",
+        "skygit node {id} in room {} as {}; web UI {url}/ ; type a line to post, Ctrl-C to stop",
         cfg.room, cfg.user
     );
-    let io = crate::node::terminal(&room)?;
+    let io = crate::node::terminal(&first.handle)?;
+    drop(first);
     let signal = crate::shutdown_signal().await?;
     eprintln!("{signal}: shutting down");
     io.abort();
-    room.shutdown().await;
-    mesh.shutdown().await;
+    let rooms = std::mem::take(&mut *state.rooms.write().await);
+    for r in rooms {
+        r.handle.clone().shutdown().await;
+        if let Some(m) = &r.mesh {
+            m.shutdown().await;
+        }
+    }
+    let _ = std::fs::remove_file(cfg.data_dir.join(crate::api::secret::ENDPOINT_FILE));
     Ok(())
 }

@@ -45,7 +45,8 @@ impl ChatReader {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<MessageRecord>, StorageError> {
-        let limit = limit.min(MAX_PAGE);
+        // One more than a page, so a caller can tell whether more follow.
+        let limit = limit.min(MAX_PAGE + 1);
         let cf = self.db.cf(CF_MESSAGES)?;
         let conv = conversation.as_str();
         let mut out = Vec::new();

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
@@ -65,6 +66,8 @@ pub struct StateMachine {
     /// Serialises writes of the snapshot file: openraft builds snapshots in
     /// a task of their own, concurrently with installing one from a leader.
     snapshot_file: Arc<std::sync::Mutex<()>>,
+    /// Posts, edits and deletes applied since this process opened the room.
+    messages_applied: Arc<AtomicU64>,
 }
 
 impl StateMachine {
@@ -75,7 +78,14 @@ impl StateMachine {
             events,
             mode,
             snapshot_file: Arc::new(std::sync::Mutex::new(())),
+            messages_applied: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Posts, edits and deletes applied since this process opened the
+    /// room (the dashboard's messages per second).
+    pub fn messages_applied(&self) -> u64 {
+        self.messages_applied.load(Ordering::Relaxed)
     }
 
     /// Live applied events from now on.
@@ -318,6 +328,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for (r, o) in replies {
             r.send(o);
         }
+        let changed = events.iter().filter(|e| e.message.is_some()).count() as u64;
+        self.messages_applied.fetch_add(changed, Ordering::Relaxed);
         for e in events {
             // No subscriber is fine.
             let _ = self.events.send(Arc::new(e));

@@ -62,6 +62,8 @@ pub struct NodeProc {
     pub spec: NodeSpec,
     /// `http://127.0.0.1:PORT`.
     pub api: String,
+    /// The node's API secret (sent as `Authorization: Bearer`).
+    pub secret: String,
     pub node_id: u64,
     child: Child,
     http: reqwest::Client,
@@ -102,10 +104,13 @@ impl NodeProc {
             .with_context(|| format!("cannot start {}", spec.bin.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let api = tokio::time::timeout(START_TIMEOUT, async {
+        let (api, secret) = tokio::time::timeout(START_TIMEOUT, async {
+            let mut api = None;
             while let Some(line) = lines.next_line().await? {
                 if let Some(addr) = line.strip_prefix("api: ") {
-                    return Ok(addr.trim().to_owned());
+                    api = Some(addr.trim().to_owned());
+                } else if let (Some(s), Some(a)) = (line.strip_prefix("secret: "), &api) {
+                    return Ok((a.clone(), s.trim().to_owned()));
                 }
             }
             bail!(
@@ -123,10 +128,11 @@ impl NodeProc {
         })??;
         // Keep draining standard output so the node never blocks on it.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let http = reqwest::Client::builder().timeout(CALL_TIMEOUT).build()?;
+        let http = Self::client(&secret, Some(CALL_TIMEOUT))?;
         let mut node = Self {
             spec,
             api,
+            secret,
             node_id: 0,
             child,
             http,
@@ -138,12 +144,26 @@ impl NodeProc {
         Ok(node)
     }
 
+    /// An HTTP client that sends the node's secret with every request.
+    fn client(secret: &str, timeout: Option<Duration>) -> anyhow::Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {secret}"))?;
+        auth.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, auth);
+        let mut b = reqwest::Client::builder().default_headers(headers);
+        if let Some(t) = timeout {
+            b = b.timeout(t);
+        }
+        Ok(b.build()?)
+    }
+
+    /// The client this node's calls use (it carries the secret).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
-        let r = self
-            .http
-            .get(format!("{}/api/status", self.api))
-            .send()
-            .await?;
+        let r = self.http.get(format!("{}/status", self.api)).send().await?;
         Ok(r.error_for_status()?.json().await?)
     }
 
@@ -151,28 +171,37 @@ impl NodeProc {
     pub async fn post(&self, content: &str) -> anyhow::Result<Posted> {
         let r = self
             .http
-            .post(format!("{}/api/messages", self.api))
+            .post(format!("{}/messages", self.api))
             .json(&serde_json::json!({ "content": content }))
             .send()
             .await?;
         let status = r.status();
-        let body = r.text().await?;
-        if !status.is_success() {
+        let body: serde_json::Value = serde_json::from_str(&r.text().await?)?;
+        let queued = body["status"] == "queued";
+        if !status.is_success() && !queued {
             bail!("post answered {status}: {body}");
         }
-        Ok(serde_json::from_str(&body)?)
+        Ok(Posted {
+            id: body["message_id"]
+                .as_str()
+                .context("a post answer without message_id")?
+                .to_owned(),
+            index: if queued {
+                None
+            } else {
+                body["message"]["index"].as_u64()
+            },
+            queued,
+        })
     }
 
     /// The general conversation's message contents in log order.
     pub async fn contents(&self) -> anyhow::Result<Vec<String>> {
         let mut out = Vec::new();
-        let mut after: Option<u64> = None;
+        let mut after = 0;
         loop {
-            let mut url = format!("{}/api/messages?limit=1000", self.api);
-            if let Some(a) = after {
-                url.push_str(&format!("&after={a}"));
-            }
-            let page: Vec<serde_json::Value> = self
+            let url = format!("{}/messages?limit=1000&after={after}", self.api);
+            let page: serde_json::Value = self
                 .http
                 .get(url)
                 .send()
@@ -180,17 +209,13 @@ impl NodeProc {
                 .error_for_status()?
                 .json()
                 .await?;
-            let Some(last) = page.last() else { break };
-            after = last["index"].as_u64();
-            for m in &page {
-                out.push(
-                    m["message"]["content"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
+            let list = page["messages"].as_array().context("no messages list")?;
+            let Some(last) = list.last() else { break };
+            after = last["index"].as_u64().context("a message without index")?;
+            for m in list {
+                out.push(m["content"].as_str().unwrap_or_default().to_owned());
             }
-            if page.len() < 1000 {
+            if page["has_more"] != true {
                 break;
             }
         }
@@ -201,9 +226,9 @@ impl NodeProc {
     /// applied_at_us)` pairs, until the stream ends or the receiver is
     /// dropped.
     pub async fn events(&self) -> anyhow::Result<tokio::sync::mpsc::Receiver<(String, u64)>> {
-        let client = reqwest::Client::builder().build()?;
+        let client = Self::client(&self.secret, None)?;
         let mut r = client
-            .get(format!("{}/api/events", self.api))
+            .get(format!("{}/events", self.api))
             .send()
             .await?
             .error_for_status()?;
@@ -214,7 +239,11 @@ impl NodeProc {
                 buf.extend_from_slice(&chunk);
                 while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=nl).collect();
-                    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                    // Server-sent events: only `data:` lines carry JSON.
+                    let Some(data) = line.strip_prefix(b"data: ") else {
+                        continue;
+                    };
+                    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
                         continue;
                     };
                     if let (Some(id), Some(at)) = (v["id"].as_str(), v["applied_at_us"].as_u64()) {
@@ -233,7 +262,7 @@ impl NodeProc {
     pub async fn drop_link(&self, peer: u64) -> anyhow::Result<()> {
         let r = self
             .http
-            .post(format!("{}/api/faults/drop-link/{peer}", self.api))
+            .post(format!("{}/faults/drop-link/{peer}", self.api))
             .send()
             .await?;
         r.error_for_status()?;
@@ -245,7 +274,7 @@ impl NodeProc {
     pub async fn send_raw(&self, peer: u64, layer: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
         let r = self
             .http
-            .post(format!("{}/api/faults/send/{peer}/{layer}", self.api))
+            .post(format!("{}/faults/send/{peer}/{layer}", self.api))
             .body(bytes)
             .send()
             .await?;

@@ -938,6 +938,18 @@ impl RepoRemote for GithubRemote {
     fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
     }
+
+    fn write_budget(&self) -> Option<skygit_actors::ports::WriteBudget> {
+        let now = Instant::now();
+        let w = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let within = |d: Duration| w.iter().filter(|t| now.duration_since(**t) < d).count() as u64;
+        Some(skygit_actors::ports::WriteBudget {
+            writes_last_minute: within(Duration::from_secs(60)),
+            writes_last_hour: within(Duration::from_secs(3600)),
+            limit_minute: WRITES_PER_MINUTE as u64,
+            limit_hour: WRITES_PER_HOUR as u64,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,158 @@
+//! `GET /events`: server-sent events as this node applies the room's log.
+//!
+//! `message` (a message's new state, with `applied_at_us` on this node's
+//! clock), `synced` (the repository's new watermark), `conversation` (a
+//! new conversation) and `lagged` (the client fell behind and should
+//! re-read). A comment every 15 s keeps proxies and browsers from timing
+//! the stream out.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use skygit_storage::AppliedEvent;
+use tokio::sync::broadcast::{error::RecvError, Receiver};
+
+use super::messages::{conversation_json, message_json, rfc3339};
+use super::{query, ApiError, RepoQuery, Served, Shared};
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Conversations a stream remembers having announced.
+const MAX_KNOWN_CONVERSATIONS: usize = 10_000;
+
+struct Stream {
+    rx: Receiver<Arc<AppliedEvent>>,
+    room: Arc<Served>,
+    synced: u64,
+    conversations: BTreeSet<String>,
+}
+
+fn frame(event: &str, data: &Value) -> Vec<u8> {
+    format!("event: {event}\ndata: {data}\n\n").into_bytes()
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl Stream {
+    /// What one applied entry tells a subscriber.
+    async fn frames(&mut self, e: &AppliedEvent) -> Vec<u8> {
+        if let Some(m) = &e.message {
+            let hash = if m.last_change_index <= self.synced {
+                let reader = self.room.handle.storage.reader.clone();
+                let at = m.last_change_index;
+                super::blocking(move || reader.commit_for(at))
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            };
+            let state = if hash.is_some() {
+                "synchronized"
+            } else {
+                "committed"
+            };
+            let mut v = message_json(&self.room, m, hash.as_deref(), state);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("applied_at_us".into(), json!(now_us()));
+            }
+            return frame("message", &v);
+        }
+        // Not a message: a synced record or a new conversation (or a
+        // refusal). Reading both is cheap and rare.
+        let reader = self.room.handle.storage.reader.clone();
+        let read = super::blocking(move || {
+            let up_to = reader.synced_up_to()?;
+            let hash = reader.commit_for(up_to)?;
+            Ok((up_to, hash, reader.conversations()?))
+        })
+        .await;
+        let Ok((up_to, hash, convs)) = read else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if up_to > self.synced {
+            self.synced = up_to;
+            out.extend(frame(
+                "synced",
+                &json!({
+                    "up_to_index": up_to,
+                    "git_hash": hash,
+                    "commit_url": hash.as_deref().and_then(|h| self.room.commit_url(h)),
+                }),
+            ));
+        }
+        for c in &convs {
+            if self.conversations.len() < MAX_KNOWN_CONVERSATIONS
+                && self.conversations.insert(c.id.as_str().to_owned())
+            {
+                out.extend(frame("conversation", &conversation_json(c, None)));
+            }
+        }
+        out
+    }
+}
+
+pub async fn events(
+    State(s): State<Shared>,
+    q: Result<Query<RepoQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let room = s.room(q.repo.as_deref()).await?;
+    let rx = room.handle.storage.state_machine.subscribe();
+    let reader = room.handle.storage.reader.clone();
+    let (synced, known) = super::blocking(move || {
+        Ok((
+            reader.synced_up_to()?,
+            reader
+                .conversations()?
+                .into_iter()
+                .map(|c| c.id.as_str().to_owned())
+                .collect::<BTreeSet<_>>(),
+        ))
+    })
+    .await?;
+    let hello = frame(
+        "hello",
+        &json!({ "node_id": room.handle.node_id, "synced_up_to": synced, "at": rfc3339(now_us() as i64 / 1000) }),
+    );
+    let state = Stream {
+        rx,
+        room,
+        synced,
+        conversations: known,
+    };
+    let first = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(hello) });
+    let rest = futures::stream::unfold(state, |mut st| async move {
+        loop {
+            let next = tokio::time::timeout(KEEP_ALIVE, st.rx.recv()).await;
+            let bytes = match next {
+                Err(_) => b": keep-alive\n\n".to_vec(),
+                Ok(Ok(e)) => st.frames(&e).await,
+                Ok(Err(RecvError::Lagged(n))) => frame("lagged", &json!({ "missed": n })),
+                Ok(Err(RecvError::Closed)) => return None,
+            };
+            if !bytes.is_empty() {
+                return Some((Ok(bytes), st));
+            }
+        }
+    });
+    use futures::StreamExt;
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(axum::body::Body::from_stream(first.chain(rest)))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .map(IntoResponse::into_response)
+}

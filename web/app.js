@@ -1,0 +1,559 @@
+// The chat UI: conversations, messages with live updates, composer, edit
+// and delete, peers, settings. Everything from the API is written as text.
+'use strict';
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const el = SG.el;
+  const S = {
+    user: null,
+    webUrl: null,
+    conv: 'general',
+    convs: new Map(), // id -> conversation
+    unread: new Set(),
+    msgs: new Map(), // id -> {m, li}
+    hasMore: false,
+    editing: null, // id of the message being edited
+    started: false,
+    fetchDown: false,
+    streamDown: false,
+    gen: 0, // bumped on every conversation switch or reload
+  };
+
+  // ---- connection state -------------------------------------------------
+  function showOffline() {
+    const b = $('offline');
+    b.hidden = !(S.fetchDown || S.streamDown);
+    b.textContent = S.fetchDown
+      ? 'Offline: cannot reach the node at ' + location.host + '. Retrying…'
+      : 'Live updates interrupted: reconnecting…';
+  }
+  // An API call that records whether the node answered. Null when not.
+  async function call(method, path, body) {
+    if (SG.authFailed) return null;
+    try {
+      const r = await SG.api(method, path, body);
+      if (S.fetchDown) {
+        S.fetchDown = false;
+        showOffline();
+      }
+      return r;
+    } catch (e) {
+      S.fetchDown = true;
+      showOffline();
+      return null;
+    }
+  }
+
+  // ---- status ---------------------------------------------------------
+  // Runs f unless its previous run is still waiting for the node.
+  function single(f) {
+    let busy = false;
+    return async () => {
+      if (busy) return;
+      busy = true;
+      try {
+        await f();
+      } finally {
+        busy = false;
+      }
+    };
+  }
+
+  const pollStatus = single(async () => {
+    const r = await call('GET', '/status');
+    if (!r || !r.ok || !r.data) return;
+    const s = r.data;
+    const c = s.consensus || {};
+    const web = SG.safeHref(s.repository && s.repository.web_url);
+    const webUrl = web ? web.replace(/\/+$/, '') : null;
+    if (webUrl !== S.webUrl || s.user !== S.user) {
+      S.webUrl = webUrl;
+      S.user = s.user;
+      for (const [id, x] of S.msgs) if (S.editing !== id) fill(x.li, x.m);
+    }
+    $('node-info').textContent =
+      (s.user || '?') + ' · node ' + s.node_id + ' · ' + (c.state || '?') + ' · term ' + (c.term ?? '?') +
+      (s.repository && s.repository.spec ? ' · ' + s.repository.spec : '');
+    $('no-leader').hidden = c.leader != null;
+    const cu = s.catch_up;
+    const catching = cu && cu.done === false;
+    $('catchup').hidden = !catching;
+    if (catching) {
+      $('catchup-text').textContent = 'catching up: ' + cu.applied_index + ' / ' + cu.target_index;
+      const p = $('catchup-progress');
+      p.max = Math.max(1, cu.target_index || 0);
+      p.value = Math.min(p.max, cu.applied_index || 0);
+    }
+  });
+
+  // ---- peers ----------------------------------------------------------
+  const pollPeers = single(async () => {
+    const r = await call('GET', '/peers');
+    if (!r || !r.ok || !r.data) return;
+    const rows = (r.data.peers || []).map((p) =>
+      el('tr', { class: 'peer-' + p.state },
+        el('td', { text: p.user ?? '?' }),
+        el('td', { text: p.node_id }),
+        el('td', { text: p.state + (p.role ? ' · ' + p.role : '') }),
+        el('td', { text: SG.fmtMs(p.rtt_ms) }))
+    );
+    if (!rows.length) rows.push(el('tr', {}, el('td', { colspan: 4, class: 'muted', text: 'no peers' })));
+    $('peers-body').replaceChildren(...rows);
+  });
+
+  // ---- conversations --------------------------------------------------
+  function renderConvs() {
+    if (!S.convs.has('general')) S.convs.set('general', { id: 'general', title: 'general' });
+    const items = [...S.convs.values()].map((c) => {
+      const unread = S.unread.has(c.id);
+      const b = el('button', {
+        type: 'button',
+        class: 'conv' + (c.id === S.conv ? ' current' : '') + (unread ? ' unread' : ''),
+        'aria-current': c.id === S.conv ? 'true' : null,
+        'data-conv': c.id,
+        title: c.title && c.title !== c.id ? c.id : null,
+        onclick: () => switchConv(c.id),
+      }, c.title || c.id);
+      if (unread) b.append(el('span', { class: 'badge', text: 'new' }));
+      return el('li', {}, b);
+    });
+    $('conversations').replaceChildren(...items);
+    const cur = S.convs.get(S.conv);
+    $('conv-title').textContent = cur ? cur.title || cur.id : S.conv;
+  }
+  async function loadConvs() {
+    const r = await call('GET', '/conversations');
+    if (!r || !r.ok || !r.data) return;
+    for (const c of r.data.conversations || []) S.convs.set(c.id, c);
+    renderConvs();
+  }
+  function switchConv(id) {
+    if (id === S.conv) return;
+    S.conv = id;
+    S.unread.delete(id);
+    renderConvs();
+    reloadMessages();
+    $('composer').focus();
+  }
+  async function createConv(ev) {
+    ev.preventDefault();
+    const id = $('new-conv-id').value.trim();
+    const title = $('new-conv-title').value.trim();
+    const msg = $('new-conv-msg');
+    if (!id) {
+      msg.textContent = 'Give the conversation an id.';
+      return;
+    }
+    msg.textContent = 'creating…';
+    const r = await call('POST', '/conversations', title ? { id, title } : { id });
+    if (!r) return void (msg.textContent = 'The node cannot be reached.');
+    if (r.status === 409) return void (msg.textContent = 'A conversation "' + id + '" exists already.');
+    if (!r.ok) return void (msg.textContent = 'Not created: ' + SG.errText(r));
+    const c = (r.data && r.data.conversation) || { id, title };
+    S.convs.set(c.id, c);
+    $('new-conv-id').value = '';
+    $('new-conv-title').value = '';
+    msg.textContent = 'Created.';
+    S.conv = '';
+    switchConv(c.id);
+  }
+
+  // ---- messages -------------------------------------------------------
+  const REF =
+    /(https?:\/\/[^\s<>"'`]*[^\s<>"'`.,;:!?)\]}])|(?:([A-Za-z0-9][A-Za-z0-9-]{0,38})\/([A-Za-z0-9._-]{1,100}))?#(\d{1,10})\b/g;
+  // Writes text into node, with http(s) URLs and (in a GitHub room)
+  // issue references as links: text nodes and <a> elements only.
+  function linkify(node, text) {
+    let last = 0;
+    let m;
+    REF.lastIndex = 0;
+    while ((m = REF.exec(text))) {
+      let href = null;
+      const prev = m.index > 0 ? text[m.index - 1] : '';
+      if (m[1]) href = SG.safeHref(m[1]);
+      else if (S.webUrl && !/[\w/#&]/.test(prev))
+        href = m[2]
+          ? 'https://github.com/' + m[2] + '/' + m[3] + '/issues/' + m[4]
+          : S.webUrl + '/issues/' + m[4];
+      if (!href) continue;
+      if (m.index > last) node.append(text.slice(last, m.index));
+      node.append(el('a', { href, target: '_blank', rel: 'noopener noreferrer', text: m[0] }));
+      last = m.index + m[0].length;
+    }
+    if (last < text.length) node.append(text.slice(last));
+  }
+
+  function syncState(m) {
+    if (m.index == null) return 'pending';
+    return m.sync_state || (m.is_synchronized ? 'synchronized' : 'committed');
+  }
+  function syncEl(m) {
+    const st = syncState(m);
+    const s = el('span', { class: 'sync sync-' + st });
+    if (st === 'synchronized') {
+      s.append('in repository');
+      const h = m.git_hash ? String(m.git_hash).slice(0, 7) : '';
+      const href = SG.safeHref(m.commit_url);
+      if (href) s.append(' ', el('a', { href, target: '_blank', rel: 'noopener noreferrer', title: m.git_hash, text: h || 'commit' }));
+      else if (h) s.append(' ', el('code', { title: m.git_hash, text: h }));
+    } else {
+      s.append(st === 'pending' ? 'pending' : 'committed');
+      s.title = st === 'pending' ? 'waiting for a leader (outbox) or not applied yet' : 'applied; not in the repository yet';
+    }
+    return s;
+  }
+
+  function fill(li, m) {
+    li.replaceChildren();
+    li.dataset.index = m.index == null ? '' : String(m.index);
+    li.classList.toggle('own', m.sender === S.user);
+    li.classList.toggle('deleted', !!m.deleted);
+    const t = SG.fmtTime(m.created_at || m.timestamp);
+    li.append(el('div', { class: 'meta' },
+      el('span', { class: 'sender', text: m.sender ?? '?' }),
+      el('time', { class: 'time', datetime: m.created_at || null, title: t.title || null, text: t.text }),
+      m.edited && !m.deleted ? el('span', { class: 'edited', text: '(edited)' }) : null,
+      syncEl(m)));
+    const content = el('div', { class: 'content' });
+    if (m.deleted) {
+      content.textContent = '(deleted)';
+      content.classList.add('muted');
+    } else linkify(content, String(m.content ?? ''));
+    li.append(content);
+    if (S.user != null && m.sender === S.user && !m.deleted && m.index != null) {
+      li.append(el('div', { class: 'actions' },
+        el('button', { type: 'button', class: 'edit', 'aria-label': 'Edit this message', onclick: () => startEdit(m.id) }, 'Edit'),
+        el('button', { type: 'button', class: 'delete', 'aria-label': 'Delete this message', onclick: () => del(m.id) }, 'Delete')));
+    }
+  }
+
+  function nearBottom() {
+    const l = $('messages');
+    return l.scrollHeight - l.scrollTop - l.clientHeight < 40;
+  }
+  function toBottom() {
+    const l = $('messages');
+    l.scrollTop = l.scrollHeight;
+  }
+  // Puts li into the list in index order (pending ones at the end).
+  function place(li, idx) {
+    const list = $('messages');
+    let before = null;
+    if (idx != null) {
+      const kids = list.children;
+      const lastIdx = (c) => (c.dataset.index === '' ? Infinity : +c.dataset.index);
+      const tail = kids.length ? kids[kids.length - 1] : null;
+      if (!tail || (tail !== li && lastIdx(tail) < idx)) before = null;
+      else for (const c of kids) if (c !== li && lastIdx(c) > idx) { before = c; break; }
+    }
+    if (li.nextSibling !== before || li.parentNode !== list) list.insertBefore(li, before);
+  }
+  function minIndex() {
+    let min = null;
+    for (const { m } of S.msgs.values()) if (m.index != null && (min == null || m.index < min)) min = m.index;
+    return min;
+  }
+  // Inserts or replaces a message (by id) in the view.
+  function upsert(m) {
+    if (!m || !m.id) return;
+    // Without last_change_index the index of an edit or delete is unknown:
+    // such a message is not marked synchronized by a later `synced`.
+    if ((m.edited || m.deleted) && m.last_change_index == null && syncState(m) !== 'synchronized') m.changeUnknown = true;
+    const x = S.msgs.get(m.id);
+    if (x) {
+      // The sync state of one version never goes back (an answer may
+      // trail an event); an edit or delete starts again from committed.
+      const same = m.index === x.m.index && m.updated_at === x.m.updated_at && m.deleted === x.m.deleted;
+      if (same && syncState(x.m) === 'synchronized' && syncState(m) !== 'synchronized')
+        for (const k of ['is_synchronized', 'sync_state', 'git_hash', 'commit_url']) m[k] = x.m[k];
+      x.m = m;
+      if (S.editing === m.id) x.stale = true;
+      else fill(x.li, m);
+      place(x.li, m.index);
+      return;
+    }
+    const li = el('li', { class: 'message', 'data-id': m.id });
+    fill(li, m);
+    S.msgs.set(m.id, { m, li });
+    place(li, m.index);
+  }
+  function onMessageEvent(m) {
+    if (m.conversation !== S.conv) {
+      if (!m.edited && !m.deleted) {
+        S.unread.add(m.conversation);
+        renderConvs();
+      }
+      return;
+    }
+    // An edit of a message older than the loaded page is not shown.
+    const min = minIndex();
+    if (!S.msgs.has(m.id) && S.hasMore && min != null && m.index < min) return;
+    const stick = nearBottom();
+    upsert(m);
+    if (stick) toBottom();
+  }
+  function onSynced(d) {
+    for (const x of S.msgs.values()) {
+      const m = x.m;
+      // The index of the message's latest change (post, edit or delete).
+      const at = m.last_change_index ?? m.index;
+      if (at == null || m.changeUnknown || at > d.up_to_index || syncState(m) === 'synchronized') continue;
+      Object.assign(m, { is_synchronized: true, sync_state: 'synchronized', git_hash: d.git_hash, commit_url: d.commit_url });
+      const old = x.li.querySelector('.sync');
+      if (old) old.replaceWith(syncEl(m));
+    }
+  }
+
+  async function loadPage(before) {
+    const gen = S.gen;
+    const conv = S.conv;
+    const q = new URLSearchParams({ conversation: conv, limit: '50' });
+    if (before != null) q.set('before', String(before));
+    const r = await call('GET', '/messages?' + q);
+    if (gen !== S.gen) return false;
+    if (!r || !r.ok || !r.data) {
+      if (r && !r.ok) $('composer-status').textContent = 'Cannot load messages: ' + SG.errText(r);
+      return false;
+    }
+    S.hasMore = !!r.data.has_more;
+    $('load-older').hidden = !S.hasMore;
+    for (const m of r.data.messages || []) upsert(m);
+    return true;
+  }
+  async function reloadMessages() {
+    S.gen++;
+    S.msgs.clear();
+    S.editing = null;
+    S.hasMore = false;
+    $('messages').replaceChildren();
+    $('load-older').hidden = true;
+    const gen = S.gen;
+    if (!(await loadPage(null))) return;
+    // Posts of this node still waiting for a leader.
+    const r = await call('GET', '/outbox');
+    if (gen === S.gen && r && r.ok && r.data)
+      for (const p of r.data.pending || [])
+        if (p.conversation === S.conv && !S.msgs.has(p.id)) upsert(Object.assign({ index: null, sync_state: 'pending' }, p));
+    toBottom();
+  }
+  async function loadOlder() {
+    const min = minIndex();
+    if (min == null) return;
+    const l = $('messages');
+    const h = l.scrollHeight;
+    const b = $('load-older');
+    b.disabled = true;
+    await loadPage(min);
+    b.disabled = false;
+    l.scrollTop += l.scrollHeight - h;
+  }
+
+  // ---- composer, edit, delete -----------------------------------------
+  async function send(ev) {
+    if (ev) ev.preventDefault();
+    const box = $('composer');
+    const status = $('composer-status');
+    const content = box.value;
+    if (!content.trim()) return;
+    const conv = S.conv;
+    status.textContent = '';
+    status.className = 'msg';
+    const r = await call('POST', '/messages', { content, conversation: conv });
+    if (!r) {
+      status.textContent = 'Not sent: the node cannot be reached.';
+      status.className = 'msg error';
+      return;
+    }
+    const d = r.data || {};
+    if (r.ok) {
+      if (box.value === content) box.value = '';
+      if (d.message && conv === S.conv) {
+        const stick = nearBottom();
+        upsert(d.message);
+        if (stick) toBottom();
+      }
+      return;
+    }
+    if (r.status === 503 && d.status === 'queued') {
+      if (box.value === content) box.value = '';
+      status.textContent =
+        'No leader reachable: kept in the outbox (' + (d.outbox_len ?? '?') + ' waiting) and sent when a leader is back.';
+      status.className = 'msg warn';
+      if (conv === S.conv && d.message_id)
+        upsert(Object.assign(
+          { id: d.message_id, conversation: conv, sender: S.user, content, created_at: new Date().toISOString() },
+          d.message || {}, { index: null, sync_state: 'pending' }));
+      toBottom();
+      return;
+    }
+    status.textContent =
+      (r.status === 413 ? 'Too large: ' : 'Not sent: ') + SG.errText(r);
+    status.className = 'msg error';
+  }
+
+  function startEdit(id) {
+    const x = S.msgs.get(id);
+    if (!x || S.editing) return;
+    S.editing = id;
+    const content = x.li.querySelector('.content');
+    const actions = x.li.querySelector('.actions');
+    const ta = el('textarea', { class: 'edit-box', 'aria-label': 'Edit message', rows: 2 });
+    ta.value = x.m.content;
+    const err = el('p', { class: 'msg', role: 'status' });
+    const done = (focusEdit) => {
+      S.editing = null;
+      const cur = S.msgs.get(id);
+      if (!cur) return;
+      cur.stale = false;
+      fill(cur.li, cur.m);
+      if (focusEdit) {
+        const b = cur.li.querySelector('button.edit');
+        if (b) b.focus();
+      }
+    };
+    const save = async () => {
+      if (ta.value === x.m.content) return done(true);
+      err.textContent = 'saving…';
+      const r = await call('PATCH', '/messages/' + encodeURIComponent(id), { content: ta.value });
+      if (!r) return void (err.textContent = 'Not saved: the node cannot be reached.');
+      if (!r.ok) return void (err.textContent = 'Not saved: ' + SG.errText(r));
+      if (r.data && r.data.message) S.msgs.get(id).m = r.data.message;
+      done(true);
+    };
+    ta.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape') {
+        e.preventDefault();
+        done(true);
+      } else if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        save();
+      }
+    });
+    const form = el('div', { class: 'edit-form' }, ta,
+      el('button', { type: 'button', onclick: save }, 'Save'),
+      el('button', { type: 'button', onclick: () => done(true) }, 'Cancel'), err);
+    content.replaceWith(form);
+    if (actions) actions.remove();
+    ta.focus();
+  }
+
+  async function del(id) {
+    const x = S.msgs.get(id);
+    if (!x || !window.confirm('Delete this message?')) return;
+    const r = await call('DELETE', '/messages/' + encodeURIComponent(id));
+    const status = $('composer-status');
+    if (!r) status.textContent = 'Not deleted: the node cannot be reached.';
+    else if (!r.ok) status.textContent = 'Not deleted: ' + SG.errText(r);
+    else if (r.data && r.data.message) upsert(r.data.message);
+  }
+
+  // ---- settings -------------------------------------------------------
+  async function loadSettings() {
+    const r = await call('GET', '/settings');
+    if (!r || !r.ok || !r.data) return;
+    $('commit-interval').value = r.data.commit_interval_secs ?? '';
+    $('voters').value = r.data.voters ?? '';
+  }
+  async function saveSettings(ev) {
+    ev.preventDefault();
+    const body = {};
+    const ci = $('commit-interval').value;
+    const v = $('voters').value;
+    if (ci !== '') body.commit_interval_secs = Number(ci);
+    if (v !== '') body.voters = Number(v);
+    const msg = $('settings-msg');
+    const r = await call('PUT', '/settings', body);
+    if (!r) msg.textContent = 'Not saved: the node cannot be reached.';
+    else if (!r.ok) msg.textContent = 'Not saved: ' + SG.errText(r);
+    else {
+      msg.textContent = 'Saved.';
+      if (r.data) {
+        $('commit-interval').value = r.data.commit_interval_secs ?? ci;
+        $('voters').value = r.data.voters ?? v;
+      }
+    }
+  }
+
+  // ---- live events ----------------------------------------------------
+  function onEvent(type, d) {
+    if (type === 'message') onMessageEvent(d);
+    else if (type === 'synced') onSynced(d);
+    else if (type === 'conversation') {
+      if (d && d.id) {
+        S.convs.set(d.id, d);
+        renderConvs();
+      }
+    } else if (type === 'lagged') resync();
+  }
+  function resync() {
+    loadConvs();
+    reloadMessages();
+  }
+  async function eventsLoop() {
+    let delay = 500;
+    let first = true;
+    for (;;) {
+      if (SG.authFailed) {
+        await SG.sleep(500);
+        continue;
+      }
+      try {
+        await SG.stream('/events', onEvent, () => {
+          // A hook for tests and styles: the live stream is open.
+          document.documentElement.dataset.events = 'open';
+          delay = 500;
+          S.streamDown = false;
+          showOffline();
+          // Anything may have happened while the stream was down.
+          if (!first) resync();
+          first = false;
+        });
+      } catch (e) {
+        /* reconnect below */
+      }
+      document.documentElement.dataset.events = 'down';
+      if (!SG.authFailed) {
+        S.streamDown = true;
+        showOffline();
+      }
+      await SG.sleep(delay * (1 + Math.random() / 2));
+      delay = Math.min(delay * 2, 10000);
+    }
+  }
+
+  function start() {
+    $('dashboard-link').setAttribute('href', SG.pageLink('/dashboard'));
+    if (!S.started) {
+      S.started = true;
+      setInterval(pollStatus, 2000);
+      setInterval(pollPeers, 2000);
+      setInterval(() => {
+        if (S.fetchDown) loadConvs();
+      }, 5000);
+      eventsLoop();
+    }
+    // Status first: it names this user (for the edit buttons).
+    pollStatus().then(() => {
+      loadConvs();
+      reloadMessages();
+    });
+    pollPeers();
+    loadSettings();
+  }
+
+  function init() {
+    renderConvs();
+    $('composer-form').addEventListener('submit', send);
+    $('composer').addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        send();
+      }
+    });
+    $('load-older').addEventListener('click', loadOlder);
+    $('new-conv').addEventListener('submit', createConv);
+    $('settings-form').addEventListener('submit', saveSettings);
+    SG.initAuth(start);
+  }
+  init();
+})();
