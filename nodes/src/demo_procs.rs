@@ -124,7 +124,14 @@ pub async fn run(
         println!("  {m}");
     }
     if keep {
-        println!("\nthe room keeps running; Ctrl-C stops it");
+        println!("\nthe room keeps running; open a node's web UI or dashboard:");
+        for node in &nodes {
+            println!(
+                "  {}: {}/#secret={}  dashboard {}/dashboard#secret={}",
+                node.spec.user, node.api, node.secret, node.api, node.secret
+            );
+        }
+        println!("Ctrl-C stops the room");
         let _ = crate::shutdown_signal().await?;
     }
     println!(

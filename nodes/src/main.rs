@@ -7,6 +7,7 @@ mod api;
 mod bench;
 mod bench_commit;
 mod bench_mesh;
+mod client;
 mod config;
 mod demo;
 mod demo_procs;
@@ -49,9 +50,16 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Make a repository a skygit room: write `.messages/config.json`.
     Init(repo::InitArgs),
-    /// Commit this node's room to the repository now (the node must not
-    /// be running; a running node commits on its own schedule).
-    Push(NodeArgs),
+    /// Ask the running node to commit its room to the repository now
+    /// (`--offline`: commit a stopped node's room from its data directory).
+    Push(PushArgs),
+    /// Post a message through the running node.
+    Send(client::SendArgs),
+    /// Print recent messages from the running node (`--follow`: and keep
+    /// printing them as they commit).
+    Tail(client::TailArgs),
+    /// Print the running node's status: raft, repository, peers.
+    Status(client::StatusArgs),
     /// Print a room's messages read back from its repository alone.
     History(repo::HistoryArgs),
     /// Simulate a whole room with faults, reproducibly from a seed, and
@@ -103,6 +111,20 @@ struct NodeArgs {
     local_nodes: Option<u64>,
     #[command(flatten)]
     mesh: mesh_node::MeshArgs,
+}
+
+#[derive(Args)]
+struct PushArgs {
+    /// Commit a stopped node's room from its data directory instead of
+    /// asking the running node.
+    #[arg(long)]
+    offline: bool,
+    /// The running node's API address (default: what it recorded in its
+    /// data directory).
+    #[arg(long = "api-url", env = "SKYGIT_API_URL")]
+    api_url: Option<String>,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 impl NodeArgs {
@@ -161,10 +183,21 @@ fn main() -> anyhow::Result<()> {
                     mesh_node::run(a.resolve()?, mesh).await
                 }
             },
-            Command::Push(a) => {
-                let nodes = a.local_nodes.unwrap_or(1);
-                repo::push(a.resolve()?, nodes).await
+            Command::Push(a) if a.offline => {
+                let nodes = a.node.local_nodes.unwrap_or(1);
+                repo::push(a.node.resolve()?, nodes).await
             }
+            Command::Push(a) => {
+                client::push(client::ClientArgs {
+                    data_dir: a.node.data_dir,
+                    api_url: a.api_url,
+                    repo: a.node.repo,
+                })
+                .await
+            }
+            Command::Send(a) => client::send(a).await,
+            Command::Tail(a) => client::tail(a).await,
+            Command::Status(a) => client::status(a).await,
             Command::Init(a) => repo::init(a).await,
             Command::History(a) => repo::history(a).await,
             Command::Demo(a) => demo::run(a).await,
