@@ -5,6 +5,7 @@
 
 mod api;
 mod bench;
+mod bench_api;
 mod bench_commit;
 mod bench_mesh;
 mod client;
@@ -81,6 +82,8 @@ enum BenchCommand {
     /// Node processes over real WebRTC on loopback: channel set-up, first
     /// commit, latency at a light load and sustained throughput.
     Mesh(bench_mesh::MeshBenchArgs),
+    /// GET /messages latency and throughput on a room of a million messages.
+    Api(bench_api::ApiBenchArgs),
 }
 
 #[derive(Args)]
@@ -177,7 +180,10 @@ fn main() -> anyhow::Result<()> {
     system.block_on(async move {
         match cli.command {
             Command::Node(a) => match a.local_nodes {
-                Some(nodes) => node::run(a.resolve()?, nodes).await,
+                Some(nodes) => {
+                    let api = a.mesh.api;
+                    node::run(a.resolve()?, nodes, api).await
+                }
                 None => {
                     let mesh = a.mesh.clone();
                     mesh_node::run(a.resolve()?, mesh).await
@@ -205,6 +211,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Raft(a)) => bench::raft(a).await,
             Command::Bench(BenchCommand::Commit(a)) => bench_commit::commit(a).await,
             Command::Bench(BenchCommand::Mesh(a)) => bench_mesh::mesh(a).await,
+            Command::Bench(BenchCommand::Api(a)) => bench_api::api(a).await,
         }
     })
 }

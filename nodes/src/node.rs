@@ -1,5 +1,7 @@
-//! `skygit node`: this node's member of a room, driven from the terminal
-//! until the HTTP API and web UI land.
+//! `skygit node --local-nodes N`: several raft members of a room in this
+//! process over the in-process transport; member 1 is driven from the
+//! terminal and serves the HTTP API. Also the terminal side every node
+//! shares: recent history, then messages as they commit; typed lines post.
 
 use anyhow::Context;
 use skygit_actors::consensus::{Proposed, Submit};
@@ -30,7 +32,11 @@ pub fn print_event(e: &AppliedEvent) {
     }
 }
 
-pub async fn run(cfg: NodeConfig, local_nodes: u64) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: NodeConfig,
+    local_nodes: u64,
+    api: std::net::SocketAddr,
+) -> anyhow::Result<()> {
     let mut opts = LocalOptions::new(&cfg.room);
     opts.raft = cfg.raft.clone();
     opts.users.insert(1, cfg.user.clone());
@@ -46,6 +52,17 @@ pub async fn run(cfg: NodeConfig, local_nodes: u64) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot start room {} in {}", cfg.room, dir.display()))?;
     let me = cluster.handle(1).context("node 1 did not start")?;
+    // The HTTP API, web UI and CLI reach member 1.
+    let secret = crate::api::secret::load_or_create(&cfg.data_dir)?;
+    let state = crate::api::ApiState::new(
+        secret.clone(),
+        crate::api::Served::new(me.clone(), None, None),
+    );
+    let bound = crate::api::serve(api, state).await?;
+    crate::api::secret::write_endpoint(&cfg.data_dir, &format!("http://{bound}"))?;
+    println!("api: http://{bound}");
+    println!("secret: {secret}");
+    println!("ui: http://{bound}/#secret={secret}");
     eprintln!(
         "skygit node {} in room {} as {} ({} raft member(s) in this process); type a line to post, Ctrl-C to stop",
         me.node_id,
@@ -58,6 +75,7 @@ pub async fn run(cfg: NodeConfig, local_nodes: u64) -> anyhow::Result<()> {
     eprintln!("{signal}: shutting down");
     io.abort();
     cluster.shutdown().await;
+    let _ = std::fs::remove_file(cfg.data_dir.join(crate::api::secret::ENDPOINT_FILE));
     Ok(())
 }
 

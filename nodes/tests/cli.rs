@@ -244,3 +244,127 @@ fn a_node_posts_from_stdin_stops_on_sigterm_and_keeps_its_messages() {
     assert_eq!(v["sender"], "ana");
     assert_eq!(v["git_hash"].as_str().map(str::len), Some(40));
 }
+
+/// Runs `skygit <args>` against the node in `data`; answers (success,
+/// stdout, stderr).
+fn client(data: &std::path::Path, args: &[&str], secret: Option<&str>) -> (bool, String, String) {
+    let mut c = skygit();
+    c.args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("SKYGIT_SECRET");
+    if let Some(s) = secret {
+        c.env("SKYGIT_SECRET", s);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn send_tail_status_and_push_talk_to_the_running_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ana");
+    let repo = dir.path().join("team.git");
+    let mut node = skygit()
+        .arg("node")
+        .arg("--repo")
+        .arg(&repo)
+        .args(["--user", "ana", "--fast-poll-ms", "300", "--data-dir"])
+        .arg(&data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (out, _err) = lines(&mut node);
+    wait_for(&out, "secret: ", Duration::from_secs(30));
+
+    // The node founds its room alone after a short settle.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, stdout, stderr) = client(&data, &["status"], None);
+        if ok && stdout.contains("(this node)") {
+            assert!(stdout.contains("node "), "{stdout}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no leader: {stdout} {stderr}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (ok, stdout, stderr) = client(&data, &["status", "--json"], None);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["user"], "ana");
+
+    let (ok, stdout, stderr) = client(&data, &["send", "hello", "from", "the", "cli"], None);
+    assert!(ok && stdout.starts_with("sent "), "{stdout} {stderr}");
+
+    // A follower of the stream sees the next message as it commits.
+    let mut follow = skygit()
+        .args(["tail", "--follow", "-n", "5", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (fout, _ferr) = lines(&mut follow);
+    let line = wait_for(&fout, "hello from the cli", Duration::from_secs(10));
+    assert!(line.contains("#general ana:"), "{line}");
+    let (ok, _, stderr) = client(&data, &["send", "second", "line"], None);
+    assert!(ok, "{stderr}");
+    wait_for(&fout, "ana: second line", Duration::from_secs(10));
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    let (ok, stdout, stderr) = client(&data, &["tail", "-n", "2"], None);
+    assert!(ok, "{stderr}");
+    let shown: Vec<&str> = stdout.lines().collect();
+    assert_eq!(shown.len(), 2, "{stdout}");
+    assert!(
+        shown[0].contains("hello from the cli") && shown[1].contains("second line"),
+        "{stdout}"
+    );
+    assert!(shown[1].contains("[not in the repository yet]"), "{stdout}");
+
+    // Push commits now; the repository's head is the one reported.
+    let (ok, stdout, stderr) = client(&data, &["push"], None);
+    assert!(ok && stdout.starts_with("pushed "), "{stdout} {stderr}");
+    let head = Command::new("git")
+        .arg("--git-dir")
+        .arg(&repo)
+        .args(["rev-parse", "main"])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    assert!(
+        stdout.contains(&head),
+        "push said {stdout}, the branch is at {head}"
+    );
+    let (_, stdout, _) = client(&data, &["tail", "-n", "1"], None);
+    assert!(!stdout.contains("not in the repository"), "{stdout}");
+
+    // Bad input: a wrong secret, an oversized message, no node recorded.
+    let (ok, _, stderr) = client(&data, &["status"], Some("0000"));
+    assert!(!ok && stderr.contains("refused the secret"), "{stderr}");
+    let long = "x".repeat(17 * 1024);
+    let (ok, _, stderr) = client(&data, &["send", &long], None);
+    assert!(!ok && stderr.contains("413"), "{stderr}");
+    let empty = dir.path().join("nobody");
+    let (ok, _, stderr) = client(&empty, &["status"], None);
+    assert!(
+        !ok && stderr.contains("no running node recorded"),
+        "{stderr}"
+    );
+
+    // A stopped node takes its endpoint file with it.
+    let status = terminate(&mut node);
+    assert!(status.success(), "{status}");
+    let (ok, _, stderr) = client(&data, &["send", "too late"], None);
+    assert!(
+        !ok && stderr.contains("no running node recorded"),
+        "{stderr}"
+    );
+}
