@@ -7,6 +7,7 @@
 //! the stream out.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,14 +20,32 @@ use skygit_storage::AppliedEvent;
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
 use super::messages::{conversation_json, message_json, rfc3339};
-use super::{query, ApiError, RepoQuery, Served, Shared};
+use super::{query, ApiError, RepoQuery, Served, Shared, MAX_EVENT_STREAMS};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Conversations a stream remembers having announced.
 const MAX_KNOWN_CONVERSATIONS: usize = 10_000;
 
+/// Counts an open stream; the count drops with the stream.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Option<Self> {
+        let prev = open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(open.clone());
+        (prev < MAX_EVENT_STREAMS).then_some(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 struct Stream {
+    _slot: Slot,
     rx: Receiver<Arc<AppliedEvent>>,
     room: Arc<Served>,
     synced: u64,
@@ -110,6 +129,12 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let room = s.room(q.repo.as_deref()).await?;
+    let slot = Slot::take(&s.streams).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this node already serves {MAX_EVENT_STREAMS} event streams"),
+        )
+    })?;
     let rx = room.handle.storage.state_machine.subscribe();
     let reader = room.handle.storage.reader.clone();
     let (synced, known) = super::blocking(move || {
@@ -128,6 +153,7 @@ pub async fn events(
         &json!({ "node_id": room.handle.node_id, "synced_up_to": synced, "at": rfc3339(now_us() as i64 / 1000) }),
     );
     let state = Stream {
+        _slot: slot,
         rx,
         room,
         synced,
@@ -155,4 +181,32 @@ pub async fn events(
         .body(axum::body::Body::from_stream(first.chain(rest)))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
         .map(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_streams_are_bounded_and_slots_come_back() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let slots: Vec<Slot> = (0..MAX_EVENT_STREAMS)
+            .map(|_| Slot::take(&open).expect("a free slot"))
+            .collect();
+        assert!(Slot::take(&open).is_none(), "one stream too many");
+        assert_eq!(open.load(Ordering::Acquire), MAX_EVENT_STREAMS);
+        drop(slots);
+        assert_eq!(open.load(Ordering::Acquire), 0);
+        assert!(Slot::take(&open).is_some());
+    }
+
+    #[test]
+    fn a_frame_is_one_event_and_one_data_line() {
+        let f = frame("message", &json!({"content": "two\nlines"}));
+        let text = String::from_utf8(f).unwrap();
+        assert_eq!(
+            text,
+            "event: message\ndata: {\"content\":\"two\\nlines\"}\n\n"
+        );
+    }
 }

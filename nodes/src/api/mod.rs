@@ -108,7 +108,12 @@ pub struct ApiState {
     /// Host names a request may address besides the loopback names
     /// (`*`: any, for a node that listens beyond loopback on purpose).
     pub extra_hosts: Vec<String>,
+    /// Event streams open now (at most [`MAX_EVENT_STREAMS`]).
+    pub streams: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Event streams one node serves at once.
+pub const MAX_EVENT_STREAMS: usize = 64;
 
 impl ApiState {
     pub fn new(secret: String, primary: Served) -> Self {
@@ -119,6 +124,7 @@ impl ApiState {
             faults: false,
             metrics: None,
             extra_hosts: Vec::new(),
+            streams: Arc::default(),
         }
     }
 
