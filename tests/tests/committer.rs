@@ -586,3 +586,81 @@ async fn hostile_repository_files_fail_read_back_with_a_clear_error() {
         }
     }
 }
+
+#[actix_rt::test]
+async fn the_committer_keeps_a_bounded_flush_history_and_takes_a_new_interval_at_once() {
+    use skygit_actors::committer::{GetCommitterInfo, GetFlushes, SetInterval, FLUSH_HISTORY};
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = GitDaemon::start(&dir.path().join("srv")).unwrap();
+    let url = daemon.create("room.git").unwrap();
+    let c = cluster(
+        dir.path(),
+        1,
+        Some(committing_options(git_factory(url.clone(), dir.path()))),
+    )
+    .await;
+    let leader = c.wait_leader(WAIT).await.unwrap();
+    let h = c.handle(leader).unwrap();
+    // No interval flush from here on until the interval is shortened.
+    h.committer
+        .send(SetInterval(Some(Duration::from_secs(3600))))
+        .await
+        .unwrap();
+    post_committed(&c, leader, "ana", "first".to_owned()).await;
+    let report = flush(&c).await;
+    let history = h.committer.send(GetFlushes).await.unwrap();
+    let last = history.last().expect("the flush is remembered");
+    assert!(last.ok && last.reason == "OnDemand", "{last:?}");
+    assert_eq!(last.head, report.head);
+    let head = git(&["ls-remote", &url, "refs/heads/main"]);
+    assert!(head.starts_with(report.head.as_deref().unwrap()), "{head}");
+
+    // A short interval flushes soon.
+    h.committer
+        .send(SetInterval(Some(Duration::from_millis(300))))
+        .await
+        .unwrap();
+    let info = h.committer.send(GetCommitterInfo).await.unwrap();
+    assert!(info.leader);
+    post_committed(&c, leader, "ana", "second".to_owned()).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let history = h.committer.send(GetFlushes).await.unwrap();
+        if history
+            .iter()
+            .any(|f| f.reason == "Interval" && f.commits == 1)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no interval flush: {history:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The history stays bounded however often the interval fires.
+    h.committer
+        .send(SetInterval(Some(Duration::from_millis(20))))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut full_at = None;
+    loop {
+        let history = h.committer.send(GetFlushes).await.unwrap();
+        assert!(history.len() <= FLUSH_HISTORY, "{}", history.len());
+        let newest = history.last().map(|f| f.at_ms);
+        match full_at {
+            None if history.len() == FLUSH_HISTORY => full_at = newest,
+            // Full, and flushes went on: still at the bound.
+            Some(t) if newest > Some(t) => break,
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the interval stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.shutdown().await;
+}
