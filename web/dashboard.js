@@ -49,11 +49,11 @@
     dl.replaceChildren(...kids);
   }
 
-  function shortHash(h, title) {
+  function shortHash(h, url) {
     if (!h) return '–';
-    const href = commitPrefix ? SG.safeHref(commitPrefix + h) : null;
+    const href = SG.safeHref(url) || (commitPrefix ? SG.safeHref(commitPrefix + h) : null);
     const s = String(h).slice(0, 7);
-    return href ? el('a', { href, target: '_blank', rel: 'noopener noreferrer', title: title || h, text: s }) : el('code', { title: h, text: s });
+    return href ? el('a', { href, target: '_blank', rel: 'noopener noreferrer', title: h, text: s }) : el('code', { title: h, text: s });
   }
 
   let busy = false;
@@ -136,8 +136,8 @@
         el('td', {}, el('time', { datetime: f.at, title: t.title || null, text: t.text })),
         el('td', { text: f.reason ?? '' }), el('td', { text: f.ok ? 'yes' : 'no' }),
         el('td', { text: f.changes ?? '–' }), el('td', { text: f.commits ?? '–' }),
-        el('td', {}, shortHash(f.head)), el('td', { text: f.up_to_index ?? '–' }),
-        el('td', { text: f.duration_ms == null ? '–' : f.duration_ms + ' ms' }),
+        el('td', {}, shortHash(f.head, f.commit_url)), el('td', { text: f.up_to_index ?? '–' }),
+        el('td', { text: SG.fmtMs(f.duration_ms) }),
         el('td', { text: f.remote_calls ?? '–' }), el('td', { class: 'err', text: f.error ?? '' }));
     });
     if (!rows.length) rows.push(el('tr', {}, el('td', { colspan: 10, class: 'muted', text: 'no flushes yet' })));

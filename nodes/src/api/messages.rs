@@ -60,6 +60,7 @@ pub fn message_json(
     json!({
         "id": m.id.to_string(),
         "index": rec.index,
+        "last_change_index": rec.last_change_index,
         "conversation": m.conversation.as_str(),
         "sender": m.sender.as_str(),
         "content": if m.deleted { "" } else { m.content.as_str() },
