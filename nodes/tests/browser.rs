@@ -15,6 +15,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use fantoccini::elements::Element;
+use fantoccini::wd::{TimeoutConfiguration, WebDriverCompatibleCommand};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -127,7 +129,8 @@ struct Driver {
 }
 
 impl Driver {
-    async fn start(log: &Path) -> anyhow::Result<Driver> {
+    /// Fails at once, saying what to install, when there is no browser.
+    fn require() -> anyhow::Result<()> {
         for (path, what) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromedriver")] {
             ensure!(
                 Path::new(path).exists(),
@@ -135,6 +138,11 @@ impl Driver {
                  Debian's chromium and chromium-driver"
             );
         }
+        Ok(())
+    }
+
+    async fn start(log: &Path) -> anyhow::Result<Driver> {
+        Self::require()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -153,17 +161,16 @@ impl Driver {
             url: format!("http://127.0.0.1:{port}"),
             profiles: tempfile::tempdir()?,
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?;
+        // chromedriver serves sessions as soon as it listens.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = http.get(format!("{}/status", d.url)).send().await {
-                if let Ok(v) = r.json::<Value>().await {
-                    if v["value"]["ready"] == json!(true) {
-                        return Ok(d);
-                    }
-                }
+            let listening = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::net::TcpStream::connect(("127.0.0.1", port)),
+            )
+            .await;
+            if let Ok(Ok(_)) = listening {
+                return Ok(d);
             }
             if let Some(status) = d.child.try_wait()? {
                 bail!("chromedriver exited ({status}); see {}", log.display());
@@ -180,6 +187,8 @@ impl Driver {
         let profile = self.profiles.path().join(name);
         std::fs::create_dir_all(&profile)?;
         let caps = json!({
+            // The console log, to catch script errors and CSP violations.
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
                 "args": [
@@ -200,23 +209,19 @@ impl Driver {
         let Value::Object(caps) = caps else {
             unreachable!()
         };
-        let connect = async {
-            ClientBuilder::rustls()?
-                .capabilities(caps)
-                .connect(&self.url)
-                .await
-                .map_err(anyhow::Error::from)
-        };
+        let mut builder = ClientBuilder::native();
+        let connect = builder.capabilities(caps).connect(&self.url);
         let c = tokio::time::timeout(Duration::from_secs(60), connect)
             .await
             .context("no browser session within 60 s")?
             .context("cannot open a browser session")?;
-        c.update_timeouts(fantoccini::wd::TimeoutConfiguration::new(
+        c.update_timeouts(TimeoutConfiguration::new(
             Some(Duration::from_secs(10)),
             Some(Duration::from_secs(30)),
             Some(Duration::ZERO),
         ))
-        .await?;
+        .await
+        .context("cannot set the session's timeouts")?;
         Ok(c)
     }
 }
@@ -230,6 +235,65 @@ impl Drop for Driver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// chromedriver's log endpoint (`POST /session/{id}/se/log`), which
+/// fantoccini has no method for.
+#[derive(Debug)]
+struct BrowserLog;
+
+type WdUrl = url::Url;
+type WdUrlError = url::ParseError;
+type WdMethod = http::Method;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(&self, base_url: &WdUrl, session_id: Option<&str>) -> Result<WdUrl, WdUrlError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &WdUrl) -> (WdMethod, Option<String>) {
+        (
+            WdMethod::POST,
+            Some(json!({ "type": "browser" }).to_string()),
+        )
+    }
+}
+
+/// The text of the open alert, if one is open.
+async fn alert(c: &Client) -> anyhow::Result<Option<String>> {
+    match c.get_alert_text().await {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.is_no_such_alert() => Ok(None),
+        Err(e) => Err(e).context("GET /alert/text"),
+    }
+}
+
+/// Script errors and Content-Security-Policy violations logged in the
+/// console since the last call (chromedriver's log endpoint).
+async fn console_problems(c: &Client) -> anyhow::Result<Vec<String>> {
+    let v = c.issue_cmd(BrowserLog).await.context("POST /se/log")?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["level"] == json!("SEVERE")
+                && (e["source"] == json!("javascript") || e["source"] == json!("security"))
+        })
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect())
+}
+
+/// The text of the first element matching a CSS selector.
+async fn text_of(c: &Client, css: &str) -> anyhow::Result<String> {
+    Ok(c.find(Locator::Css(css)).await?.text().await?)
+}
+
+/// The `value` property of an element (a text field's content).
+async fn value_of(e: &Element) -> anyhow::Result<String> {
+    Ok(e.prop("value").await?.unwrap_or_default())
 }
 
 /// Runs a script in the page and decodes its answer.
@@ -285,7 +349,7 @@ async fn open_chat(c: &Client, url: &str) -> anyhow::Result<()> {
     .await?;
     let now = c.current_url().await?;
     ensure!(
-        now.fragment().is_none(),
+        !now.as_str().contains('#'),
         "the secret stays in the address bar: {now}"
     );
     Ok(())
@@ -346,6 +410,7 @@ where
 {
     let _one = ONE_ROOM_AT_A_TIME.lock().await;
     let run = async {
+        Driver::require()?;
         let room = Room::start().await.context("the room forms")?;
         let driver = Driver::start(&room.dir.path().join("chromedriver.log")).await?;
         let mut clients = Vec::new();
@@ -361,6 +426,22 @@ where
         }
         if result.is_ok() {
             result = body(&room, &clients).await;
+        }
+        if result.is_ok() {
+            // No page may have logged a script error or a CSP violation.
+            for (i, c) in clients.iter().enumerate() {
+                match console_problems(c).await {
+                    Ok(p) if p.is_empty() => {}
+                    Ok(p) => {
+                        result = Err(anyhow::anyhow!("browser {i} logged problems: {p:#?}"));
+                        break;
+                    }
+                    Err(e) => {
+                        result = Err(e.context("cannot read the browser console"));
+                        break;
+                    }
+                }
+            }
         }
         for c in clients {
             let _ = tokio::time::timeout(Duration::from_secs(10), c.close()).await;
@@ -398,7 +479,7 @@ async fn a_message_typed_on_one_node_shows_on_the_other_within_a_second() {
             let text = unique("hello from the browser");
             let text = text.as_str();
             let composer = &ua.find(Locator::Css("#composer")).await?;
-            composer.send_keys(&text).await?;
+            composer.send_keys(text).await?;
             let t0 = Instant::now();
             composer.send_keys("\u{e007}").await?;
             let mut seen = None;
@@ -442,7 +523,7 @@ async fn a_message_typed_on_one_node_shows_on_the_other_within_a_second() {
             )
             .await?;
             ensure!(
-                composer.prop("value").await?.as_deref() == Some(""),
+                value_of(composer).await?.is_empty(),
                 "A's composer was not cleared"
             );
             // The leader commits every second: the page hears it through
@@ -485,7 +566,7 @@ async fn markup_in_a_message_is_shown_as_text() {
                 composer.send_keys(&format!("{p}\u{e007}")).await?;
                 // Wait for the composer to empty: one post at a time.
                 poll(Duration::from_secs(10), Duration::from_millis(50), "the post to be answered", || async move {
-                    Ok((composer.prop("value").await?.as_deref() == Some("")).then_some(()))
+                    Ok(value_of(composer).await?.is_empty().then_some(()))
                 })
                 .await?;
             }
@@ -498,10 +579,8 @@ async fn markup_in_a_message_is_shown_as_text() {
                     .with_context(|| format!("{who} does not show {p:?} as text"))?;
                     eprintln!("{who} shows {p:?} as text ({})", m["id"]);
                 }
-                match page.get_alert_text().await {
-                    Err(e) if e.is_no_such_alert() => {}
-                    Ok(t) => bail!("{who}: an alert is open: {t:?}"),
-                    Err(e) => bail!("{who}: cannot ask for an alert: {e}"),
+                if let Some(t) = alert(page).await? {
+                    bail!("{who}: an alert is open: {t:?}");
                 }
                 let injected: Value = js(
                     page,
@@ -537,7 +616,7 @@ async fn the_dashboard_names_the_leader_and_updates_live() {
                 Duration::from_millis(100),
                 "the dashboard to name a leader",
                 || async move {
-                    let t = page.find(Locator::Css("#leader")).await?.text().await?;
+                    let t = text_of(page, "#leader").await?;
                     Ok(t.trim().parse::<u64>().ok())
                 },
             )
@@ -554,13 +633,11 @@ async fn the_dashboard_names_the_leader_and_updates_live() {
             );
             let url = page.current_url().await?;
             ensure!(
-                url.fragment().is_none(),
+                !url.as_str().contains('#'),
                 "the secret stays in the address bar: {url}"
             );
             // "last updated" moves every second.
-            let text = |sel: &'static str| async move {
-                anyhow::Ok(page.find(Locator::Css(sel)).await?.text().await?)
-            };
+            let text = |sel: &'static str| async move { text_of(page, sel).await };
             let first = text("#updated-at").await?;
             let first = first.as_str();
             poll(
