@@ -352,6 +352,22 @@ async fn open_chat(c: &Client, url: &str) -> anyhow::Result<()> {
         !now.as_str().contains('#'),
         "the secret stays in the address bar: {now}"
     );
+    // The first paint, as the browser measured it (printed, not asserted:
+    // a speed target is a measurement).
+    let paint: Value = js(
+        c,
+        "const p = performance.getEntriesByName('first-contentful-paint')[0]; \
+         const n = performance.getEntriesByType('navigation')[0]; \
+         return {fcp: p ? p.startTime : null, loaded: n ? n.loadEventEnd : null};",
+        vec![],
+    )
+    .await?;
+    println!(
+        "{}: first contentful paint {} ms, load event {} ms",
+        url.split('#').next().unwrap_or(url),
+        paint["fcp"],
+        paint["loaded"]
+    );
     Ok(())
 }
 
