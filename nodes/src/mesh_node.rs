@@ -267,12 +267,23 @@ pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
             ip.to_string()
         });
     }
+    // Actors start only on an actix arbiter; the API's handlers run on
+    // plain tokio tasks, so a new room is opened on this one.
+    let arbiter = actix_rt::Arbiter::current();
     let (c, a) = (cfg.clone(), args.clone());
     state.opener = Some(Arc::new(move |spec: String| {
-        let (c, a) = (c.clone(), a.clone());
+        let (c, a, arbiter) = (c.clone(), a.clone(), arbiter.clone());
         Box::pin(async move {
             let room = RoomId::new(spec)?;
-            open_room(c, a, id, room).await
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let queued = arbiter.spawn_fn(move || {
+                actix_rt::spawn(async move {
+                    let _ = tx.send(open_room(c, a, id, room).await);
+                });
+            });
+            anyhow::ensure!(queued, "the node is stopping");
+            rx.await
+                .map_err(|_| anyhow::anyhow!("the node stopped while opening the room"))?
         })
     }));
     let state = Arc::new(state);

@@ -7,8 +7,8 @@ use skygit_consensus::types::LogId;
 use ulid::Ulid;
 
 use crate::db::{
-    index_key, message_key, split_message_key, RoomDb, StorageError, CF_CONVERSATIONS, CF_JOURNAL,
-    CF_MESSAGES, CF_SM_META, CF_SYNCED,
+    index_from_key, index_key, message_key, split_message_key, RoomDb, StorageError,
+    CF_CONVERSATIONS, CF_JOURNAL, CF_MESSAGES, CF_SM_META, CF_SYNCED,
 };
 use crate::state_machine::{read_message, synced_up_to, KEY_LAST_APPLIED};
 
@@ -127,6 +127,12 @@ impl ChatReader {
         Ok(out)
     }
 
+    /// A conversation by id, if it exists.
+    pub fn conversation(&self, id: &ConversationId) -> Result<Option<Conversation>, StorageError> {
+        self.db
+            .get_decoded(CF_CONVERSATIONS, id.as_str().as_bytes())
+    }
+
     /// The highest log index known to be in the repository (0 if none).
     pub fn synced_up_to(&self) -> Result<u64, StorageError> {
         synced_up_to(&self.db)
@@ -134,6 +140,12 @@ impl ChatReader {
 
     /// The commit that holds log index `index`, when it is synced.
     pub fn commit_for(&self, index: u64) -> Result<Option<String>, StorageError> {
+        Ok(self.commit_covering(index)?.map(|(_, sha)| sha))
+    }
+
+    /// The first commit whose watermark is at or above `index`, with that
+    /// watermark: every index from `index` up to it is in that commit.
+    pub fn commit_covering(&self, index: u64) -> Result<Option<(u64, String)>, StorageError> {
         let start = index_key(index);
         match self
             .db
@@ -145,8 +157,9 @@ impl ChatReader {
             .next()
         {
             Some(item) => {
-                let (_, v) = item?;
-                Ok(Some(String::from_utf8_lossy(&v).into_owned()))
+                let (k, v) = item?;
+                let up_to = index_from_key(&k)?;
+                Ok(Some((up_to, String::from_utf8_lossy(&v).into_owned())))
             }
             None => Ok(None),
         }

@@ -16,6 +16,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
+use skygit_consensus::model::Conversation;
 use skygit_storage::AppliedEvent;
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
@@ -67,6 +68,13 @@ impl Stream {
     /// What one applied entry tells a subscriber.
     async fn frames(&mut self, e: &AppliedEvent) -> Vec<u8> {
         if let Some(m) = &e.message {
+            // A post into a conversation that did not exist created it:
+            // announce it before its first message.
+            let mut out = if self.conversations.contains(m.message.conversation.as_str()) {
+                Vec::new()
+            } else {
+                self.new_conversations().await
+            };
             let hash = if m.last_change_index <= self.synced {
                 let reader = self.room.handle.storage.reader.clone();
                 let at = m.last_change_index;
@@ -86,7 +94,8 @@ impl Stream {
             if let Some(o) = v.as_object_mut() {
                 o.insert("applied_at_us".into(), json!(now_us()));
             }
-            return frame("message", &v);
+            out.extend(frame("message", &v));
+            return out;
         }
         // Not a message: a synced record or a new conversation (or a
         // refusal). Reading both is cheap and rare.
@@ -112,7 +121,14 @@ impl Stream {
                 }),
             ));
         }
-        for c in &convs {
+        out.extend(self.announce(&convs));
+        out
+    }
+
+    /// Frames for the conversations this stream has not announced yet.
+    fn announce(&mut self, convs: &[Conversation]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in convs {
             if self.conversations.len() < MAX_KNOWN_CONVERSATIONS
                 && self.conversations.insert(c.id.as_str().to_owned())
             {
@@ -120,6 +136,14 @@ impl Stream {
             }
         }
         out
+    }
+
+    async fn new_conversations(&mut self) -> Vec<u8> {
+        let reader = self.room.handle.storage.reader.clone();
+        match super::blocking(move || reader.conversations()).await {
+            Ok(convs) => self.announce(&convs),
+            Err(_) => Vec::new(),
+        }
     }
 }
 

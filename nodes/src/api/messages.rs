@@ -34,17 +34,38 @@ pub fn rfc3339(ms: i64) -> Value {
     }
 }
 
-/// What the repository holds: the synced watermark, and commits looked up
-/// per message (consecutive messages usually share one).
-pub struct SyncView {
-    pub up_to: u64,
+/// Which commit holds each message of a page: one lookup serves every
+/// message up to the found commit's watermark.
+pub struct CommitLookup<'a> {
+    reader: &'a ChatReader,
+    up_to: u64,
+    /// The last lookup: from index `.0`, commit `.2` holds everything up
+    /// to `.1`.
+    cached: Option<(u64, u64, String)>,
 }
 
-impl SyncView {
-    pub fn read(reader: &ChatReader) -> Result<Self, skygit_storage::StorageError> {
+impl<'a> CommitLookup<'a> {
+    pub fn new(reader: &'a ChatReader) -> Result<Self, skygit_storage::StorageError> {
         Ok(Self {
+            reader,
             up_to: reader.synced_up_to()?,
+            cached: None,
         })
+    }
+
+    /// The commit holding log index `index`, if the repository has it.
+    pub fn commit(&mut self, index: u64) -> Result<Option<String>, skygit_storage::StorageError> {
+        if index > self.up_to {
+            return Ok(None);
+        }
+        if let Some((lo, hi, sha)) = &self.cached {
+            if (*lo..=*hi).contains(&index) {
+                return Ok(Some(sha.clone()));
+            }
+        }
+        let found = self.reader.commit_covering(index)?;
+        self.cached = found.as_ref().map(|(hi, sha)| (index, *hi, sha.clone()));
+        Ok(found.map(|(_, sha)| sha))
     }
 }
 
@@ -82,14 +103,10 @@ pub fn records_json(
     reader: &ChatReader,
     recs: &[MessageRecord],
 ) -> Result<Vec<Value>, skygit_storage::StorageError> {
-    let sync = SyncView::read(reader)?;
+    let mut commits = CommitLookup::new(reader)?;
     let mut out = Vec::with_capacity(recs.len());
     for r in recs {
-        let hash = if r.last_change_index <= sync.up_to {
-            reader.commit_for(r.last_change_index)?
-        } else {
-            None
-        };
+        let hash = commits.commit(r.last_change_index)?;
         let state = if hash.is_some() {
             "synchronized"
         } else {
@@ -141,6 +158,11 @@ pub async fn list(
     let r = room.clone();
     let (after, before) = (q.after, q.before);
     let (messages, has_more) = blocking(move || {
+        if conversation != ConversationId::general()
+            && reader.conversation(&conversation)?.is_none()
+        {
+            return Ok(None);
+        }
         // One more than asked tells whether more follow.
         let mut recs = reader.messages(&conversation, after, before, limit + 1)?;
         let has_more = recs.len() > limit;
@@ -151,9 +173,10 @@ pub async fn list(
                 recs.remove(0);
             }
         }
-        Ok((records_json(&r, &reader, &recs)?, has_more))
+        Ok(Some((records_json(&r, &reader, &recs)?, has_more)))
     })
-    .await?;
+    .await?
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such conversation"))?;
     Ok(Json(json!({ "messages": messages, "has_more": has_more })))
 }
 

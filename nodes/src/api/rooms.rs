@@ -333,9 +333,21 @@ async fn peers_json(room: &Served, c: &ConsensusStatus) -> Vec<Value> {
                 "role": role,
                 "lag": lag,
                 "failures": p.failures,
+                "attempt": p.attempt,
             })
         })
         .collect()
+}
+
+/// Signals sent through the repository and over the mesh.
+async fn signals_json(room: &Served) -> Value {
+    match &room.handle.mesh {
+        Some(m) => match m.send(GetMeshStatus).await {
+            Ok(st) => json!({ "via_repo": st.signals_via_repo, "via_mesh": st.signals_via_mesh }),
+            Err(_) => Value::Null,
+        },
+        None => Value::Null,
+    }
 }
 
 pub async fn peers(
@@ -354,6 +366,12 @@ pub async fn status(
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
     let room = s.room(q.repo.as_deref()).await?;
+    let primary = s
+        .rooms
+        .read()
+        .await
+        .first()
+        .is_some_and(|r| Arc::ptr_eq(r, &room));
     let h = &room.handle;
     let c = h.consensus.send(GetStatus).await.map_err(gone)?;
     let presence = h.presence.send(GetPresenceStatus).await.ok();
@@ -384,12 +402,13 @@ pub async fn status(
         "room": h.room.as_str(),
         "node_id": h.node_id,
         "user": h.user.as_str(),
-        "repository": repository_json(&room, false),
+        "repository": repository_json(&room, primary),
         "consensus": c,
         "catch_up": { "applied_index": applied, "target_index": target, "done": applied >= target },
         "membership": members,
         "presence": presence,
         "peers": peers,
+        "signals": signals_json(&room).await,
         "replication": replication,
         "committer": committer.map(|ci| json!({
             "leader": ci.leader,
