@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use ulid::Ulid;
 
 use crate::model::{
-    ApplyOutcome, Change, ChangeKind, ChatRequest, Command, Conversation, ConversationId, Message,
+    ApplyOutcome, Change, ChangeKind, ChatRequest, Command, Conversation, ConversationId,
     MessageRecord, Rejection,
 };
 
@@ -98,19 +98,8 @@ pub fn apply<V: ChatView>(
                     created_index: index,
                 }));
             }
-            effects.push(Effect::PutMessage(MessageRecord {
-                message: Message {
-                    id: req.id,
-                    conversation: conversation.clone(),
-                    sender: req.sender.clone(),
-                    content: content.clone(),
-                    created_at: req.at,
-                    edited_at: None,
-                    deleted: false,
-                },
-                index,
-                last_change_index: index,
-            }));
+            // This arm is a post, so the record is always made.
+            effects.extend(MessageRecord::posted(req, index).map(Effect::PutMessage));
             effects.push(change(
                 conversation,
                 ChangeKind::Post {

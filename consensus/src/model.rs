@@ -220,6 +220,33 @@ pub struct MessageRecord {
     pub last_change_index: u64,
 }
 
+impl MessageRecord {
+    /// The message a post request makes when it applies at `index`
+    /// (`None` for other commands).
+    pub fn posted(req: &ChatRequest, index: u64) -> Option<Self> {
+        let Command::Post {
+            conversation,
+            content,
+        } = &req.command
+        else {
+            return None;
+        };
+        Some(Self {
+            message: Message {
+                id: req.id,
+                conversation: conversation.clone(),
+                sender: req.sender.clone(),
+                content: content.clone(),
+                created_at: req.at,
+                edited_at: None,
+                deleted: false,
+            },
+            index,
+            last_change_index: index,
+        })
+    }
+}
+
 /// A conversation's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conversation {

@@ -42,30 +42,13 @@ fn bin() -> &'static Path {
 /// `skygit init` of a new bare repository `dir/name`.
 fn init_repo(dir: &Path, name: &str) -> PathBuf {
     let repo = dir.join(name);
-    let out = std::process::Command::new(bin())
-        .arg("init")
-        .arg("--repo")
-        .arg(&repo)
-        .arg("--data-dir")
-        .arg(dir.join(format!("init-{name}")))
-        .output()
-        .expect("skygit init runs");
-    assert!(
-        out.status.success(),
-        "skygit init {name} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    skygit_harness::init_repo(bin(), &repo, &dir.join(format!("init-{name}")), &[])
+        .expect("skygit init");
     repo
 }
 
 fn spec(dir: &Path, repo: &Path, user: &str, extra: &[&str]) -> NodeSpec {
-    let mut s = NodeSpec::new(bin(), repo, user, &dir.join(user));
-    s.args = ["--fast-poll-ms", "300", "--slow-poll-secs", "5"]
-        .iter()
-        .chain(extra)
-        .map(|a| a.to_string())
-        .collect();
-    s
+    NodeSpec::for_test(bin(), dir, repo, user, extra)
 }
 
 /// A room of node processes on a fresh repository, settled: `voters`

@@ -20,7 +20,7 @@ use fantoccini::wd::{TimeoutConfiguration, WebDriverCompatibleCommand};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use skygit_harness::{wait_leader, wait_members, NodeProc, NodeSpec};
+use skygit_harness::{init_repo, wait_leader, wait_members, NodeProc, NodeSpec};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -53,33 +53,16 @@ impl Room {
         let dir = tempfile::tempdir()?;
         let repo = dir.path().join("room.git");
         let bin = Path::new(env!("CARGO_BIN_EXE_skygit"));
-        let init = std::process::Command::new(bin)
-            .arg("init")
-            .arg("--repo")
-            .arg(&repo)
-            .arg("--data-dir")
-            .arg(dir.path().join("init"))
-            .args(["--commit-interval", "1"])
-            .output()
-            .context("skygit init runs")?;
-        ensure!(
-            init.status.success(),
-            "skygit init failed: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+        init_repo(
+            bin,
+            &repo,
+            &dir.path().join("init"),
+            &["--commit-interval", "1"],
+        )?;
         let mut nodes = Vec::new();
         for user in ["ana", "bo"] {
-            let mut spec = NodeSpec::new(bin, &repo, user, &dir.path().join(user));
-            spec.args = [
-                "--fast-poll-ms",
-                "300",
-                "--slow-poll-secs",
-                "5",
-                "--commit-interval",
-                "1",
-            ]
-            .map(String::from)
-            .to_vec();
+            let spec =
+                NodeSpec::for_test(bin, dir.path(), &repo, user, &["--commit-interval", "1"]);
             nodes.push(
                 NodeProc::start(spec)
                     .await

@@ -22,25 +22,18 @@ const SETTLE: Duration = Duration::from_secs(90);
 static ONE_ROOM_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn spec(dir: &Path, repo: &Path, user: &str, extra: &[&str]) -> NodeSpec {
-    let mut s = NodeSpec::new(
+    let args: Vec<&str> = ["--commit-interval", "1"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    NodeSpec::for_test(
         Path::new(env!("CARGO_BIN_EXE_skygit")),
+        dir,
         repo,
         user,
-        &dir.join(user),
-    );
-    s.args = [
-        "--fast-poll-ms",
-        "300",
-        "--slow-poll-secs",
-        "5",
-        "--commit-interval",
-        "1",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|a| a.to_string())
-    .collect();
-    s
+        &args,
+    )
 }
 
 fn bare_repo(dir: &Path) -> PathBuf {

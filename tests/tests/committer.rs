@@ -34,18 +34,25 @@ fn git_factory(url: String, caches: &Path) -> RepoFactory {
     })
 }
 
+/// A room of `n` nodes committing to a fresh repository served by a
+/// `git daemon` (which lives as long as the returned handle).
+async fn git_room(dir: &Path, n: u64) -> (GitDaemon, String, LocalCluster) {
+    let daemon = GitDaemon::start(&dir.join("srv")).unwrap();
+    let url = daemon.create("room.git").unwrap();
+    let c = cluster(
+        dir,
+        n,
+        Some(committing_options(git_factory(url.clone(), dir))),
+    )
+    .await;
+    (daemon, url, c)
+}
+
 #[actix_rt::test]
 async fn flushes_write_exactly_the_committed_prefix_and_render_the_same_bytes() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = GitDaemon::start(&dir.path().join("srv")).unwrap();
-    let url = daemon.create("room.git").unwrap();
-    let c = cluster(
-        dir.path(),
-        3,
-        Some(committing_options(git_factory(url.clone(), dir.path()))),
-    )
-    .await;
+    let (_daemon, url, c) = git_room(dir.path(), 3).await;
     let leader = c.wait_leader(WAIT).await.unwrap();
 
     let (target, last) = post_every_kind(&c, leader, "deploy at 5").await;
@@ -369,14 +376,7 @@ async fn a_committer_killed_during_a_flush_leaves_no_gap_and_no_duplicate() {
 async fn two_committers_racing_on_one_ref_keep_history_linear_and_complete() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = GitDaemon::start(&dir.path().join("srv")).unwrap();
-    let url = daemon.create("room.git").unwrap();
-    let c = cluster(
-        dir.path(),
-        3,
-        Some(committing_options(git_factory(url.clone(), dir.path()))),
-    )
-    .await;
+    let (_daemon, url, c) = git_room(dir.path(), 3).await;
     let leader = c.wait_leader(WAIT).await.unwrap();
     let follower = c.ids().into_iter().find(|id| *id != leader).unwrap();
     let remote = |name: &str| -> Arc<dyn RepoRemote> {
@@ -410,14 +410,7 @@ async fn two_committers_racing_on_one_ref_keep_history_linear_and_complete() {
 async fn history_reads_back_from_the_repository_alone() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = GitDaemon::start(&dir.path().join("srv")).unwrap();
-    let url = daemon.create("room.git").unwrap();
-    let c = cluster(
-        dir.path(),
-        3,
-        Some(committing_options(git_factory(url.clone(), dir.path()))),
-    )
-    .await;
+    let (_daemon, url, c) = git_room(dir.path(), 3).await;
     let leader = c.wait_leader(WAIT).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..8 {
@@ -592,14 +585,7 @@ async fn the_committer_keeps_a_bounded_flush_history_and_takes_a_new_interval_at
     use skygit_actors::committer::{GetCommitterInfo, GetFlushes, SetInterval, FLUSH_HISTORY};
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = GitDaemon::start(&dir.path().join("srv")).unwrap();
-    let url = daemon.create("room.git").unwrap();
-    let c = cluster(
-        dir.path(),
-        1,
-        Some(committing_options(git_factory(url.clone(), dir.path()))),
-    )
-    .await;
+    let (_daemon, url, c) = git_room(dir.path(), 1).await;
     let leader = c.wait_leader(WAIT).await.unwrap();
     let h = c.handle(leader).unwrap();
     // No interval flush from here on until the interval is shortened.

@@ -34,7 +34,22 @@ pub struct NodeSpec {
     pub wrapper: Vec<String>,
 }
 
+/// Presence timing for tests: poll fast while connecting, settle in 5 s.
+pub const TEST_POLLING: [&str; 4] = ["--fast-poll-ms", "300", "--slow-poll-secs", "5"];
+
 impl NodeSpec {
+    /// A node of a test room: data directory `dir/<user>`, test polling,
+    /// then `extra` arguments.
+    pub fn for_test(bin: &Path, dir: &Path, repo: &Path, user: &str, extra: &[&str]) -> Self {
+        let mut s = Self::new(bin, repo, user, &dir.join(user));
+        s.args = TEST_POLLING
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect();
+        s
+    }
+
     pub fn new(bin: &Path, repo: &Path, user: &str, data_dir: &Path) -> Self {
         Self {
             bin: bin.to_owned(),
@@ -47,6 +62,28 @@ impl NodeSpec {
             wrapper: Vec::new(),
         }
     }
+}
+
+/// `skygit init` of the repository `repo` (a path becomes a new bare
+/// repository), with `extra` arguments such as `--commit-interval 1`.
+pub fn init_repo(bin: &Path, repo: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new(bin)
+        .arg("init")
+        .arg("--repo")
+        .arg(repo)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .output()
+        .context("skygit init runs")?;
+    if !out.status.success() {
+        bail!(
+            "skygit init {} failed: {}",
+            repo.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// The answer to a post.

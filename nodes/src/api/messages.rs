@@ -301,27 +301,10 @@ pub struct PostBody {
 
 /// A post as the API shows it before this node has applied it.
 fn fresh_post(room: &Served, req: &ChatRequest, index: u64, state: &'static str) -> Value {
-    let Command::Post {
-        conversation,
-        content,
-    } = &req.command
-    else {
-        return Value::Null;
-    };
-    let rec = MessageRecord {
-        message: skygit_consensus::model::Message {
-            id: req.id,
-            conversation: conversation.clone(),
-            sender: req.sender.clone(),
-            content: content.clone(),
-            created_at: req.at,
-            edited_at: None,
-            deleted: false,
-        },
-        index,
-        last_change_index: index,
-    };
-    message_json(room, &rec, None, state)
+    match MessageRecord::posted(req, index) {
+        Some(rec) => message_json(room, &rec, None, state),
+        None => Value::Null,
+    }
 }
 
 pub async fn post(
