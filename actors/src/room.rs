@@ -211,6 +211,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     });
     let committer = CommitterActor::new(room, spec.node_id, flusher, spec.committer).start();
     consensus.do_send(SubscribeLeader(committer.clone().recipient()));
+    replica.set_flush_hook(flush_hook(committer.clone()));
     let (mesh, membership) = match mesh {
         None => (None, None),
         Some((actor, policy, bootstrap)) => {
@@ -245,6 +246,29 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
 
 /// Frames a room's inbox holds before the transport waits.
 const DEMUX_CAPACITY: usize = 4096;
+
+/// How this node's raft member flushes when a follower asks it to (`POST
+/// /push` on another node): through the committer, one flush at a time.
+fn flush_hook(committer: Addr<CommitterActor>) -> skygit_consensus::replica::FlushHook {
+    let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
+    Arc::new(move || {
+        let (committer, gate) = (committer.clone(), one_at_a_time.clone());
+        Box::pin(async move {
+            let _one = gate.lock().await;
+            match committer.send(Flush(FlushReason::OnDemand)).await {
+                Ok(Ok(r)) => Ok(skygit_consensus::replica::FlushSummary {
+                    head: r.head,
+                    up_to_index: r.up_to_index,
+                    changes: r.changes as u64,
+                    commits: r.commits as u64,
+                    remote_calls: r.remote_calls,
+                }),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("the committer is gone: {e}")),
+            }
+        })
+    })
+}
 
 /// Routes signalling frames to the mesh actor and everything else to raft.
 fn demux(

@@ -37,6 +37,34 @@ pub enum ChatRpcRequest {
     /// The sender is shutting down and asks the leader to take it out of
     /// the voters first.
     Leave,
+    /// Write the committed log to the repository now (`POST /push` on a
+    /// follower).
+    Flush,
+}
+
+/// What a flush asked of the leader did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushSummary {
+    pub head: Option<String>,
+    pub up_to_index: u64,
+    pub changes: u64,
+    pub commits: u64,
+    pub remote_calls: u64,
+}
+
+/// Runs a flush on this node (set by the room: the committer is above
+/// this crate). Answers an error text when the flush failed.
+pub type FlushHook = Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, Result<FlushSummary, String>> + Send + Sync,
+>;
+
+/// Why a flush asked of the leader did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushRequestError {
+    #[error("no leader is reachable")]
+    NoLeader,
+    #[error("leader {leader} did not flush: {reason}")]
+    Failed { leader: NodeId, reason: String },
 }
 
 /// The leader's answer to a forwarded proposal.
@@ -48,6 +76,8 @@ pub enum ChatRpcResponse {
     },
     /// The leader noted a node's wish to leave.
     Leaving,
+    /// The leader flushed.
+    Flushed(FlushSummary),
     /// The request breaks a bound; it will never be accepted.
     Invalid(String),
     Failed(String),
@@ -93,6 +123,8 @@ where
     /// Nodes that asked this node, as leader, to take them out of the
     /// voters (read by the membership controller).
     leaving: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
+    /// How this node flushes when a follower asks it to.
+    flush: std::sync::Mutex<Option<FlushHook>>,
 }
 
 /// A running member of a room's raft group.
@@ -134,6 +166,7 @@ where
             raft,
             mux,
             leaving: Default::default(),
+            flush: Default::default(),
         });
         let serve = tokio::spawn(serve(inner.clone(), incoming));
         Ok(Self { inner, serve })
@@ -182,7 +215,7 @@ where
                 Ok(ChatRpcResponse::Outcome(o)) => return Ok(o),
                 Ok(ChatRpcResponse::NotLeader { leader: next }) => leader = next,
                 Ok(ChatRpcResponse::Invalid(reason)) => return Err(ProposeError::Refused(reason)),
-                Ok(ChatRpcResponse::Leaving) => {
+                Ok(ChatRpcResponse::Leaving | ChatRpcResponse::Flushed(_)) => {
                     return Err(ProposeError::Forward {
                         leader: to,
                         reason: "unexpected answer to a proposal".into(),
@@ -200,6 +233,54 @@ where
             }
         }
         Err(ProposeError::NoLeader)
+    }
+
+    /// Sets how this node flushes when, as leader, a follower asks it to.
+    pub fn set_flush_hook(&self, hook: FlushHook) {
+        *self.inner.flush.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// Asks the leader (another node) to flush to the repository now and
+    /// waits for its answer, following leadership at most a few hops.
+    pub async fn request_flush(
+        &self,
+        timeout: Duration,
+    ) -> Result<(NodeId, FlushSummary), FlushRequestError> {
+        let mut leader = self.metrics().current_leader;
+        for _ in 0..MAX_FORWARD_HOPS {
+            let Some(to) = leader.filter(|l| *l != self.inner.id) else {
+                return Err(FlushRequestError::NoLeader);
+            };
+            let ask = async {
+                let body = codec::to_bytes(&ChatRpcRequest::Flush)?;
+                let answer = self
+                    .inner
+                    .mux
+                    .call(EnvelopeKind::Chat, to, body, timeout)
+                    .await?;
+                Ok::<ChatRpcResponse, RpcError>(codec::from_bytes(&answer)?)
+            };
+            match ask.await {
+                Ok(ChatRpcResponse::Flushed(summary)) => return Ok((to, summary)),
+                Ok(ChatRpcResponse::NotLeader { leader: next }) => leader = next,
+                Ok(ChatRpcResponse::Failed(reason) | ChatRpcResponse::Invalid(reason)) => {
+                    return Err(FlushRequestError::Failed { leader: to, reason })
+                }
+                Ok(other) => {
+                    return Err(FlushRequestError::Failed {
+                        leader: to,
+                        reason: format!("unexpected answer {other:?}"),
+                    })
+                }
+                Err(e) => {
+                    return Err(FlushRequestError::Failed {
+                        leader: to,
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        Err(FlushRequestError::NoLeader)
     }
 
     /// Nodes that asked to leave the voters (this node included when it
@@ -367,6 +448,25 @@ where
                         Err(Local::Timeout(e) | Local::Failed(e)) => ChatRpcResponse::Failed(e),
                     },
                 },
+                Ok(ChatRpcRequest::Flush) => {
+                    use openraft::async_runtime::WatchReceiver;
+                    let leader = inner.raft.metrics().borrow_watched().current_leader;
+                    let hook = inner
+                        .flush
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    match (leader == Some(inner.id), hook) {
+                        (false, _) => ChatRpcResponse::NotLeader { leader },
+                        (true, None) => {
+                            ChatRpcResponse::Failed("this node has no committer".into())
+                        }
+                        (true, Some(flush)) => match flush().await {
+                            Ok(summary) => ChatRpcResponse::Flushed(summary),
+                            Err(e) => ChatRpcResponse::Failed(e),
+                        },
+                    }
+                }
                 Ok(ChatRpcRequest::Leave) => {
                     use openraft::async_runtime::WatchReceiver;
                     let leader = inner.raft.metrics().borrow_watched().current_leader;

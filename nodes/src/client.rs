@@ -422,6 +422,9 @@ pub async fn push(args: ClientArgs) -> anyhow::Result<()> {
     }
     match status.as_u16() {
         200 => {
+            if let Some(l) = v["leader"].as_u64() {
+                eprintln!("(flushed by the room's leader, node {l})");
+            }
             println!(
                 "pushed {} changes in {} commit(s); the repository holds the log up to index {} (head {}) in {:.0} ms",
                 v["changes"],
@@ -432,10 +435,6 @@ pub async fn push(args: ClientArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        409 if v["leader"].is_u64() => bail!(
-            "this node is not the leader; node {} commits for the room (push from its node, or wait for its interval)",
-            v["leader"]
-        ),
         _ => bail!("push failed ({status}): {}", error_text(&v)),
     }
 }

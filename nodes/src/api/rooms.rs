@@ -22,6 +22,7 @@ use skygit_actors::mesh::GetMeshStatus;
 use skygit_actors::ports::RepoError;
 use skygit_actors::presence::GetPresenceStatus;
 use skygit_consensus::membership::MAX_VOTERS;
+use skygit_consensus::replica::FlushRequestError;
 use skygit_consensus::NodeId;
 
 use super::messages::rfc3339;
@@ -145,18 +146,33 @@ pub async fn push(
             "duration_ms": started.elapsed().as_secs_f64() * 1e3,
         }))),
         Err(CommitterError::NotLeader) => {
-            let leader = room
+            // The leader's committer writes the repository: ask it.
+            match room
                 .handle
-                .consensus
-                .send(GetStatus)
+                .replica
+                .request_flush(FORWARDED_FLUSH_TIMEOUT)
                 .await
-                .map_err(gone)?
-                .leader;
-            Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "this node is not the room's leader; the leader's committer writes the repository",
-            )
-            .with(json!({ "leader": leader })))
+            {
+                Ok((leader, r)) => Ok(Json(json!({
+                    "status": "success",
+                    "leader": leader,
+                    "up_to_index": r.up_to_index,
+                    "head": r.head,
+                    "commit_url": r.head.as_deref().and_then(|h| room.commit_url(h)),
+                    "commits": r.commits,
+                    "changes": r.changes,
+                    "remote_calls": r.remote_calls,
+                    "duration_ms": started.elapsed().as_secs_f64() * 1e3,
+                }))),
+                Err(e @ FlushRequestError::NoLeader) => Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    e.to_string(),
+                )),
+                Err(e @ FlushRequestError::Failed { leader, .. }) => {
+                    Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())
+                        .with(json!({ "leader": leader })))
+                }
+            }
         }
         Err(e @ CommitterError::NoRepository) => {
             Err(ApiError::new(StatusCode::CONFLICT, e.to_string()))
@@ -230,6 +246,9 @@ pub struct NewSettings {
     commit_interval_secs: Option<u64>,
     voters: Option<usize>,
 }
+
+/// How long a follower waits for the leader's flush.
+const FORWARDED_FLUSH_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Longest commit interval the settings accept.
 const MAX_INTERVAL_SECS: u64 = 86_400;
