@@ -13,6 +13,7 @@
     msgs: new Map(), // id -> {m, li}
     hasMore: false,
     editing: null, // id of the message being edited
+    warnedAt: 0, // when the composer last said a post waits in the outbox
     started: false,
     fetchDown: false,
     streamDown: false,
@@ -60,6 +61,7 @@
   }
 
   const pollStatus = single(async () => {
+    const asked = Date.now();
     const r = await call('GET', '/status');
     if (!r || !r.ok || !r.data) return;
     const s = r.data;
@@ -74,7 +76,20 @@
     $('node-info').textContent =
       (s.user || '?') + ' · node ' + s.node_id + ' · ' + (c.state || '?') + ' · term ' + (c.term ?? '?') +
       (s.repository && s.repository.spec ? ' · ' + s.repository.spec : '');
-    $('no-leader').hidden = c.leader != null;
+    // No leader reachable: none known, or the one named is a peer this node
+    // has lost (raft may keep naming a dead leader while no election can
+    // win), or posts of this node wait in its outbox.
+    const lp = c.leader != null && c.leader !== s.node_id ? (s.peers || []).find((p) => p.node_id === c.leader) : null;
+    const leaderLost = !!lp && (lp.state === 'offline' || lp.state === 'backoff');
+    const noLeader = c.leader == null || leaderLost || (c.outbox_len || 0) > 0;
+    $('no-leader').hidden = !noLeader;
+    // The composer's "kept in the outbox" warning ends with the wait (as
+    // a status asked for after the warning tells).
+    const cs = $('composer-status');
+    if (!noLeader && cs.classList.contains('warn') && asked > S.warnedAt) {
+      cs.textContent = '';
+      cs.className = 'msg';
+    }
     const cu = s.catch_up;
     const catching = cu && cu.done === false;
     $('catchup').hidden = !catching;
@@ -297,7 +312,9 @@
       const m = x.m;
       // The index of the message's latest change (post, edit or delete).
       const at = m.last_change_index ?? m.index;
-      if (at == null || m.changeUnknown || at > d.up_to_index || syncState(m) === 'synchronized') continue;
+      // Only an applied change can be in the repository: a pending post
+      // (its queued answer says index 0) waits for its message event.
+      if (at == null || m.changeUnknown || at > d.up_to_index || syncState(m) !== 'committed') continue;
       Object.assign(m, { is_synchronized: true, sync_state: 'synchronized', git_hash: d.git_hash, commit_url: d.commit_url });
       const old = x.li.querySelector('.sync');
       if (old) old.replaceWith(syncEl(m));
@@ -358,7 +375,13 @@
     const conv = S.conv;
     status.textContent = '';
     status.className = 'msg';
+    // Without a reachable leader the node may take seconds to answer.
+    const slow = setTimeout(() => {
+      status.textContent = 'Sending…';
+    }, 500);
     const r = await call('POST', '/messages', { content, conversation: conv });
+    clearTimeout(slow);
+    if (status.textContent === 'Sending…') status.textContent = '';
     if (!r) {
       status.textContent = 'Not sent: the node cannot be reached.';
       status.className = 'msg error';
@@ -379,10 +402,11 @@
       status.textContent =
         'No leader reachable: kept in the outbox (' + (d.outbox_len ?? '?') + ' waiting) and sent when a leader is back.';
       status.className = 'msg warn';
+      S.warnedAt = Date.now();
       if (conv === S.conv && d.message_id)
         upsert(Object.assign(
           { id: d.message_id, conversation: conv, sender: S.user, content, created_at: new Date().toISOString() },
-          d.message || {}, { index: null, sync_state: 'pending' }));
+          d.message || {}, { index: null, last_change_index: null, sync_state: 'pending' }));
       toBottom();
       return;
     }
@@ -444,7 +468,11 @@
     const status = $('composer-status');
     if (!r) status.textContent = 'Not deleted: the node cannot be reached.';
     else if (!r.ok) status.textContent = 'Not deleted: ' + SG.errText(r);
-    else if (r.data && r.data.message) upsert(r.data.message);
+    else if (r.data && r.data.message) {
+      upsert(r.data.message);
+      // The focused Delete button is gone: keep the keyboard in the list.
+      if (!document.activeElement || document.activeElement === document.body) $('messages').focus();
+    }
   }
 
   // ---- settings -------------------------------------------------------

@@ -5,7 +5,17 @@
 //! - a message typed into one node's UI appears in the other node's UI
 //!   within a second, and reaches the repository;
 //! - message text is shown as text, never run as markup;
-//! - the dashboard names the leader and updates live.
+//! - the dashboard names the leader and updates live;
+//! - one's own message is edited (Escape cancels, Enter saves) and deleted
+//!   from the keyboard, and both pages show it; others' messages offer
+//!   neither;
+//! - a conversation made in the form shows live in the other page's list,
+//!   which marks it unread when a message arrives there;
+//! - without a leader a post shows as pending under the "no leader" notice,
+//!   and commits on the page once the leader is back;
+//! - a page whose node dies says it is offline;
+//! - the settings form changes the commit interval;
+//! - "load older" brings the earlier messages, in order, once each.
 //!
 //! Screenshots go to `$SKYGIT_SCREENSHOTS` (default
 //! `<CARGO_TARGET_TMPDIR>/screenshots`).
@@ -33,6 +43,10 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 const PAGE_READY: Duration = Duration::from_secs(15);
 /// The promise: a message shows on the other node's page within this.
 const DELIVERY: Duration = Duration::from_secs(1);
+/// How long a restarted node may take to bring a queued post to commit.
+const RECOVERY: Duration = Duration::from_secs(60);
+/// The promise: a page whose node died says so within this.
+const OFFLINE_NOTICE: Duration = Duration::from_secs(5);
 
 /// The tests of this file run one at a time: each starts two node
 /// processes and two browsers, and on two cores several at once would
@@ -396,12 +410,216 @@ fn unique(what: &str) -> String {
     format!("{what} {}-{nanos}", std::process::id())
 }
 
-/// Sets up a room, chromedriver and `sessions` browsers, runs `body`, then
-/// closes the browsers and stops the room whatever the body answered.
+// WebDriver key codes (typed with `send_keys`).
+const ENTER: &str = "\u{e007}";
+const ESCAPE: &str = "\u{e00c}";
+const HOME: &str = "\u{e011}";
+/// Control+A, then Control released: selects all of a text field's
+/// content, so the next keys replace it.
+const SELECT_ALL: &str = "\u{e009}a\u{e000}";
+
+/// How long a page may take to show what its node did.
+const SHOWS: Duration = Duration::from_secs(10);
+const EVERY: Duration = Duration::from_millis(50);
+
+/// The message with this id as the page shows it, if it does: its text,
+/// sync state, markers and controls.
+async fn message(c: &Client, id: &str) -> anyhow::Result<Option<Value>> {
+    let v: Value = js(
+        c,
+        "const li = [...document.querySelectorAll('#messages .message')]
+           .find((l) => l.dataset.id === arguments[0]);
+         if (!li) return null;
+         const t = (s) => { const e = li.querySelector(s); return e ? e.textContent : null; };
+         return {
+           id: li.dataset.id, index: li.dataset.index, sender: t('.sender'),
+           content: t('.content'), sync: t('.sync'),
+           edited: t('.edited'), deleted: li.classList.contains('deleted'),
+           edit: !!li.querySelector('button.edit'), delete: !!li.querySelector('button.delete'),
+           editing: !!li.querySelector('.edit-box'),
+           copies: [...document.querySelectorAll('#messages .message')]
+             .filter((l) => l.dataset.id === arguments[0]).length,
+         };",
+        vec![json!(id)],
+    )
+    .await?;
+    Ok((!v.is_null()).then_some(v))
+}
+
+/// Waits until the page shows message `id` and `ok` holds for it.
+async fn wait_message(
+    c: &Client,
+    id: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let ok = &ok;
+    poll(SHOWS, EVERY, what, || async move {
+        Ok(message(c, id).await?.filter(|m| ok(m)))
+    })
+    .await
+}
+
+/// The id of the message whose text is `text`, once the page shows it.
+async fn wait_text(c: &Client, text: &str, what: &str) -> anyhow::Result<String> {
+    poll(SHOWS, EVERY, what, || async move {
+        Ok(find_message(c, text)
+            .await?
+            .and_then(|m| m["id"].as_str().map(str::to_owned)))
+    })
+    .await
+}
+
+/// The `.content` texts of every message the page shows, top to bottom,
+/// with their ids.
+async fn shown(c: &Client) -> anyhow::Result<Vec<(String, String)>> {
+    js(
+        c,
+        "return [...document.querySelectorAll('#messages .message')].map((li) => {
+           const c = li.querySelector('.content');
+           return [li.dataset.id, c ? c.textContent : ''];
+         });",
+        vec![],
+    )
+    .await
+}
+
+/// Whether the element with this id is hidden (`hidden` or not rendered).
+async fn is_hidden(c: &Client, id: &str) -> anyhow::Result<bool> {
+    js(
+        c,
+        "const e = document.getElementById(arguments[0]);
+         return !e || e.hidden || e.getClientRects().length === 0;",
+        vec![json!(id)],
+    )
+    .await
+}
+
+/// Waits until the element with this id is shown (`true`) or hidden.
+async fn wait_shown(
+    c: &Client,
+    id: &'static str,
+    shown: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let what = format!("#{id} to be {}", if shown { "shown" } else { "hidden" });
+    poll(timeout, EVERY, &what, || async move {
+        Ok((is_hidden(c, id).await? != shown).then_some(()))
+    })
+    .await
+}
+
+/// Marks the page's window; [`still_marked`] then tells whether the page
+/// was reloaded since.
+async fn mark(c: &Client) -> anyhow::Result<()> {
+    c.execute("window.skygitTestMark = true;", vec![]).await?;
+    Ok(())
+}
+
+async fn still_marked(c: &Client) -> anyhow::Result<bool> {
+    js(c, "return window.skygitTestMark === true;", vec![]).await
+}
+
+/// Describes the focused element: `tag#id.class…` plus the message id it
+/// belongs to, if any.
+async fn focused(c: &Client) -> anyhow::Result<String> {
+    js(
+        c,
+        "const e = document.activeElement;
+         if (!e) return '';
+         const li = e.closest('.message');
+         return e.tagName.toLowerCase() + (e.id ? '#' + e.id : '')
+           + [...e.classList].map((k) => '.' + k).join('')
+           + (li ? ' in ' + li.dataset.id : '');",
+        vec![],
+    )
+    .await
+}
+
+/// The CSS selector of a control of message `id`.
+fn control(id: &str, css: &str) -> String {
+    format!("#messages .message[data-id=\"{id}\"] {css}")
+}
+
+/// Whether the message with this text is within the list's visible area.
+async fn in_view(c: &Client, text: &str) -> anyhow::Result<bool> {
+    js(
+        c,
+        "const l = document.getElementById('messages');
+         const li = [...l.querySelectorAll('.message')].find((x) => {
+           const c = x.querySelector('.content');
+           return c && c.textContent === arguments[0];
+         });
+         if (!li) return false;
+         const a = li.getBoundingClientRect(), b = l.getBoundingClientRect();
+         return a.bottom > b.top && a.top < b.bottom;",
+        vec![json!(text)],
+    )
+    .await
+}
+
+/// The conversation list as the page shows it: `{id: {text, current,
+/// unread}}`, and the title over the messages.
+async fn conversations(c: &Client) -> anyhow::Result<Value> {
+    js(
+        c,
+        "const list = {};
+         for (const b of document.querySelectorAll('#conversations button.conv')) {
+           const badge = b.querySelector('.badge');
+           list[b.dataset.conv] = {
+             text: b.firstChild ? b.firstChild.textContent : '',
+             current: b.classList.contains('current'),
+             unread: b.classList.contains('unread'),
+             badge: badge ? badge.textContent : null,
+           };
+         }
+         return { list, title: document.getElementById('conv-title').textContent };",
+        vec![],
+    )
+    .await
+}
+
+/// Waits until the page's conversations satisfy `ok`.
+async fn wait_conversations(
+    c: &Client,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let ok = &ok;
+    poll(SHOWS, EVERY, what, || async move {
+        Ok(Some(conversations(c).await?).filter(|v| ok(v)))
+    })
+    .await
+}
+
+/// The message texts of a conversation through a node's API.
+async fn api_contents(node: &NodeProc, conversation: &str) -> anyhow::Result<Vec<String>> {
+    let v: Value = node
+        .http()
+        .get(format!(
+            "{}/messages?conversation={conversation}&limit=1000",
+            node.api
+        ))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(v["messages"]
+        .as_array()
+        .context("no messages list")?
+        .iter()
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .collect())
+}
+
+/// Sets up a room, chromedriver and `sessions` browsers, runs `body` (which
+/// may kill and restart the room's nodes), then closes the browsers and
+/// stops the room whatever the body answered.
 async fn with_room_and_browsers<F>(name: &str, sessions: usize, body: F)
 where
     F: for<'a> FnOnce(
-        &'a Room,
+        &'a mut Room,
         &'a [Client],
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>,
@@ -410,7 +628,7 @@ where
     let _one = ONE_ROOM_AT_A_TIME.lock().await;
     let run = async {
         Driver::require()?;
-        let room = Room::start().await.context("the room forms")?;
+        let mut room = Room::start().await.context("the room forms")?;
         let driver = Driver::start(&room.dir.path().join("chromedriver.log")).await?;
         let mut clients = Vec::new();
         let mut result = Ok(());
@@ -424,7 +642,13 @@ where
             }
         }
         if result.is_ok() {
-            result = body(&room, &clients).await;
+            result = body(&mut room, &clients).await;
+            if result.is_err() {
+                // What each page showed when the test failed.
+                for (i, c) in clients.iter().enumerate() {
+                    let _ = screenshot(c, &format!("{name}-failed-{i}")).await;
+                }
+            }
         }
         if result.is_ok() {
             // No page may have logged a script error or a CSP violation.
@@ -670,6 +894,616 @@ async fn the_dashboard_names_the_leader_and_updates_live() {
             // Give the charts a few samples before the picture.
             tokio::time::sleep(Duration::from_secs(2)).await;
             screenshot(page, "dashboard").await?;
+            Ok(())
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_messages_are_edited_and_deleted_from_the_keyboard() {
+    with_room_and_browsers("edit", 2, |room, b| {
+        Box::pin(async move {
+            let (ua, ub) = (&b[0], &b[1]);
+            open_chat(ua, &room.ui(0)).await?;
+            open_chat(ub, &room.ui(1)).await?;
+            let before = unique("before the edit");
+            let composer = ua.find(Locator::Css("#composer")).await?;
+            composer.send_keys(&format!("{before}{ENTER}")).await?;
+            let id = wait_text(ua, &before, "A to show its message").await?;
+            let id = id.as_str();
+            wait_message(ua, id, "A to offer edit and delete", |m| {
+                m["edit"] == true && m["delete"] == true
+            })
+            .await?;
+            let on_b = wait_message(ub, id, "B to show A's message", |m| {
+                m["content"] == json!(before)
+            })
+            .await?;
+            ensure!(
+                on_b["edit"] == false && on_b["delete"] == false,
+                "B offers to edit or delete A's message: {on_b}"
+            );
+            // Nor does A offer it for B's message.
+            let theirs = room.nodes[1].post(&unique("from bo")).await?;
+            let m = wait_message(ua, &theirs.id, "A to show B's message", |m| {
+                m["sender"] == json!(room.nodes[1].spec.user)
+            })
+            .await?;
+            ensure!(
+                m["edit"] == false && m["delete"] == false,
+                "A offers to edit or delete B's message: {m}"
+            );
+
+            // Enter on the edit control opens the editor, focused; Escape
+            // cancels it and gives the focus back to the control.
+            ua.find(Locator::Css(&control(id, "button.edit")))
+                .await?
+                .send_keys(ENTER)
+                .await?;
+            wait_message(ua, id, "the editor to open", |m| m["editing"] == true).await?;
+            let f = focused(ua).await?;
+            ensure!(
+                f == format!("textarea.edit-box in {id}"),
+                "the editor is not focused: {f}"
+            );
+            let editor = ua.active_element().await?;
+            ensure!(
+                value_of(&editor).await? == before,
+                "the editor does not start from the message's text"
+            );
+            editor.send_keys(&format!(" draft{ESCAPE}")).await?;
+            let m = wait_message(ua, id, "Escape to close the editor", |m| {
+                m["editing"] == false
+            })
+            .await?;
+            ensure!(
+                m["content"] == json!(before) && m["edited"].is_null(),
+                "Escape changed the message: {m}"
+            );
+            let f = focused(ua).await?;
+            ensure!(
+                f == format!("button.edit in {id}"),
+                "after Escape the focus is not on the edit control: {f}"
+            );
+            // Again, from the focused control: replace the text, Enter saves.
+            let after = unique("after the edit");
+            ua.active_element().await?.send_keys(ENTER).await?;
+            wait_message(ua, id, "the editor to open again", |m| m["editing"] == true).await?;
+            let editor = ua.active_element().await?;
+            editor.send_keys(&format!("{SELECT_ALL}{after}")).await?;
+            ensure!(
+                value_of(&editor).await? == after,
+                "the editor holds {:?}",
+                value_of(&editor).await?
+            );
+            editor.send_keys(ENTER).await?;
+            for (page, who) in [(ua, "A"), (ub, "B")] {
+                let m = wait_message(page, id, &format!("{who} to show the edit"), |m| {
+                    m["content"] == json!(after) && m["editing"] == false
+                })
+                .await?;
+                ensure!(
+                    m["edited"] == json!("(edited)") && m["copies"] == 1,
+                    "{who} shows the edit as {m}"
+                );
+            }
+            let m = message(ua, id).await?.context("A lost the message")?;
+            ensure!(
+                m["edit"] == true && m["delete"] == true,
+                "A no longer offers edit and delete: {m}"
+            );
+            // The API agrees.
+            let api: Value = room.nodes[1]
+                .http()
+                .get(format!("{}/messages/{id}", room.nodes[1].api))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            ensure!(
+                api["content"] == json!(after) && api["edited"] == true,
+                "B's node holds {api}"
+            );
+            screenshot(ub, "edit-b").await?;
+
+            // Delete, confirmed in the dialog.
+            let del = ua.find(Locator::Css(&control(id, "button.delete"))).await?;
+            // The dialog may interrupt the key press command itself.
+            let _ = del.send_keys(ENTER).await;
+            let question = poll(SHOWS, EVERY, "the delete confirmation", || async move {
+                alert(ua).await
+            })
+            .await?;
+            ensure!(question.contains("Delete"), "the dialog asks {question:?}");
+            ua.accept_alert().await?;
+            for (page, who) in [(ua, "A"), (ub, "B")] {
+                let m = wait_message(page, id, &format!("{who} to show the delete"), |m| {
+                    m["content"] == json!("(deleted)")
+                })
+                .await?;
+                ensure!(
+                    m["deleted"] == true
+                        && m["edited"].is_null()
+                        && m["edit"] == false
+                        && m["delete"] == false
+                        && m["copies"] == 1,
+                    "{who} shows the deleted message as {m}"
+                );
+            }
+            ensure!(
+                find_message(ua, &after).await?.is_none(),
+                "A still shows the deleted text"
+            );
+            // The keyboard stays in the list, not back at the page's start.
+            let f = focused(ua).await?;
+            ensure!(
+                f == "ol#messages.messages",
+                "after the delete the focus is on {f}"
+            );
+            screenshot(ua, "edit-deleted-a").await?;
+            screenshot(ub, "edit-deleted-b").await?;
+            Ok(())
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_made_in_the_ui_shows_live_on_the_other_page() {
+    with_room_and_browsers("conversations", 2, |room, b| {
+        Box::pin(async move {
+            let (ua, ub) = (&b[0], &b[1]);
+            open_chat(ua, &room.ui(0)).await?;
+            open_chat(ub, &room.ui(1)).await?;
+            // Something in general, to tell a loaded list from an empty one.
+            let in_general = unique("in general");
+            room.nodes[1].post(&in_general).await?;
+            wait_text(ua, &in_general, "A to show the general message").await?;
+            wait_text(ub, &in_general, "B to show the general message").await?;
+            mark(ub).await?;
+
+            // The form, from the keyboard: Enter in the title submits.
+            let (conv, title) = ("design", "Design review");
+            ua.find(Locator::Css("#new-conv-id"))
+                .await?
+                .send_keys(conv)
+                .await?;
+            ua.find(Locator::Css("#new-conv-title"))
+                .await?
+                .send_keys(&format!("{title}{ENTER}"))
+                .await?;
+            let v = wait_conversations(ua, "A to switch to the new conversation", |v| {
+                v["list"][conv]["current"] == true && v["title"] == json!(title)
+            })
+            .await?;
+            ensure!(
+                v["list"][conv]["text"] == json!(title) && v["list"]["general"]["current"] == false,
+                "A lists {v}"
+            );
+            ensure!(
+                text_of(ua, "#new-conv-msg").await? == "Created.",
+                "A's form says {:?}",
+                text_of(ua, "#new-conv-msg").await?
+            );
+            // B hears of it through its event stream, without a reload,
+            // and stays where it was.
+            let v = wait_conversations(ub, "B to list the new conversation", |v| {
+                v["list"][conv].is_object()
+            })
+            .await?;
+            ensure!(
+                v["list"][conv]["text"] == json!(title)
+                    && v["list"][conv]["current"] == false
+                    && v["list"]["general"]["current"] == true
+                    && v["title"] == json!("general"),
+                "B lists {v}"
+            );
+            ensure!(still_marked(ub).await?, "B's page was reloaded");
+
+            // Creating it focused A's composer: type, Enter posts there.
+            let f = focused(ua).await?;
+            ensure!(
+                f == "textarea#composer",
+                "A's focus is on {f}, not the composer"
+            );
+            let text = unique("about the design");
+            ua.active_element()
+                .await?
+                .send_keys(&format!("{text}{ENTER}"))
+                .await?;
+            wait_text(ua, &text, "A to show the message in the new conversation").await?;
+            // B: the conversation is marked unread, the message is not in
+            // general.
+            let v = wait_conversations(ub, "B to mark the conversation unread", |v| {
+                v["list"][conv]["unread"] == true
+            })
+            .await?;
+            ensure!(
+                v["list"][conv]["badge"] == json!("new")
+                    && v["list"]["general"]["unread"] == false
+                    && v["title"] == json!("general"),
+                "B lists {v}"
+            );
+            ensure!(
+                find_message(ub, &text).await?.is_none(),
+                "B shows the design message in general"
+            );
+            ensure!(
+                find_message(ub, &in_general).await?.is_some(),
+                "B lost the general message"
+            );
+            screenshot(ub, "conversations-unread-b").await?;
+
+            // B opens it from the keyboard: the message is there, the mark
+            // is gone.
+            ub.find(Locator::Css(&format!(
+                "#conversations button.conv[data-conv=\"{conv}\"]"
+            )))
+            .await?
+            .send_keys(ENTER)
+            .await?;
+            wait_text(ub, &text, "B to show the message in the conversation").await?;
+            let v = conversations(ub).await?;
+            ensure!(
+                v["list"][conv]["current"] == true
+                    && v["list"][conv]["unread"] == false
+                    && v["list"][conv]["badge"].is_null()
+                    && v["title"] == json!(title),
+                "B lists {v}"
+            );
+            ensure!(
+                find_message(ub, &in_general).await?.is_none(),
+                "B shows a general message in {conv}"
+            );
+            ensure!(still_marked(ub).await?, "B's page was reloaded");
+            // A goes back to general: the design message is not there.
+            ua.find(Locator::Css(
+                "#conversations button.conv[data-conv=\"general\"]",
+            ))
+            .await?
+            .send_keys(ENTER)
+            .await?;
+            wait_text(ua, &in_general, "A to show general again").await?;
+            ensure!(
+                find_message(ua, &text).await?.is_none(),
+                "A shows the design message in general"
+            );
+            // The nodes agree.
+            for n in &room.nodes {
+                let general = api_contents(n, "general").await?;
+                let design = api_contents(n, conv).await?;
+                ensure!(
+                    design == [text.clone()] && !general.contains(&text),
+                    "{} holds general {general:?} and {conv} {design:?}",
+                    n.spec.user
+                );
+            }
+            screenshot(ub, "conversations-b").await?;
+            Ok(())
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_without_a_leader_waits_as_pending_and_commits_when_it_is_back() {
+    with_room_and_browsers("no-leader", 1, |room, b| {
+        Box::pin(async move {
+            let page = &b[0];
+            // Two voters: without the other one, no leader can be elected.
+            // The page is on the follower; the leader goes away.
+            let refs: Vec<&NodeProc> = room.nodes.iter().collect();
+            let leader = wait_leader(&refs, SETTLE).await?;
+            let gone = room
+                .nodes
+                .iter()
+                .position(|n| n.node_id == leader)
+                .context("the leader is a node of the room")?;
+            let stays = 1 - gone;
+            open_chat(page, &room.ui(stays)).await?;
+            wait_shown(page, "no-leader", false, SHOWS).await?;
+            mark(page).await?;
+            room.nodes[gone].kill().await?;
+            let killed_at = Instant::now();
+            eprintln!(
+                "killed the leader {} ({}); the page is on {} ({})",
+                room.nodes[gone].spec.user,
+                room.nodes[gone].node_id,
+                room.nodes[stays].spec.user,
+                room.nodes[stays].node_id
+            );
+
+            let text = unique("while there is no leader");
+            let text = text.as_str();
+            page.find(Locator::Css("#composer"))
+                .await?
+                .send_keys(&format!("{text}{ENTER}"))
+                .await?;
+            let entered = Instant::now();
+            // The node answers once the post is in its outbox, which may
+            // take its forwarding timeout when the leader died a moment
+            // ago: meanwhile the page says it is sending.
+            let said = poll(
+                Duration::from_secs(2),
+                EVERY,
+                "the page to say something about the post",
+                || async move {
+                    let s = text_of(page, "#composer-status").await?;
+                    let pending = find_message(page, text).await?.is_some();
+                    Ok((pending || !s.is_empty()).then_some(s))
+                },
+            )
+            .await?;
+            eprintln!("{:?} after Enter the page says {said:?}", entered.elapsed());
+            let id = poll(
+                Duration::from_secs(30),
+                Duration::from_millis(100),
+                "the post to show as pending",
+                || async move {
+                    Ok(find_message(page, text)
+                        .await?
+                        .filter(|m| m["sync"] == json!("pending"))
+                        .and_then(|m| m["id"].as_str().map(str::to_owned)))
+                },
+            )
+            .await?;
+            let id = id.as_str();
+            eprintln!("pending after {:?}", killed_at.elapsed());
+            let status = text_of(page, "#composer-status").await?;
+            ensure!(
+                status.contains("outbox"),
+                "the composer says {status:?}, not that the post waits in the outbox"
+            );
+            // (The node's status keeps naming the dead leader: with pre-vote
+            // the follower never starts an election it cannot win. The page
+            // tells from the post waiting in the outbox and from the named
+            // leader's peer state.)
+            wait_shown(page, "no-leader", true, Duration::from_secs(15)).await?;
+            eprintln!("#no-leader after {:?}", killed_at.elapsed());
+            let m = message(page, id).await?.context("the pending post")?;
+            ensure!(
+                m["edit"] == false && m["delete"] == false && m["index"] == json!(""),
+                "the pending post shows as {m}"
+            );
+            screenshot(page, "no-leader-pending").await?;
+
+            // The leader comes back from its data directory.
+            let spec = room.nodes[gone].spec.clone();
+            let restarted = Instant::now();
+            room.nodes[gone] = NodeProc::start(spec).await.context("the node restarts")?;
+            let m = poll(
+                RECOVERY,
+                Duration::from_millis(200),
+                "the pending post to commit on the page",
+                || async move {
+                    Ok(message(page, id).await?.filter(|m| {
+                        m["index"].as_str().is_some_and(|i| !i.is_empty())
+                            && m["sync"]
+                                .as_str()
+                                .is_some_and(|s| s == "committed" || s.starts_with("in repository"))
+                    }))
+                },
+            )
+            .await?;
+            eprintln!(
+                "committed on the page {:?} after the restart",
+                restarted.elapsed()
+            );
+            ensure!(
+                m["content"] == json!(text) && m["copies"] == 1,
+                "the page shows {m}"
+            );
+            ensure!(still_marked(page).await?, "the page was reloaded");
+            let copies = shown(page)
+                .await?
+                .into_iter()
+                .filter(|(_, c)| *c == text)
+                .count();
+            ensure!(copies == 1, "the page shows the post {copies} times");
+            wait_shown(page, "no-leader", false, Duration::from_secs(15)).await?;
+            // The composer no longer says the post waits.
+            poll(SHOWS, EVERY, "the outbox warning to go", || async move {
+                let s = text_of(page, "#composer-status").await?;
+                Ok((!s.contains("outbox")).then_some(()))
+            })
+            .await?;
+            wait_message(page, id, "the edit control on the committed post", |m| {
+                m["edit"] == true
+            })
+            .await?;
+            screenshot(page, "no-leader-committed").await?;
+            Ok(())
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_says_offline_when_its_node_dies() {
+    with_room_and_browsers("offline", 2, |room, b| {
+        Box::pin(async move {
+            let (ua, ub) = (&b[0], &b[1]);
+            open_chat(ua, &room.ui(0)).await?;
+            open_chat(ub, &room.ui(1)).await?;
+            for page in [ua, ub] {
+                ensure!(
+                    is_hidden(page, "offline").await?,
+                    "#offline shows too early"
+                );
+            }
+            room.nodes[1].kill().await?;
+            let t0 = Instant::now();
+            wait_shown(ub, "offline", true, OFFLINE_NOTICE)
+                .await
+                .context("B's node died")?;
+            eprintln!("#offline shown {:?} after the kill", t0.elapsed());
+            // Then it says the node cannot be reached (the next status poll).
+            let said = poll(
+                Duration::from_secs(10),
+                Duration::from_millis(100),
+                "#offline to say the node cannot be reached",
+                || async move {
+                    let t = text_of(ub, "#offline").await?;
+                    Ok(t.contains("cannot reach the node").then_some(t))
+                },
+            )
+            .await?;
+            eprintln!("B says {said:?} {:?} after the kill", t0.elapsed());
+            screenshot(ub, "offline-b").await?;
+            // A's node lives: A is not offline.
+            ensure!(
+                is_hidden(ua, "offline").await?,
+                "A shows #offline though its node runs: {:?}",
+                text_of(ua, "#offline").await?
+            );
+            Ok(())
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_settings_form_changes_the_commit_interval() {
+    with_room_and_browsers("settings", 1, |room, b| {
+        Box::pin(async move {
+            let page = &b[0];
+            open_chat(page, &room.ui(0)).await?;
+            let node = &room.nodes[0];
+            let get = || async move {
+                let v: Value = node
+                    .http()
+                    .get(format!("{}/settings", node.api))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                anyhow::Ok(v)
+            };
+            let before = get().await?;
+            ensure!(
+                before["commit_interval_secs"] == 1,
+                "the room starts with {before}"
+            );
+            // Open the settings from the keyboard (Enter on the summary).
+            page.find(Locator::Css("#settings summary"))
+                .await?
+                .send_keys(ENTER)
+                .await?;
+            let field = page.find(Locator::Css("#commit-interval")).await?;
+            let field = &field;
+            poll(
+                SHOWS,
+                EVERY,
+                "the form to show the interval",
+                || async move {
+                    Ok(
+                        (field.is_displayed().await? && value_of(field).await? == "1")
+                            .then_some(()),
+                    )
+                },
+            )
+            .await?;
+            field.send_keys(&format!("{SELECT_ALL}7")).await?;
+            ensure!(
+                value_of(field).await? == "7",
+                "the field holds {:?}",
+                value_of(field).await?
+            );
+            field.send_keys(ENTER).await?;
+            poll(SHOWS, EVERY, "the form to say Saved.", || async move {
+                Ok((text_of(page, "#settings-msg").await? == "Saved.").then_some(()))
+            })
+            .await?;
+            let after = get().await?;
+            ensure!(
+                after["commit_interval_secs"] == 7 && after["voters"] == before["voters"],
+                "GET /settings answers {after} (before: {before})"
+            );
+            let status = node.status().await?;
+            ensure!(
+                status["committer"]["interval_secs"] == 7,
+                "the committer runs every {} s",
+                status["committer"]["interval_secs"]
+            );
+            screenshot(page, "settings").await?;
+            Ok(())
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_older_shows_the_earlier_messages_in_order() {
+    with_room_and_browsers("load-older", 1, |room, b| {
+        Box::pin(async move {
+            let page = &b[0];
+            const PAGE: usize = 50;
+            const POSTED: usize = 64;
+            let texts: Vec<String> = (0..POSTED).map(|i| format!("older {i:02}")).collect();
+            for t in &texts {
+                let p = room.nodes[0].post(t).await?;
+                ensure!(p.index.is_some(), "{t:?} was not applied: {p:?}");
+            }
+            open_chat(page, &room.ui(0)).await?;
+            let first = poll(
+                SHOWS,
+                EVERY,
+                "the page to show 50 messages",
+                || async move {
+                    let s = shown(page).await?;
+                    Ok((s.len() >= PAGE).then_some(s))
+                },
+            )
+            .await?;
+            let contents: Vec<&str> = first.iter().map(|(_, c)| c.as_str()).collect();
+            ensure!(
+                contents == texts[POSTED - PAGE..],
+                "the first page shows {contents:?}"
+            );
+            wait_shown(page, "load-older", true, SHOWS).await?;
+            // The reader goes to the top of the list (Home on the focused
+            // list), then presses Enter on the button.
+            page.find(Locator::Css("#messages"))
+                .await?
+                .send_keys(HOME)
+                .await?;
+            let oldest = texts[POSTED - PAGE].as_str();
+            poll(
+                SHOWS,
+                EVERY,
+                "Home to scroll to the oldest message",
+                || async move { Ok(in_view(page, oldest).await?.then_some(())) },
+            )
+            .await?;
+            page.find(Locator::Css("#load-older"))
+                .await?
+                .send_keys(ENTER)
+                .await?;
+            let all = poll(SHOWS, EVERY, "the older messages to show", || async move {
+                let s = shown(page).await?;
+                Ok((s.len() > PAGE).then_some(s))
+            })
+            .await?;
+            let contents: Vec<&str> = all.iter().map(|(_, c)| c.as_str()).collect();
+            ensure!(
+                contents == texts,
+                "after load older the page shows {contents:?}"
+            );
+            let ids: std::collections::BTreeSet<&str> =
+                all.iter().map(|(i, _)| i.as_str()).collect();
+            ensure!(ids.len() == all.len(), "the page shows a message twice");
+            // Nothing older is left.
+            wait_shown(page, "load-older", false, SHOWS).await?;
+            // The first message of the first page is still where the
+            // reader was: the list did not jump to the top.
+            ensure!(
+                in_view(page, oldest).await? && !in_view(page, &texts[0]).await?,
+                "after load older the list jumped away from {oldest:?}"
+            );
+            screenshot(page, "load-older").await?;
             Ok(())
         })
     })
