@@ -76,12 +76,10 @@
     $('node-info').textContent =
       (s.user || '?') + ' · node ' + s.node_id + ' · ' + (c.state || '?') + ' · term ' + (c.term ?? '?') +
       (s.repository && s.repository.spec ? ' · ' + s.repository.spec : '');
-    // No leader reachable: none known, or the one named is a peer this node
-    // has lost (raft may keep naming a dead leader while no election can
-    // win), or posts of this node wait in its outbox.
-    const lp = c.leader != null && c.leader !== s.node_id ? (s.peers || []).find((p) => p.node_id === c.leader) : null;
-    const leaderLost = !!lp && (lp.state === 'offline' || lp.state === 'backoff');
-    const noLeader = c.leader == null || leaderLost || (c.outbox_len || 0) > 0;
+    // No leader reachable: the node says so (raft may keep naming a dead
+    // leader while no election can win), or posts of this node wait in
+    // its outbox.
+    const noLeader = s.leader_reachable === false || c.leader == null || (c.outbox_len || 0) > 0;
     $('no-leader').hidden = !noLeader;
     // The composer's "kept in the outbox" warning ends with the wait (as
     // a status asked for after the warning tells).

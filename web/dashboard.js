@@ -67,8 +67,9 @@
     txt('node-id', s.node_id);
     txt('user', s.user ? '(' + s.user + ')' : '');
     txt('leader', c.leader == null ? 'none' : c.leader);
-    txt('leader-note', c.leader != null && c.leader === s.node_id ? '(this node)' : '');
-    $('no-leader').hidden = c.leader != null;
+    txt('leader-note', c.leader == null ? '' : (c.leader === s.node_id ? '(this node)' : '') +
+      (s.leader_reachable === false ? ' (unreachable)' : ''));
+    $('no-leader').hidden = c.leader != null && s.leader_reachable !== false;
     txt('term', c.term);
     txt('state', c.state);
     txt('last-log-index', c.last_log_index);

@@ -165,6 +165,10 @@ struct Conn {
     /// The attempt whose answer is being applied (a relayed answer may
     /// arrive twice).
     accepting: Option<u64>,
+    /// This node closed the link of the peer's previous session: the
+    /// transport's `Closed` for it is about that old link, not the new
+    /// attempt, and is ignored once.
+    old_link_closing: bool,
     actor: Addr<PeerActor>,
 }
 
@@ -618,11 +622,26 @@ impl Handler<PeerEvent> for MeshActor {
                     c.failures = 0;
                     // Its neighbours' links to it are stale too.
                     c.relay_failed = true;
+                    // Closing the old link reports `Closed` later, possibly
+                    // while the new session's link is being set up.
+                    c.old_link_closing = self.transport.links().iter().any(|l| {
+                        l.peer == id
+                            && !matches!(l.state.to_ascii_lowercase().as_str(), "failed" | "closed")
+                    });
                     if was_open {
                         self.notify(id, false);
                     }
+                    // Detach the old link now, not when a spawned task gets
+                    // to it: by then a link to the new session may exist,
+                    // and closing "the link to this peer" would close that.
+                    // The first poll detaches it; its teardown goes on in
+                    // the background.
                     let transport = self.transport.clone();
-                    actix::spawn(async move { transport.close(id).await });
+                    let mut close: futures::future::BoxFuture<'static, ()> =
+                        Box::pin(async move { transport.close(id).await });
+                    if futures::FutureExt::now_or_never(&mut close).is_none() {
+                        actix::spawn(close);
+                    }
                 } else {
                     tracing::info!(peer = id, user = %record.user, "peer online");
                     let actor = PeerActor::new(id, &self.room).start();
@@ -640,6 +659,7 @@ impl Handler<PeerEvent> for MeshActor {
                             relays_left: 0,
                             relayed_signal: None,
                             accepting: None,
+                            old_link_closing: false,
                             actor,
                         },
                     );
@@ -752,6 +772,7 @@ impl Handler<TransportEvent> for MeshActor {
                 c.phase = Phase::Open;
                 c.failures = 0;
                 c.relay_failed = false;
+                c.old_link_closing = false;
                 tracing::info!(peer, "link open");
                 self.presence.do_send(ClearSignal(peer));
                 self.set_state(peer, ConnectionState::Connected);
@@ -759,7 +780,14 @@ impl Handler<TransportEvent> for MeshActor {
                 self.update_poll_speed();
             }
             TransportEvent::Failed { peer, reason } => self.failed(peer, &reason),
-            TransportEvent::Closed(peer) => self.failed(peer, "closed"),
+            TransportEvent::Closed(peer) => {
+                if let Some(c) = self.peers.get_mut(&peer).filter(|c| c.old_link_closing) {
+                    c.old_link_closing = false;
+                    tracing::debug!(peer, "the restarted peer's old link closed");
+                    return;
+                }
+                self.failed(peer, "closed")
+            }
             TransportEvent::Refused { peer, reason } => {
                 tracing::error!(
                     peer,

@@ -389,6 +389,7 @@ pub enum TransportEvent {
 pub struct LinkInfo {
     pub peer: NodeId,
     pub open: bool,
+    /// `connecting`, `open`, `failed` or `closed` (any case).
     pub state: String,
     pub rtt_us: Option<u64>,
     pub queued_frames: usize,
@@ -414,7 +415,8 @@ pub trait PeerTransport: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<String, String>>;
     /// Completes this node's offer to `peer` with its answer.
     fn accept_answer(&self, peer: NodeId, answer: String) -> BoxFuture<'_, Result<(), String>>;
-    /// Closes the link to `peer`.
+    /// Closes the link to `peer`; a link that had not ended reports
+    /// [`TransportEvent::Closed`].
     fn close(&self, peer: NodeId) -> BoxFuture<'_, ()>;
     /// Every link's state.
     fn links(&self) -> Vec<LinkInfo>;

@@ -1370,8 +1370,25 @@ async fn settle(world: &World) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Outboxes drain and the last flush lands.
+    // Requests still in flight settle (a forward to a dead leader waits
+    // out its timeout, then goes to the outbox), outboxes drain, and a
+    // last flush writes what they added.
     tokio::time::sleep(world.opts.commit_interval + Duration::from_secs(5)).await;
+    let deadline = tokio::time::Instant::now() + bound;
+    while tokio::time::Instant::now() < deadline {
+        let drained = world.up_nodes().iter().all(|id| {
+            world
+                .handle(*id)
+                .is_some_and(|h| h.storage.outbox.is_empty())
+        });
+        if drained {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if let Some(h) = world.leader().and_then(|(l, _)| world.handle(l)) {
+        let _ = h.committer.send(Flush(FlushReason::OnDemand)).await;
+    }
 }
 
 /// The repository's view: each message's post index, count and final

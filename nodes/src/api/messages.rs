@@ -332,7 +332,13 @@ pub async fn post(
         )
             .into_response()),
         Submitted::Queued(req, n) => {
-            Err(queued(&req, n, Some(fresh_post(&room, &req, 0, "pending"))))
+            // Not in the log yet: no index.
+            let mut pending = fresh_post(&room, &req, 0, "pending");
+            if let Some(o) = pending.as_object_mut() {
+                o.insert("index".into(), Value::Null);
+                o.insert("last_change_index".into(), Value::Null);
+            }
+            Err(queued(&req, n, Some(pending)))
         }
     }
 }

@@ -404,6 +404,15 @@ pub async fn status(
             .map(|(id, m, lag)| json!({ "node_id": id, "matched_index": m, "lag": lag }))
             .collect::<Vec<_>>()
     });
+    // raft keeps naming a leader it cannot reach until an election (with
+    // pre-vote, a lone follower never starts one): say whether it can.
+    let leader_reachable = match c.leader {
+        Some(l) if l == h.node_id => c.state == "Leader",
+        Some(l) => peers
+            .iter()
+            .any(|p| p["node_id"] == l && p["state"] == "connected"),
+        None => false,
+    };
     let applied = c.applied_index.unwrap_or(0);
     let target = c.committed_index.unwrap_or(0).max(applied);
     let repo_api = room.remote.as_ref().map(|r| {
@@ -423,6 +432,7 @@ pub async fn status(
         "user": h.user.as_str(),
         "repository": repository_json(&room, primary),
         "consensus": c,
+        "leader_reachable": leader_reachable,
         "catch_up": { "applied_index": applied, "target_index": target, "done": applied >= target },
         "membership": members,
         "presence": presence,
