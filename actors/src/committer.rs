@@ -131,6 +131,18 @@ pub struct GetCommitterInfo;
 #[rtype(result = "()")]
 pub struct SetInterval(pub Option<Duration>);
 
+impl From<FlushReport> for skygit_consensus::replica::FlushSummary {
+    fn from(r: FlushReport) -> Self {
+        Self {
+            head: r.head,
+            up_to_index: r.up_to_index,
+            changes: r.changes as u64,
+            commits: r.commits as u64,
+            remote_calls: r.remote_calls,
+        }
+    }
+}
+
 /// Write the committed log to the repository now.
 #[derive(Message)]
 #[rtype(result = "Result<FlushReport, CommitterError>")]

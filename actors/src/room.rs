@@ -256,13 +256,7 @@ fn flush_hook(committer: Addr<CommitterActor>) -> skygit_consensus::replica::Flu
         Box::pin(async move {
             let _one = gate.lock().await;
             match committer.send(Flush(FlushReason::OnDemand)).await {
-                Ok(Ok(r)) => Ok(skygit_consensus::replica::FlushSummary {
-                    head: r.head,
-                    up_to_index: r.up_to_index,
-                    changes: r.changes as u64,
-                    commits: r.commits as u64,
-                    remote_calls: r.remote_calls,
-                }),
+                Ok(Ok(r)) => Ok(r.into()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(format!("the committer is gone: {e}")),
             }

@@ -22,7 +22,7 @@ use skygit_actors::mesh::GetMeshStatus;
 use skygit_actors::ports::RepoError;
 use skygit_actors::presence::GetPresenceStatus;
 use skygit_consensus::membership::MAX_VOTERS;
-use skygit_consensus::replica::FlushRequestError;
+use skygit_consensus::replica::{FlushRequestError, FlushSummary};
 use skygit_consensus::NodeId;
 
 use super::messages::rfc3339;
@@ -121,6 +121,26 @@ pub async fn add_repository(
         .into_response())
 }
 
+/// The answer to a push that flushed (here, or on `leader`).
+fn pushed(
+    room: &Served,
+    leader: Option<NodeId>,
+    r: &FlushSummary,
+    started: std::time::Instant,
+) -> Json<Value> {
+    Json(json!({
+        "status": "success",
+        "leader": leader,
+        "up_to_index": r.up_to_index,
+        "head": r.head,
+        "commit_url": r.head.as_deref().and_then(|h| room.commit_url(h)),
+        "commits": r.commits,
+        "changes": r.changes,
+        "remote_calls": r.remote_calls,
+        "duration_ms": started.elapsed().as_secs_f64() * 1e3,
+    }))
+}
+
 pub async fn push(
     State(s): State<Shared>,
     q: Result<Query<RepoQuery>, QueryRejection>,
@@ -135,16 +155,7 @@ pub async fn push(
         .await
         .map_err(gone)?;
     match flushed {
-        Ok(r) => Ok(Json(json!({
-            "status": "success",
-            "up_to_index": r.up_to_index,
-            "head": r.head,
-            "commit_url": r.head.as_deref().and_then(|h| room.commit_url(h)),
-            "commits": r.commits,
-            "changes": r.changes,
-            "remote_calls": r.remote_calls,
-            "duration_ms": started.elapsed().as_secs_f64() * 1e3,
-        }))),
+        Ok(r) => Ok(pushed(&room, None, &r.into(), started)),
         Err(CommitterError::NotLeader) => {
             // The leader's committer writes the repository: ask it.
             match room
@@ -153,17 +164,7 @@ pub async fn push(
                 .request_flush(FORWARDED_FLUSH_TIMEOUT)
                 .await
             {
-                Ok((leader, r)) => Ok(Json(json!({
-                    "status": "success",
-                    "leader": leader,
-                    "up_to_index": r.up_to_index,
-                    "head": r.head,
-                    "commit_url": r.head.as_deref().and_then(|h| room.commit_url(h)),
-                    "commits": r.commits,
-                    "changes": r.changes,
-                    "remote_calls": r.remote_calls,
-                    "duration_ms": started.elapsed().as_secs_f64() * 1e3,
-                }))),
+                Ok((leader, r)) => Ok(pushed(&room, Some(leader), &r, started)),
                 Err(e @ FlushRequestError::NoLeader) => Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     e.to_string(),
