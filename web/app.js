@@ -438,6 +438,13 @@
       err.textContent = 'saving…';
       const r = await call('PATCH', '/messages/' + encodeURIComponent(id), { content: ta.value });
       if (!r) return void (err.textContent = 'Not saved: the node cannot be reached.');
+      if (r.status === 503 && r.data && r.data.status === 'queued') {
+        // Kept in the outbox: it applies when a leader is reachable, and
+        // the event stream then brings the new text.
+        done(true);
+        queuedNote('The edit');
+        return;
+      }
       if (!r.ok) return void (err.textContent = 'Not saved: ' + SG.errText(r));
       if (r.data && r.data.message) S.msgs.get(id).m = r.data.message;
       done(true);
@@ -459,12 +466,21 @@
     ta.focus();
   }
 
+  /** A change kept in the outbox until a leader is reachable. */
+  function queuedNote(what) {
+    const status = $('composer-status');
+    status.textContent = what + ' waits in the outbox: no leader is reachable; it applies when one is.';
+    status.className = 'msg warn';
+    S.warnedAt = Date.now();
+  }
+
   async function del(id) {
     const x = S.msgs.get(id);
     if (!x || !window.confirm('Delete this message?')) return;
     const r = await call('DELETE', '/messages/' + encodeURIComponent(id));
     const status = $('composer-status');
     if (!r) status.textContent = 'Not deleted: the node cannot be reached.';
+    else if (r.status === 503 && r.data && r.data.status === 'queued') queuedNote('The delete');
     else if (!r.ok) status.textContent = 'Not deleted: ' + SG.errText(r);
     else if (r.data && r.data.message) {
       upsert(r.data.message);
