@@ -133,13 +133,25 @@ async fn frames_flow_both_ways_chunked_and_in_order() {
         assert_eq!(a.next_frame().await.frame, i.to_be_bytes());
     }
 
-    let status = a.mesh.status();
+    // A frame is counted once its delivery completed, which may be just
+    // after the consumer took it: give the counters a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (status, b_status) = loop {
+        let (s, bs) = (a.mesh.status(), b.mesh.status());
+        let counted = s.first().is_some_and(|l| l.received_frames == 101)
+            && bs
+                .first()
+                .is_some_and(|l| l.received_frames == 1 + u64::from(N));
+        if counted || tokio::time::Instant::now() >= deadline {
+            break (s, bs);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(status.len(), 1);
     assert_eq!(status[0].peer, b.id);
     assert_eq!(status[0].state, LinkState::Open);
     assert_eq!(status[0].sent_frames, 1 + u64::from(N));
     assert_eq!(status[0].received_frames, 101);
-    let b_status = b.mesh.status();
     assert_eq!(b_status[0].received_frames, 1 + u64::from(N));
 
     a.mesh.shutdown().await;
