@@ -18,7 +18,7 @@ use skygit_actors::committer::{
 };
 use skygit_actors::consensus::{ConsensusStatus, GetStatus};
 use skygit_actors::membership::{GetMembershipStatus, MembershipStatus, SetVoters};
-use skygit_actors::mesh::GetMeshStatus;
+use skygit_actors::mesh::{GetMeshStatus, MeshStatus};
 use skygit_actors::ports::RepoError;
 use skygit_actors::presence::GetPresenceStatus;
 use skygit_consensus::membership::MAX_VOTERS;
@@ -320,21 +320,26 @@ fn replication(room: &Served, c: &ConsensusStatus) -> Option<Vec<(NodeId, Option
     })
 }
 
-async fn peers_json(room: &Served, c: &ConsensusStatus) -> Vec<Value> {
-    let Some(mesh) = &room.handle.mesh else {
+/// The mesh actor's view, when this room has a mesh that answers.
+async fn mesh_status(room: &Served) -> Option<MeshStatus> {
+    room.handle.mesh.as_ref()?.send(GetMeshStatus).await.ok()
+}
+
+/// Peers with their role (from `members`) and lag (from `lags`).
+fn peers_json(
+    mesh: Option<&MeshStatus>,
+    members: Option<&MembershipStatus>,
+    lags: &[(NodeId, Option<u64>, u64)],
+) -> Vec<Value> {
+    let Some(status) = mesh else {
         return Vec::new();
     };
-    let Ok(status) = mesh.send(GetMeshStatus).await else {
-        return Vec::new();
-    };
-    let members = membership(room).await;
-    let lags = replication(room, c).unwrap_or_default();
     status
         .peers
         .iter()
         .map(|p| {
             let open = p.link.as_ref().is_some_and(|l| l.open);
-            let role = members.as_ref().and_then(|m| {
+            let role = members.and_then(|m| {
                 if m.voters.contains(&p.node_id) {
                     Some("voter")
                 } else if m.learners.contains(&p.node_id) {
@@ -360,14 +365,11 @@ async fn peers_json(room: &Served, c: &ConsensusStatus) -> Vec<Value> {
 }
 
 /// Signals sent through the repository and over the mesh.
-async fn signals_json(room: &Served) -> Value {
-    match &room.handle.mesh {
-        Some(m) => match m.send(GetMeshStatus).await {
-            Ok(st) => json!({ "via_repo": st.signals_via_repo, "via_mesh": st.signals_via_mesh }),
-            Err(_) => Value::Null,
-        },
-        None => Value::Null,
-    }
+fn signals_json(mesh: Option<&MeshStatus>) -> Value {
+    mesh.map_or(
+        Value::Null,
+        |st| json!({ "via_repo": st.signals_via_repo, "via_mesh": st.signals_via_mesh }),
+    )
 }
 
 pub async fn peers(
@@ -377,7 +379,11 @@ pub async fn peers(
     let q = query(q)?;
     let room = s.room(q.repo.as_deref()).await?;
     let c = room.handle.consensus.send(GetStatus).await.map_err(gone)?;
-    Ok(Json(json!({ "peers": peers_json(&room, &c).await })))
+    let (mesh, members) = (mesh_status(&room).await, membership(&room).await);
+    let lags = replication(&room, &c).unwrap_or_default();
+    Ok(Json(
+        json!({ "peers": peers_json(mesh.as_ref(), members.as_ref(), &lags) }),
+    ))
 }
 
 pub async fn status(
@@ -399,8 +405,14 @@ pub async fn status(
     let committer = h.committer.send(GetCommitterInfo).await.ok();
     let reader = h.storage.reader.clone();
     let synced = super::blocking(move || reader.synced_up_to()).await?;
-    let peers = peers_json(&room, &c).await;
-    let replication = replication(&room, &c).map(|r| {
+    let mesh = mesh_status(&room).await;
+    let lags = replication(&room, &c);
+    let peers = peers_json(
+        mesh.as_ref(),
+        members.as_ref(),
+        lags.as_deref().unwrap_or_default(),
+    );
+    let replication = lags.map(|r| {
         r.iter()
             .map(|(id, m, lag)| json!({ "node_id": id, "matched_index": m, "lag": lag }))
             .collect::<Vec<_>>()
@@ -438,7 +450,7 @@ pub async fn status(
         "membership": members,
         "presence": presence,
         "peers": peers,
-        "signals": signals_json(&room).await,
+        "signals": signals_json(mesh.as_ref()),
         "replication": replication,
         "committer": committer.map(|ci| json!({
             "leader": ci.leader,
