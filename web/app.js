@@ -86,6 +86,7 @@
     const cs = $('composer-status');
     if (!noLeader && cs.classList.contains('warn') && asked > S.warnedAt) {
       cs.textContent = '';
+      cs.title = '';
       cs.className = 'msg';
     }
     const cu = s.catch_up;
@@ -372,6 +373,7 @@
     if (!content.trim()) return;
     const conv = S.conv;
     status.textContent = '';
+    status.title = '';
     status.className = 'msg';
     // Without a reachable leader the node may take seconds to answer.
     const slow = setTimeout(() => {
@@ -399,6 +401,7 @@
       if (box.value === content) box.value = '';
       status.textContent =
         'No leader reachable: kept in the outbox (' + (d.outbox_len ?? '?') + ' waiting) and sent when a leader is back.';
+      status.title = d.reason || '';
       status.className = 'msg warn';
       S.warnedAt = Date.now();
       if (conv === S.conv && d.message_id)

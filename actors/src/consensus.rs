@@ -31,7 +31,12 @@ pub enum Proposed {
     Committed(ApplyOutcome),
     /// No leader was reachable; kept in the outbox and proposed again
     /// until it commits.
-    Queued { outbox_len: usize },
+    Queued {
+        outbox_len: usize,
+        /// Why it could not be proposed now (no leader, the leader's link
+        /// went down, a timeout).
+        reason: String,
+    },
 }
 
 /// Why a proposal was not accepted at all.
@@ -156,6 +161,7 @@ async fn propose(
                 .map_err(ProposeFailure::Outbox)?;
             Ok(Proposed::Queued {
                 outbox_len: storage.outbox.len(),
+                reason: e.to_string(),
             })
         }
     }
@@ -228,6 +234,19 @@ impl Handler<SubscribeLeader> for ConsensusActor {
     fn handle(&mut self, msg: SubscribeLeader, _ctx: &mut Self::Context) {
         msg.0.do_send(self.last_leader.clone());
         self.subscribers.push(msg.0);
+    }
+}
+
+/// A lost link fails the calls still waiting on that peer, so a post
+/// forwarded to a leader that just died goes to the outbox at once instead
+/// of after the forward timeout.
+impl Handler<crate::mesh::LinkChanged> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::mesh::LinkChanged, _ctx: &mut Self::Context) {
+        if !msg.up {
+            self.replica.link_down(msg.peer);
+        }
     }
 }
 

@@ -225,6 +225,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
             )
             .start();
             actor.do_send(SubscribeLinks(membership.clone().recipient()));
+            actor.do_send(SubscribeLinks(consensus.clone().recipient()));
             (Some(actor), Some(membership))
         }
     };

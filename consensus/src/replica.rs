@@ -183,6 +183,21 @@ where
         self.inner.raft.metrics().borrow_watched().clone()
     }
 
+    /// The link to `peer` went down: calls waiting for its answers (a
+    /// forwarded post, a flush request, raft's own) fail now instead of
+    /// waiting out their timeouts.
+    pub fn link_down(&self, peer: NodeId) {
+        let failed = self.inner.mux.link_down(peer);
+        if failed > 0 {
+            tracing::info!(
+                node = self.inner.id,
+                peer,
+                failed,
+                "failed the calls waiting on a lost link"
+            );
+        }
+    }
+
     /// The voters of the membership this node currently follows.
     pub fn voters(&self) -> std::collections::BTreeSet<NodeId> {
         self.metrics()

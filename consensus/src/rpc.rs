@@ -43,6 +43,8 @@ pub enum RpcError {
     Overloaded,
     #[error("the call was abandoned: this node is shutting down")]
     Abandoned,
+    #[error("the link to node {to} went down before it answered")]
+    LinkDown { to: NodeId },
 }
 
 /// A request that arrived for this node's services.
@@ -65,7 +67,7 @@ pub enum FrameError {
     Misrouted { to: NodeId, local: NodeId },
 }
 
-type Pending = BTreeMap<u64, (NodeId, oneshot::Sender<Vec<u8>>)>;
+type Pending = BTreeMap<u64, (NodeId, oneshot::Sender<Result<Vec<u8>, RpcError>>)>;
 
 /// Matches calls with answers for one node.
 pub struct RpcMux {
@@ -152,12 +154,31 @@ impl RpcMux {
         let _guard = PendingGuard { mux: self, id };
         let exchange = async {
             self.link.send(to, frame).await?;
-            rx.await.map_err(|_| RpcError::Abandoned)
+            rx.await.map_err(|_| RpcError::Abandoned)?
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(RpcError::Timeout { to, after: timeout }),
         }
+    }
+
+    /// Fails every call waiting for an answer from `peer` (its link went
+    /// down, so no answer will come) instead of letting each wait out its
+    /// timeout. Returns how many there were.
+    pub fn link_down(&self, peer: NodeId) -> usize {
+        let mut pending = self.lock_pending();
+        let ids: Vec<u64> = pending
+            .iter()
+            .filter(|(_, (to, _))| *to == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            if let Some((to, tx)) = pending.remove(id) {
+                // The caller may have given up already.
+                let _ = tx.send(Err(RpcError::LinkDown { to }));
+            }
+        }
+        ids.len()
     }
 
     /// Answers call `id` from node `to`.
@@ -205,7 +226,7 @@ impl RpcMux {
             if pending.get(&rpc.id).is_some_and(|(to, _)| *to == env.from) {
                 if let Some((_, tx)) = pending.remove(&rpc.id) {
                     // The caller may have given up; then the answer is dropped.
-                    let _ = tx.send(rpc.body);
+                    let _ = tx.send(Ok(rpc.body));
                 }
             } else {
                 tracing::debug!(
@@ -263,6 +284,38 @@ mod tests {
         let mut rx_a = _rx_a;
         assert!(a.on_frame(rx_a.recv().await.unwrap()).unwrap().is_none());
         assert_eq!(caller.await.unwrap().unwrap(), b"pong");
+        assert_eq!(a.pending_calls(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_link_going_down_fails_only_the_calls_to_that_peer() {
+        let net = InProcNet::new();
+        let (a, _rx_a) = mux(&net, 1);
+        let (_b, mut rx_b) = mux(&net, 2);
+        let (_c, mut rx_c) = mux(&net, 3);
+        let a = Arc::new(a);
+        let call = |to| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.call(EnvelopeKind::Chat, to, vec![], Duration::from_secs(60))
+                    .await
+            })
+        };
+        let to_b = call(2);
+        let to_c = call(3);
+        // Both calls are out.
+        rx_b.recv().await.unwrap();
+        rx_c.recv().await.unwrap();
+        assert_eq!(a.pending_calls(), 2);
+
+        assert_eq!(a.link_down(2), 1);
+        let r = to_b.await.unwrap();
+        assert!(matches!(r, Err(RpcError::LinkDown { to: 2 })), "{r:?}");
+        assert_eq!(a.pending_calls(), 1, "the call to node 3 still waits");
+        assert_eq!(a.link_down(2), 0);
+        assert_eq!(a.link_down(3), 1);
+        let r = to_c.await.unwrap();
+        assert!(matches!(r, Err(RpcError::LinkDown { to: 3 })), "{r:?}");
         assert_eq!(a.pending_calls(), 0);
     }
 

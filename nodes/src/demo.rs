@@ -66,7 +66,7 @@ async fn post_round(
                 Proposed::Committed(o) => {
                     println!("  node {id} ({}) posted {} -> {o:?}", h.user, req.id)
                 }
-                Proposed::Queued { outbox_len } => {
+                Proposed::Queued { outbox_len, .. } => {
                     println!(
                         "  node {id} ({}) queued {} in its outbox ({outbox_len} waiting)",
                         h.user, req.id

@@ -158,8 +158,10 @@ pub fn terminal(me: &RoomHandle) -> anyhow::Result<Terminal> {
                 },
             };
             match consensus.send(submit).await {
-                Ok(Ok((_, Proposed::Queued { outbox_len }))) => {
-                    eprintln!("(no leader reachable: kept in the outbox, {outbox_len} waiting)")
+                Ok(Ok((_, Proposed::Queued { outbox_len, reason }))) => {
+                    eprintln!(
+                        "(no leader reachable: kept in the outbox, {outbox_len} waiting: {reason})"
+                    )
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => eprintln!("not posted: {e}"),

@@ -2057,7 +2057,15 @@ async fn a_room_without_a_quorum_keeps_posts_in_the_outbox() {
         )
         .await;
         let before = post_message(&room.nodes[0], None, "while all three are up").await;
-        // Two of the three voters die: no majority.
+        // Two of the three voters die, the leader among them: no majority,
+        // and the survivor (a follower) still names the dead leader.
+        let leader = room.leader().await;
+        let follower = room
+            .nodes
+            .iter()
+            .position(|n| n.node_id != leader)
+            .expect("a follower");
+        room.nodes.swap(0, follower);
         let mut dead = room.nodes.split_off(1);
         for d in &mut dead {
             d.kill().await.expect("killed");
@@ -2065,7 +2073,9 @@ async fn a_room_without_a_quorum_keeps_posts_in_the_outbox() {
         let survivor = &room.nodes[0];
         let mut queued = Vec::new();
         for (i, text) in ["kept while alone", "also kept"].iter().enumerate() {
+            let asked = std::time::Instant::now();
             let a = post(survivor, "/messages", &json!({ "content": text })).await;
+            eprintln!("post {i} answered {} in {:?}", a.status, asked.elapsed());
             let j = a.expect(503);
             assert_eq!(j["status"], "queued", "{}", a.text);
             assert!(
@@ -2079,6 +2089,14 @@ async fn a_room_without_a_quorum_keeps_posts_in_the_outbox() {
                 .to_owned();
             assert!(ulid::Ulid::from_string(&id).is_ok(), "{id}");
             assert_eq!(j["outbox_len"].as_u64(), Some(i as u64 + 1), "{}", a.text);
+            let reason = j["reason"].as_str().unwrap_or_default();
+            assert!(!reason.is_empty(), "{}", a.text);
+            if i == 0 {
+                // Forwarded to the dead leader: the lost link fails the
+                // call (or the link is already down), no timeout is waited.
+                assert!(!reason.contains("no answer"), "{}", a.text);
+                assert!(reason.contains(&format!("node {leader}")), "{}", a.text);
+            }
             assert_eq!(j["message"]["sync_state"], "pending", "{}", a.text);
             assert_eq!(j["message"]["content"], *text, "{}", a.text);
             queued.push((id, text.to_string()));

@@ -846,7 +846,7 @@ async fn submit(world: World, node: NodeId, h: RoomHandle, command: Command) {
                 g.workload.refused += 1;
             }
         }
-        Ok(Ok(Ok((req, Proposed::Queued { outbox_len })))) => {
+        Ok(Ok(Ok((req, Proposed::Queued { outbox_len, .. })))) => {
             world.trace.event(
                 node,
                 "ack.queued",

@@ -86,6 +86,11 @@ pub struct MeshConfig {
     pub connect_timeout: Duration,
     /// Interval of ping frames used for RTT and liveness. Default 1 s.
     pub ping_interval: Duration,
+    /// An open link whose peer sent nothing (not even a ping) for this long
+    /// is failed. A hung or killed peer is noticed in this time rather than
+    /// after ICE's disconnected and failed timeouts (15 s). Must exceed
+    /// `ping_interval`. Default 4 s.
+    pub silence_timeout: Duration,
     /// Bytes a data channel may hold unacknowledged before the link's writer
     /// waits (webrtc's send-buffer limit). Default 4 MiB.
     pub send_buffer_bytes: usize,
@@ -107,6 +112,7 @@ impl Default for MeshConfig {
             gather_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(20),
             ping_interval: Duration::from_secs(1),
+            silence_timeout: Duration::from_secs(4),
             send_buffer_bytes: 4 * 1024 * 1024,
             socket_buffer_bytes: 4 * 1024 * 1024,
             ice_disconnected_timeout: Duration::from_secs(5),
@@ -341,6 +347,11 @@ impl Mesh {
         }
         if cfg.ping_interval.is_zero() {
             return Err(MeshError::Config("ping_interval is 0"));
+        }
+        if cfg.silence_timeout <= cfg.ping_interval {
+            return Err(MeshError::Config(
+                "silence_timeout must exceed ping_interval",
+            ));
         }
         let span = tracing::info_span!("mesh", node = local_id);
         let crypto = webrtc::peer_connection::crypto::default_provider()

@@ -11,7 +11,9 @@
 //!   the link open, starts the writer and decodes messages into frames.
 //! - The **writer** drains the per-peer frame queue into the data channel,
 //!   chunked, with pings every `ping_interval` and pongs squeezed in between
-//!   chunks. webrtc's send-buffer limit makes its `send` wait while SCTP holds
+//!   chunks. At each ping it fails a link whose peer has sent nothing for
+//!   `silence_timeout` (unless the reader is itself waiting to deliver a
+//!   frame, when nothing is read and silence proves nothing). webrtc's send-buffer limit makes its `send` wait while SCTP holds
 //!   `send_buffer_bytes`, so a slow peer backs up into its own queue only.
 //!
 //! A link ends exactly once ([`Inner::end_link`] under the link-table lock);
@@ -106,6 +108,10 @@ pub(crate) struct Link {
     received: AtomicU64,
     /// Latest round trip in µs; `u64::MAX` until the first pong.
     rtt_us: AtomicU64,
+    /// When the peer was last heard from (any message), on the ping clock.
+    last_heard_us: AtomicU64,
+    /// The reader is waiting for the frame consumer, so it reads nothing.
+    delivering: AtomicBool,
     pub(crate) span: tracing::Span,
 }
 
@@ -192,6 +198,8 @@ impl Link {
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             rtt_us: AtomicU64::new(u64::MAX),
+            last_heard_us: AtomicU64::new(0),
+            delivering: AtomicBool::new(false),
             span: span.clone(),
         });
         tracing::debug!(parent: &span, "link created");
@@ -241,6 +249,25 @@ impl Link {
 
     pub(crate) fn is_ended(&self) -> bool {
         matches!(self.state(), LinkState::Failed | LinkState::Closed)
+    }
+
+    /// The peer was heard from just now.
+    fn heard(&self, inner: &Inner) {
+        self.last_heard_us.store(inner.now_us(), Ordering::Relaxed);
+    }
+
+    /// How long the peer has been silent, if longer than the silence
+    /// timeout and the reader is not itself holding messages back.
+    fn silent_for(&self, inner: &Inner) -> Option<Duration> {
+        if self.delivering.load(Ordering::Relaxed) {
+            return None;
+        }
+        let silent = Duration::from_micros(
+            inner
+                .now_us()
+                .saturating_sub(self.last_heard_us.load(Ordering::Relaxed)),
+        );
+        (silent >= inner.cfg.silence_timeout).then_some(silent)
     }
 
     /// Tells the link's tasks to tear it down.
@@ -494,6 +521,7 @@ async fn read_loop(
                 if !verified || link.state() != LinkState::Open {
                     continue;
                 }
+                link.heard(&inner);
                 let inbound = if msg.is_string {
                     Err(wire::WireError::Text)
                 } else {
@@ -502,6 +530,8 @@ async fn read_loop(
                 match inbound {
                     Ok(Inbound::Frame(frame)) => {
                         let delivery = inner.frames_tx.send(IncomingFrame { peer, frame });
+                        link.delivering.store(true, Ordering::Relaxed);
+                        let _delivered = Delivering(&inner, &link);
                         tokio::select! {
                             sent = delivery => {
                                 if sent.is_ok() {
@@ -569,20 +599,27 @@ async fn write_loop(
     let mut stop_rx = link.stop.subscribe();
     let mut ping = tokio::time::interval(inner.cfg.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result: Result<(), webrtc::error::Error> = async {
+    // The link just opened: the silence clock starts now.
+    link.heard(&inner);
+    let result: Result<(), String> = async {
         loop {
             tokio::select! {
                 biased;
                 _ = stopped(&mut stop_rx) => return Ok(()),
-                Some(control) = control_rx.recv() => dc.send(control).await?,
-                _ = ping.tick() => dc.send(wire::encode_ping(inner.now_us())).await?,
+                Some(control) = control_rx.recv() => send(&dc, control).await?,
+                _ = ping.tick() => {
+                    if let Some(silent) = link.silent_for(&inner) {
+                        return Err(format!("peer silent for {} ms", silent.as_millis()));
+                    }
+                    send(&dc, wire::encode_ping(inner.now_us())).await?;
+                }
                 frame = queue_rx.recv() => {
                     let Some(frame) = frame else { return Ok(()) };
                     for message in wire::encode_frame(&frame) {
-                        dc.send(message).await?;
+                        send(&dc, message).await?;
                         // Keep pongs timely while a large frame goes out.
                         while let Ok(control) = control_rx.try_recv() {
-                            dc.send(control).await?;
+                            send(&dc, control).await?;
                         }
                     }
                     link.sent.fetch_add(1, Ordering::Relaxed);
@@ -591,18 +628,37 @@ async fn write_loop(
         }
     }
     .await;
-    if let Err(e) = result {
+    if let Err(reason) = result {
         if !link.is_ended() {
-            tracing::warn!(error = %e, "data channel send failed");
+            tracing::warn!(%reason, "link failed");
         }
         inner.end_link(
             &link,
             LinkState::Failed,
             Some(MeshEvent::Failed {
                 peer: link.peer,
-                reason: format!("send failed: {e}"),
+                reason,
             }),
             false,
         );
+    }
+}
+
+/// Sends one message on the data channel.
+async fn send(dc: &Arc<dyn DataChannel>, message: BytesMut) -> Result<(), String> {
+    dc.send(message)
+        .await
+        .map_err(|e| format!("send failed: {e}"))
+}
+
+/// Clears [`Link::delivering`] when a delivery ends, however it ends.
+struct Delivering<'a>(&'a Inner, &'a Link);
+
+impl Drop for Delivering<'_> {
+    fn drop(&mut self) {
+        // The messages that queued meanwhile are read next: count the peer
+        // as heard so they are not mistaken for silence.
+        self.1.heard(self.0);
+        self.1.delivering.store(false, Ordering::Relaxed);
     }
 }

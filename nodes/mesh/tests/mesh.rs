@@ -422,3 +422,79 @@ async fn accept_answer_without_offer_and_bad_inputs_are_errors() {
         .expect_err("shut down");
     assert!(matches!(err, MeshError::Closed));
 }
+
+/// A peer that hangs (a stopped or wedged process: its sockets stay open but
+/// nothing answers) is failed after the silence timeout, long before ICE
+/// would notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_peer_is_failed_for_silence() {
+    let cfg = MeshConfig {
+        ping_interval: Duration::from_millis(250),
+        silence_timeout: Duration::from_secs(2),
+        // ICE alone would take two minutes: far past WAIT.
+        ice_disconnected_timeout: Duration::from_secs(60),
+        ice_failed_timeout: Duration::from_secs(60),
+        ..MeshConfig::default()
+    };
+    let mut a = Node::with_config(1, cfg.clone()).await;
+
+    // B runs on its own single-threaded runtime, so blocking that thread
+    // stops everything B does, as SIGSTOP would.
+    let (fp_tx, fp_rx) = tokio::sync::oneshot::channel();
+    let (offer_tx, offer_rx) = tokio::sync::oneshot::channel::<(String, String)>();
+    let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+    let (hang_tx, hang_rx) = tokio::sync::oneshot::channel::<()>();
+    let b_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let (mesh, _frames, _events) = Mesh::new(2, cfg).await.expect("mesh");
+            let _ = fp_tx.send(mesh.fingerprint());
+            let (offer, a_fp) = offer_rx.await.expect("offer");
+            let _ = answer_tx.send(mesh.answer(1, &offer, &a_fp).await.expect("answer"));
+            let _ = hang_rx.await;
+            std::thread::sleep(Duration::from_secs(8));
+        });
+    });
+    let b_fp = fp_rx.await.expect("B's fingerprint");
+    let offer = a.mesh.offer(2, &b_fp).await.expect("offer");
+    offer_tx
+        .send((offer, a.mesh.fingerprint()))
+        .expect("B waits for the offer");
+    let answer = answer_rx.await.expect("B's answer");
+    a.mesh.accept_answer(2, &answer).await.expect("accept");
+    assert_eq!(a.next_event().await, MeshEvent::Open(2));
+    // Pings flow both ways while B runs: no silence.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(a.mesh.is_open(2), "a live peer is not failed");
+
+    hang_tx.send(()).expect("B is running");
+    match a.next_event().await {
+        MeshEvent::Failed { peer, reason } => {
+            assert_eq!(peer, 2);
+            assert!(reason.contains("silent"), "{reason}");
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert!(!a.mesh.is_open(2));
+    tokio::task::spawn_blocking(move || b_thread.join())
+        .await
+        .expect("join")
+        .expect("B's thread");
+}
+
+#[tokio::test]
+async fn silence_timeout_must_exceed_the_ping_interval() {
+    let cfg = MeshConfig {
+        ping_interval: Duration::from_secs(2),
+        silence_timeout: Duration::from_secs(2),
+        ..MeshConfig::default()
+    };
+    match Mesh::new(1, cfg).await {
+        Err(MeshError::Config(why)) => assert!(why.contains("silence_timeout"), "{why}"),
+        Err(e) => panic!("expected a config error, got {e}"),
+        Ok(_) => panic!("expected a config error"),
+    }
+}

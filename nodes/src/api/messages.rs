@@ -228,8 +228,8 @@ fn rejection_status(r: &Rejection) -> StatusCode {
 enum Submitted {
     /// Applied at this index.
     Applied(ChatRequest, u64),
-    /// Kept in the outbox (no leader reachable).
-    Queued(ChatRequest, usize),
+    /// Kept in the outbox (no leader reachable): the outbox's length and why.
+    Queued(ChatRequest, usize, String),
 }
 
 async fn submit(room: &Served, command: Command) -> Result<Submitted, ApiError> {
@@ -247,7 +247,9 @@ async fn submit(room: &Served, command: Command) -> Result<Submitted, ApiError> 
         Ok((_, Proposed::Committed(ApplyOutcome::Rejected { reason, .. }))) => {
             Err(ApiError::new(rejection_status(&reason), reason.to_string()))
         }
-        Ok((req, Proposed::Queued { outbox_len })) => Ok(Submitted::Queued(req, outbox_len)),
+        Ok((req, Proposed::Queued { outbox_len, reason })) => {
+            Ok(Submitted::Queued(req, outbox_len, reason))
+        }
         Err(ProposeFailure::Invalid(e)) => Err(ApiError::bad_request(e.to_string())),
         Err(e @ ProposeFailure::Refused(_)) => Err(ApiError::bad_request(e.to_string())),
         Err(e @ ProposeFailure::Outbox(_)) => Err(ApiError::new(
@@ -262,7 +264,7 @@ async fn submit(room: &Served, command: Command) -> Result<Submitted, ApiError> 
 }
 
 /// The 503 answer of a request kept in the outbox.
-fn queued(req: &ChatRequest, outbox_len: usize, message: Option<Value>) -> ApiError {
+fn queued(req: &ChatRequest, outbox_len: usize, reason: &str, message: Option<Value>) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "no leader is reachable: the request is kept in this node's outbox and is sent \
@@ -272,6 +274,7 @@ fn queued(req: &ChatRequest, outbox_len: usize, message: Option<Value>) -> ApiEr
         "status": "queued",
         "message_id": req.id.to_string(),
         "outbox_len": outbox_len,
+        "reason": reason,
         "message": message,
     }))
 }
@@ -331,14 +334,14 @@ pub async fn post(
             })),
         )
             .into_response()),
-        Submitted::Queued(req, n) => {
+        Submitted::Queued(req, n, why) => {
             // Not in the log yet: no index.
             let mut pending = fresh_post(&room, &req, 0, "pending");
             if let Some(o) = pending.as_object_mut() {
                 o.insert("index".into(), Value::Null);
                 o.insert("last_change_index".into(), Value::Null);
             }
-            Err(queued(&req, n, Some(pending)))
+            Err(queued(&req, n, &why, Some(pending)))
         }
     }
 }
@@ -406,7 +409,7 @@ pub async fn edit(
     };
     match submit(&room, command).await? {
         Submitted::Applied(_, index) => changed(&room, id, index).await,
-        Submitted::Queued(req, n) => Err(queued(&req, n, None)),
+        Submitted::Queued(req, n, why) => Err(queued(&req, n, &why, None)),
     }
 }
 
@@ -421,7 +424,7 @@ pub async fn delete(
     own_message(&room, id).await?;
     match submit(&room, Command::Delete { message: id }).await? {
         Submitted::Applied(_, index) => changed(&room, id, index).await,
-        Submitted::Queued(req, n) => Err(queued(&req, n, None)),
+        Submitted::Queued(req, n, why) => Err(queued(&req, n, &why, None)),
     }
 }
 
@@ -561,6 +564,6 @@ pub async fn create_conversation(
             })),
         )
             .into_response()),
-        Submitted::Queued(req, n) => Err(queued(&req, n, None)),
+        Submitted::Queued(req, n, why) => Err(queued(&req, n, &why, None)),
     }
 }
