@@ -409,6 +409,8 @@ impl Flusher {
 
 /// The committer actor of one room on one node.
 pub struct CommitterActor {
+    /// The room's name, the `room` label of this actor's metrics.
+    room: String,
     leader: Option<LeaderChanged>,
     flusher: Option<Arc<Flusher>>,
     options: CommitterOptions,
@@ -439,6 +441,7 @@ impl CommitterActor {
             retry_delay: RETRY_FIRST,
             history: VecDeque::new(),
             timer: None,
+            room: room.to_owned(),
             span: tracing::info_span!("committer", room, node),
         }
     }
@@ -505,12 +508,17 @@ impl CommitterActor {
             Err(CommitterError::NotLeader) => "not_leader",
             Err(_) => "error",
         };
-        metrics::counter!("skygit_committer_flushes_total", "result" => label).increment(1);
-        metrics::histogram!("skygit_committer_flush_duration_seconds").record(took.as_secs_f64());
+        let room = self.room.clone();
+        metrics::counter!("skygit_committer_flushes_total", "room" => room.clone(), "result" => label)
+            .increment(1);
+        metrics::histogram!("skygit_committer_flush_duration_seconds", "room" => room.clone())
+            .record(took.as_secs_f64());
         let report = result.as_ref().ok();
         if let Some(r) = report {
-            metrics::counter!("skygit_committer_changes_total").increment(r.changes as u64);
-            metrics::counter!("skygit_committer_commits_total").increment(r.commits as u64);
+            metrics::counter!("skygit_committer_changes_total", "room" => room.clone())
+                .increment(r.changes as u64);
+            metrics::counter!("skygit_committer_commits_total", "room" => room)
+                .increment(r.commits as u64);
         }
         if self.history.len() >= FLUSH_HISTORY {
             self.history.pop_front();

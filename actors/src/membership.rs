@@ -58,6 +58,8 @@ pub struct MembershipStatus {
 }
 
 pub struct MembershipActor {
+    /// The room's name, the `room` label of this actor's metrics.
+    room: String,
     replica: Arc<Replica<StateMachine>>,
     presence: Addr<PresenceActor>,
     policy: MembershipPolicy,
@@ -88,6 +90,7 @@ impl MembershipActor {
         let span = tracing::info_span!("membership", room, node = replica.id());
         let me = replica.id();
         Self {
+            room: room.to_owned(),
             replica,
             presence,
             policy,
@@ -178,7 +181,8 @@ impl MembershipActor {
         self.busy = true;
         let text = format!("{step:?}");
         tracing::info!(step = %text, "membership change");
-        metrics::counter!("skygit_membership_changes_total").increment(1);
+        metrics::counter!("skygit_membership_changes_total", "room" => self.room.clone())
+            .increment(1);
         self.last_step = Some(text);
         let replica = self.replica.clone();
         ctx.spawn(

@@ -250,7 +250,7 @@ impl MeshActor {
             .values()
             .filter(|c| c.phase == Phase::Open)
             .count();
-        metrics::gauge!("skygit_mesh_links_open").set(open as f64);
+        metrics::gauge!("skygit_mesh_links_open", "room" => self.room.clone()).set(open as f64);
         self.subscribers.retain(|s| s.connected());
         for s in &self.subscribers {
             s.do_send(LinkChanged { peer, up });
@@ -280,7 +280,8 @@ impl MeshActor {
         if neighbours.is_empty() || conn.relay_failed {
             conn.relayed_signal = None;
             self.signals_via_repo += 1;
-            metrics::counter!("skygit_mesh_signals_total", "via" => "repository").increment(1);
+            metrics::counter!("skygit_mesh_signals_total", "room" => self.room.clone(), "via" => "repository")
+                .increment(1);
             tracing::debug!(peer = signal.to, kind = ?signal.kind, attempt = signal.attempt, "signal through the repository");
             self.presence.do_send(SetSignal(signal));
             return;
@@ -288,7 +289,8 @@ impl MeshActor {
         conn.relays_left = neighbours.len();
         conn.relayed_signal = Some(signal.clone());
         self.signals_via_mesh += 1;
-        metrics::counter!("skygit_mesh_signals_total", "via" => "mesh").increment(1);
+        metrics::counter!("skygit_mesh_signals_total", "room" => self.room.clone(), "via" => "mesh")
+            .increment(1);
         tracing::debug!(peer = signal.to, kind = ?signal.kind, attempt = signal.attempt, via = ?neighbours, "signal over the mesh");
         let relayed = Relayed {
             origin: self.me,
@@ -470,7 +472,8 @@ impl MeshActor {
             conn.relay_failed = true;
         }
         conn.failures = conn.failures.saturating_add(1);
-        metrics::counter!("skygit_mesh_link_failures_total").increment(1);
+        metrics::counter!("skygit_mesh_link_failures_total", "room" => self.room.clone())
+            .increment(1);
         conn.phase = Phase::Backoff {
             until: Instant::now() + wait,
         };
@@ -544,7 +547,7 @@ impl MeshActor {
     fn record_rtts(&self) {
         for l in self.transport.links() {
             if let (true, Some(rtt)) = (l.open, l.rtt_us) {
-                metrics::gauge!("skygit_mesh_rtt_seconds", "peer" => l.peer.to_string())
+                metrics::gauge!("skygit_mesh_rtt_seconds", "room" => self.room.clone(), "peer" => l.peer.to_string())
                     .set(rtt as f64 / 1e6);
             }
         }

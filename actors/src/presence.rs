@@ -146,6 +146,8 @@ pub struct PresenceStatus {
 }
 
 pub struct PresenceActor {
+    /// The room's name, the `room` label of this actor's metrics.
+    room: String,
     me: PresenceRecord,
     channel: Arc<dyn PresenceChannel>,
     clock: Arc<dyn WallClock>,
@@ -196,6 +198,7 @@ impl PresenceActor {
         let span = tracing::info_span!("presence", room, node = me.node_id);
         let now = tokio::time::Instant::now();
         Self {
+            room: room.to_owned(),
             me,
             channel,
             clock,
@@ -283,7 +286,8 @@ impl PresenceActor {
         }
         self.online = fresh;
         self.observed = observed;
-        metrics::gauge!("skygit_presence_online_peers").set(self.online.len() as f64);
+        metrics::gauge!("skygit_presence_online_peers", "room" => self.room.clone())
+            .set(self.online.len() as f64);
         events
     }
 
@@ -325,10 +329,11 @@ impl PresenceActor {
     fn failed(&mut self, e: &PresenceError, what: &str) {
         self.errors += 1;
         self.last_error = Some(format!("{what}: {e}"));
-        metrics::counter!("skygit_presence_errors_total").increment(1);
+        metrics::counter!("skygit_presence_errors_total", "room" => self.room.clone()).increment(1);
         if let PresenceError::RateLimited { retry_after_ms } = e {
             let wait = Duration::from_millis(*retry_after_ms).min(MAX_THROTTLE);
-            metrics::counter!("skygit_presence_throttled_total").increment(1);
+            metrics::counter!("skygit_presence_throttled_total", "room" => self.room.clone())
+                .increment(1);
             self.throttled_until = Some(tokio::time::Instant::now() + wait);
             tracing::warn!(?wait, "the presence channel is rate limited; slowing down");
         } else {
@@ -370,7 +375,7 @@ impl PresenceActor {
                     match res {
                         Ok(()) => {
                             act.publishes += 1;
-                            metrics::counter!("skygit_presence_publishes_total").increment(1);
+                            metrics::counter!("skygit_presence_publishes_total", "room" => act.room.clone()).increment(1);
                         }
                         Err(e) => {
                             act.dirty = true;
@@ -402,7 +407,7 @@ impl PresenceActor {
                     match res {
                         Ok(records) => {
                             act.polls += 1;
-                            metrics::counter!("skygit_presence_polls_total").increment(1);
+                            metrics::counter!("skygit_presence_polls_total", "room" => act.room.clone()).increment(1);
                             act.absorb(records);
                         }
                         Err(e) => act.failed(&e, "polling presence"),

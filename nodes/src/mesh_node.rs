@@ -239,7 +239,8 @@ pub async fn open_room(
     .await
     .with_context(|| format!("cannot start room {room} in {}", cfg.data_dir.display()))?;
     let served = Served::new(handle, Some(mesh), Some(remote));
-    crate::metrics::spawn_room_sampler(served.handle.clone(), served.key.clone());
+    // The label every actor of the room uses too.
+    crate::metrics::spawn_room_sampler(served.handle.clone(), served.spec.clone());
     Ok(served)
 }
 

@@ -192,6 +192,13 @@ async fn send(what: String, rb: reqwest::RequestBuilder) -> Answer {
 }
 
 /// A call with the node's secret; `body` is sent as JSON text.
+/// The `room` label of the first `name` series in Prometheus text.
+fn room_label(text: &str, name: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.starts_with(&format!("{name}{{")))?;
+    let value = line.split("room=\"").nth(1)?.split('"').next()?;
+    Some(value.to_owned())
+}
+
 async fn call(n: &NodeProc, method: Method, path: &str, body: Option<String>) -> Answer {
     let what = format!("{method} {path} on {}", n.spec.user);
     let mut rb = n.http().request(method, format!("{}{path}", n.api));
@@ -762,6 +769,20 @@ async fn access_is_guarded_and_the_openapi_description_matches_the_routes() {
         )
         .await
         .expect("metrics");
+        // Every per-room series carries the same `room` label as raft's.
+        wait_for(
+            Duration::from_secs(30),
+            "presence and committer series labelled with the room",
+            || async {
+                let text = get(n, "/metrics").await.text;
+                let raft = room_label(&text, "skygit_raft_term")?;
+                (room_label(&text, "skygit_presence_polls_total")? == raft
+                    && room_label(&text, "skygit_committer_flushes_total")? == raft)
+                    .then_some(())
+            },
+        )
+        .await
+        .expect("per-room labels");
         let metrics = get(n, "/metrics").await;
         assert!(
             metrics.text.lines().any(
