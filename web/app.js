@@ -496,26 +496,48 @@
   async function loadSettings() {
     const r = await call('GET', '/settings');
     if (!r || !r.ok || !r.data) return;
-    $('commit-interval').value = r.data.commit_interval_secs ?? '';
-    $('voters').value = r.data.voters ?? '';
+    showSettings(r.data);
+  }
+  /** Fills the form (unless it is being edited) and names this node's overrides. */
+  function showSettings(d) {
+    const form = $('settings-form');
+    if (!form.contains(document.activeElement)) {
+      const room = d.room || {};
+      $('commit-interval').value = room.commit_interval_secs ?? d.commit_interval_secs ?? '';
+      $('voters').value = String(room.voters ?? d.voters ?? '');
+      // Only what the user changes is sent.
+      S.settingsShown = { ci: $('commit-interval').value, voters: $('voters').value };
+    }
+    const o = d.node_overrides || {};
+    const own = [];
+    if (o.commit_interval_secs != null) own.push('a commit interval of ' + o.commit_interval_secs + ' s');
+    if (o.voters != null) own.push(o.voters + ' voters');
+    $('settings-note').textContent = own.length
+      ? 'This node was started with ' + own.join(' and ') + ', which it keeps when it leads.'
+      : '';
   }
   async function saveSettings(ev) {
     ev.preventDefault();
     const body = {};
     const ci = $('commit-interval').value;
     const v = $('voters').value;
-    if (ci !== '') body.commit_interval_secs = Number(ci);
-    if (v !== '') body.voters = Number(v);
+    const shown = S.settingsShown || {};
+    if (ci !== '' && ci !== shown.ci) body.commit_interval_secs = Number(ci);
+    if (v !== '' && v !== shown.voters) body.voters = Number(v);
     const msg = $('settings-msg');
+    if (!Object.keys(body).length) {
+      msg.textContent = 'Nothing changed.';
+      return;
+    }
     const r = await call('PUT', '/settings', body);
     if (!r) msg.textContent = 'Not saved: the node cannot be reached.';
+    else if (r.status === 503 && r.data && r.data.status === 'queued')
+      msg.textContent = 'Kept in the outbox: no leader is reachable; the room takes it when one is.';
     else if (!r.ok) msg.textContent = 'Not saved: ' + SG.errText(r);
     else {
       msg.textContent = 'Saved.';
-      if (r.data) {
-        $('commit-interval').value = r.data.commit_interval_secs ?? ci;
-        $('voters').value = r.data.voters ?? v;
-      }
+      S.settingsShown = { ci, voters: v };
+      if (r.data) showSettings(r.data);
     }
   }
 
@@ -523,6 +545,7 @@
   function onEvent(type, d) {
     if (type === 'message') onMessageEvent(d);
     else if (type === 'synced') onSynced(d);
+    else if (type === 'settings') loadSettings();
     else if (type === 'conversation') {
       if (d && d.id) {
         S.convs.set(d.id, d);

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use skygit_consensus::model::{Command, UserId};
+use skygit_consensus::model::{Command, RoomSettings, UserId};
 use skygit_storage::ChatReader;
 use tracing::Instrument;
 
@@ -72,6 +72,8 @@ pub enum FlushReason {
     Shutdown,
     OnDemand,
     Retry,
+    /// The room's settings changed: `config.json` takes them at once.
+    Settings,
 }
 
 /// What a flush did.
@@ -117,7 +119,14 @@ pub struct GetFlushes;
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CommitterInfo {
     pub leader: bool,
+    /// The interval this node flushes at when it leads.
     pub interval_secs: u64,
+    /// This node's own interval (its command line), which wins over the
+    /// room's.
+    pub interval_override_secs: Option<u64>,
+    /// The interval in the repository's `config.json` as last read (when
+    /// this node last became leader; the default before).
+    pub config_interval_secs: u64,
     pub last_flush: Option<FlushRecord>,
 }
 
@@ -125,8 +134,14 @@ pub struct CommitterInfo {
 #[rtype(result = "CommitterInfo")]
 pub struct GetCommitterInfo;
 
+/// The room's settings changed through the log (every node is told; the
+/// leader writes them into `config.json` and uses the new interval).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SettingsChanged(pub RoomSettings);
+
 /// Override the commit interval on this node from now on (`None`: the
-/// room's `config.json`).
+/// room's settings).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetInterval(pub Option<Duration>);
@@ -184,6 +199,9 @@ pub struct Flusher {
     /// watermark: a flush starts from it without reading the branch (the
     /// compare-and-swap still catches a branch that moved meanwhile).
     known: std::sync::Mutex<Option<(String, u64)>>,
+    /// The settings change (its raft index) the repository's `config.json`
+    /// is known to hold; 0 until this leader has looked.
+    config_written: std::sync::Mutex<u64>,
 }
 
 impl Flusher {
@@ -202,6 +220,7 @@ impl Flusher {
             call_timeout,
             running: tokio::sync::Mutex::new(()),
             known: std::sync::Mutex::new(None),
+            config_written: std::sync::Mutex::new(0),
         }
     }
 
@@ -209,6 +228,52 @@ impl Flusher {
     /// node that just became leader must learn what its predecessors did).
     pub fn forget_head(&self) {
         *self.known.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.set_config_written(0);
+    }
+
+    fn config_written(&self) -> u64 {
+        *self
+            .config_written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_config_written(&self, index: u64) {
+        *self
+            .config_written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = index;
+    }
+
+    /// The `config.json` to write with the next commit on `head_sha`, when
+    /// the room's settings changed through the log since the repository
+    /// last took them (reads the file at the head once per change).
+    async fn config_to_write(
+        &self,
+        head_sha: &str,
+        settings: &RoomSettings,
+    ) -> Result<Option<RoomConfig>, CommitterError> {
+        if settings.changed_index == 0 || settings.changed_index <= self.config_written() {
+            return Ok(None);
+        }
+        let at_head = match self
+            .timed(readback::config_at(self.remote.as_ref(), head_sha))
+            .await?
+        {
+            Some(Ok(c)) => c,
+            None => RoomConfig::default(),
+            Some(Err(e)) => {
+                // Rewritten whole from the defaults and the settings.
+                tracing::warn!(error = %e, "the repository's config.json is invalid; rewriting it");
+                RoomConfig::default()
+            }
+        };
+        let wanted = at_head.with_settings(settings);
+        if wanted == at_head {
+            self.set_config_written(settings.changed_index);
+            return Ok(None);
+        }
+        Ok(Some(wanted))
     }
 
     fn remember_head(&self, sha: String, watermark: u64) {
@@ -302,47 +367,88 @@ impl Flusher {
                 .reader
                 .journal(watermark, MAX_CHANGES_PER_COMMIT)
                 .map_err(|e| CommitterError::Storage(e.to_string()))?;
-            let Some(batch) = layout::render(&changes) else {
-                // Everything applied is in the repository; make sure the
-                // room knows (a predecessor may have committed without
-                // recording it).
-                if watermark > synced {
-                    self.record(watermark, &head_sha).await?;
+            let settings = self
+                .reader
+                .settings()
+                .map_err(|e| CommitterError::Storage(e.to_string()))?;
+            let new_config = self.config_to_write(&head_sha, &settings).await?;
+            let batch = layout::render(&changes);
+            let config_file = new_config
+                .as_ref()
+                .map(|c| (layout::CONFIG_PATH.to_owned(), c.to_bytes()));
+            // A batch of changes (with the settings, if they changed), or
+            // the settings alone on top of the same watermark.
+            let (req, first, last, n) = match (batch, &new_config) {
+                (Some(mut b), _) => {
+                    if let Some(f) = config_file {
+                        b.files.push(f);
+                        b.files.sort_by(|x, y| x.0.cmp(&y.0));
+                    }
+                    let req = CommitRequest {
+                        expected_head: Some(head_sha.clone()),
+                        files: b.files,
+                        message: b.message,
+                        time_secs: b.time_secs,
+                    };
+                    (req, b.first_index, b.last_index, b.changes)
                 }
-                self.remember_head(head_sha.clone(), watermark);
-                report.head = Some(head_sha);
-                report.up_to_index = watermark;
-                report.remote_calls = self.remote.calls() - calls_before;
-                return Ok(report);
-            };
-            let req = CommitRequest {
-                expected_head: Some(head_sha.clone()),
-                files: batch.files,
-                message: batch.message,
-                time_secs: batch.time_secs,
+                (None, Some(c)) => {
+                    let req = CommitRequest {
+                        expected_head: Some(head_sha.clone()),
+                        files: config_file.into_iter().collect(),
+                        message: layout::settings_message(c, watermark, settings.changed_index),
+                        time_secs: settings.changed_at.div_euclid(1000).max(0),
+                    };
+                    (req, watermark, watermark, 0)
+                }
+                (None, None) => {
+                    // Everything applied is in the repository; make sure
+                    // the room knows (a predecessor may have committed
+                    // without recording it).
+                    if watermark > synced {
+                        self.record(watermark, &head_sha).await?;
+                    }
+                    self.remember_head(head_sha.clone(), watermark);
+                    report.head = Some(head_sha);
+                    report.up_to_index = watermark;
+                    report.remote_calls = self.remote.calls() - calls_before;
+                    return Ok(report);
+                }
             };
             let span = tracing::info_span!(
                 "commit",
-                first = batch.first_index,
-                last = batch.last_index,
-                changes = batch.changes
+                first,
+                last,
+                changes = n,
+                settings = new_config.is_some()
             );
             match self.timed(self.remote.commit(req)).instrument(span).await {
                 Ok(sha) => {
                     tracing::info!(
                         %sha,
-                        up_to_index = batch.last_index,
-                        changes = batch.changes,
+                        up_to_index = last,
+                        changes = n,
+                        settings = new_config.is_some(),
                         "committed to the repository"
                     );
-                    report.changes += batch.changes;
+                    if new_config.is_some() {
+                        self.set_config_written(settings.changed_index);
+                    }
+                    report.changes += n;
                     report.commits += 1;
-                    self.remember_head(sha.clone(), batch.last_index);
-                    self.record(batch.last_index, &sha).await?;
+                    self.remember_head(sha.clone(), last);
+                    if n == 0 {
+                        // The settings alone: the watermark did not move.
+                        report.head = Some(sha);
+                        report.up_to_index = last;
+                        report.remote_calls = self.remote.calls() - calls_before;
+                        return Ok(report);
+                    }
+                    self.record(last, &sha).await?;
                     if changes.len() < MAX_CHANGES_PER_COMMIT {
                         // The head is known: no need to read it again.
                         report.head = Some(sha);
-                        report.up_to_index = batch.last_index;
+                        report.up_to_index = last;
                         report.remote_calls = self.remote.calls() - calls_before;
                         return Ok(report);
                     }
@@ -414,7 +520,10 @@ pub struct CommitterActor {
     leader: Option<LeaderChanged>,
     flusher: Option<Arc<Flusher>>,
     options: CommitterOptions,
+    /// `config.json` as read when this node last became leader.
     config: RoomConfig,
+    /// The settings the room's log has set (they win over `config`).
+    settings: RoomSettings,
     /// Bumped on every leadership change, so timers of an old term stop.
     epoch: u64,
     retry_delay: Duration,
@@ -437,6 +546,7 @@ impl CommitterActor {
             flusher,
             options,
             config: RoomConfig::default(),
+            settings: RoomSettings::default(),
             epoch: 0,
             retry_delay: RETRY_FIRST,
             history: VecDeque::new(),
@@ -450,10 +560,14 @@ impl CommitterActor {
         self.leader.as_ref().is_some_and(|l| l.is_self)
     }
 
+    /// This node's override, else the room's settings, else its
+    /// `config.json`.
     fn interval(&self) -> Duration {
-        self.options
-            .interval
-            .unwrap_or(Duration::from_secs(self.config.commit_interval_secs))
+        self.options.interval.unwrap_or(Duration::from_secs(
+            self.config
+                .with_settings(&self.settings)
+                .commit_interval_secs,
+        ))
     }
 
     /// Flushes every interval for as long as this epoch lasts.
@@ -482,6 +596,29 @@ impl CommitterActor {
 
 impl Actor for CommitterActor {
     type Context = Context<Self>;
+
+    /// Reads the room's `config.json` once, so a follower too reports the
+    /// interval the room runs at (a leader reads it again when elected).
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(flusher) = self.flusher.clone() else {
+            return;
+        };
+        let epoch = self.epoch;
+        ctx.spawn(
+            async move { flusher.read_config().await }
+                .instrument(self.span.clone())
+                .into_actor(self)
+                .map(move |config, act, _| match config {
+                    // A leadership change meanwhile reads it itself.
+                    Ok(c) if act.epoch == epoch => act.config = c,
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _e = act.span.enter();
+                        tracing::debug!(error = %e, "cannot read the room config yet");
+                    }
+                }),
+        );
+    }
 }
 
 /// Wall-clock milliseconds, for display only (flush history): no
@@ -551,6 +688,8 @@ impl Handler<GetCommitterInfo> for CommitterActor {
         MessageResult(CommitterInfo {
             leader: self.is_leader(),
             interval_secs: self.interval().as_secs(),
+            interval_override_secs: self.options.interval.map(|d| d.as_secs()),
+            config_interval_secs: self.config.commit_interval_secs,
             last_flush: self.history.back().cloned(),
         })
     }
@@ -563,6 +702,24 @@ impl Handler<SetInterval> for CommitterActor {
         if self.is_leader() && self.flusher.is_some() {
             self.start_interval(ctx);
         }
+    }
+}
+
+impl Handler<SettingsChanged> for CommitterActor {
+    type Result = ();
+    fn handle(&mut self, msg: SettingsChanged, ctx: &mut Self::Context) {
+        if msg.0.changed_index <= self.settings.changed_index {
+            return;
+        }
+        let before = self.interval();
+        self.settings = msg.0;
+        if !self.is_leader() || self.flusher.is_none() {
+            return;
+        }
+        if self.interval() != before {
+            self.start_interval(ctx);
+        }
+        ctx.notify(Flush(FlushReason::Settings));
     }
 }
 
@@ -631,7 +788,8 @@ impl Handler<Flush> for CommitterActor {
         let Some(flusher) = self.flusher.clone() else {
             return not_now(CommitterError::NoRepository);
         };
-        let config = self.config.clone();
+        // An empty repository starts with the room's settings.
+        let config = self.config.with_settings(&self.settings);
         let span = tracing::info_span!(parent: &self.span, "flush", ?reason);
         let started = Instant::now();
         let at_ms = wall_ms();

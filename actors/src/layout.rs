@@ -108,8 +108,7 @@ pub const LAYOUT_VERSION: u32 = 1;
 /// The default commit interval: ten minutes.
 pub const DEFAULT_COMMIT_INTERVAL_SECS: u64 = 600;
 /// Bounds on the commit interval a room may set.
-pub const MIN_COMMIT_INTERVAL_SECS: u64 = 1;
-pub const MAX_COMMIT_INTERVAL_SECS: u64 = 7 * 24 * 3600;
+pub use skygit_consensus::model::{MAX_COMMIT_INTERVAL_SECS, MIN_COMMIT_INTERVAL_SECS};
 
 impl Default for RoomConfig {
     fn default() -> Self {
@@ -131,6 +130,18 @@ impl RoomConfig {
         let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
         out.push(b'\n');
         out
+    }
+
+    /// This config with the values the room's log has set.
+    pub fn with_settings(&self, s: &skygit_consensus::model::RoomSettings) -> Self {
+        let mut c = self.clone();
+        if let Some(i) = s.commit_interval_secs {
+            c.commit_interval_secs = i;
+        }
+        if let Some(v) = s.voters {
+            c.voters = v;
+        }
+        c
     }
 
     /// Parses and checks `config.json`.
@@ -164,7 +175,7 @@ impl RoomConfig {
                 self.commit_interval_secs
             )));
         }
-        if !matches!(self.voters, 1 | 3 | 5) {
+        if !skygit_consensus::model::VOTER_COUNTS.contains(&self.voters) {
             return Err(LayoutError::BadConfig(format!(
                 "voters {} must be 1, 3 or 5",
                 self.voters
@@ -405,6 +416,18 @@ pub fn render(changes: &[Change]) -> Option<Batch> {
         message,
         time_secs: last.at.div_euclid(1000).max(0),
     })
+}
+
+/// The message of a commit that writes only the room's settings (set at
+/// raft index `settings_index`) into `config.json`; the log's watermark
+/// stays where the parent commit left it.
+pub fn settings_message(config: &RoomConfig, watermark: u64, settings_index: u64) -> String {
+    format!(
+        "skygit: room settings: commit interval {} s, {} voters\n\n\
+         Raft-Last-Index: {watermark}\n\
+         Skygit-Settings-Index: {settings_index}\n",
+        config.commit_interval_secs, config.voters
+    )
 }
 
 /// The message of the commit that writes a room's first `config.json`.

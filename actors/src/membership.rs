@@ -49,6 +49,8 @@ pub struct GetMembershipStatus;
 pub struct MembershipStatus {
     /// How many voters the controller aims for.
     pub target_voters: usize,
+    /// The target is this node's own (its command line), not the room's.
+    pub voters_pinned: bool,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
     pub online: Vec<NodeId>,
@@ -374,6 +376,28 @@ impl Handler<LinkChanged> for MembershipActor {
 #[rtype(result = "()")]
 pub struct SetVoters(pub usize);
 
+/// The room's settings changed: a voter count set there becomes the
+/// target, unless this node's own configuration pins it.
+impl Handler<crate::committer::SettingsChanged> for MembershipActor {
+    type Result = ();
+    fn handle(&mut self, msg: crate::committer::SettingsChanged, ctx: &mut Self::Context) {
+        let Some(v) = msg.0.voters else {
+            return;
+        };
+        if self.policy.pinned {
+            self.span.in_scope(|| {
+                tracing::info!(
+                    voters = v,
+                    pinned = self.policy.voters,
+                    "the room's voter count is overridden on this node"
+                )
+            });
+            return;
+        }
+        ctx.notify(SetVoters(usize::from(v)));
+    }
+}
+
 impl Handler<SetVoters> for MembershipActor {
     type Result = ();
     fn handle(&mut self, msg: SetVoters, ctx: &mut Self::Context) {
@@ -392,6 +416,7 @@ impl Handler<GetMembershipStatus> for MembershipActor {
         let membership = m.membership_config.membership();
         MessageResult(MembershipStatus {
             target_voters: self.policy.voters,
+            voters_pinned: self.policy.pinned,
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             online: self.online.iter().copied().collect(),

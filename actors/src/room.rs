@@ -16,7 +16,8 @@ use skygit_storage::{Faults, RoomStorage, SimDisk, StateMachine, StorageError};
 use tokio::sync::mpsc;
 
 use crate::committer::{
-    CommitterActor, CommitterError, CommitterOptions, Flush, FlushReason, Flusher, StopCommitter,
+    CommitterActor, CommitterError, CommitterOptions, Flush, FlushReason, Flusher, SettingsChanged,
+    StopCommitter,
 };
 use crate::consensus::{ConsensusActor, Shutdown, SubscribeLeader};
 use crate::media::MediaActor;
@@ -229,6 +230,15 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
             (Some(actor), Some(membership))
         }
     };
+    let mut settings_targets = vec![committer.clone().recipient()];
+    if let Some(m) = &membership {
+        settings_targets.push(m.clone().recipient());
+    }
+    follow_settings(
+        storage.state_machine.watch_settings(),
+        settings_targets,
+        spec.node_id,
+    );
     let media = MediaActor::new(room, spec.node_id).start();
     Ok(RoomHandle {
         room: spec.room,
@@ -298,6 +308,36 @@ fn demux(
     };
     tokio::spawn(task.instrument(tracing::debug_span!("demux", node = me)));
     rx
+}
+
+/// Tells the committer and the membership controller the room's settings
+/// as applied now (when the log ever set them) and every change after,
+/// until the state machine goes away.
+fn follow_settings(
+    mut settings: tokio::sync::watch::Receiver<skygit_consensus::model::RoomSettings>,
+    targets: Vec<Recipient<SettingsChanged>>,
+    me: NodeId,
+) {
+    let task = async move {
+        loop {
+            let s = *settings.borrow_and_update();
+            if s.changed_index > 0 {
+                tracing::info!(
+                    interval = ?s.commit_interval_secs,
+                    voters = ?s.voters,
+                    index = s.changed_index,
+                    "room settings"
+                );
+                for t in &targets {
+                    t.do_send(SettingsChanged(s));
+                }
+            }
+            if settings.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::spawn(task.instrument(tracing::debug_span!("settings", node = me)));
 }
 
 /// Hands the transport's events to the mesh actor.

@@ -20,7 +20,7 @@ use ulid::Ulid;
 
 use crate::model::{
     ApplyOutcome, Change, ChangeKind, ChatRequest, Command, Conversation, ConversationId,
-    MessageRecord, Rejection,
+    MessageRecord, Rejection, RoomSettings,
 };
 
 /// Read access to the state a request is applied to.
@@ -34,6 +34,8 @@ pub trait ChatView {
     fn applied_request(&mut self, id: Ulid) -> Result<Option<u64>, Self::Error>;
     /// The highest index known to be in the repository (0 when none).
     fn synced_up_to(&mut self) -> Result<u64, Self::Error>;
+    /// The room's settings as the log has set them.
+    fn settings(&mut self) -> Result<RoomSettings, Self::Error>;
 }
 
 /// One write the state machine must make.
@@ -57,6 +59,8 @@ pub enum Effect {
         up_to_index: u64,
         commit_sha: String,
     },
+    /// The room's settings are now these.
+    PutSettings(RoomSettings),
 }
 
 /// Applies one committed request at log `index`.
@@ -182,6 +186,21 @@ pub fn apply<V: ChatView>(
                 commit_sha: commit_sha.clone(),
             });
         }
+        Command::Configure {
+            commit_interval_secs,
+            voters,
+        } => {
+            let mut s = view.settings()?;
+            if let Some(i) = commit_interval_secs {
+                s.commit_interval_secs = Some(*i);
+            }
+            if let Some(v) = voters {
+                s.voters = Some(*v);
+            }
+            s.changed_index = index;
+            s.changed_at = req.at;
+            effects.push(Effect::PutSettings(s));
+        }
     }
     effects.push(Effect::RecordRequest { id: req.id, index });
     Ok((effects, ApplyOutcome::Applied { index }))
@@ -216,6 +235,7 @@ pub struct MemChat {
     pub synced: BTreeMap<u64, String>,
     /// Changes not yet in the repository, by index.
     pub journal: BTreeMap<u64, Change>,
+    pub settings: RoomSettings,
 }
 
 impl ChatView for MemChat {
@@ -231,6 +251,9 @@ impl ChatView for MemChat {
     }
     fn synced_up_to(&mut self) -> Result<u64, Self::Error> {
         Ok(self.synced.keys().next_back().copied().unwrap_or(0))
+    }
+    fn settings(&mut self) -> Result<RoomSettings, Self::Error> {
+        Ok(self.settings)
     }
 }
 
@@ -259,6 +282,7 @@ impl MemChat {
                     self.journal = self.journal.split_off(&(up_to_index + 1));
                     self.synced.insert(up_to_index, commit_sha);
                 }
+                Effect::PutSettings(s) => self.settings = s,
             }
         }
         outcome
@@ -268,7 +292,7 @@ impl MemChat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::UserId;
+    use crate::model::{UserId, MAX_COMMIT_INTERVAL_SECS};
 
     fn req(n: u128, sender: &str, command: Command) -> ChatRequest {
         ChatRequest {
@@ -288,6 +312,57 @@ mod tests {
                 content: text.into(),
             },
         )
+    }
+
+    fn configure(n: u128, interval: Option<u64>, voters: Option<u8>) -> ChatRequest {
+        req(
+            n,
+            "ana",
+            Command::Configure {
+                commit_interval_secs: interval,
+                voters,
+            },
+        )
+    }
+
+    #[test]
+    fn settings_merge_change_by_change_and_bad_ones_are_refused() {
+        let mut s = MemChat::default();
+        assert_eq!(s.settings, RoomSettings::default());
+        assert_eq!(
+            s.apply(3, &configure(1, Some(60), None)),
+            ApplyOutcome::Applied { index: 3 }
+        );
+        assert_eq!(
+            s.apply(5, &configure(2, None, Some(5))),
+            ApplyOutcome::Applied { index: 5 }
+        );
+        assert_eq!(
+            s.settings,
+            RoomSettings {
+                commit_interval_secs: Some(60),
+                voters: Some(5),
+                changed_index: 5,
+                changed_at: 1002,
+            }
+        );
+        // Out of range, an even voter count, or nothing to change.
+        for (n, bad) in [
+            (3, configure(3, Some(0), None)),
+            (4, configure(4, Some(MAX_COMMIT_INTERVAL_SECS + 1), None)),
+            (5, configure(5, None, Some(2))),
+            (6, configure(6, None, None)),
+        ] {
+            assert!(
+                matches!(s.apply(n + 10, &bad), ApplyOutcome::Rejected { .. }),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            s.settings.changed_index, 5,
+            "refused changes change nothing"
+        );
+        assert!(s.journal.is_empty(), "settings are not chat changes");
     }
 
     #[test]

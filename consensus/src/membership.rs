@@ -39,6 +39,9 @@ pub struct MembershipPolicy {
     pub learner_grace: Duration,
     /// A learner within this many entries of the leader's log is caught up.
     pub caught_up_lag: u64,
+    /// `voters` was set for this node alone (its command line): the room's
+    /// settings do not change it.
+    pub pinned: bool,
 }
 
 impl Default for MembershipPolicy {
@@ -48,6 +51,7 @@ impl Default for MembershipPolicy {
             voter_grace: Duration::from_secs(5),
             learner_grace: Duration::from_secs(600),
             caught_up_lag: 1_000,
+            pinned: false,
         }
     }
 }

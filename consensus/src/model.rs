@@ -28,6 +28,11 @@ pub const MAX_TITLE_BYTES: usize = 256;
 pub const MAX_COMMIT_SHA_BYTES: usize = 64;
 /// The conversation every room has.
 pub const DEFAULT_CONVERSATION: &str = "general";
+/// Bounds on a room's commit interval, in seconds.
+pub const MIN_COMMIT_INTERVAL_SECS: u64 = 1;
+pub const MAX_COMMIT_INTERVAL_SECS: u64 = 7 * 24 * 3600;
+/// Voter counts a room may ask for (odd, so a majority is well defined).
+pub const VOTER_COUNTS: [u8; 3] = [1, 3, 5];
 
 /// Why a name or request is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +47,11 @@ pub enum ValidationError {
     },
     #[error("{field} contains a character that is not allowed: {ch:?}")]
     BadChar { field: &'static str, ch: char },
+    #[error("{field} must be {allowed}")]
+    OutOfRange {
+        field: &'static str,
+        allowed: String,
+    },
 }
 
 fn check_name(
@@ -313,6 +323,26 @@ pub enum Command {
         up_to_index: u64,
         commit_sha: String,
     },
+    /// Change the room's settings (`None` keeps a value). Every node applies
+    /// them; the leader's committer writes them into `config.json`.
+    Configure {
+        commit_interval_secs: Option<u64>,
+        voters: Option<u8>,
+    },
+}
+
+/// The room's settings as the log has set them. A value never set through
+/// the log is `None`: the repository's `config.json` (or the default)
+/// applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSettings {
+    pub commit_interval_secs: Option<u64>,
+    pub voters: Option<u8>,
+    /// Log index of the last change (0: never changed).
+    pub changed_index: u64,
+    /// When it was asked for: milliseconds since the Unix epoch, from the
+    /// proposer's clock.
+    pub changed_at: i64,
 }
 
 /// One proposal to the room's log.
@@ -336,6 +366,10 @@ impl fmt::Display for ChatRequest {
                 format!("create {conversation}")
             }
             Command::Synced { up_to_index, .. } => format!("synced up to {up_to_index}"),
+            Command::Configure {
+                commit_interval_secs,
+                voters,
+            } => format!("configure interval {commit_interval_secs:?} voters {voters:?}"),
         };
         write!(f, "{} by {}: {}", self.id, self.sender, what)
     }
@@ -379,6 +413,33 @@ impl ChatRequest {
                     }),
                     None => Ok(()),
                 }
+            }
+            Command::Configure {
+                commit_interval_secs,
+                voters,
+            } => {
+                if commit_interval_secs.is_none() && voters.is_none() {
+                    return Err(ValidationError::Empty { field: "settings" });
+                }
+                if let Some(i) = commit_interval_secs {
+                    if !(MIN_COMMIT_INTERVAL_SECS..=MAX_COMMIT_INTERVAL_SECS).contains(i) {
+                        return Err(ValidationError::OutOfRange {
+                            field: "commit_interval_secs",
+                            allowed: format!(
+                                "{MIN_COMMIT_INTERVAL_SECS} to {MAX_COMMIT_INTERVAL_SECS}"
+                            ),
+                        });
+                    }
+                }
+                if let Some(v) = voters {
+                    if !VOTER_COUNTS.contains(v) {
+                        return Err(ValidationError::OutOfRange {
+                            field: "voters",
+                            allowed: "1, 3 or 5".into(),
+                        });
+                    }
+                }
+                Ok(())
             }
         }
     }

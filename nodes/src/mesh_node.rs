@@ -229,6 +229,7 @@ pub async fn open_room(
                 mesh: Default::default(),
                 policy: MembershipPolicy {
                     voters: voters as usize,
+                    pinned: args.voters.is_some(),
                     ..Default::default()
                 },
                 bootstrap,

@@ -653,6 +653,7 @@ mod tests {
             request: id,
             outcome,
             message,
+            settings: None,
         };
         let applied = ApplyOutcome::Applied { index: 5 };
         // A refusal or duplicate carries the message when an earlier request

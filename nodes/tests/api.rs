@@ -1722,36 +1722,78 @@ async fn push_flushes_settings_repositories_and_status() {
         get(leader, "/flushes?repo=nope").await.expect_error(404);
 
         // Settings.
+        // Settings are the room's: a change asked on the follower goes
+        // through raft to every node and into the repository's config.json.
+        // A node's own --commit-interval still wins on that node.
         let a = get(leader, "/settings").await;
         let s = a.expect(200);
         assert_eq!(s["commit_interval_secs"], 3600, "{}", a.text);
-        let voters = s["voters"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("voters: {}", a.text));
-        assert!((1..=5).contains(&voters), "{}", a.text);
+        assert_eq!(
+            s["node_overrides"]["commit_interval_secs"], 3600,
+            "{}",
+            a.text
+        );
+        assert!(s["room"]["commit_interval_secs"].is_null(), "{}", a.text);
+        assert_eq!(s["room"]["changed_index"], 0, "{}", a.text);
         let a = put(
-            leader,
+            follower,
             "/settings",
-            &json!({ "commit_interval_secs": 3000 }),
+            &json!({ "commit_interval_secs": 3000, "voters": 3 }),
         )
         .await;
-        assert_eq!(a.expect(200)["commit_interval_secs"], 3000, "{}", a.text);
+        let s = a.expect(200);
+        assert_eq!(s["room"]["commit_interval_secs"], 3000, "{}", a.text);
+        assert_eq!(s["room"]["voters"], 3, "{}", a.text);
+        assert_eq!(s["voters"], 3, "no node pins the voters: {}", a.text);
         assert_eq!(
-            get(leader, "/settings").await.expect(200)["commit_interval_secs"],
-            3000,
-            "the new interval reads back"
+            s["commit_interval_secs"], 3600,
+            "the node's own wins: {}",
+            a.text
         );
-        let a = put(leader, "/settings", &json!({ "voters": voters })).await;
-        assert_eq!(a.expect(200)["voters"], voters, "{}", a.text);
+        assert!(s["room"]["changed_at"].is_string(), "{}", a.text);
+        for n in [leader, follower] {
+            wait_for(SETTLE, "every node to apply the settings", || async {
+                let s = get(n, "/settings").await.json;
+                (s["room"]["commit_interval_secs"] == 3000 && s["voters"] == 3).then_some(())
+            })
+            .await
+            .expect("applied");
+        }
+        events
+            .wait(EVENT_WITHIN, "the settings event", |e, d| {
+                e == "settings" && d["commit_interval_secs"] == 3000
+            })
+            .await;
+        // The leader writes them into config.json at once (its own
+        // interval is an hour).
+        let config = wait_for(SETTLE, "config.json to hold the settings", || async {
+            let out = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(&room.repo)
+                .args(["show", "main:.messages/config.json"])
+                .output()
+                .ok()?;
+            let c: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (c["commit_interval_secs"] == 3000 && c["voters"] == 3).then_some(c)
+        })
+        .await
+        .expect("config.json");
+        assert_eq!(
+            config["version"], 1,
+            "the rest of the file is kept: {config}"
+        );
+        assert!(config["media"].is_object(), "{config}");
         for (what, body) in [
             ("interval 0", json!({ "commit_interval_secs": 0 })),
             (
-                "interval over a day",
-                json!({ "commit_interval_secs": 86_401 }),
+                "interval over a week",
+                json!({ "commit_interval_secs": 604_801 }),
             ),
             ("interval negative", json!({ "commit_interval_secs": -1 })),
             ("0 voters", json!({ "voters": 0 })),
+            ("2 voters", json!({ "voters": 2 })),
             ("6 voters", json!({ "voters": 6 })),
+            ("nothing", json!({})),
             ("an unknown field", json!({ "bogus": 1 })),
             ("a string", json!({ "voters": "three" })),
         ] {
@@ -1761,13 +1803,13 @@ async fn push_flushes_settings_repositories_and_status() {
         call(leader, Method::PUT, "/settings", Some("{".into()))
             .await
             .expect_error(400);
-        put(leader, "/settings?repo=nope", &json!({}))
+        put(leader, "/settings?repo=nope", &json!({ "voters": 3 }))
             .await
             .expect_error(404);
+        let s = get(leader, "/settings").await.expect(200).clone();
         assert_eq!(
-            get(leader, "/settings").await.expect(200)["commit_interval_secs"],
-            3000,
-            "refused changes changed nothing"
+            s["room"]["commit_interval_secs"], 3000,
+            "refused changes changed nothing: {s}"
         );
 
         // Status and peers.
@@ -1839,14 +1881,29 @@ async fn push_flushes_settings_repositories_and_status() {
             "{st}"
         );
         assert_eq!(st["committer"]["leader"], true, "{st}");
-        assert_eq!(st["committer"]["interval_secs"], 3000, "{st}");
+        assert_eq!(st["committer"]["interval_secs"], 3600, "its own interval: {st}");
         assert!(
             st["committer"]["synced_up_to"]
                 .as_u64()
                 .is_some_and(|s| s >= midx),
             "{st}"
         );
-        assert_eq!(st["committer"]["last_flush"]["head"], head.as_str(), "{st}");
+        // The last flush wrote the settings on top of the push's commit.
+        assert_eq!(st["committer"]["last_flush"]["reason"], "Settings", "{st}");
+        let branch = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&room.repo)
+            .args(["rev-parse", "main", &format!("{head}^{{commit}}")])
+            .output()
+            .expect("git runs");
+        let branch = String::from_utf8_lossy(&branch.stdout).into_owned();
+        let mut shas = branch.lines();
+        assert_eq!(
+            st["committer"]["last_flush"]["head"].as_str(),
+            shas.next(),
+            "the last flush's head is the branch's: {st}"
+        );
+        assert_eq!(shas.next(), Some(head.as_str()), "the push's commit exists");
         assert!(
             st["repo_api"]["calls"].as_u64().is_some_and(|c| c > 0),
             "{st}"

@@ -74,9 +74,10 @@ impl Room {
             &["--commit-interval", "1"],
         )?;
         let mut nodes = Vec::new();
+        // The room's config.json sets the interval (no node overrides it,
+        // so the settings form changes what every node does).
         for user in ["ana", "bo"] {
-            let spec =
-                NodeSpec::for_test(bin, dir.path(), &repo, user, &["--commit-interval", "1"]);
+            let spec = NodeSpec::for_test(bin, dir.path(), &repo, user, &[]);
             nodes.push(
                 NodeProc::start(spec)
                     .await
@@ -1419,15 +1420,39 @@ async fn the_settings_form_changes_the_commit_interval() {
             .await?;
             let after = get().await?;
             ensure!(
-                after["commit_interval_secs"] == 7 && after["voters"] == before["voters"],
+                after["commit_interval_secs"] == 7
+                    && after["room"]["commit_interval_secs"] == 7
+                    && after["voters"] == before["voters"]
+                    && after["room"]["voters"].is_null(),
                 "GET /settings answers {after} (before: {before})"
             );
-            let status = node.status().await?;
-            ensure!(
-                status["committer"]["interval_secs"] == 7,
-                "the committer runs every {} s",
-                status["committer"]["interval_secs"]
-            );
+            // Every node runs the room's new interval, and the repository
+            // records it.
+            for n in &room.nodes {
+                poll(
+                    SHOWS,
+                    EVERY,
+                    "every node to flush every 7 s",
+                    || async move {
+                        Ok((n.status().await?["committer"]["interval_secs"] == 7).then_some(()))
+                    },
+                )
+                .await?;
+            }
+            let repo = room.dir.path().join("room.git");
+            poll(SHOWS, EVERY, "config.json to hold 7 s", || {
+                let repo = repo.clone();
+                async move {
+                    let out = std::process::Command::new("git")
+                        .arg("--git-dir")
+                        .arg(&repo)
+                        .args(["show", "main:.messages/config.json"])
+                        .output()?;
+                    let c: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                    Ok((c["commit_interval_secs"] == 7).then_some(()))
+                }
+            })
+            .await?;
             screenshot(page, "settings").await?;
             Ok(())
         })

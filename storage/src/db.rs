@@ -36,8 +36,11 @@ pub(crate) const CF_REQUESTS: &str = "requests";
 pub(crate) const CF_SYNCED: &str = "synced";
 pub(crate) const CF_OUTBOX: &str = "outbox";
 pub(crate) const CF_JOURNAL: &str = "journal";
+/// The room's settings (one record, [`KEY_ROOM_SETTINGS`]).
+pub(crate) const CF_SETTINGS: &str = "settings";
+pub(crate) const KEY_ROOM_SETTINGS: &[u8] = b"room";
 
-const ALL_CFS: [&str; 10] = [
+const ALL_CFS: [&str; 11] = [
     CF_LOG,
     CF_RAFT_META,
     CF_SM_META,
@@ -48,16 +51,18 @@ const ALL_CFS: [&str; 10] = [
     CF_SYNCED,
     CF_OUTBOX,
     CF_JOURNAL,
+    CF_SETTINGS,
 ];
 
 /// The state-machine column families a snapshot carries, with their tags.
-pub(crate) const SNAPSHOT_CFS: [(u8, &str); 6] = [
+pub(crate) const SNAPSHOT_CFS: [(u8, &str); 7] = [
     (1, CF_MESSAGES),
     (2, CF_MESSAGE_IDS),
     (3, CF_CONVERSATIONS),
     (4, CF_REQUESTS),
     (5, CF_SYNCED),
     (6, CF_JOURNAL),
+    (7, CF_SETTINGS),
 ];
 
 /// A storage failure.

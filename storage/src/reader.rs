@@ -2,7 +2,7 @@
 
 use rocksdb::{Direction, IteratorMode};
 use skygit_consensus::codec;
-use skygit_consensus::model::{Change, Conversation, ConversationId, MessageRecord};
+use skygit_consensus::model::{Change, Conversation, ConversationId, MessageRecord, RoomSettings};
 use skygit_consensus::types::LogId;
 use ulid::Ulid;
 
@@ -10,7 +10,7 @@ use crate::db::{
     index_from_key, index_key, message_key, split_message_key, RoomDb, StorageError,
     CF_CONVERSATIONS, CF_JOURNAL, CF_MESSAGES, CF_SM_META, CF_SYNCED,
 };
-use crate::state_machine::{read_message, synced_up_to, KEY_LAST_APPLIED};
+use crate::state_machine::{read_message, read_settings, synced_up_to, KEY_LAST_APPLIED};
 
 /// Most records one read returns.
 pub const MAX_PAGE: usize = 1000;
@@ -29,6 +29,11 @@ impl ChatReader {
     /// The last log id applied to the state machine.
     pub fn last_applied(&self) -> Result<Option<LogId>, StorageError> {
         self.db.get_decoded(CF_SM_META, KEY_LAST_APPLIED)
+    }
+
+    /// The room's settings as the log has set them.
+    pub fn settings(&self) -> Result<RoomSettings, StorageError> {
+        read_settings(&self.db)
     }
 
     /// A message by id.

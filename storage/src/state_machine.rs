@@ -17,16 +17,19 @@ use openraft::{EntryPayload, OptionalSend};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 use skygit_consensus::chat::{self, ChatView, Effect};
 use skygit_consensus::codec;
-use skygit_consensus::model::{ApplyOutcome, ChatRequest, Command, ConversationId, MessageRecord};
+use skygit_consensus::model::{
+    ApplyOutcome, ChatRequest, Command, ConversationId, MessageRecord, RoomSettings,
+};
 use skygit_consensus::types::{
     LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use ulid::Ulid;
 
 use crate::db::{
     index_from_key, index_key, message_key, RoomDb, StorageError, CF_CONVERSATIONS, CF_JOURNAL,
-    CF_MESSAGES, CF_MESSAGE_IDS, CF_REQUESTS, CF_SM_META, CF_SYNCED, SNAPSHOT_CFS,
+    CF_MESSAGES, CF_MESSAGE_IDS, CF_REQUESTS, CF_SETTINGS, CF_SM_META, CF_SYNCED,
+    KEY_ROOM_SETTINGS, SNAPSHOT_CFS,
 };
 use crate::snapshot::{self, SnapshotWriter};
 
@@ -46,6 +49,8 @@ pub struct AppliedEvent {
     pub outcome: ApplyOutcome,
     /// The message as it is after this request, for posts, edits, deletes.
     pub message: Option<MessageRecord>,
+    /// The room's settings after this request, when it changed them.
+    pub settings: Option<RoomSettings>,
 }
 
 /// Fault injection for proving the tests can fail.
@@ -68,18 +73,31 @@ pub struct StateMachine {
     snapshot_file: Arc<std::sync::Mutex<()>>,
     /// Posts, edits and deletes applied since this process opened the room.
     messages_applied: Arc<AtomicU64>,
+    /// The room's settings as applied so far.
+    settings: Arc<watch::Sender<RoomSettings>>,
 }
 
 impl StateMachine {
     pub(crate) fn new(db: RoomDb, mode: ApplyMode) -> Self {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let settings = read_settings(&db).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the room's settings; using the defaults");
+            RoomSettings::default()
+        });
         Self {
             db,
             events,
             mode,
             snapshot_file: Arc::new(std::sync::Mutex::new(())),
             messages_applied: Arc::new(AtomicU64::new(0)),
+            settings: Arc::new(watch::Sender::new(settings)),
         }
+    }
+
+    /// The room's settings as applied so far, and every later change (a
+    /// watch: a slow reader sees the latest, never a backlog).
+    pub fn watch_settings(&self) -> watch::Receiver<RoomSettings> {
+        self.settings.subscribe()
     }
 
     /// Posts, edits and deletes applied since this process opened the
@@ -114,6 +132,7 @@ struct View<'a> {
     conversations: BTreeSet<ConversationId>,
     requests: BTreeMap<Ulid, u64>,
     synced: Option<u64>,
+    settings: Option<RoomSettings>,
     /// Term of the entry being applied.
     term: u64,
 }
@@ -162,6 +181,19 @@ impl ChatView for View<'_> {
         }
         synced_up_to(self.db)
     }
+
+    fn settings(&mut self) -> Result<RoomSettings, StorageError> {
+        if let Some(s) = self.settings {
+            return Ok(s);
+        }
+        read_settings(self.db)
+    }
+}
+
+pub(crate) fn read_settings(db: &RoomDb) -> Result<RoomSettings, StorageError> {
+    Ok(db
+        .get_decoded(CF_SETTINGS, KEY_ROOM_SETTINGS)?
+        .unwrap_or_default())
 }
 
 pub(crate) fn read_message(db: &RoomDb, id: Ulid) -> Result<Option<MessageRecord>, StorageError> {
@@ -232,6 +264,14 @@ impl View<'_> {
                 );
                 self.synced = Some(up_to_index);
             }
+            Effect::PutSettings(s) => {
+                batch.put_cf(
+                    self.db.cf(CF_SETTINGS)?,
+                    KEY_ROOM_SETTINGS,
+                    codec::to_bytes(&s)?,
+                );
+                self.settings = Some(s);
+            }
         }
         Ok(())
     }
@@ -269,6 +309,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             conversations: BTreeSet::new(),
             requests: BTreeMap::new(),
             synced: None,
+            settings: None,
             term: 0,
         };
         let mut last_applied = None;
@@ -292,11 +333,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                     let message =
                         message_id_of(&req).and_then(|id| view.messages.get(&id).cloned());
+                    let settings = match (&req.command, &outcome) {
+                        (Command::Configure { .. }, ApplyOutcome::Applied { .. }) => view.settings,
+                        _ => None,
+                    };
                     events.push(AppliedEvent {
                         index,
                         request: req.id,
                         outcome: outcome.clone(),
                         message,
+                        settings,
                     });
                     outcome
                 }
@@ -306,6 +352,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 replies.push((r, outcome));
             }
         }
+        let new_settings = view.settings;
         let meta_cf = self.db.cf(CF_SM_META)?;
         if let Some(l) = &last_applied {
             batch.put_cf(
@@ -325,6 +372,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // entries are synced before they can be committed, and a lost
         // state-machine write is re-applied from the log on restart.
         self.db.db.write(batch).map_err(StorageError::from)?;
+        if let Some(s) = new_settings {
+            self.settings.send_replace(s);
+        }
         for (r, o) in replies {
             r.send(o);
         }
@@ -356,6 +406,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         db.clone()
             .blocking(move || install(&db, &meta, &bytes, &file))
             .await?;
+        // The snapshot brought the settings as of its last entry.
+        self.settings
+            .send_replace(read_settings(&self.db).map_err(std::io::Error::from)?);
         Ok(())
     }
 

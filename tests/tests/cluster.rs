@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use skygit_actors::consensus::Proposed;
 use skygit_actors::local::LocalOptions;
-use skygit_consensus::model::ApplyOutcome;
+use skygit_consensus::model::{ApplyOutcome, Command};
 use skygit_tests::*;
 use ulid::Ulid;
 
@@ -229,6 +229,21 @@ async fn a_node_with_an_empty_disk_catches_up_through_a_snapshot() {
     // cannot be fed from the log.
     opts.raft = skygit_consensus::config::raft_config("test:room", 100, 0);
     let mut c = cluster(dir.path(), 3, Some(opts)).await;
+    // Room settings set early: the snapshot must carry them.
+    let (_, outcome) = commit(
+        &c,
+        1,
+        "ana",
+        Command::Configure {
+            commit_interval_secs: Some(42),
+            voters: Some(3),
+        },
+    )
+    .await;
+    assert!(
+        matches!(outcome, ApplyOutcome::Applied { .. }),
+        "{outcome:?}"
+    );
     let sent = post_many(&c, 4, 600).await;
     c.wait_converged(CONVERGE).await.unwrap();
     let leader = c.wait_leader(CONVERGE).await.unwrap();
@@ -270,6 +285,18 @@ async fn a_node_with_an_empty_disk_catches_up_through_a_snapshot() {
     };
     assert_eq!(journal(4).len(), sent.len());
     assert_eq!(journal(4), journal(leader));
+    // So did the room's settings, and node 4's actors were told.
+    let settings = |id| c.handle(id).unwrap().storage.reader.settings().unwrap();
+    assert_eq!(settings(4).commit_interval_secs, Some(42));
+    assert_eq!(settings(4), settings(leader));
+    let watched = *c
+        .handle(4)
+        .unwrap()
+        .storage
+        .state_machine
+        .watch_settings()
+        .borrow();
+    assert_eq!(watched, settings(4));
     c.shutdown().await;
 }
 

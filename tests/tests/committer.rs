@@ -650,3 +650,103 @@ async fn the_committer_keeps_a_bounded_flush_history_and_takes_a_new_interval_at
     }
     c.shutdown().await;
 }
+
+/// Room settings changed through the log reach `config.json`: at once and
+/// alone (the watermark stays), or with a batch of changes; the rest of
+/// the file is kept, and a flush with nothing new writes nothing.
+#[actix_rt::test]
+async fn room_settings_reach_config_json_alone_or_with_a_batch() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, url, c) = git_room(dir.path(), 3).await;
+    let leader = c.wait_leader(WAIT).await.unwrap();
+    let follower = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    let (_, _) = post_committed(&c, leader, "ana", "before the settings".into()).await;
+    // (The flush on becoming leader may have written it already.)
+    let first = flush(&c).await;
+    assert!(first.up_to_index > 0, "{first:?}");
+    let config_of = |cloned: &skygit_tests::git_server::Cloned| {
+        RoomConfig::from_bytes(&std::fs::read(cloned.dir.join(layout::CONFIG_PATH)).unwrap())
+            .unwrap()
+    };
+    let before = clone_and_read(&url, &dir.path().join("clone0"));
+
+    // Asked on a follower; the leader writes config.json without waiting
+    // for its interval (an hour here).
+    let (_, outcome) = commit(
+        &c,
+        follower,
+        "bo",
+        Command::Configure {
+            commit_interval_secs: Some(90),
+            voters: None,
+        },
+    )
+    .await;
+    assert!(outcome.is_settled(), "{outcome:?}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let alone = loop {
+        let cloned = clone_and_read(&url, &dir.path().join("clone1"));
+        if config_of(&cloned).commit_interval_secs == 90 {
+            break cloned;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "config.json never changed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(alone.commits.len(), before.commits.len() + 1);
+    assert_eq!(
+        alone.watermarks.last(),
+        before.watermarks.last(),
+        "a settings commit leaves the watermark"
+    );
+    assert_eq!(alone.files, before.files, "no batch file changed");
+    let config = config_of(&alone);
+    assert_eq!(
+        config,
+        config_of(&before)
+            .with_settings(&c.handle(leader).unwrap().storage.reader.settings().unwrap()),
+        "only the settings changed"
+    );
+    assert_eq!(config.voters, config_of(&before).voters);
+
+    // Settings and messages together: one commit holds both.
+    for i in 0..3 {
+        post_committed(&c, leader, "cy", format!("after {i}")).await;
+    }
+    let (_, outcome) = commit(
+        &c,
+        leader,
+        "ana",
+        Command::Configure {
+            commit_interval_secs: None,
+            voters: Some(5),
+        },
+    )
+    .await;
+    assert!(outcome.is_settled(), "{outcome:?}");
+    let report = flush(&c).await;
+    let both = clone_and_read(&url, &dir.path().join("clone2"));
+    let config = config_of(&both);
+    assert_eq!((config.commit_interval_secs, config.voters), (90, 5));
+    assert_eq!(both.changes.len(), 4, "every message is in the repository");
+    assert_eq!(*both.watermarks.last().unwrap(), report.up_to_index);
+    let touched = git(&[
+        "-C",
+        &both.dir.to_string_lossy(),
+        "show",
+        "--name-only",
+        "--format=",
+        "HEAD",
+    ]);
+    assert!(
+        touched.lines().any(|p| p == layout::CONFIG_PATH)
+            && touched.lines().any(|p| p.ends_with(".jsonl")),
+        "the last commit holds the settings and the batch: {touched}"
+    );
+    // Nothing new since: no commit.
+    assert_eq!(flush(&c).await.commits, 0);
+    c.shutdown().await;
+}

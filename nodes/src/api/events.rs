@@ -2,7 +2,8 @@
 //!
 //! `message` (a message's new state, with `applied_at_us` on this node's
 //! clock), `synced` (the repository's new watermark), `conversation` (a
-//! new conversation) and `lagged` (the client fell behind and should
+//! new conversation), `settings` (the room's settings changed: re-read
+//! `GET /settings`) and `lagged` (the client fell behind and should
 //! re-read). A comment every 15 s keeps proxies and browsers from timing
 //! the stream out.
 
@@ -96,6 +97,16 @@ impl Stream {
             }
             out.extend(frame("message", &v));
             return out;
+        }
+        if let Some(s) = &e.settings {
+            return frame(
+                "settings",
+                &json!({
+                    "commit_interval_secs": s.commit_interval_secs,
+                    "voters": s.voters,
+                    "changed_index": s.changed_index,
+                }),
+            );
         }
         // Not a message: a synced record or a new conversation (or a
         // refusal). Reading both is cheap and rare.

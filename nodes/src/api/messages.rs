@@ -225,14 +225,14 @@ fn rejection_status(r: &Rejection) -> StatusCode {
 }
 
 /// What a submitted request came to.
-enum Submitted {
+pub(super) enum Submitted {
     /// Applied at this index.
     Applied(ChatRequest, u64),
     /// Kept in the outbox (no leader reachable): the outbox's length and why.
     Queued(ChatRequest, usize, String),
 }
 
-async fn submit(room: &Served, command: Command) -> Result<Submitted, ApiError> {
+pub(super) async fn submit(room: &Served, command: Command) -> Result<Submitted, ApiError> {
     let submit = Submit {
         sender: room.handle.user.clone(),
         command,
@@ -264,7 +264,12 @@ async fn submit(room: &Served, command: Command) -> Result<Submitted, ApiError> 
 }
 
 /// The 503 answer of a request kept in the outbox.
-fn queued(req: &ChatRequest, outbox_len: usize, reason: &str, message: Option<Value>) -> ApiError {
+pub(super) fn queued(
+    req: &ChatRequest,
+    outbox_len: usize,
+    reason: &str,
+    message: Option<Value>,
+) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "no leader is reachable: the request is kept in this node's outbox and is sent \
@@ -463,6 +468,7 @@ pub async fn outbox(
                     None,
                 ),
                 Command::Synced { .. } => ("synced", None, None, None),
+                Command::Configure { .. } => ("settings", None, None, None),
             };
             json!({
                 "id": r.id.to_string(),

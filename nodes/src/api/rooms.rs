@@ -14,18 +14,19 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use skygit_actors::committer::{
     CommitterError, CommitterInfo, Flush, FlushReason, FlushRecord, GetCommitterInfo, GetFlushes,
-    SetInterval,
 };
 use skygit_actors::consensus::{ConsensusStatus, GetStatus};
-use skygit_actors::membership::{GetMembershipStatus, MembershipStatus, SetVoters};
+use skygit_actors::membership::{GetMembershipStatus, MembershipStatus};
 use skygit_actors::mesh::{GetMeshStatus, MeshStatus};
 use skygit_actors::ports::RepoError;
 use skygit_actors::presence::GetPresenceStatus;
-use skygit_consensus::membership::MAX_VOTERS;
+use skygit_consensus::model::{
+    Command, MAX_COMMIT_INTERVAL_SECS, MIN_COMMIT_INTERVAL_SECS, VOTER_COUNTS,
+};
 use skygit_consensus::replica::{FlushRequestError, FlushSummary};
 use skygit_consensus::NodeId;
 
-use super::messages::rfc3339;
+use super::messages::{queued, rfc3339, submit, Submitted};
 use super::{gone, json_body, query, ApiError, RepoQuery, Served, Shared, MAX_ROOMS};
 
 fn repository_json(r: &Served, primary: bool) -> Value {
@@ -221,6 +222,9 @@ async fn membership(room: &Served) -> Option<MembershipStatus> {
     }
 }
 
+/// The room's settings and what applies on this node: this node's own
+/// values (its command line) win over the room's, which win over the
+/// repository's `config.json`.
 async fn settings_json(room: &Served) -> Result<Value, ApiError> {
     let c: CommitterInfo = room
         .handle
@@ -228,8 +232,40 @@ async fn settings_json(room: &Served) -> Result<Value, ApiError> {
         .send(GetCommitterInfo)
         .await
         .map_err(gone)?;
-    let voters = membership(room).await.map(|m| m.target_voters);
-    Ok(json!({ "commit_interval_secs": c.interval_secs, "voters": voters }))
+    let m = membership(room).await;
+    let s = room
+        .handle
+        .storage
+        .state_machine
+        .watch_settings()
+        .borrow()
+        .to_owned();
+    let interval = c
+        .interval_override_secs
+        .or(s.commit_interval_secs)
+        .unwrap_or(c.config_interval_secs);
+    let voters = m.as_ref().map(|m| match (m.voters_pinned, s.voters) {
+        (false, Some(v)) => usize::from(v),
+        _ => m.target_voters,
+    });
+    let pinned = m
+        .as_ref()
+        .filter(|m| m.voters_pinned)
+        .map(|m| m.target_voters);
+    Ok(json!({
+        "commit_interval_secs": interval,
+        "voters": voters,
+        "room": {
+            "commit_interval_secs": s.commit_interval_secs,
+            "voters": s.voters,
+            "changed_index": s.changed_index,
+            "changed_at": (s.changed_index > 0).then(|| rfc3339(s.changed_at)),
+        },
+        "node_overrides": {
+            "commit_interval_secs": c.interval_override_secs,
+            "voters": pinned,
+        },
+    }))
 }
 
 pub async fn settings(
@@ -245,15 +281,19 @@ pub async fn settings(
 #[serde(deny_unknown_fields)]
 pub struct NewSettings {
     commit_interval_secs: Option<u64>,
-    voters: Option<usize>,
+    voters: Option<u8>,
 }
 
 /// How long a follower waits for the leader's flush.
 const FORWARDED_FLUSH_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Longest commit interval the settings accept.
-const MAX_INTERVAL_SECS: u64 = 86_400;
+/// How long `PUT /settings` waits for this node to apply the change the
+/// leader committed.
+const SETTINGS_APPLY_WAIT: Duration = Duration::from_secs(2);
 
+/// Changes the room's settings: a `Configure` request through raft (to the
+/// leader, or into the outbox while none is reachable). Every node applies
+/// it; the leader writes it into `config.json` at once.
 pub async fn put_settings(
     State(s): State<Shared>,
     q: Result<Query<RepoQuery>, QueryRejection>,
@@ -262,18 +302,21 @@ pub async fn put_settings(
     let q = query(q)?;
     let body: NewSettings = json_body(body)?;
     let room = s.room(q.repo.as_deref()).await?;
+    if body.commit_interval_secs.is_none() && body.voters.is_none() {
+        return Err(ApiError::bad_request(
+            "nothing to change: give commit_interval_secs or voters",
+        ));
+    }
     if let Some(i) = body.commit_interval_secs {
-        if !(1..=MAX_INTERVAL_SECS).contains(&i) {
+        if !(MIN_COMMIT_INTERVAL_SECS..=MAX_COMMIT_INTERVAL_SECS).contains(&i) {
             return Err(ApiError::bad_request(format!(
-                "commit_interval_secs must be 1 to {MAX_INTERVAL_SECS}"
+                "commit_interval_secs must be {MIN_COMMIT_INTERVAL_SECS} to {MAX_COMMIT_INTERVAL_SECS}"
             )));
         }
     }
     if let Some(v) = body.voters {
-        if !(1..=MAX_VOTERS).contains(&v) {
-            return Err(ApiError::bad_request(format!(
-                "voters must be 1 to {MAX_VOTERS}"
-            )));
+        if !VOTER_COUNTS.contains(&v) {
+            return Err(ApiError::bad_request("voters must be 1, 3 or 5"));
         }
         if room.handle.membership.is_none() {
             return Err(ApiError::new(
@@ -282,17 +325,23 @@ pub async fn put_settings(
             ));
         }
     }
-    if let Some(i) = body.commit_interval_secs {
-        room.handle
-            .committer
-            .send(SetInterval(Some(Duration::from_secs(i))))
-            .await
-            .map_err(gone)?;
+    let command = Command::Configure {
+        commit_interval_secs: body.commit_interval_secs,
+        voters: body.voters,
+    };
+    match submit(&room, command).await? {
+        Submitted::Applied(_, index) => {
+            // Committed on the leader: answer once this node applied it too.
+            let mut applied = room.handle.storage.state_machine.watch_settings();
+            let _ = tokio::time::timeout(
+                SETTINGS_APPLY_WAIT,
+                applied.wait_for(|s| s.changed_index >= index),
+            )
+            .await;
+            Ok(Json(settings_json(&room).await?))
+        }
+        Submitted::Queued(req, n, why) => Err(queued(&req, n, &why, None)),
     }
-    if let (Some(v), Some(m)) = (body.voters, &room.handle.membership) {
-        m.send(SetVoters(v)).await.map_err(gone)?;
-    }
-    Ok(Json(settings_json(&room).await?))
 }
 
 /// A peer's connection state in the UI's words.
