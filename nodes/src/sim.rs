@@ -195,10 +195,11 @@ fn single(args: SimArgs) -> anyhow::Result<()> {
         r.digest
     );
     println!(
-        "  workload: {} posts, {} edits, {} deletes, {} retries; {} acknowledged ({} queued), {} refused, {} unanswered",
+        "  workload: {} posts, {} edits, {} deletes, {} settings changes, {} retries; {} acknowledged ({} queued), {} refused, {} unanswered",
         r.workload.posts,
         r.workload.edits,
         r.workload.deletes,
+        r.workload.settings,
         r.workload.retries,
         r.workload.acked,
         r.workload.queued,

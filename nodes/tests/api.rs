@@ -1881,7 +1881,10 @@ async fn push_flushes_settings_repositories_and_status() {
             "{st}"
         );
         assert_eq!(st["committer"]["leader"], true, "{st}");
-        assert_eq!(st["committer"]["interval_secs"], 3600, "its own interval: {st}");
+        assert_eq!(
+            st["committer"]["interval_secs"], 3600,
+            "its own interval: {st}"
+        );
         assert!(
             st["committer"]["synced_up_to"]
                 .as_u64()

@@ -23,6 +23,7 @@ use skygit_actors::membership::Bootstrap;
 use skygit_actors::mesh::MeshOptions;
 use skygit_actors::ports::{CommitRequest, PresenceChannel, RepoRemote, SeededRng};
 use skygit_actors::presence::PresenceOptions;
+use skygit_actors::readback;
 use skygit_actors::room::{start_room, MeshPorts, RoomHandle, RoomPorts, RoomSpec};
 use skygit_consensus::membership::MembershipPolicy;
 use skygit_consensus::model::{
@@ -228,6 +229,8 @@ pub struct WorkloadStats {
     pub edits: u64,
     pub deletes: u64,
     pub retries: u64,
+    /// Room settings changes (`Configure`).
+    pub settings: u64,
     /// Requests the room acknowledged (committed or kept in an outbox).
     pub acked: u64,
     pub queued: u64,
@@ -759,6 +762,20 @@ async fn workload(world: World, until: tokio::time::Instant) {
                 world.lock().workload.deletes += 1;
                 Command::Delete {
                     message: a.request.id,
+                }
+            }
+            (r, _) if (0.30..0.31).contains(&r) => {
+                // A user changes the room's settings. The voter count stays
+                // the run's (a change would reshape the group mid-run); the
+                // committer runs at the run's interval (a node override), so
+                // only config.json and the settings themselves change.
+                world.lock().workload.settings += 1;
+                let voters = u8::try_from(world.opts.voters)
+                    .ok()
+                    .filter(|v| skygit_consensus::model::VOTER_COUNTS.contains(v));
+                Command::Configure {
+                    commit_interval_secs: Some(60 + n % 600),
+                    voters,
                 }
             }
             _ => {
@@ -1586,5 +1603,66 @@ async fn check_end(world: &World) -> u64 {
             Err(e) => world.violation("storage-readable", format!("node {id}: {e}"), None),
         }
     }
+    check_settings(world).await;
     commits.len() as u64
+}
+
+/// The room's settings: every live node that applied the newest change
+/// holds the same settings, and the repository's `config.json` has them.
+async fn check_settings(world: &World) {
+    let mut newest: Option<(NodeId, skygit_consensus::model::RoomSettings)> = None;
+    let mut all = Vec::new();
+    for id in world.up_nodes() {
+        let Some(h) = world.handle(id) else { continue };
+        match h.storage.reader.settings() {
+            Ok(s) => {
+                if newest.is_none_or(|(_, n)| s.changed_index > n.changed_index) {
+                    newest = Some((id, s));
+                }
+                all.push((id, s));
+            }
+            Err(e) => world.violation("storage-readable", format!("node {id}: {e}"), None),
+        }
+    }
+    let Some((holder, s)) = newest.filter(|(_, s)| s.changed_index > 0) else {
+        return;
+    };
+    for (id, other) in all {
+        if other.changed_index == s.changed_index && other != s {
+            world.violation(
+                "settings-agree",
+                format!("node {id} has settings {other:?}, node {holder} {s:?}"),
+                None,
+            );
+        }
+    }
+    let Some((head, _)) = world.host.head() else {
+        world.violation(
+            "settings-in-repository",
+            "the repository is empty".into(),
+            None,
+        );
+        return;
+    };
+    let client = world.host.client(0);
+    match readback::config_at(&client, &head).await {
+        Ok(Some(Ok(c))) => {
+            let wanted = c.with_settings(&s);
+            if c != wanted {
+                world.violation(
+                    "settings-in-repository",
+                    format!(
+                        "config.json has interval {} s and {} voters; the room's settings (index {}) say {:?} and {:?}",
+                        c.commit_interval_secs, c.voters, s.changed_index, s.commit_interval_secs, s.voters
+                    ),
+                    Some(&head[..head.len().min(8)]),
+                );
+            }
+        }
+        Ok(Some(Err(e))) => {
+            world.violation("settings-in-repository", format!("config.json: {e}"), None)
+        }
+        Ok(None) => world.violation("settings-in-repository", "no config.json".into(), None),
+        Err(e) => world.violation("repository-readable", e.to_string(), None),
+    }
 }
