@@ -247,12 +247,19 @@ impl Flusher {
 
     /// The `config.json` to write with the next commit on `head_sha`, when
     /// the room's settings changed through the log since the repository
-    /// last took them (reads the file at the head once per change).
+    /// last took them. Reads the file at the head once per change, and
+    /// again whenever the head was not this committer's own (`fresh`):
+    /// another writer may have changed it. Never goes back to older
+    /// settings than the file's (a stale leader's state lags).
     async fn config_to_write(
         &self,
         head_sha: &str,
+        fresh: bool,
         settings: &RoomSettings,
     ) -> Result<Option<RoomConfig>, CommitterError> {
+        if fresh {
+            self.set_config_written(0);
+        }
         if settings.changed_index == 0 || settings.changed_index <= self.config_written() {
             return Ok(None);
         }
@@ -268,6 +275,11 @@ impl Flusher {
                 RoomConfig::default()
             }
         };
+        if at_head.settings_index > settings.changed_index {
+            // The repository has newer settings than this node applied.
+            self.set_config_written(settings.changed_index);
+            return Ok(None);
+        }
         let wanted = at_head.with_settings(settings);
         if wanted == at_head {
             self.set_config_written(settings.changed_index);
@@ -371,7 +383,9 @@ impl Flusher {
                 .reader
                 .settings()
                 .map_err(|e| CommitterError::Storage(e.to_string()))?;
-            let new_config = self.config_to_write(&head_sha, &settings).await?;
+            let new_config = self
+                .config_to_write(&head_sha, !from_cache, &settings)
+                .await?;
             let batch = layout::render(&changes);
             let config_file = new_config
                 .as_ref()

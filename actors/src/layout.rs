@@ -101,6 +101,15 @@ pub struct RoomConfig {
     pub voters: u8,
     pub media: MediaConfig,
     pub encryption: EncryptionConfig,
+    /// Raft index of the settings change the values above come from (0:
+    /// none; `skygit init` wrote them). A committer never replaces the
+    /// file with settings older than these.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub settings_index: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The layout version this build writes.
@@ -118,6 +127,7 @@ impl Default for RoomConfig {
             voters: 3,
             media: MediaConfig::default(),
             encryption: EncryptionConfig::default(),
+            settings_index: 0,
         }
     }
 }
@@ -140,6 +150,9 @@ impl RoomConfig {
         }
         if let Some(v) = s.voters {
             c.voters = v;
+        }
+        if s.changed_index > 0 {
+            c.settings_index = s.changed_index;
         }
         c
     }
@@ -832,5 +845,34 @@ mod tests {
             assert!(RoomConfig::from_bytes(bad.as_bytes()).is_err(), "{bad}");
         }
         assert!(RoomConfig::from_bytes(&vec![b' '; MAX_CONFIG_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn settings_from_the_log_replace_only_what_they_set_and_record_their_index() {
+        let c = RoomConfig::default();
+        // A file `skygit init` wrote has no index.
+        assert!(!String::from_utf8(c.to_bytes())
+            .unwrap()
+            .contains("settings_index"));
+        let s = skygit_consensus::model::RoomSettings {
+            commit_interval_secs: Some(90),
+            voters: None,
+            changed_index: 42,
+            changed_at: 0,
+        };
+        let with = c.with_settings(&s);
+        assert_eq!(
+            (with.commit_interval_secs, with.voters, with.settings_index),
+            (90, c.voters, 42)
+        );
+        assert_eq!(with.media, c.media);
+        let text = String::from_utf8(with.to_bytes()).unwrap();
+        assert!(text.contains("\"settings_index\": 42"), "{text}");
+        assert_eq!(RoomConfig::from_bytes(text.as_bytes()).unwrap(), with);
+        // Settings never changed through the log leave the file alone.
+        assert_eq!(
+            c.with_settings(&skygit_consensus::model::RoomSettings::default()),
+            c
+        );
     }
 }

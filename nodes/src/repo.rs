@@ -96,7 +96,9 @@ pub struct InitArgs {
     /// Raft voters (1, 3 or 5).
     #[arg(long, default_value_t = 3)]
     voters: u8,
-    /// Replace a different `config.json`.
+    /// Replace a different `config.json`. (In a running room, change the
+    /// settings with `PUT /settings` or the UI instead: settings changed
+    /// there are the room's, and its leader writes them back.)
     #[arg(long)]
     force: bool,
     /// Where the git cache lives.
@@ -127,7 +129,14 @@ pub async fn init(a: InitArgs) -> anyhow::Result<()> {
         None => (None, 0),
         Some(h) => {
             match readback::config_at(remote.as_ref(), &h.commit_sha).await? {
-                Some(Ok(c)) if c == want => {
+                // The index of a settings change made in the room is not
+                // a setting.
+                Some(Ok(c))
+                    if RoomConfig {
+                        settings_index: 0,
+                        ..c.clone()
+                    } == want =>
+                {
                     println!(
                         "{} is already a skygit room with these settings",
                         remote.describe()

@@ -764,7 +764,7 @@ async fn workload(world: World, until: tokio::time::Instant) {
                     message: a.request.id,
                 }
             }
-            (r, _) if (0.30..0.31).contains(&r) => {
+            (r, _) if (0.30..0.33).contains(&r) => {
                 // A user changes the room's settings. The voter count stays
                 // the run's (a change would reshape the group mid-run); the
                 // committer runs at the run's interval (a node override), so
