@@ -2193,7 +2193,7 @@ async fn a_room_without_a_quorum_keeps_posts_in_the_outbox() {
             assert_eq!(p["kind"], "post", "{}", a.text);
             assert_eq!(p["content"], text.as_str(), "{}", a.text);
             assert_eq!(p["conversation"], "general", "{}", a.text);
-            assert_eq!(p["sender"], "ana", "{}", a.text);
+            assert_eq!(p["sender"], survivor.spec.user.as_str(), "{}", a.text);
             assert!(p["created_at"].is_string(), "{}", a.text);
         }
         let st = get(survivor, "/status").await;
