@@ -126,7 +126,7 @@ fn a_calm_run_has_no_faults_and_holds_every_invariant() {
     assert_eq!(r.repo.injected_5xx, 0);
     assert_eq!(
         r.workload.acked,
-        r.workload.posts + r.workload.edits + r.workload.deletes
+        r.workload.posts + r.workload.edits + r.workload.deletes + r.workload.settings
             - r.workload.refused
             - r.workload.unanswered,
         "{:?}",
