@@ -124,8 +124,8 @@ pub struct CommitterInfo {
     /// This node's own interval (its command line), which wins over the
     /// room's.
     pub interval_override_secs: Option<u64>,
-    /// The interval in the repository's `config.json` as last read (when
-    /// this node last became leader; the default before).
+    /// The interval in the repository's `config.json` as last read (at
+    /// start and whenever this node becomes leader; the default before).
     pub config_interval_secs: u64,
     pub last_flush: Option<FlushRecord>,
 }
@@ -270,9 +270,12 @@ impl Flusher {
             Some(Ok(c)) => c,
             None => RoomConfig::default(),
             Some(Err(e)) => {
-                // Rewritten whole from the defaults and the settings.
-                tracing::warn!(error = %e, "the repository's config.json is invalid; rewriting it");
-                RoomConfig::default()
+                // Perhaps a newer layout: rewriting it from the defaults
+                // could drop what this build does not know. The messages
+                // still flush; the settings wait for a readable file.
+                tracing::warn!(error = %e, "the repository's config.json is unreadable; not replacing it with the room's settings");
+                self.set_config_written(settings.changed_index);
+                return Ok(None);
             }
         };
         if at_head.settings_index > settings.changed_index {
