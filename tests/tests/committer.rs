@@ -750,3 +750,73 @@ async fn room_settings_reach_config_json_alone_or_with_a_batch() {
     assert_eq!(flush(&c).await.commits, 0);
     c.shutdown().await;
 }
+
+/// A `config.json` this build cannot read (a newer layout, say) is never
+/// replaced with the defaults plus the room's settings; messages still
+/// reach the repository.
+#[actix_rt::test]
+async fn an_unreadable_config_json_is_not_replaced_by_the_settings() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = GitDaemon::start(&dir.path().join("srv")).unwrap();
+    let url = daemon.create("room.git").unwrap();
+    let c = cluster(
+        dir.path(),
+        3,
+        Some(committing_options(git_factory(url.clone(), dir.path()))),
+    )
+    .await;
+    let leader = c.wait_leader(WAIT).await.unwrap();
+    post_committed(&c, leader, "ana", "first".into()).await;
+    let w = flush(&c).await.up_to_index;
+
+    // Another writer puts a config.json of layout version 2 on the branch,
+    // keeping the watermark.
+    let bare = daemon.path("room.git").to_string_lossy().into_owned();
+    let work = dir.path().join("work");
+    let work_s = work.to_string_lossy().into_owned();
+    git(&["clone", "--quiet", "--branch", "main", &bare, &work_s]);
+    let newer = b"{\"version\": 2, \"shards\": 4}\n".to_vec();
+    std::fs::write(work.join(layout::CONFIG_PATH), &newer).unwrap();
+    git(&["-C", &work_s, "add", "-A"]);
+    git(&[
+        "-C",
+        &work_s,
+        "-c",
+        "user.name=x",
+        "-c",
+        "user.email=x@x",
+        "commit",
+        "--quiet",
+        "-m",
+        &format!("a newer layout\n\nRaft-Last-Index: {w}"),
+    ]);
+    git(&["-C", &work_s, "push", "--quiet", "origin", "HEAD:main"]);
+
+    let (_, outcome) = commit(
+        &c,
+        leader,
+        "ana",
+        Command::Configure {
+            commit_interval_secs: Some(90),
+            voters: None,
+        },
+    )
+    .await;
+    assert!(outcome.is_settled(), "{outcome:?}");
+    post_committed(&c, leader, "ana", "second".into()).await;
+    let report = flush(&c).await;
+    assert!(report.up_to_index > w, "{report:?}");
+    let cloned = clone_and_read(&url, &dir.path().join("clone"));
+    assert_eq!(
+        std::fs::read(cloned.dir.join(layout::CONFIG_PATH)).unwrap(),
+        newer,
+        "the unreadable file is left as it was"
+    );
+    assert_eq!(
+        cloned.changes.len(),
+        2,
+        "both messages are in the repository"
+    );
+    c.shutdown().await;
+}
