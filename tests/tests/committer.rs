@@ -758,14 +758,7 @@ async fn room_settings_reach_config_json_alone_or_with_a_batch() {
 async fn an_unreadable_config_json_is_not_replaced_by_the_settings() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = GitDaemon::start(&dir.path().join("srv")).unwrap();
-    let url = daemon.create("room.git").unwrap();
-    let c = cluster(
-        dir.path(),
-        3,
-        Some(committing_options(git_factory(url.clone(), dir.path()))),
-    )
-    .await;
+    let (daemon, url, c) = git_room(dir.path(), 3).await;
     let leader = c.wait_leader(WAIT).await.unwrap();
     post_committed(&c, leader, "ana", "first".into()).await;
     let w = flush(&c).await.up_to_index;
