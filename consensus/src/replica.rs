@@ -67,6 +67,14 @@ pub enum FlushRequestError {
     Failed { leader: NodeId, reason: String },
 }
 
+/// Why a call to the leader got no answer.
+enum LeaderCallError {
+    /// No leader is known (or this node is named, though not leading).
+    NoLeader,
+    /// The call to `leader` failed.
+    Call { leader: NodeId, error: RpcError },
+}
+
 /// The leader's answer to a forwarded proposal.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ChatRpcResponse {
@@ -216,38 +224,60 @@ where
     /// forwarded to the leader. Returns when it is applied on the leader.
     pub async fn propose(&self, req: ChatRequest) -> Result<ApplyOutcome, ProposeError> {
         req.validate()?;
-        let mut leader = match write_local(&self.inner.raft, req.clone()).await {
+        let leader = match write_local(&self.inner.raft, req.clone()).await {
             Ok(outcome) => return Ok(outcome),
             Err(Local::NotLeader(l)) => l,
             Err(Local::Timeout(e)) => return Err(ProposeError::Timeout(e)),
             Err(Local::Failed(e)) => return Err(ProposeError::Raft(e)),
         };
+        let ask = ChatRpcRequest::Propose(req);
+        match self.ask_leader(leader, &ask, FORWARD_TIMEOUT).await {
+            Ok((_, ChatRpcResponse::Outcome(o))) => Ok(o),
+            Ok((_, ChatRpcResponse::Invalid(reason))) => Err(ProposeError::Refused(reason)),
+            Ok((leader, ChatRpcResponse::Failed(reason))) => {
+                Err(ProposeError::Forward { leader, reason })
+            }
+            Ok((leader, _)) => Err(ProposeError::Forward {
+                leader,
+                reason: "unexpected answer to a proposal".into(),
+            }),
+            Err(LeaderCallError::NoLeader) => Err(ProposeError::NoLeader),
+            Err(LeaderCallError::Call { leader, error }) => Err(ProposeError::Forward {
+                leader,
+                reason: error.to_string(),
+            }),
+        }
+    }
+
+    /// Sends `ask` to the leader (`leader` first, another node than this
+    /// one) and answers who answered and what, following `NotLeader`
+    /// answers at most [`MAX_FORWARD_HOPS`] times.
+    async fn ask_leader(
+        &self,
+        mut leader: Option<NodeId>,
+        ask: &ChatRpcRequest,
+        timeout: Duration,
+    ) -> Result<(NodeId, ChatRpcResponse), LeaderCallError> {
         for _ in 0..MAX_FORWARD_HOPS {
             let Some(to) = leader.filter(|l| *l != self.inner.id) else {
-                return Err(ProposeError::NoLeader);
+                return Err(LeaderCallError::NoLeader);
             };
-            match forward(&self.inner.mux, to, &req).await {
-                Ok(ChatRpcResponse::Outcome(o)) => return Ok(o),
+            let call = async {
+                let body = codec::to_bytes(ask)?;
+                let answer = self
+                    .inner
+                    .mux
+                    .call(EnvelopeKind::Chat, to, body, timeout)
+                    .await?;
+                Ok::<ChatRpcResponse, RpcError>(codec::from_bytes(&answer)?)
+            };
+            match call.await {
                 Ok(ChatRpcResponse::NotLeader { leader: next }) => leader = next,
-                Ok(ChatRpcResponse::Invalid(reason)) => return Err(ProposeError::Refused(reason)),
-                Ok(ChatRpcResponse::Leaving | ChatRpcResponse::Flushed(_)) => {
-                    return Err(ProposeError::Forward {
-                        leader: to,
-                        reason: "unexpected answer to a proposal".into(),
-                    })
-                }
-                Ok(ChatRpcResponse::Failed(reason)) => {
-                    return Err(ProposeError::Forward { leader: to, reason })
-                }
-                Err(e) => {
-                    return Err(ProposeError::Forward {
-                        leader: to,
-                        reason: e.to_string(),
-                    })
-                }
+                Ok(answer) => return Ok((to, answer)),
+                Err(error) => return Err(LeaderCallError::Call { leader: to, error }),
             }
         }
-        Err(ProposeError::NoLeader)
+        Err(LeaderCallError::NoLeader)
     }
 
     /// Sets how this node flushes when, as leader, a follower asks it to.
@@ -261,41 +291,25 @@ where
         &self,
         timeout: Duration,
     ) -> Result<(NodeId, FlushSummary), FlushRequestError> {
-        let mut leader = self.metrics().current_leader;
-        for _ in 0..MAX_FORWARD_HOPS {
-            let Some(to) = leader.filter(|l| *l != self.inner.id) else {
-                return Err(FlushRequestError::NoLeader);
-            };
-            let ask = async {
-                let body = codec::to_bytes(&ChatRpcRequest::Flush)?;
-                let answer = self
-                    .inner
-                    .mux
-                    .call(EnvelopeKind::Chat, to, body, timeout)
-                    .await?;
-                Ok::<ChatRpcResponse, RpcError>(codec::from_bytes(&answer)?)
-            };
-            match ask.await {
-                Ok(ChatRpcResponse::Flushed(summary)) => return Ok((to, summary)),
-                Ok(ChatRpcResponse::NotLeader { leader: next }) => leader = next,
-                Ok(ChatRpcResponse::Failed(reason) | ChatRpcResponse::Invalid(reason)) => {
-                    return Err(FlushRequestError::Failed { leader: to, reason })
-                }
-                Ok(other) => {
-                    return Err(FlushRequestError::Failed {
-                        leader: to,
-                        reason: format!("unexpected answer {other:?}"),
-                    })
-                }
-                Err(e) => {
-                    return Err(FlushRequestError::Failed {
-                        leader: to,
-                        reason: e.to_string(),
-                    })
-                }
+        let leader = self.metrics().current_leader;
+        match self
+            .ask_leader(leader, &ChatRpcRequest::Flush, timeout)
+            .await
+        {
+            Ok((to, ChatRpcResponse::Flushed(summary))) => Ok((to, summary)),
+            Ok((to, ChatRpcResponse::Failed(reason) | ChatRpcResponse::Invalid(reason))) => {
+                Err(FlushRequestError::Failed { leader: to, reason })
             }
+            Ok((to, other)) => Err(FlushRequestError::Failed {
+                leader: to,
+                reason: format!("unexpected answer {other:?}"),
+            }),
+            Err(LeaderCallError::NoLeader) => Err(FlushRequestError::NoLeader),
+            Err(LeaderCallError::Call { leader, error }) => Err(FlushRequestError::Failed {
+                leader,
+                reason: error.to_string(),
+            }),
         }
-        Err(FlushRequestError::NoLeader)
     }
 
     /// Nodes that asked to leave the voters (this node included when it
@@ -397,14 +411,6 @@ where
         }
         Err(e) => Err(Local::Failed(e.to_string())),
     }
-}
-
-async fn forward(mux: &RpcMux, to: NodeId, req: &ChatRequest) -> Result<ChatRpcResponse, RpcError> {
-    let body = codec::to_bytes(&ChatRpcRequest::Propose(req.clone()))?;
-    let answer = mux
-        .call(EnvelopeKind::Chat, to, body, FORWARD_TIMEOUT)
-        .await?;
-    Ok(codec::from_bytes(&answer)?)
 }
 
 async fn serve<SM>(inner: Arc<Inner<SM>>, mut incoming: mpsc::Receiver<IncomingFrame>)
