@@ -200,7 +200,8 @@ pub struct Flusher {
     /// compare-and-swap still catches a branch that moved meanwhile).
     known: std::sync::Mutex<Option<(String, u64)>>,
     /// The settings change (its raft index) the repository's `config.json`
-    /// is known to hold; 0 until this leader has looked.
+    /// is known to hold; 0 until looked at on a head this committer did not
+    /// write (which includes the first flush after [`Self::forget_head`]).
     config_written: std::sync::Mutex<u64>,
 }
 
@@ -228,7 +229,6 @@ impl Flusher {
     /// node that just became leader must learn what its predecessors did).
     pub fn forget_head(&self) {
         *self.known.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.set_config_written(0);
     }
 
     fn config_written(&self) -> u64 {
@@ -267,28 +267,26 @@ impl Flusher {
             .timed(readback::config_at(self.remote.as_ref(), head_sha))
             .await?
         {
-            Some(Ok(c)) => c,
-            None => RoomConfig::default(),
+            Some(Ok(c)) => Some(c),
+            None => Some(RoomConfig::default()),
             Some(Err(e)) => {
                 // Perhaps a newer layout: rewriting it from the defaults
                 // could drop what this build does not know. The messages
                 // still flush; the settings wait for a readable file.
                 tracing::warn!(error = %e, "the repository's config.json is unreadable; not replacing it with the room's settings");
-                self.set_config_written(settings.changed_index);
-                return Ok(None);
+                None
             }
         };
-        if at_head.settings_index > settings.changed_index {
-            // The repository has newer settings than this node applied.
+        // Never older settings over newer ones (this node may lag), and no
+        // commit for a file that already says the same.
+        let wanted = at_head
+            .filter(|c| c.settings_index <= settings.changed_index)
+            .map(|c| (c.with_settings(settings), c))
+            .and_then(|(wanted, c)| (wanted != c).then_some(wanted));
+        if wanted.is_none() {
             self.set_config_written(settings.changed_index);
-            return Ok(None);
         }
-        let wanted = at_head.with_settings(settings);
-        if wanted == at_head {
-            self.set_config_written(settings.changed_index);
-            return Ok(None);
-        }
-        Ok(Some(wanted))
+        Ok(wanted)
     }
 
     fn remember_head(&self, sha: String, watermark: u64) {
@@ -426,10 +424,7 @@ impl Flusher {
                         self.record(watermark, &head_sha).await?;
                     }
                     self.remember_head(head_sha.clone(), watermark);
-                    report.head = Some(head_sha);
-                    report.up_to_index = watermark;
-                    report.remote_calls = self.remote.calls() - calls_before;
-                    return Ok(report);
+                    return Ok(self.finished(report, head_sha, watermark, calls_before));
                 }
             };
             let span = tracing::info_span!(
@@ -454,20 +449,14 @@ impl Flusher {
                     report.changes += n;
                     report.commits += 1;
                     self.remember_head(sha.clone(), last);
-                    if n == 0 {
-                        // The settings alone: the watermark did not move.
-                        report.head = Some(sha);
-                        report.up_to_index = last;
-                        report.remote_calls = self.remote.calls() - calls_before;
-                        return Ok(report);
+                    // The settings alone leave the watermark: nothing new
+                    // to record.
+                    if n > 0 {
+                        self.record(last, &sha).await?;
                     }
-                    self.record(last, &sha).await?;
                     if changes.len() < MAX_CHANGES_PER_COMMIT {
                         // The head is known: no need to read it again.
-                        report.head = Some(sha);
-                        report.up_to_index = last;
-                        report.remote_calls = self.remote.calls() - calls_before;
-                        return Ok(report);
+                        return Ok(self.finished(report, sha, last, calls_before));
                     }
                     // More journal than one commit takes: go round again.
                     rounds = 0;
@@ -513,6 +502,21 @@ impl Flusher {
         }
     }
 
+    /// `report` of a flush that left the branch at `head`, holding the log
+    /// up to `up_to_index`.
+    fn finished(
+        &self,
+        mut report: FlushReport,
+        head: String,
+        up_to_index: u64,
+        calls_before: u64,
+    ) -> FlushReport {
+        report.head = Some(head);
+        report.up_to_index = up_to_index;
+        report.remote_calls = self.remote.calls() - calls_before;
+        report
+    }
+
     /// The room's settings as the repository holds them, or the defaults
     /// when the repository has none yet.
     pub async fn read_config(&self) -> Result<RoomConfig, CommitterError> {
@@ -537,8 +541,11 @@ pub struct CommitterActor {
     leader: Option<LeaderChanged>,
     flusher: Option<Arc<Flusher>>,
     options: CommitterOptions,
-    /// `config.json` as read when this node last became leader.
+    /// `config.json` as read at start and when this node last became
+    /// leader.
     config: RoomConfig,
+    /// `config` came with the room's spec: no read at start.
+    config_given: bool,
     /// The settings the room's log has set (they win over `config`).
     settings: RoomSettings,
     /// Bumped on every leadership change, so timers of an old term stop.
@@ -551,18 +558,21 @@ pub struct CommitterActor {
 
 impl CommitterActor {
     /// A committer; without a `flusher` the room has no repository and
-    /// every flush answers [`CommitterError::NoRepository`].
+    /// every flush answers [`CommitterError::NoRepository`]. Without a
+    /// `config` it reads the room's `config.json` when it starts.
     pub fn new(
         room: &str,
         node: u64,
         flusher: Option<Arc<Flusher>>,
         options: CommitterOptions,
+        config: Option<RoomConfig>,
     ) -> Self {
         Self {
             leader: None,
             flusher,
             options,
-            config: RoomConfig::default(),
+            config_given: config.is_some(),
+            config: config.unwrap_or_default(),
             settings: RoomSettings::default(),
             epoch: 0,
             retry_delay: RETRY_FIRST,
@@ -614,10 +624,11 @@ impl CommitterActor {
 impl Actor for CommitterActor {
     type Context = Context<Self>;
 
-    /// Reads the room's `config.json` once, so a follower too reports the
-    /// interval the room runs at (a leader reads it again when elected).
+    /// Reads the room's `config.json` once (unless the room's spec brought
+    /// it), so a follower too reports the interval the room runs at (a
+    /// leader reads it again when elected).
     fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(flusher) = self.flusher.clone() else {
+        let Some(flusher) = self.flusher.clone().filter(|_| !self.config_given) else {
             return;
         };
         let epoch = self.epoch;

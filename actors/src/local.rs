@@ -134,6 +134,7 @@ impl LocalCluster {
             faults: self.opts.faults,
             committer: self.opts.committer,
             disk: None,
+            room_config: None,
         };
         let ports = RoomPorts {
             mesh: None,

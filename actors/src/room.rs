@@ -49,6 +49,9 @@ pub struct RoomSpec {
     pub committer: CommitterOptions,
     /// The simulator's disk model; `None` on a real node.
     pub disk: Option<SimDisk>,
+    /// The room's `config.json` when the caller has read it already;
+    /// `None`: the committer reads it when it starts.
+    pub room_config: Option<crate::layout::RoomConfig>,
 }
 
 /// The ports a room talks through.
@@ -210,7 +213,14 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
             spec.committer.call_timeout,
         ))
     });
-    let committer = CommitterActor::new(room, spec.node_id, flusher, spec.committer).start();
+    let committer = CommitterActor::new(
+        room,
+        spec.node_id,
+        flusher,
+        spec.committer,
+        spec.room_config,
+    )
+    .start();
     consensus.do_send(SubscribeLeader(committer.clone().recipient()));
     replica.set_flush_hook(flush_hook(committer.clone()));
     let (mesh, membership) = match mesh {

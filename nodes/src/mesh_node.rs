@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use skygit_actors::layout::RoomConfig;
 use skygit_actors::membership::Bootstrap;
 use skygit_actors::ports::{PresenceChannel, RepoError, RepoHead, RepoRemote, SeededRng};
 use skygit_actors::presence::PresenceOptions;
@@ -102,17 +103,26 @@ pub fn node_id(data_dir: &Path) -> anyhow::Result<NodeId> {
     Ok(id)
 }
 
-/// The room's voter count from its `config.json` at the branch head, if
-/// the repository has one (a bad or missing config leaves the default).
-async fn configured_voters(remote: &dyn RepoRemote, head: Option<&RepoHead>) -> Option<u64> {
-    let head = head?;
+/// The room's `config.json` at the branch head: the defaults when the
+/// repository has none or it is invalid (logged), `None` when the branch
+/// or the file could not be read (the committer then tries itself).
+async fn room_config(
+    remote: &dyn RepoRemote,
+    head: &Result<Option<RepoHead>, RepoError>,
+) -> Option<RoomConfig> {
+    let head = match head {
+        Ok(Some(h)) => h,
+        Ok(None) => return Some(RoomConfig::default()),
+        Err(_) => return None,
+    };
     match skygit_actors::readback::config_at(remote, &head.commit_sha).await {
-        Ok(Some(Ok(c))) => Some(u64::from(c.voters)),
+        Ok(Some(Ok(c))) => Some(c),
+        Ok(None) => Some(RoomConfig::default()),
         Ok(Some(Err(e))) => {
-            tracing::warn!(error = %e, "the room's config.json is invalid; using the default voter count");
-            None
+            tracing::warn!(error = %e, "the room's config.json is invalid; using the defaults");
+            Some(RoomConfig::default())
         }
-        _ => None,
+        Err(_) => None,
     }
 }
 
@@ -180,13 +190,12 @@ pub async fn open_room(
     // room's config.
     let head = remote.head().await;
     let bootstrap = bootstrap_rule(remote.as_ref(), &head, 2 * fast + Duration::from_secs(1)).await;
-    let voters = match args.voters {
-        Some(v) => v,
-        None => configured_voters(remote.as_ref(), head.as_ref().ok().and_then(Option::as_ref))
-            .await
-            .unwrap_or(3),
-    }
-    .clamp(1, MAX_VOTERS as u64);
+    let config = room_config(remote.as_ref(), &head).await;
+    let voters = args
+        .voters
+        .or(config.as_ref().map(|c| u64::from(c.voters)))
+        .unwrap_or(3)
+        .clamp(1, MAX_VOTERS as u64);
     let (mesh, incoming, events) = Mesh::new(
         id,
         MeshConfig {
@@ -214,6 +223,7 @@ pub async fn open_room(
                 ..Default::default()
             },
             disk: None,
+            room_config: config,
         },
         RoomPorts {
             link,

@@ -453,6 +453,7 @@ impl World {
                 call_timeout: Duration::from_secs(60),
             },
             disk: Some(disk),
+            room_config: None,
         };
         let seed = self.opts.seed;
         let ports = RoomPorts {
