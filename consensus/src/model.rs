@@ -390,7 +390,14 @@ impl ChatRequest {
     /// Checks every size bound. Names are checked when they are decoded;
     /// this covers the free-text fields.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        match &self.command {
+        self.command.validate()
+    }
+}
+
+impl Command {
+    /// Checks every size bound and range (see [`ChatRequest::validate`]).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
             Command::Post { content, .. } | Command::Edit { content, .. } => {
                 if content.trim().is_empty() {
                     return Err(ValidationError::Empty { field: "content" });
@@ -419,7 +426,9 @@ impl ChatRequest {
                 voters,
             } => {
                 if commit_interval_secs.is_none() && voters.is_none() {
-                    return Err(ValidationError::Empty { field: "settings" });
+                    return Err(ValidationError::Empty {
+                        field: "the settings change (commit_interval_secs or voters)",
+                    });
                 }
                 if let Some(i) = commit_interval_secs {
                     if !(MIN_COMMIT_INTERVAL_SECS..=MAX_COMMIT_INTERVAL_SECS).contains(i) {

@@ -20,9 +20,7 @@ use skygit_actors::membership::{GetMembershipStatus, MembershipStatus};
 use skygit_actors::mesh::{GetMeshStatus, MeshStatus};
 use skygit_actors::ports::RepoError;
 use skygit_actors::presence::GetPresenceStatus;
-use skygit_consensus::model::{
-    Command, MAX_COMMIT_INTERVAL_SECS, MIN_COMMIT_INTERVAL_SECS, VOTER_COUNTS,
-};
+use skygit_consensus::model::Command;
 use skygit_consensus::replica::{FlushRequestError, FlushSummary};
 use skygit_consensus::NodeId;
 
@@ -302,33 +300,20 @@ pub async fn put_settings(
     let q = query(q)?;
     let body: NewSettings = json_body(body)?;
     let room = s.room(q.repo.as_deref()).await?;
-    if body.commit_interval_secs.is_none() && body.voters.is_none() {
-        return Err(ApiError::bad_request(
-            "nothing to change: give commit_interval_secs or voters",
-        ));
-    }
-    if let Some(i) = body.commit_interval_secs {
-        if !(MIN_COMMIT_INTERVAL_SECS..=MAX_COMMIT_INTERVAL_SECS).contains(&i) {
-            return Err(ApiError::bad_request(format!(
-                "commit_interval_secs must be {MIN_COMMIT_INTERVAL_SECS} to {MAX_COMMIT_INTERVAL_SECS}"
-            )));
-        }
-    }
-    if let Some(v) = body.voters {
-        if !VOTER_COUNTS.contains(&v) {
-            return Err(ApiError::bad_request("voters must be 1, 3 or 5"));
-        }
-        if room.handle.membership.is_none() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "this node's room has a fixed membership",
-            ));
-        }
-    }
     let command = Command::Configure {
         commit_interval_secs: body.commit_interval_secs,
         voters: body.voters,
     };
+    // The state machine's own checks, answered here as 400.
+    command
+        .validate()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if body.voters.is_some() && room.handle.membership.is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "this node's room has a fixed membership",
+        ));
+    }
     match submit(&room, command).await? {
         Submitted::Applied(_, index) => {
             // Committed on the leader: answer once this node applied it too.
