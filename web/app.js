@@ -399,11 +399,9 @@
     }
     if (r.status === 503 && d.status === 'queued') {
       if (box.value === content) box.value = '';
-      status.textContent =
-        'No leader reachable: kept in the outbox (' + (d.outbox_len ?? '?') + ' waiting) and sent when a leader is back.';
-      status.title = d.reason || '';
-      status.className = 'msg warn';
-      S.warnedAt = Date.now();
+      outboxWarning(
+        'No leader reachable: kept in the outbox (' + (d.outbox_len ?? '?') + ' waiting) and sent when a leader is back.',
+        d);
       if (conv === S.conv && d.message_id)
         upsert(Object.assign(
           { id: d.message_id, conversation: conv, sender: S.user, content, created_at: new Date().toISOString() },
@@ -445,7 +443,7 @@
         // Kept in the outbox: it applies when a leader is reachable, and
         // the event stream then brings the new text.
         done(true);
-        queuedNote('The edit');
+        queuedNote('The edit', r.data);
         return;
       }
       if (!r.ok) return void (err.textContent = 'Not saved: ' + SG.errText(r));
@@ -470,9 +468,14 @@
   }
 
   /** A change kept in the outbox until a leader is reachable. */
-  function queuedNote(what) {
+  function queuedNote(what, d) {
+    outboxWarning(what + ' waits in the outbox: no leader is reachable; it applies when one is.', d);
+  }
+  /** The composer's warning for a request answered `queued`; the node's reason as its tooltip. */
+  function outboxWarning(text, d) {
     const status = $('composer-status');
-    status.textContent = what + ' waits in the outbox: no leader is reachable; it applies when one is.';
+    status.textContent = text;
+    status.title = (d && d.reason) || '';
     status.className = 'msg warn';
     S.warnedAt = Date.now();
   }
@@ -483,7 +486,7 @@
     const r = await call('DELETE', '/messages/' + encodeURIComponent(id));
     const status = $('composer-status');
     if (!r) status.textContent = 'Not deleted: the node cannot be reached.';
-    else if (r.status === 503 && r.data && r.data.status === 'queued') queuedNote('The delete');
+    else if (r.status === 503 && r.data && r.data.status === 'queued') queuedNote('The delete', r.data);
     else if (!r.ok) status.textContent = 'Not deleted: ' + SG.errText(r);
     else if (r.data && r.data.message) {
       upsert(r.data.message);
