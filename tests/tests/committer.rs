@@ -492,10 +492,16 @@ fn hostile_repo(bare: &Path, work: &Path, files: &[(&str, Vec<u8>, bool)]) {
             std::fs::write(&p, bytes).unwrap();
         }
     }
-    git(&["-C", &w, "add", "-A"]);
+    commit_and_push(&w, "x\n\nRaft-Last-Index: 100");
+}
+
+/// Commits everything in the work tree `work` as another writer would and
+/// pushes it to the branch.
+fn commit_and_push(work: &str, message: &str) {
+    git(&["-C", work, "add", "-A"]);
     git(&[
         "-C",
-        &w,
+        work,
         "-c",
         "user.name=x",
         "-c",
@@ -503,9 +509,9 @@ fn hostile_repo(bare: &Path, work: &Path, files: &[(&str, Vec<u8>, bool)]) {
         "commit",
         "--quiet",
         "-m",
-        "x\n\nRaft-Last-Index: 100",
+        message,
     ]);
-    git(&["-C", &w, "push", "--quiet", "origin", "HEAD:main"]);
+    git(&["-C", work, "push", "--quiet", "origin", "HEAD:main"]);
 }
 
 #[actix_rt::test]
@@ -771,20 +777,7 @@ async fn an_unreadable_config_json_is_not_replaced_by_the_settings() {
     git(&["clone", "--quiet", "--branch", "main", &bare, &work_s]);
     let newer = b"{\"version\": 2, \"shards\": 4}\n".to_vec();
     std::fs::write(work.join(layout::CONFIG_PATH), &newer).unwrap();
-    git(&["-C", &work_s, "add", "-A"]);
-    git(&[
-        "-C",
-        &work_s,
-        "-c",
-        "user.name=x",
-        "-c",
-        "user.email=x@x",
-        "commit",
-        "--quiet",
-        "-m",
-        &format!("a newer layout\n\nRaft-Last-Index: {w}"),
-    ]);
-    git(&["-C", &work_s, "push", "--quiet", "origin", "HEAD:main"]);
+    commit_and_push(&work_s, &format!("a newer layout\n\nRaft-Last-Index: {w}"));
 
     let (_, outcome) = commit(
         &c,
