@@ -100,6 +100,17 @@ pub async fn read_back(dir: &Path, repo: &Path) -> anyhow::Result<readback::Hist
         .context("cannot read the history back from the repository")
 }
 
+/// Keeps the demo's repository (a temporary directory loses the nodes'
+/// data but keeps the repository) and tells the user how to look at it.
+pub fn show_repository(work: crate::WorkDir, repo: &Path) -> anyhow::Result<()> {
+    let repo = work.keep_only(repo)?;
+    println!(
+        "the room's repository stays at {0}; read it with: git --git-dir {0} log --stat, or git clone {0}",
+        repo.display()
+    );
+    Ok(())
+}
+
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if !args.in_process {
         return crate::demo_procs::run(args.nodes, args.messages, args.data_dir, args.keep).await;
@@ -210,15 +221,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|m| m.record.message.id)
         .collect();
     println!(
-        "the repository holds {} messages up to raft index {} (head {}); read back with: git --git-dir {} log",
+        "the repository holds {} messages up to raft index {} (head {})",
         in_repo.len(),
         history.watermark,
         history.head.as_deref().unwrap_or("-"),
-        repo.display()
     );
     if in_repo != reference {
         bail!("the repository's history differs from the room's log");
     }
     println!("the repository's history matches the room's log");
-    Ok(())
+    crate::demo::show_repository(work, &repo)
 }

@@ -148,14 +148,13 @@ pub async fn run(
         .map(|m| m.record.message.content.clone())
         .collect();
     println!(
-        "the repository holds {} messages up to raft index {}; read them with: git --git-dir {} log",
+        "the repository holds {} messages up to raft index {}",
         in_repo.len(),
         history.watermark,
-        repo.display()
     );
     if in_repo != log {
         bail!("the repository's history differs from the room's log");
     }
     println!("the repository's history matches the room's log");
-    Ok(())
+    crate::demo::show_repository(work, &repo)
 }

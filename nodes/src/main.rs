@@ -19,7 +19,7 @@ mod repo;
 mod sim;
 mod transport;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// mimalloc: the node allocates many small, short-lived buffers (frames,
 /// entries) across threads, where it measured faster than glibc's malloc.
@@ -221,6 +221,29 @@ fn main() -> anyhow::Result<()> {
 pub struct WorkDir {
     pub path: PathBuf,
     _temp: Option<tempfile::TempDir>,
+}
+
+impl WorkDir {
+    /// Keeps `keep` (a path inside this directory) after this value drops:
+    /// a temporary directory loses everything else and stays on disk, so
+    /// what the user is told to open still exists. Returns where it is.
+    pub fn keep_only(mut self, keep: &Path) -> anyhow::Result<PathBuf> {
+        if let Some(t) = self._temp.take() {
+            let dir = t.keep();
+            for entry in std::fs::read_dir(&dir).context("cannot list the demo's directory")? {
+                let path = entry?.path();
+                if path != keep {
+                    let removed = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                    removed.with_context(|| format!("cannot remove {}", path.display()))?;
+                }
+            }
+        }
+        Ok(keep.to_path_buf())
+    }
 }
 
 pub fn work_dir(given: Option<PathBuf>) -> anyhow::Result<WorkDir> {

@@ -12,6 +12,22 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// A test that cannot run here (not root, a tool missing) says why and
+/// skips on a developer's machine; under CI (`CI=true`, or
+/// `SKYGIT_TESTS_MUST_RUN=1` as `.ci/run` sets it), where everything it
+/// needs is installed, it fails instead.
+pub fn skip_unless_required(reason: &str) {
+    let set = |name: &str| {
+        std::env::var(name)
+            .map(|v| !v.is_empty() && v != "0" && v != "false")
+            .unwrap_or(false)
+    };
+    if set("CI") || set("SKYGIT_TESTS_MUST_RUN") {
+        panic!("this test must run under CI but cannot: {reason}");
+    }
+    eprintln!("skipped: {reason}");
+}
+
 /// How long a node may take to print its API address.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// One HTTP call's timeout.

@@ -48,6 +48,12 @@ impl GitRemote {
     /// exist is created as a bare repository.
     pub fn open(url: &str, branch: &str, cache_dir: &Path) -> Result<Self, RepoError> {
         set_timeouts();
+        let head = format!("refs/heads/{branch}");
+        if !git2::Reference::is_valid_name(&head) {
+            return Err(RepoError::Invalid(format!(
+                "{branch:?} is not a valid branch name"
+            )));
+        }
         let url = if is_url(url) {
             url.to_owned()
         } else {
@@ -58,12 +64,13 @@ impl GitRemote {
                 })?;
                 tracing::info!(path = %path.display(), "created a bare repository for the room");
             }
+            point_unborn_head(path, &head);
             std::fs::canonicalize(path)
                 .map_err(|e| RepoError::Unavailable(format!("{}: {e}", path.display())))?
                 .to_string_lossy()
                 .into_owned()
         };
-        if git2::Reference::is_valid_name(&format!("refs/heads/{branch}")) {
+        {
             let repo = match Repository::open_bare(cache_dir) {
                 Ok(r) => r,
                 Err(_) => Repository::init_bare(cache_dir).map_err(|e| {
@@ -91,10 +98,6 @@ impl GitRemote {
                 repo: Arc::new(Mutex::new(Some(repo))),
                 calls: Arc::new(AtomicU64::new(0)),
             })
-        } else {
-            Err(RepoError::Invalid(format!(
-                "{branch:?} is not a valid branch name"
-            )))
         }
     }
 
@@ -128,6 +131,25 @@ impl GitRemote {
             .await
             .map_err(|e| RepoError::Unavailable(format!("git task failed: {e}")))?
         })
+    }
+}
+
+/// Points a local repository's HEAD at the log branch when HEAD names a
+/// branch that does not exist (a new bare repository's `master`), so that
+/// a plain `git clone` of the room checks the log out. A HEAD that names
+/// an existing branch is the owner's choice and stays.
+fn point_unborn_head(path: &Path, head: &str) {
+    let Ok(repo) = Repository::open(path) else {
+        return;
+    };
+    let unborn = matches!(
+        repo.head(),
+        Err(e) if e.code() == git2::ErrorCode::UnbornBranch || e.code() == git2::ErrorCode::NotFound
+    );
+    if unborn {
+        if let Err(e) = repo.set_head(head) {
+            tracing::warn!(path = %path.display(), error = %e.message(), "cannot point HEAD at the log branch");
+        }
     }
 }
 
