@@ -11,6 +11,7 @@
 
 pub mod committer;
 pub mod consensus;
+pub mod inproc;
 pub mod layout;
 pub mod local;
 pub mod media;

@@ -1,6 +1,9 @@
 //! A room whose nodes all run in this process over the in-process
 //! transport: the single-process demo, the raft benchmark and the
-//! integration tests use it. Each node has its own RocksDB directory, so
+//! integration tests use it. The room forms as every room does: each node
+//! runs presence (an in-memory channel), the mesh actor (offers and
+//! answers over [`InProcNet`]) and the membership controller, which starts
+//! the group and grows it. Each node has its own RocksDB directory, so
 //! stopping and starting a node exercises real recovery from disk.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -8,18 +11,41 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::BasicNode;
-use skygit_consensus::inproc::InProcNet;
+use skygit_consensus::membership::{MembershipPolicy, MAX_VOTERS};
 use skygit_consensus::model::{RoomId, UserId};
 use skygit_consensus::ports::SystemClock;
 use skygit_consensus::NodeId;
 use skygit_storage::Faults;
 
 use crate::committer::CommitterOptions;
+use crate::inproc::InProcNet;
+use crate::membership::{bootstrap_rule, Bootstrap, SetVoters};
+use crate::mesh::MeshOptions;
 use crate::ports::RepoRemote;
 use crate::ports::SeededRng;
-use crate::presence::LocalPresence;
-use crate::room::{start_room, RoomError, RoomHandle, RoomPorts, RoomSpec};
+use crate::presence::{LocalPresence, PresenceOptions};
+use crate::room::{start_room, MeshPorts, RoomError, RoomHandle, RoomPorts, RoomSpec};
+
+/// Longest [`LocalCluster::start`] waits for the room to form.
+pub const FORM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Presence in one process costs a lock, not a repository write: poll and
+/// beat often so that peers meet (and crashed ones are noticed) at once.
+const PRESENCE: PresenceOptions = PresenceOptions {
+    heartbeat: Duration::from_secs(1),
+    fast_poll: Duration::from_millis(50),
+    slow_poll: Duration::from_millis(500),
+};
+
+/// Links in one process open at once; a failed one is retried soon.
+const MESH: MeshOptions = MeshOptions {
+    connect_timeout: Duration::from_secs(5),
+    backoff_base: Duration::from_millis(100),
+    backoff_max: Duration::from_secs(1),
+};
+
+/// How long a new node waits to see the others before it starts a group.
+const SETTLE: Duration = Duration::from_millis(300);
 
 /// Settings of a local room.
 #[derive(Clone)]
@@ -63,17 +89,17 @@ pub struct LocalCluster {
     presence: Arc<LocalPresence>,
     opts: LocalOptions,
     nodes: BTreeMap<NodeId, RoomHandle>,
-}
-
-fn node_name(id: NodeId) -> BasicNode {
-    BasicNode::new(format!("inproc:{id}"))
+    /// The voter count every node's controller aims for.
+    voters: usize,
+    /// Why a node may not start a group (the repository holds a log).
+    refused: Option<String>,
 }
 
 impl LocalCluster {
-    /// Starts nodes `1..=n` under `base` and makes them all voters: a new
-    /// room is initialized with them; a room from an earlier run with fewer
-    /// nodes grows to `n` voters once it has a leader. (It does not shrink:
-    /// with fewer nodes than voters it may have no quorum.)
+    /// Starts nodes `1..=n` under `base` and waits until they form the
+    /// room: every node a member and up to [`MAX_VOTERS`] of them voters
+    /// (the membership controller's target is pinned to that). A room
+    /// from an earlier run with fewer nodes grows the same way.
     pub async fn start(
         base: impl Into<PathBuf>,
         room: RoomId,
@@ -87,44 +113,70 @@ impl LocalCluster {
             presence: Arc::new(LocalPresence::default()),
             opts,
             nodes: BTreeMap::new(),
+            voters: (n as usize).clamp(1, MAX_VOTERS),
+            refused: None,
         };
         for id in 1..=n {
             c.start_node(id).await?;
         }
-        let first = c.handle(1).ok_or(RoomError::NotRunning(1))?;
-        let raft = first.replica.raft();
-        if !raft.is_initialized().await.unwrap_or(false) {
-            let members: BTreeMap<NodeId, BasicNode> =
-                (1..=n).map(|id| (id, node_name(id))).collect();
-            if let Err(e) = raft.initialize(members).await {
-                tracing::warn!(error = %e, "initialize");
-            }
-            return Ok(c);
+        let in_group = c.nodes.values().any(|h| !h.replica.voters().is_empty());
+        if let (false, Some(reason)) = (in_group, c.refused.take()) {
+            c.shutdown().await;
+            return Err(RoomError::NotFormed(reason));
         }
-        let voters = first.replica.voters();
-        let missing: Vec<NodeId> = (1..=n).filter(|id| !voters.contains(id)).collect();
-        if !missing.is_empty() {
-            tracing::info!(?missing, "adding nodes to the room's voters");
-            for id in missing {
-                if let Err(e) = c.add_voter(id).await {
-                    tracing::warn!(node = id, error = %e, "could not add the node as a voter");
-                }
-            }
+        let voters = c.voters;
+        if !c.wait_formed(voters, FORM_TIMEOUT).await {
+            return Err(RoomError::NotFormed(format!(
+                "{n} nodes did not form a room with {voters} voters within {FORM_TIMEOUT:?}"
+            )));
         }
         Ok(c)
     }
 
-    /// Starts node `id` from whatever its directory holds (empty or not).
+    /// Waits until a leader's membership holds every running node and
+    /// `voters` voters.
+    async fn wait_formed(&self, voters: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.wait_leader(Duration::from_millis(100)).await {
+                let m = self.nodes[&l].replica.metrics();
+                let membership = m.membership_config.membership();
+                let members: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+                let running: BTreeSet<NodeId> = self.nodes.keys().copied().collect();
+                if membership.voter_ids().count() == voters && running.is_subset(&members) {
+                    return true;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts node `id` from whatever its directory holds (empty or not);
+    /// it joins the room through presence, the mesh and the membership
+    /// controller.
     pub async fn start_node(&mut self, id: NodeId) -> Result<(), RoomError> {
-        let (link, incoming) = self.net.join(id);
-        let rng = match self.opts.seed {
-            Some(s) => SeededRng::from_seed(s.wrapping_add(id)),
-            None => SeededRng::from_os(),
+        let joined = self.net.join(id);
+        let seeded = |salt: u64| -> Box<SeededRng> {
+            Box::new(match self.opts.seed {
+                Some(s) => SeededRng::from_seed(s.wrapping_add(id).wrapping_add(salt)),
+                None => SeededRng::from_os(),
+            })
         };
         let user = match self.opts.users.get(&id) {
             Some(u) => u.clone(),
             None => UserId::new(format!("user{id}")).map_err(RoomError::User)?,
         };
+        let repo = self.opts.repo.as_ref().map(|f| f(id));
+        let bootstrap = match &repo {
+            Some(r) => bootstrap_rule(r.as_ref(), &r.head().await, SETTLE).await,
+            None => Bootstrap::After(SETTLE),
+        };
+        if let Bootstrap::Refuse(reason) = &bootstrap {
+            self.refused = Some(reason.clone());
+        }
         let spec = RoomSpec {
             room: self.room.clone(),
             node_id: id,
@@ -137,13 +189,26 @@ impl LocalCluster {
             room_config: None,
         };
         let ports = RoomPorts {
-            mesh: None,
-            link,
-            incoming,
+            link: joined.link,
+            incoming: joined.incoming,
             clock: Arc::new(SystemClock),
-            rng: Box::new(rng),
+            rng: seeded(0),
             presence: self.presence.clone(),
-            repo: self.opts.repo.as_ref().map(|f| f(id)),
+            repo,
+            mesh: MeshPorts {
+                transport: joined.transport,
+                events: joined.events,
+                presence: PRESENCE,
+                mesh: MESH,
+                policy: MembershipPolicy {
+                    voters: self.voters,
+                    pinned: true,
+                    tick: Duration::from_millis(100),
+                    ..Default::default()
+                },
+                bootstrap,
+                rng: seeded(1 << 32),
+            },
         };
         let handle = start_room(spec, ports).await?;
         self.nodes.insert(id, handle);
@@ -169,27 +234,36 @@ impl LocalCluster {
         self.net.isolate(id, isolated);
     }
 
-    /// Adds a running node as a learner and then as a voter.
-    pub async fn add_voter(&self, id: NodeId) -> Result<(), String> {
+    /// Makes running node `id` a voter: raises every controller's voter
+    /// target by one and waits until the leader's controller has promoted
+    /// it (once it caught up).
+    pub async fn add_voter(&mut self, id: NodeId) -> Result<(), String> {
         let leader = self
             .wait_leader(Duration::from_secs(10))
             .await
             .ok_or("no leader")?;
-        let replica = self
-            .handle(leader)
-            .ok_or("leader vanished")?
-            .replica
-            .clone();
-        let raft = replica.raft();
-        raft.add_learner(id, node_name(id), true)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut voters = replica.voters();
-        voters.insert(id);
-        raft.change_membership(voters, false)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
+        let target = self.nodes[&leader].replica.voters().len() + 1;
+        if target > MAX_VOTERS {
+            return Err(format!("a room has at most {MAX_VOTERS} voters"));
+        }
+        self.voters = target;
+        for h in self.nodes.values() {
+            h.membership.do_send(SetVoters(target));
+        }
+        let deadline = tokio::time::Instant::now() + FORM_TIMEOUT;
+        loop {
+            let voter = self
+                .wait_leader(Duration::from_millis(100))
+                .await
+                .is_some_and(|l| self.nodes[&l].replica.voters().contains(&id));
+            if voter {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("node {id} did not become a voter"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Takes node `id` out of the cluster's care (to hand it to a
@@ -266,7 +340,7 @@ impl LocalCluster {
         ids.sort_by_key(|id| Some(*id) != leader);
         for id in ids {
             if let Some(h) = self.nodes.remove(&id) {
-                h.shutdown().await;
+                h.flush_and_stop().await;
             }
             self.net.leave(id);
         }

@@ -20,11 +20,9 @@ use tracing::Instrument;
 
 use crate::layout;
 use crate::mesh::LinkChanged;
-use crate::ports::{CommitRequest, RepoError, RepoRemote, WallClock};
+use crate::ports::{CommitRequest, RepoError, RepoHead, RepoRemote, WallClock};
 use crate::presence::{PossiblePeers, PresenceActor, SetInGroup};
 
-/// How often the controller looks at the room.
-pub const TICK: Duration = Duration::from_secs(1);
 /// A membership change that has not committed by then is abandoned (and
 /// planned again).
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -210,14 +208,28 @@ impl MembershipActor {
                     }
                 };
                 match tokio::time::timeout(STEP_TIMEOUT, work).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "membership change failed"),
-                    Err(_) => tracing::warn!("membership change did not commit in time"),
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "membership change failed");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::warn!("membership change did not commit in time");
+                        false
+                    }
                 }
             }
             .instrument(self.span.clone())
             .into_actor(self)
-            .map(|_, act, _| act.busy = false),
+            .map(|done, act, ctx| {
+                act.busy = false;
+                // A step that committed is followed by the next one at
+                // once (a room of five forms in four steps, not four
+                // ticks); a failed one waits for the next tick.
+                if done {
+                    act.tick(ctx);
+                }
+            }),
         );
     }
 
@@ -297,6 +309,30 @@ impl MembershipActor {
     }
 }
 
+/// Whether this node may start a new group: only when the repository has
+/// no log yet (a room with history is continued by a member of its group;
+/// re-forming a group from the repository alone is not built yet).
+pub async fn bootstrap_rule(
+    remote: &dyn RepoRemote,
+    head: &Result<Option<RepoHead>, RepoError>,
+    settle: Duration,
+) -> Bootstrap {
+    let head = match head {
+        Ok(h) => h,
+        Err(e) => return Bootstrap::Refuse(format!("cannot read the repository: {e}")),
+    };
+    let Some(head) = head else {
+        return Bootstrap::After(settle);
+    };
+    match crate::readback::watermark_of(remote, head).await {
+        Ok(0) => Bootstrap::After(settle),
+        Ok(w) => Bootstrap::Refuse(format!(
+            "the repository holds the room's log up to index {w}; only a member of its raft group can continue it"
+        )),
+        Err(e) => Bootstrap::Refuse(format!("cannot read the repository's watermark: {e}")),
+    }
+}
+
 /// Commits searched for a founding claim.
 const MAX_FOUNDER_SEARCH: usize = 100;
 
@@ -350,7 +386,7 @@ impl Actor for MembershipActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
+        ctx.run_interval(self.policy.tick, |act, ctx| act.tick(ctx));
     }
 }
 

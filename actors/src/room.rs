@@ -63,13 +63,14 @@ pub struct RoomPorts {
     pub presence: Arc<dyn PresenceChannel>,
     /// The room's repository; `None` runs the room without committing.
     pub repo: Option<Arc<dyn RepoRemote>>,
-    /// A peer transport with its event stream: the node then runs the
-    /// mesh and membership actors, and the group is formed and grown by
-    /// them. `None`: the caller manages membership (in-process rooms).
-    pub mesh: Option<MeshPorts>,
+    /// The peer transport with its event stream, for the mesh and
+    /// membership actors: every room forms and grows its group through
+    /// them.
+    pub mesh: MeshPorts,
 }
 
-/// What a room on a real (or simulated) mesh needs.
+/// What a room's mesh needs: WebRTC on a real node, the simulator's
+/// network there, channels in one process.
 pub struct MeshPorts {
     pub transport: Arc<dyn PeerTransport>,
     pub events: mpsc::Receiver<TransportEvent>,
@@ -92,8 +93,8 @@ pub enum RoomError {
     AlreadyOpen(RoomId),
     #[error("invalid user name: {0}")]
     User(skygit_consensus::model::ValidationError),
-    #[error("node {0} is not running")]
-    NotRunning(NodeId),
+    #[error("the room did not form: {0}")]
+    NotFormed(String),
 }
 
 /// A room running on this node.
@@ -106,8 +107,8 @@ pub struct RoomHandle {
     pub presence: Addr<PresenceActor>,
     pub committer: Addr<CommitterActor>,
     pub media: Addr<MediaActor>,
-    pub mesh: Option<Addr<MeshActor>>,
-    pub membership: Option<Addr<MembershipActor>>,
+    pub mesh: Addr<MeshActor>,
+    pub membership: Addr<MembershipActor>,
     pub replica: Arc<Replica<StateMachine>>,
     pub storage: RoomStorage,
 }
@@ -152,43 +153,34 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         node_id: spec.node_id,
         session_id: session_id.clone(),
         last_seen: ports.clock.now_ms(),
-        dtls_fingerprint: ports
-            .mesh
-            .as_ref()
-            .map(|m| m.transport.fingerprint())
-            .unwrap_or_default(),
+        dtls_fingerprint: ports.mesh.transport.fingerprint(),
         in_group: false,
         signals: Vec::new(),
         version: crate::ports::PRESENCE_VERSION,
     };
-    let presence_opts = ports.mesh.as_ref().map(|m| m.presence).unwrap_or_default();
+    let m = ports.mesh;
+    let presence_opts = m.presence;
     let presence =
         PresenceActor::with_options(me, ports.presence, ports.clock.clone(), room, presence_opts)
             .start();
-    // With a mesh, signalling frames are taken out of the incoming stream
-    // before raft sees it.
-    let (incoming, mesh) = match ports.mesh {
-        None => (ports.incoming, None),
-        Some(m) => {
-            let actor = MeshActor::new(
-                room,
-                spec.node_id,
-                session_id,
-                m.transport,
-                ports.link.clone(),
-                presence.clone(),
-                ports.clock.clone(),
-                m.rng,
-                m.mesh,
-            )
-            .start();
-            presence.do_send(SubscribePeers(actor.clone().recipient()));
-            presence.do_send(SubscribeSignals(actor.clone().recipient()));
-            let incoming = demux(spec.node_id, ports.incoming, actor.clone());
-            pump_events(m.events, actor.clone());
-            (incoming, Some((actor, m.policy, m.bootstrap)))
-        }
-    };
+    // Signalling frames are taken out of the incoming stream before raft
+    // sees it.
+    let mesh = MeshActor::new(
+        room,
+        spec.node_id,
+        session_id,
+        m.transport,
+        ports.link.clone(),
+        presence.clone(),
+        ports.clock.clone(),
+        m.rng,
+        m.mesh,
+    )
+    .start();
+    presence.do_send(SubscribePeers(mesh.clone().recipient()));
+    presence.do_send(SubscribeSignals(mesh.clone().recipient()));
+    let incoming = demux(spec.node_id, ports.incoming, mesh.clone());
+    pump_events(m.events, mesh.clone());
     let replica = Arc::new(
         Replica::start(
             spec.node_id,
@@ -223,30 +215,23 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     .start();
     consensus.do_send(SubscribeLeader(committer.clone().recipient()));
     replica.set_flush_hook(flush_hook(committer.clone()));
-    let (mesh, membership) = match mesh {
-        None => (None, None),
-        Some((actor, policy, bootstrap)) => {
-            let membership = MembershipActor::new(
-                room,
-                replica.clone(),
-                presence.clone(),
-                policy,
-                bootstrap,
-                repo_for_bootstrap,
-            )
-            .start();
-            actor.do_send(SubscribeLinks(membership.clone().recipient()));
-            actor.do_send(SubscribeLinks(consensus.clone().recipient()));
-            (Some(actor), Some(membership))
-        }
-    };
-    let mut settings_targets = vec![committer.clone().recipient()];
-    if let Some(m) = &membership {
-        settings_targets.push(m.clone().recipient());
-    }
+    let membership = MembershipActor::new(
+        room,
+        replica.clone(),
+        presence.clone(),
+        m.policy,
+        m.bootstrap,
+        repo_for_bootstrap,
+    )
+    .start();
+    mesh.do_send(SubscribeLinks(membership.clone().recipient()));
+    mesh.do_send(SubscribeLinks(consensus.clone().recipient()));
     follow_settings(
         storage.state_machine.watch_settings(),
-        settings_targets,
+        vec![
+            committer.clone().recipient(),
+            membership.clone().recipient(),
+        ],
         spec.node_id,
     );
     let media = MediaActor::new(room, spec.node_id).start();
@@ -362,9 +347,27 @@ fn pump_events(mut events: mpsc::Receiver<TransportEvent>, mesh: Addr<MeshActor>
 }
 
 impl RoomHandle {
-    /// Flushes to the repository when this node leads, then stops raft and
-    /// the actors. The storage stays on disk.
+    /// Leaves the room gracefully: flushes to the repository when this
+    /// node leads, asks to be replaced as a voter, then stops raft and the
+    /// actors. The storage stays on disk.
     pub async fn shutdown(self) {
+        self.flush_before_stop().await;
+        let voters = self.replica.voters();
+        if voters.contains(&self.node_id) && voters.len() > 1 {
+            let left = self.replica.leave_voters(LEAVE_WAIT).await;
+            tracing::info!(room = %self.room, left, "asked the leader to replace this voter");
+        }
+        self.stop().await;
+    }
+
+    /// Stops with the whole room (every node is going): flushes when this
+    /// node leads, then stops, without asking to be replaced as a voter.
+    pub async fn flush_and_stop(self) {
+        self.flush_before_stop().await;
+        self.stop().await;
+    }
+
+    async fn flush_before_stop(&self) {
         match tokio::time::timeout(
             SHUTDOWN_FLUSH_WAIT,
             self.committer.send(Flush(FlushReason::Shutdown)),
@@ -383,14 +386,6 @@ impl RoomHandle {
             }
             _ => {}
         }
-        if self.membership.is_some() {
-            let voters = self.replica.voters();
-            if voters.contains(&self.node_id) && voters.len() > 1 {
-                let left = self.replica.leave_voters(LEAVE_WAIT).await;
-                tracing::info!(room = %self.room, left, "asked the leader to replace this voter");
-            }
-        }
-        self.stop().await;
     }
 
     /// Stops raft and the actors at once, without a last flush (what a
@@ -398,12 +393,8 @@ impl RoomHandle {
     pub async fn stop(self) {
         // Stopping the committer drops any flush in progress.
         let _ = self.committer.send(StopCommitter).await;
-        if let Some(m) = &self.mesh {
-            m.do_send(crate::mesh::StopMesh);
-        }
-        if let Some(m) = &self.membership {
-            m.do_send(StopActor);
-        }
+        self.mesh.do_send(crate::mesh::StopMesh);
+        self.membership.do_send(StopActor);
         self.presence.do_send(StopActor);
         self.media.do_send(StopActor);
         if self.consensus.send(Shutdown).await.is_err() {

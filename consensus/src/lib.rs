@@ -5,13 +5,11 @@
 //! Start with [`model`] (what a room holds), then [`chat`] (how a committed
 //! request changes it), [`codec`] (every byte that crosses a link),
 //! [`network`] and [`replica`] (raft over peer links, proposals forwarded to
-//! the leader). [`inproc`] is the in-process peer-link transport for tests
-//! and the single-process demo.
+//! the leader).
 
 pub mod chat;
 pub mod codec;
 pub mod config;
-pub mod inproc;
 pub mod membership;
 pub mod model;
 pub mod network;

@@ -42,6 +42,9 @@ pub struct MembershipPolicy {
     /// `voters` was set for this node alone (its command line): the room's
     /// settings do not change it.
     pub pinned: bool,
+    /// How often the controller looks at the room (and, on a node without
+    /// a group, whether to start one).
+    pub tick: Duration,
 }
 
 impl Default for MembershipPolicy {
@@ -52,6 +55,7 @@ impl Default for MembershipPolicy {
             learner_grace: Duration::from_secs(600),
             caught_up_lag: 1_000,
             pinned: false,
+            tick: Duration::from_secs(1),
         }
     }
 }

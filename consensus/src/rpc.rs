@@ -249,11 +249,45 @@ impl RpcMux {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inproc::InProcNet;
-    use crate::ports::{IncomingFrame, SystemClock};
+    use crate::ports::{IncomingFrame, LinkError, PeerLink, SystemClock};
+    use futures::future::BoxFuture;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use tokio::sync::mpsc;
 
-    fn mux(net: &InProcNet, id: NodeId) -> (RpcMux, tokio::sync::mpsc::Receiver<IncomingFrame>) {
-        let (link, rx) = net.join(id);
+    /// Nodes that all reach each other: the multiplexer needs no more.
+    #[derive(Clone, Default)]
+    struct InProcNet(Arc<Mutex<BTreeMap<NodeId, mpsc::Sender<IncomingFrame>>>>);
+
+    struct Link(NodeId, InProcNet);
+
+    impl PeerLink for Link {
+        fn local_id(&self) -> NodeId {
+            self.0
+        }
+        fn send(&self, to: NodeId, frame: Vec<u8>) -> BoxFuture<'_, Result<(), LinkError>> {
+            let inbox = self.1 .0.lock().unwrap().get(&to).cloned();
+            let peer = self.0;
+            Box::pin(async move {
+                let inbox = inbox.ok_or(LinkError::Unreachable(to))?;
+                inbox
+                    .send(IncomingFrame { peer, frame })
+                    .await
+                    .map_err(|_| LinkError::Closed(to))
+            })
+        }
+    }
+
+    impl InProcNet {
+        fn new() -> Self {
+            Self::default()
+        }
+    }
+
+    fn mux(net: &InProcNet, id: NodeId) -> (RpcMux, mpsc::Receiver<IncomingFrame>) {
+        let (tx, rx) = mpsc::channel(64);
+        net.0.lock().unwrap().insert(id, tx);
+        let link = Arc::new(Link(id, net.clone()));
         (RpcMux::new(link, Arc::new(SystemClock)), rx)
     }
 

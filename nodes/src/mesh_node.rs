@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use skygit_actors::layout::RoomConfig;
-use skygit_actors::membership::Bootstrap;
 use skygit_actors::ports::{PresenceChannel, RepoError, RepoHead, RepoRemote, SeededRng};
 use skygit_actors::presence::PresenceOptions;
 use skygit_actors::room::{start_room, MeshPorts, RoomPorts, RoomSpec};
@@ -126,30 +125,6 @@ async fn room_config(
     }
 }
 
-/// Whether this node may start a new group: only when the repository has
-/// no log yet (a room with history is continued by a member of its group;
-/// re-forming a group from the repository alone is not built yet).
-async fn bootstrap_rule(
-    remote: &dyn RepoRemote,
-    head: &Result<Option<RepoHead>, RepoError>,
-    settle: Duration,
-) -> Bootstrap {
-    let head = match head {
-        Ok(h) => h,
-        Err(e) => return Bootstrap::Refuse(format!("cannot read the repository: {e}")),
-    };
-    let Some(head) = head else {
-        return Bootstrap::After(settle);
-    };
-    match skygit_actors::readback::watermark_of(remote, head).await {
-        Ok(0) => Bootstrap::After(settle),
-        Ok(w) => Bootstrap::Refuse(format!(
-            "the repository holds the room's log up to index {w}; only a member of its raft group can continue it"
-        )),
-        Err(e) => Bootstrap::Refuse(format!("cannot read the repository's watermark: {e}")),
-    }
-}
-
 /// Opens `room` on this node: its presence channel and repository, a
 /// WebRTC endpoint of its own and the room's actors (one raft group per
 /// repository; the node id is the node's for every room).
@@ -189,7 +164,12 @@ pub async fn open_room(
     // One read of the branch head serves the bootstrap rule and the
     // room's config.
     let head = remote.head().await;
-    let bootstrap = bootstrap_rule(remote.as_ref(), &head, 2 * fast + Duration::from_secs(1)).await;
+    let bootstrap = skygit_actors::membership::bootstrap_rule(
+        remote.as_ref(),
+        &head,
+        2 * fast + Duration::from_secs(1),
+    )
+    .await;
     let config = room_config(remote.as_ref(), &head).await;
     let voters = args
         .voters
@@ -232,7 +212,7 @@ pub async fn open_room(
             rng: Box::new(SeededRng::from_os()),
             presence,
             repo: Some(remote.clone()),
-            mesh: Some(MeshPorts {
+            mesh: MeshPorts {
                 transport,
                 events: crate::transport::forward_events(events),
                 presence: presence_opts,
@@ -244,7 +224,7 @@ pub async fn open_room(
                 },
                 bootstrap,
                 rng: Box::new(SeededRng::from_os()),
-            }),
+            },
         },
     )
     .await

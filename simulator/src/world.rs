@@ -466,7 +466,7 @@ impl World {
             ))),
             presence,
             repo: Some(repo),
-            mesh: Some(MeshPorts {
+            mesh: MeshPorts {
                 transport: nn.transport,
                 events: nn.events,
                 presence: PresenceOptions {
@@ -484,7 +484,7 @@ impl World {
                     seed,
                     &format!("mesh-{id}-{incarnation}"),
                 ))),
-            }),
+            },
         };
         let handle = start_room(spec, ports)
             .await

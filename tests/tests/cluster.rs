@@ -452,7 +452,11 @@ async fn a_rogue_peer_cannot_wedge_the_room() {
     let dir = tempfile::tempdir().unwrap();
     let c = cluster(dir.path(), 3, None).await;
     let leader = c.wait_leader(CONVERGE).await.unwrap();
-    let (link, mut rx) = c.net().join(99);
+    // Node 99 holds a link to the leader (as an authenticated member
+    // would) and misbehaves on it.
+    let rogue = c.net().join(99);
+    c.net().open_unannounced(99, leader);
+    let (link, mut rx) = (rogue.link, rogue.incoming);
     for garbage in [
         vec![],
         vec![0xff; 64],

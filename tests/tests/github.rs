@@ -515,20 +515,23 @@ async fn a_token_that_is_refused_stops_the_flush_with_a_clear_error_and_no_token
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path());
     let wrong = "ghp_wr0ngT0kenSecret42";
-    let c = cluster(
-        dir.path(),
-        1,
-        Some(committing_options(github_factory(server.url(), wrong))),
-    )
-    .await;
+    // A node with a refused token cannot even read the repository to
+    // start a group, so the room runs without one and the leader's
+    // committer flushes through a remote holding the refused token.
+    let c = cluster(dir.path(), 1, None).await;
     let leader = c.wait_leader(WAIT).await.unwrap();
     post_committed(&c, leader, "ana", "hello".into()).await;
     let h = c.handle(leader).unwrap();
-    let err = h
-        .committer
-        .send(Flush(FlushReason::OnDemand))
+    let flusher = Flusher::new(
+        Arc::new(github_remote(&server.url(), wrong)),
+        h.storage.reader.clone(),
+        h.consensus.clone(),
+        UserId::new("ana").unwrap(),
+        Duration::from_secs(30),
+    );
+    let err = flusher
+        .flush(&RoomConfig::default())
         .await
-        .expect("actor")
         .expect_err("a refused token cannot flush");
     assert!(
         matches!(err, CommitterError::Repo(RepoError::Denied(_))),

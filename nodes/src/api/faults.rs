@@ -26,13 +26,9 @@ pub async fn drop_link(
 ) -> Result<Json<Value>, ApiError> {
     enabled(&s)?;
     let room = s.room(None).await?;
-    let Some(mesh) = &room.handle.mesh else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "this node has no mesh",
-        ));
-    };
-    match mesh
+    match room
+        .handle
+        .mesh
         .send(skygit_actors::mesh::DropLink(peer))
         .await
         .map_err(gone)?

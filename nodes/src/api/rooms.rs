@@ -214,10 +214,7 @@ pub async fn flushes(
 }
 
 async fn membership(room: &Served) -> Option<MembershipStatus> {
-    match &room.handle.membership {
-        Some(m) => m.send(GetMembershipStatus).await.ok(),
-        None => None,
-    }
+    room.handle.membership.send(GetMembershipStatus).await.ok()
 }
 
 /// The room's settings and what applies on this node: this node's own
@@ -308,12 +305,6 @@ pub async fn put_settings(
     command
         .validate()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if body.voters.is_some() && room.handle.membership.is_none() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "this node's room has a fixed membership",
-        ));
-    }
     match submit(&room, command).await? {
         Submitted::Applied(_, index) => {
             // Committed on the leader: answer once this node applied it too.
@@ -354,9 +345,9 @@ fn replication(room: &Served, c: &ConsensusStatus) -> Option<Vec<(NodeId, Option
     })
 }
 
-/// The mesh actor's view, when this room has a mesh that answers.
+/// The mesh actor's view, when it answers.
 async fn mesh_status(room: &Served) -> Option<MeshStatus> {
-    room.handle.mesh.as_ref()?.send(GetMeshStatus).await.ok()
+    room.handle.mesh.send(GetMeshStatus).await.ok()
 }
 
 /// Peers with their role (from `members`) and lag (from `lags`).
