@@ -1,6 +1,6 @@
 //! Drives `skygit node` processes: starts them on a repository, learns
 //! each one's HTTP API address from its first line of output, and talks to
-//! it over that API. `skygit demo`, `skygit bench mesh` and the process
+//! it over that API. `skygit-tools demo`, `skygit-tools bench mesh` and the process
 //! tests share it, so they all exercise the binary a user runs.
 
 use std::path::{Path, PathBuf};

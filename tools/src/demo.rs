@@ -1,4 +1,4 @@
-//! `skygit demo`: by default a room of node processes over WebRTC (see
+//! `skygit-tools demo`: by default a room of node processes over WebRTC (see
 //! `demo_procs`); with `--in-process`, a room of several nodes in this process, on real RocksDB
 //! storage and the in-process transport, committing to an embedded local
 //! repository (a bare git repository in the data directory). It posts from
@@ -120,7 +120,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let repo = dir.join("room.git");
     let room = RoomId::new(repo.to_string_lossy().into_owned())?;
     let mut opts = LocalOptions::new(&room);
-    opts.repo = Some(crate::repo::factory(
+    opts.repo = Some(skygit::repo::factory(
         &room,
         &RemoteOptions::default(),
         &dir,

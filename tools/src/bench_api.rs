@@ -1,4 +1,4 @@
-//! `skygit bench api`: `GET /messages` latency and throughput on a room of
+//! `skygit-tools bench api`: `GET /messages` latency and throughput on a room of
 //! a million messages.
 //!
 //! A single-node room (real RocksDB storage) is loaded through the real
@@ -37,7 +37,7 @@ use skygit_consensus::config::DEFAULT_SNAPSHOT_EVERY;
 use skygit_consensus::model::{ApplyOutcome, Command, ConversationId, RoomId};
 use skygit_storage::ChatReader;
 
-use crate::api::{ApiState, Served};
+use skygit::api::{ApiState, Served};
 
 #[derive(Args)]
 pub struct ApiBenchArgs {
@@ -516,7 +516,7 @@ pub async fn api(args: ApiBenchArgs) -> anyhow::Result<()> {
         secret.clone(),
         Served::new(handle, None, None),
     ));
-    let addr = crate::api::serve_shared("127.0.0.1:0".parse()?, state.clone()).await?;
+    let addr = skygit::api::serve_shared("127.0.0.1:0".parse()?, state.clone()).await?;
     let base = format!("http://{addr}");
     eprintln!("api: {base}");
 

@@ -1,4 +1,4 @@
-//! `skygit bench commit`: one flush of many messages through each
+//! `skygit-tools bench commit`: one flush of many messages through each
 //! repository backend, timed from the committer's side: a one-node room on
 //! real RocksDB holds the messages in its journal, and the leader's
 //! committer reads the branch, renders the batch files, commits and records

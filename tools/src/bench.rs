@@ -1,4 +1,4 @@
-//! `skygit bench raft`: messages per second and latency from send to
+//! `skygit-tools bench raft`: messages per second and latency from send to
 //! applied on every node, over durable RocksDB storage and the in-process
 //! transport. Prints a human summary on stderr and, with `--json`, one JSON
 //! object on stdout.

@@ -1,4 +1,4 @@
-//! `skygit bench mesh`: node processes on loopback over real WebRTC,
+//! `skygit-tools bench mesh`: node processes on loopback over real WebRTC,
 //! driven through their HTTP API. It measures:
 //!
 //! - `channel_open_ms`: from a node's start to its first open data
@@ -98,7 +98,7 @@ pub async fn mesh(args: MeshBenchArgs) -> anyhow::Result<()> {
         "main",
         &dir.join("git-cache-bench"),
     )?;
-    let bin = std::env::current_exe()?;
+    let bin = crate::skygit_binary()?;
     let mut nodes = Vec::new();
     let mut open_ms = Vec::new();
     for i in 0..args.nodes {

@@ -1,4 +1,4 @@
-//! `skygit demo` with node processes: starts `skygit node` processes on a
+//! `skygit-tools demo` with node processes: starts `skygit node` processes on a
 //! bare repository in the data directory (no token, only loopback). They
 //! find each other through the repository's presence refs and connect
 //! over WebRTC. The demo prints each node's API address, posts through
@@ -51,7 +51,7 @@ pub async fn run(
     std::fs::create_dir_all(&dir)?;
     // Creates the bare repository before the nodes race to.
     GitRemote::open(&repo.to_string_lossy(), "main", &dir.join("git-cache-demo"))?;
-    let bin = std::env::current_exe().context("cannot find the skygit binary")?;
+    let bin = crate::skygit_binary()?;
     println!(
         "starting {n} node processes on the repository {}",
         repo.display()
@@ -132,7 +132,7 @@ pub async fn run(
             );
         }
         println!("Ctrl-C stops the room");
-        let _ = crate::shutdown_signal().await?;
+        let _ = skygit::shutdown_signal().await?;
     }
     println!(
         "\nstopping the room; the leader commits the rest to {}",
