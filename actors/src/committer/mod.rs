@@ -31,6 +31,8 @@ use crate::layout::{self, RoomConfig};
 use crate::ports::{CommitRequest, RepoError, RepoHead, RepoRemote};
 use crate::readback;
 
+pub mod plan;
+
 /// Most changes rendered into one commit; a longer backlog takes several.
 pub const MAX_CHANGES_PER_COMMIT: usize = 250_000;
 /// Compare-and-swap rounds one flush tries before giving up for now.
@@ -366,15 +368,11 @@ impl Flusher {
                 .reader
                 .synced_up_to()
                 .map_err(|e| CommitterError::Storage(e.to_string()))?;
-            if watermark < synced {
-                if from_cache {
-                    // Another leader wrote since: read the branch.
-                    continue;
-                }
-                return Err(CommitterError::Rewound {
-                    repo: watermark,
-                    room: synced,
-                });
+            match plan::check_head(watermark, synced, from_cache) {
+                None => {}
+                Some(plan::Plan::Fail(e)) => return Err(e),
+                // Another leader wrote since: read the branch.
+                Some(_) => continue,
             }
             let changes = self
                 .reader
@@ -387,63 +385,49 @@ impl Flusher {
             let new_config = self
                 .config_to_write(&head_sha, !from_cache, &settings)
                 .await?;
-            let batch = layout::render(&changes);
-            let config_file = new_config
-                .as_ref()
-                .map(|c| (layout::CONFIG_PATH.to_owned(), c.to_bytes()));
-            // A batch of changes (with the settings, if they changed), or
-            // the settings alone on top of the same watermark.
-            let (req, first, last, n) = match (batch, &new_config) {
-                (Some(mut b), _) => {
-                    if let Some(f) = config_file {
-                        b.files.push(f);
-                        b.files.sort_by(|x, y| x.0.cmp(&y.0));
-                    }
-                    let req = CommitRequest {
-                        expected_head: Some(head_sha.clone()),
-                        files: b.files,
-                        message: b.message,
-                        time_secs: b.time_secs,
-                    };
-                    (req, b.first_index, b.last_index, b.changes)
-                }
-                (None, Some(c)) => {
-                    let req = CommitRequest {
-                        expected_head: Some(head_sha.clone()),
-                        files: config_file.into_iter().collect(),
-                        message: layout::settings_message(c, watermark, settings.changed_index),
-                        time_secs: settings.changed_at.div_euclid(1000).max(0),
-                    };
-                    (req, watermark, watermark, 0)
-                }
-                (None, None) => {
+            let round = plan::Round {
+                head_sha: &head_sha,
+                watermark,
+                from_cache,
+                synced,
+                changes: &changes,
+                settings: &settings,
+                new_config: new_config.as_ref(),
+            };
+            let (req, first, last, n, with_settings, more) = match plan::plan_round(&round) {
+                plan::Plan::Reread => continue,
+                plan::Plan::Fail(e) => return Err(e),
+                plan::Plan::Done { record } => {
                     // Everything applied is in the repository; make sure
                     // the room knows (a predecessor may have committed
                     // without recording it).
-                    if watermark > synced {
-                        self.record(watermark, &head_sha).await?;
+                    if let Some(w) = record {
+                        self.record(w, &head_sha).await?;
                     }
                     self.remember_head(head_sha.clone(), watermark);
                     return Ok(self.finished(report, head_sha, watermark, calls_before));
                 }
+                plan::Plan::Commit {
+                    req,
+                    first,
+                    last,
+                    changes,
+                    settings,
+                    more,
+                } => (req, first, last, changes, settings, more),
             };
-            let span = tracing::info_span!(
-                "commit",
-                first,
-                last,
-                changes = n,
-                settings = new_config.is_some()
-            );
+            let span =
+                tracing::info_span!("commit", first, last, changes = n, settings = with_settings);
             match self.timed(self.remote.commit(req)).instrument(span).await {
                 Ok(sha) => {
                     tracing::info!(
                         %sha,
                         up_to_index = last,
                         changes = n,
-                        settings = new_config.is_some(),
+                        settings = with_settings,
                         "committed to the repository"
                     );
-                    if new_config.is_some() {
+                    if with_settings {
                         self.set_config_written(settings.changed_index);
                     }
                     report.changes += n;
@@ -454,21 +438,15 @@ impl Flusher {
                     if n > 0 {
                         self.record(last, &sha).await?;
                     }
-                    if changes.len() < MAX_CHANGES_PER_COMMIT {
+                    if !more {
                         // The head is known: no need to read it again.
                         return Ok(self.finished(report, sha, last, calls_before));
                     }
                     // More journal than one commit takes: go round again.
                     rounds = 0;
                 }
-                Err(CommitterError::Repo(RepoError::Conflict)) => {
-                    tracing::info!("the branch moved; re-reading it");
-                }
-                Err(
-                    e @ (CommitterError::Repo(RepoError::Unknown(_)) | CommitterError::Timeout(_)),
-                ) => {
-                    // The next round's head read tells whether it landed.
-                    tracing::warn!(error = %e, "commit outcome unknown; re-reading the branch");
+                Err(e) if plan::rereads(&e) => {
+                    tracing::info!(error = %e, "the branch moved or the commit's outcome is unknown; re-reading it");
                 }
                 Err(e) => return Err(e),
             }
