@@ -3,13 +3,16 @@
 //! signals (offers and answers) in this node's record until a peer picks
 //! them up.
 //!
-//! Schedule: the record is republished every [`PresenceOptions::heartbeat`]
-//! and at once when its signals or group flag change; the channel is polled
-//! every [`PresenceOptions::fast_poll`] while a connection is being set up
+//! Schedule ([`schedule`], a plain state machine): the record is
+//! republished every [`PresenceOptions::heartbeat`] and at once when its
+//! signals or group flag change; the channel is polled every
+//! [`PresenceOptions::fast_poll`] while a connection is being set up
 //! ([`SetFastPoll`]) and every [`PresenceOptions::slow_poll`] when settled.
 //! A rate-limited channel pauses both until the host's retry time and the
 //! status says so. A peer whose record is older than [`OFFLINE_AFTER`] is
 //! offline.
+
+pub mod schedule;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use actix::prelude::*;
 use skygit_consensus::NodeId;
 use tracing::Instrument;
 
+use self::schedule::{Action, Input, Schedule};
 use crate::ports::{PresenceChannel, PresenceError, PresenceRecord, Signal, WallClock};
 
 /// A peer is offline when its last heartbeat is older than this (or than
@@ -158,19 +162,13 @@ pub struct PresenceActor {
     seen_signals: BTreeSet<(NodeId, String, u64, bool)>,
     subscribers: Vec<Recipient<PeerEvent>>,
     signal_subscribers: Vec<Recipient<SignalReceived>>,
-    fast: bool,
-    publishing: bool,
-    dirty: bool,
-    polling: bool,
-    throttled_until: Option<tokio::time::Instant>,
+    schedule: Schedule,
     /// Each peer's last `last_seen` and when (local monotonic time) this
     /// node saw it change: liveness is judged by this node's own clock,
     /// so a peer whose wall clock is behind is not taken for gone.
     observed: BTreeMap<NodeId, Observed>,
     /// Successful reads of the channel.
     fetched: u64,
-    next_poll: tokio::time::Instant,
-    next_heartbeat: tokio::time::Instant,
     publishes: u64,
     polls: u64,
     errors: u64,
@@ -208,15 +206,9 @@ impl PresenceActor {
             seen_signals: BTreeSet::new(),
             subscribers: Vec::new(),
             signal_subscribers: Vec::new(),
-            fast: true,
-            publishing: false,
-            dirty: true,
-            polling: false,
-            throttled_until: None,
+            schedule: Schedule::new(now, opts),
             observed: BTreeMap::new(),
             fetched: 0,
-            next_poll: now,
-            next_heartbeat: now,
             publishes: 0,
             polls: 0,
             errors: 0,
@@ -321,22 +313,11 @@ impl PresenceActor {
         out
     }
 
-    fn throttled(&self) -> bool {
-        self.throttled_until
-            .is_some_and(|t| tokio::time::Instant::now() < t)
-    }
-
     fn failed(&mut self, e: &PresenceError, what: &str) {
         self.errors += 1;
         self.last_error = Some(format!("{what}: {e}"));
         metrics::counter!("skygit_presence_errors_total", "room" => self.room.clone()).increment(1);
-        if let PresenceError::RateLimited { retry_after_ms } = e {
-            let wait = Duration::from_millis(*retry_after_ms).min(MAX_THROTTLE);
-            metrics::counter!("skygit_presence_throttled_total", "room" => self.room.clone())
-                .increment(1);
-            self.throttled_until = Some(tokio::time::Instant::now() + wait);
-            tracing::warn!(?wait, "the presence channel is rate limited; slowing down");
-        } else {
+        if !matches!(e, PresenceError::RateLimited { .. }) {
             tracing::warn!(error = %e, "{what} failed");
         }
     }
@@ -347,71 +328,61 @@ impl PresenceActor {
         self.me.clone()
     }
 
-    /// Runs whatever is due: a publish, a poll.
-    fn tick(&mut self, ctx: &mut Context<Self>) {
-        if self.throttled() {
-            return;
-        }
+    /// Feeds the schedule one input and starts what it says.
+    fn run(&mut self, input: Input, ctx: &mut Context<Self>) {
         let now = tokio::time::Instant::now();
-        if !self.publishing && (self.dirty || now >= self.next_heartbeat) {
-            self.publish(ctx);
-        }
-        if !self.polling && now >= self.next_poll {
-            self.poll(ctx);
+        for action in self.schedule.on(now, input) {
+            match action {
+                Action::Publish => self.publish(ctx),
+                Action::Poll => self.poll(ctx),
+                Action::Throttled(wait) => {
+                    metrics::counter!("skygit_presence_throttled_total", "room" => self.room.clone())
+                        .increment(1);
+                    tracing::warn!(?wait, "the presence channel is rate limited; slowing down");
+                }
+            }
         }
     }
 
     fn publish(&mut self, ctx: &mut Context<Self>) {
-        self.publishing = true;
-        self.dirty = false;
-        self.next_heartbeat = tokio::time::Instant::now() + self.opts.heartbeat;
         let (channel, record) = (self.channel.clone(), self.record());
         ctx.spawn(
             async move { channel.publish(record).await }
                 .instrument(self.span.clone())
                 .into_actor(self)
                 .map(|res, act, ctx| {
-                    act.publishing = false;
-                    match res {
+                    match &res {
                         Ok(()) => {
                             act.publishes += 1;
                             metrics::counter!("skygit_presence_publishes_total", "room" => act.room.clone()).increment(1);
                         }
-                        Err(e) => {
-                            act.dirty = true;
-                            act.failed(&e, "publishing presence");
-                        }
+                        Err(e) => act.failed(e, "publishing presence"),
                     }
-                    if act.dirty {
-                        act.tick(ctx);
-                    }
+                    act.run(Input::Published(res), ctx);
                 }),
         );
     }
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
-        self.polling = true;
-        let every = if self.fast {
-            self.opts.fast_poll
-        } else {
-            self.opts.slow_poll
-        };
-        self.next_poll = tokio::time::Instant::now() + every;
         let channel = self.channel.clone();
         ctx.spawn(
             async move { channel.fetch().await }
                 .instrument(self.span.clone())
                 .into_actor(self)
-                .map(|res, act, _| {
-                    act.polling = false;
-                    match res {
+                .map(|res, act, ctx| {
+                    let res = match res {
                         Ok(records) => {
                             act.polls += 1;
                             metrics::counter!("skygit_presence_polls_total", "room" => act.room.clone()).increment(1);
                             act.absorb(records);
+                            Ok(())
                         }
-                        Err(e) => act.failed(&e, "polling presence"),
-                    }
+                        Err(e) => {
+                            act.failed(&e, "polling presence");
+                            Err(e)
+                        }
+                    };
+                    act.run(Input::Polled(res), ctx);
                 }),
         );
     }
@@ -440,7 +411,9 @@ impl Actor for PresenceActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let _e = self.span.enter();
         tracing::info!(session = %self.me.session_id, "presence actor started");
-        ctx.run_interval(Duration::from_millis(200), |act, ctx| act.tick(ctx));
+        ctx.run_interval(Duration::from_millis(200), |act, ctx| {
+            act.run(Input::Tick, ctx)
+        });
     }
 }
 
@@ -448,8 +421,7 @@ impl Handler<Heartbeat> for PresenceActor {
     type Result = ();
 
     fn handle(&mut self, _: Heartbeat, ctx: &mut Self::Context) {
-        self.dirty = true;
-        self.tick(ctx);
+        self.run(Input::Changed, ctx);
     }
 }
 
@@ -457,8 +429,7 @@ impl Handler<Poll> for PresenceActor {
     type Result = ();
 
     fn handle(&mut self, _: Poll, ctx: &mut Self::Context) {
-        self.next_poll = tokio::time::Instant::now();
-        self.tick(ctx);
+        self.run(Input::PollNow, ctx);
     }
 }
 
@@ -508,8 +479,7 @@ impl Handler<SetSignal> for PresenceActor {
 
     fn handle(&mut self, msg: SetSignal, ctx: &mut Self::Context) {
         self.signals.insert(msg.0.to, msg.0);
-        self.dirty = true;
-        self.tick(ctx);
+        self.run(Input::Changed, ctx);
     }
 }
 
@@ -527,8 +497,7 @@ impl Handler<SetInGroup> for PresenceActor {
     fn handle(&mut self, msg: SetInGroup, ctx: &mut Self::Context) {
         if self.me.in_group != msg.0 {
             self.me.in_group = msg.0;
-            self.dirty = true;
-            self.tick(ctx);
+            self.run(Input::Changed, ctx);
         }
     }
 }
@@ -537,15 +506,7 @@ impl Handler<SetFastPoll> for PresenceActor {
     type Result = ();
 
     fn handle(&mut self, msg: SetFastPoll, ctx: &mut Self::Context) {
-        if self.fast != msg.0 {
-            self.fast = msg.0;
-            if msg.0 {
-                self.next_poll = self
-                    .next_poll
-                    .min(tokio::time::Instant::now() + self.opts.fast_poll);
-                self.tick(ctx);
-            }
-        }
+        self.run(Input::Fast(msg.0), ctx);
     }
 }
 
@@ -554,14 +515,14 @@ impl Handler<GetPresenceStatus> for PresenceActor {
 
     fn handle(&mut self, _: GetPresenceStatus, _ctx: &mut Self::Context) -> Self::Result {
         let throttled_ms = self
-            .throttled_until
-            .and_then(|t| t.checked_duration_since(tokio::time::Instant::now()))
+            .schedule
+            .throttled_for(tokio::time::Instant::now())
             .map(|d| d.as_millis() as u64);
         MessageResult(PresenceStatus {
             session_id: self.me.session_id.clone(),
             fingerprint: self.me.dtls_fingerprint.clone(),
             in_group: self.me.in_group,
-            fast_poll: self.fast,
+            fast_poll: self.schedule.fast(),
             online: self.online.keys().copied().collect(),
             publishes: self.publishes,
             polls: self.polls,
