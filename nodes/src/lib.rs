@@ -1,8 +1,8 @@
 //! The skygit node as a library: the binary (`main.rs`) and the developer
 //! tools (`skygit-tools`: demos and benchmarks) build on it.
 //!
-//! [`mesh_node`] runs a node on the room's WebRTC mesh; [`node`] runs a
-//! room's members in this process; [`api`] is the HTTP API, web UI and
+//! [`node`] runs a node on the room's WebRTC mesh; [`local_node`] runs a
+//! room's members in this process (`--local-nodes`); [`api`] is the HTTP API, web UI and
 //! dashboard; [`client`] the `send`/`tail`/`status`/`push` commands;
 //! [`repo`] `init`, `push --offline` and `history`; [`sim`] the simulator
 //! command; [`config`] the layered configuration; [`metrics`] the
@@ -11,7 +11,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
-pub mod mesh_node;
+pub mod local_node;
 pub mod metrics;
 pub mod node;
 pub mod repo;

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use skygit::{client, config, mesh_node, node, repo, sim};
+use skygit::{client, config, local_node, node, repo, sim};
 
 /// mimalloc: the node allocates many small, short-lived buffers (frames,
 /// entries) across threads, where it measured faster than glibc's malloc.
@@ -77,7 +77,7 @@ struct NodeArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=5))]
     local_nodes: Option<u64>,
     #[command(flatten)]
-    mesh: mesh_node::MeshArgs,
+    mesh: node::MeshArgs,
 }
 
 #[derive(Args)]
@@ -137,11 +137,11 @@ fn main() -> anyhow::Result<()> {
             Command::Node(a) => match a.local_nodes {
                 Some(nodes) => {
                     let api = a.mesh.api;
-                    node::run(a.resolve()?, nodes, api).await
+                    local_node::run(a.resolve()?, nodes, api).await
                 }
                 None => {
                     let mesh = a.mesh.clone();
-                    mesh_node::run(a.resolve()?, mesh).await
+                    node::run(a.resolve()?, mesh).await
                 }
             },
             Command::Push(a) if a.offline => {

@@ -1,176 +1,312 @@
-//! `skygit node --local-nodes N`: several raft members of a room in this
-//! process over the in-process transport; member 1 is driven from the
-//! terminal and serves the HTTP API. Also the terminal side every node
-//! shares: recent history, then messages as they commit; typed lines post.
+//! `skygit node`: this process's member of a room. It announces itself in
+//! the repository (per-node presence refs), connects to the other online
+//! nodes over WebRTC, joins or starts the room's raft group, serves the
+//! local HTTP API, posts what is typed on standard input and prints what
+//! commits.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use skygit_actors::consensus::{Proposed, Submit};
-use skygit_actors::local::{LocalCluster, LocalOptions};
-use skygit_actors::room::RoomHandle;
-use skygit_consensus::model::{ApplyOutcome, Command, ConversationId, MAX_CONTENT_BYTES};
-use skygit_storage::AppliedEvent;
-use tokio::sync::broadcast::error::RecvError;
+use clap::Args;
+use skygit_actors::layout::RoomConfig;
+use skygit_actors::ports::{PresenceChannel, RepoError, RepoHead, RepoRemote, SeededRng};
+use skygit_actors::presence::PresenceOptions;
+use skygit_actors::room::{start_room, MeshPorts, RoomPorts, RoomSpec};
+use skygit_consensus::membership::{MembershipPolicy, MAX_VOTERS};
+use skygit_consensus::model::RoomId;
+use skygit_consensus::ports::{PeerLink, SystemClock};
+use skygit_consensus::NodeId;
+use skygit_mesh::{Mesh, MeshConfig};
+use skygit_storage::Faults;
 
+use crate::api::{ApiState, Served};
 use crate::config::NodeConfig;
 
-pub fn print_event(e: &AppliedEvent) {
-    if let (ApplyOutcome::Applied { index }, Some(m)) = (&e.outcome, &e.message) {
-        let text = if m.message.deleted {
-            "(deleted)"
-        } else {
-            m.message.content.as_str()
-        };
-        let edited = if m.message.edited_at.is_some() {
-            " (edited)"
-        } else {
-            ""
-        };
-        println!(
-            "[{index:>6}] #{} {}: {text}{edited}",
-            m.message.conversation, m.message.sender
+/// Settings of the mesh node beyond the shared node configuration.
+#[derive(Args, Clone, Debug)]
+pub struct MeshArgs {
+    /// The HTTP API's address (port 0 picks a free one; the address is
+    /// printed as `api: http://...`).
+    #[arg(long, env = "SKYGIT_API", default_value = "127.0.0.1:0")]
+    pub api: SocketAddr,
+    /// IPs the WebRTC transport gathers candidates on (repeatable).
+    #[arg(
+        long = "bind",
+        env = "SKYGIT_BIND",
+        value_delimiter = ',',
+        default_value = "127.0.0.1"
+    )]
+    pub bind: Vec<IpAddr>,
+    /// Presence poll interval while connecting, in milliseconds.
+    #[arg(long, env = "SKYGIT_FAST_POLL_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(200..=60_000))]
+    pub fast_poll_ms: u64,
+    /// Presence poll interval once settled, in seconds.
+    #[arg(long, env = "SKYGIT_SLOW_POLL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub slow_poll_secs: u64,
+    /// Presence heartbeat (a repository write) interval, in seconds:
+    /// default 60 on a git remote, 300 on GitHub, whose secondary limit
+    /// allows 500 writes an hour for presence and commits together.
+    #[arg(long, env = "SKYGIT_HEARTBEAT_SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_secs: Option<u64>,
+    /// Raft voters of the room (1 to 5); every other node is a learner.
+    /// Default: the room's `config.json`, else 3.
+    #[arg(long, env = "SKYGIT_VOTERS",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_VOTERS as u64))]
+    pub voters: Option<u64>,
+    /// Test fault: publish a certificate fingerprint that is not this
+    /// node's (its peers must refuse it).
+    #[arg(long, hide = true)]
+    pub fault_wrong_fingerprint: bool,
+    /// Test fault: serve `POST /faults/drop-link/{peer}` and
+    /// `POST /faults/send/{peer}/{wire|frame}`.
+    #[arg(long, hide = true)]
+    pub fault_api: bool,
+}
+
+/// Largest node-id file the node reads.
+const MAX_ID_FILE: u64 = 64;
+
+/// This node's raft id: made once per data directory and kept in
+/// `node-id` (openraft ids must never be reused by another node).
+pub fn node_id(data_dir: &Path) -> anyhow::Result<NodeId> {
+    let path = data_dir.join("node-id");
+    if let Ok(meta) = std::fs::metadata(&path) {
+        anyhow::ensure!(
+            meta.len() <= MAX_ID_FILE,
+            "{} is not a node id file",
+            path.display()
         );
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let id: NodeId = text
+            .trim()
+            .parse()
+            .with_context(|| format!("{} does not hold a node id", path.display()))?;
+        anyhow::ensure!(id != 0, "{} holds node id 0", path.display());
+        return Ok(id);
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    // Below 2^53 so the id survives JavaScript's numbers in the UI.
+    let id = (rand::random::<u64>() >> 11).max(1);
+    let tmp = data_dir.join("node-id.tmp");
+    std::fs::write(&tmp, format!("{id}\n"))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
+/// The room's `config.json` at the branch head: the defaults when the
+/// repository has none or it is invalid (logged), `None` when the branch
+/// or the file could not be read (the committer then tries itself).
+async fn room_config(
+    remote: &dyn RepoRemote,
+    head: &Result<Option<RepoHead>, RepoError>,
+) -> Option<RoomConfig> {
+    let head = match head {
+        Ok(Some(h)) => h,
+        Ok(None) => return Some(RoomConfig::default()),
+        Err(_) => return None,
+    };
+    match skygit_actors::readback::config_at(remote, &head.commit_sha).await {
+        Ok(Some(Ok(c))) => Some(c),
+        Ok(None) => Some(RoomConfig::default()),
+        Ok(Some(Err(e))) => {
+            tracing::warn!(error = %e, "the room's config.json is invalid; using the defaults");
+            Some(RoomConfig::default())
+        }
+        Err(_) => None,
     }
 }
 
-pub async fn run(
+/// Opens `room` on this node: its presence channel and repository, a
+/// WebRTC endpoint of its own and the room's actors (one raft group per
+/// repository; the node id is the node's for every room).
+pub async fn open_room(
     cfg: NodeConfig,
-    local_nodes: u64,
-    api: std::net::SocketAddr,
-) -> anyhow::Result<()> {
-    let mut opts = LocalOptions::new(&cfg.room);
-    opts.raft = cfg.raft.clone();
-    opts.users.insert(1, cfg.user.clone());
-    opts.repo = Some(crate::repo::factory(
-        &cfg.room,
-        &cfg.remote,
-        &cfg.data_dir,
-        local_nodes,
-    )?);
-    opts.committer.interval = cfg.commit_interval;
-    let dir = cfg.data_dir.join("local");
-    let cluster = LocalCluster::start(&dir, cfg.room.clone(), local_nodes, opts)
-        .await
-        .with_context(|| format!("cannot start room {} in {}", cfg.room, dir.display()))?;
-    let me = cluster.handle(1).context("node 1 did not start")?;
-    // The HTTP API, web UI and CLI reach member 1.
+    args: MeshArgs,
+    id: NodeId,
+    room: RoomId,
+) -> anyhow::Result<Served> {
+    let spec = room.as_str().to_owned();
+    let cache = cfg.data_dir.join("cache").join(room.storage_key());
+    // On GitHub presence and commits share one remote, so they share its
+    // write budget and conditional-request cache.
+    let (presence, remote, heartbeat): (Arc<dyn PresenceChannel>, Arc<dyn RepoRemote>, u64) =
+        match skygit_remotes::parse_github_spec(&spec) {
+            Some(parsed) => {
+                let (owner, name) =
+                    parsed.map_err(|e| anyhow::anyhow!("repository {spec}: {e}"))?;
+                let p = skygit_remotes::GithubPresence::open(&owner, &name, &cfg.remote, id)
+                    .map_err(|e| anyhow::anyhow!("presence channel: {e}"))?;
+                let remote: Arc<dyn RepoRemote> = p.remote();
+                (Arc::new(p), remote, args.heartbeat_secs.unwrap_or(300))
+            }
+            None => {
+                let p = skygit_remotes::GitPresence::open(&spec, id, &cache.join("presence"))
+                    .map_err(|e| anyhow::anyhow!("presence channel: {e}"))?;
+                let remote = crate::repo::open_remote(&room, &cfg.remote, &cfg.data_dir, id)?;
+                (Arc::new(p), remote, args.heartbeat_secs.unwrap_or(60))
+            }
+        };
+    let fast = Duration::from_millis(args.fast_poll_ms);
+    let presence_opts = PresenceOptions {
+        heartbeat: Duration::from_secs(heartbeat),
+        fast_poll: fast,
+        slow_poll: Duration::from_secs(args.slow_poll_secs),
+    };
+    // One read of the branch head serves the bootstrap rule and the
+    // room's config.
+    let head = remote.head().await;
+    let bootstrap = skygit_actors::membership::bootstrap_rule(
+        remote.as_ref(),
+        &head,
+        2 * fast + Duration::from_secs(1),
+    )
+    .await;
+    let config = room_config(remote.as_ref(), &head).await;
+    let voters = args
+        .voters
+        .or(config.as_ref().map(|c| u64::from(c.voters)))
+        .unwrap_or(3)
+        .clamp(1, MAX_VOTERS as u64);
+    let (mesh, incoming, events) = Mesh::new(
+        id,
+        MeshConfig {
+            bind_ips: args.bind.clone(),
+            ..MeshConfig::default()
+        },
+    )
+    .await
+    .context("cannot start the WebRTC transport")?;
+    let transport = Arc::new(crate::transport::WebRtcTransport {
+        mesh: mesh.clone(),
+        wrong_fingerprint: args.fault_wrong_fingerprint,
+    });
+    let link: Arc<dyn PeerLink> = mesh.clone();
+    let handle = start_room(
+        RoomSpec {
+            room: room.clone(),
+            node_id: id,
+            user: cfg.user.clone(),
+            data_dir: cfg.data_dir.clone(),
+            raft: cfg.raft.clone(),
+            faults: Faults::default(),
+            committer: skygit_actors::committer::CommitterOptions {
+                interval: cfg.commit_interval,
+                ..Default::default()
+            },
+            disk: None,
+            room_config: config,
+        },
+        RoomPorts {
+            link,
+            incoming,
+            clock: Arc::new(SystemClock),
+            rng: Box::new(SeededRng::from_os()),
+            presence,
+            repo: Some(remote.clone()),
+            mesh: MeshPorts {
+                transport,
+                events: crate::transport::forward_events(events),
+                presence: presence_opts,
+                mesh: Default::default(),
+                policy: MembershipPolicy {
+                    voters: voters as usize,
+                    pinned: args.voters.is_some(),
+                    ..Default::default()
+                },
+                bootstrap,
+                rng: Box::new(SeededRng::from_os()),
+            },
+        },
+    )
+    .await
+    .with_context(|| format!("cannot start room {room} in {}", cfg.data_dir.display()))?;
+    let served = Served::new(handle, Some(mesh), Some(remote));
+    // The label every actor of the room uses too.
+    crate::metrics::spawn_room_sampler(served.handle.clone(), served.spec.clone());
+    Ok(served)
+}
+
+pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
+    let id = node_id(&cfg.data_dir)?;
     let secret = crate::api::secret::load_or_create(&cfg.data_dir)?;
-    let state = crate::api::ApiState::new(
-        secret.clone(),
-        crate::api::Served::new(me.clone(), None, None),
-    );
-    let bound = crate::api::serve(api, state).await?;
-    crate::api::secret::write_endpoint(&cfg.data_dir, &format!("http://{bound}"))?;
-    println!("api: http://{bound}");
+    let metrics = match crate::metrics::install() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics are off");
+            None
+        }
+    };
+    let primary = open_room(cfg.clone(), args.clone(), id, cfg.room.clone()).await?;
+    let mut state = ApiState::new(secret.clone(), primary);
+    state.faults = args.fault_api;
+    state.metrics = metrics;
+    if !args.api.ip().is_loopback() {
+        // Listening beyond loopback was asked for: requests may name this
+        // address (or any, on a wildcard address); the secret still holds.
+        let ip = args.api.ip();
+        state.extra_hosts.push(if ip.is_unspecified() {
+            "*".to_owned()
+        } else {
+            ip.to_string()
+        });
+    }
+    // Actors start only on an actix arbiter; the API's handlers run on
+    // plain tokio tasks, so a new room is opened on this one.
+    let arbiter = actix_rt::Arbiter::current();
+    let (c, a) = (cfg.clone(), args.clone());
+    state.opener = Some(Arc::new(move |spec: String| {
+        let (c, a, arbiter) = (c.clone(), a.clone(), arbiter.clone());
+        Box::pin(async move {
+            let room = RoomId::new(spec)?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let queued = arbiter.spawn_fn(move || {
+                actix_rt::spawn(async move {
+                    let _ = tx.send(open_room(c, a, id, room).await);
+                });
+            });
+            anyhow::ensure!(queued, "the node is stopping");
+            rx.await
+                .map_err(|_| anyhow::anyhow!("the node stopped while opening the room"))?
+        })
+    }));
+    let state = Arc::new(state);
+    let api = crate::api::serve_shared(args.api, state.clone()).await?;
+    let url = format!("http://{api}");
+    crate::api::secret::write_endpoint(&cfg.data_dir, &url)?;
+    // The first line is what scripts and the test harness read.
+    println!("api: {url}");
     println!("secret: {secret}");
-    println!("ui: http://{bound}/#secret={secret}");
+    println!("ui: {url}/#secret={secret}");
+    println!("dashboard: {url}/dashboard#secret={secret}");
+    let first = state
+        .room(None)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     eprintln!(
-        "skygit node {} in room {} as {} ({} raft member(s) in this process); type a line to post, Ctrl-C to stop",
-        me.node_id,
-        cfg.room,
-        cfg.user,
-        local_nodes
+        "skygit node {id} in room {} as {}; web UI {url}/ ; type a line to post, Ctrl-C to stop",
+        cfg.room, cfg.user
     );
-    let io = terminal(me)?;
+    let io = crate::local_node::terminal(&first.handle)?;
+    drop(first);
     let signal = crate::shutdown_signal().await?;
     eprintln!("{signal}: shutting down");
     io.abort();
-    cluster.shutdown().await;
+    let rooms = std::mem::take(&mut *state.rooms.write().await);
+    for r in rooms {
+        r.handle.clone().shutdown().await;
+        if let Some(m) = &r.mesh {
+            m.shutdown().await;
+        }
+    }
     let _ = std::fs::remove_file(cfg.data_dir.join(crate::api::secret::ENDPOINT_FILE));
     Ok(())
-}
-
-/// The terminal side of a node: recent history, then every message as it
-/// commits; lines typed on standard input are posted.
-pub struct Terminal {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Terminal {
-    pub fn abort(self) {
-        for t in self.tasks {
-            t.abort();
-        }
-    }
-}
-
-pub fn terminal(me: &RoomHandle) -> anyhow::Result<Terminal> {
-    for m in me
-        .storage
-        .reader
-        .messages(&ConversationId::general(), None, None, 20)?
-    {
-        let text = if m.message.deleted {
-            "(deleted)"
-        } else {
-            m.message.content.as_str()
-        };
-        println!(
-            "[{:>6}] #{} {}: {text}",
-            m.index, m.message.conversation, m.message.sender
-        );
-    }
-    let mut events = me.storage.state_machine.subscribe();
-    let printer = tokio::spawn(async move {
-        loop {
-            match events.recv().await {
-                Ok(e) => print_event(&e),
-                Err(RecvError::Lagged(n)) => {
-                    eprintln!("({n} messages not shown; the terminal fell behind)")
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
-    });
-    let consensus = me.consensus.clone();
-    let user = me.user.clone();
-    // Standard input is read on a plain thread: tokio's stdin would hold
-    // the runtime open at shutdown while the terminal stays open.
-    let (tx, mut typed) = tokio::sync::mpsc::channel::<String>(64);
-    std::thread::Builder::new()
-        .name("skygit-stdin".into())
-        .spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-                if tx.blocking_send(line).is_err() {
-                    return;
-                }
-            }
-        })
-        .context("cannot start the input thread")?;
-    let input = async move {
-        while let Some(line) = typed.recv().await {
-            let line = line.trim().to_owned();
-            if line.is_empty() {
-                continue;
-            }
-            if line.len() > MAX_CONTENT_BYTES {
-                eprintln!(
-                    "not posted: the line is {} bytes; the limit is {MAX_CONTENT_BYTES}",
-                    line.len()
-                );
-                continue;
-            }
-            let submit = Submit {
-                sender: user.clone(),
-                command: Command::Post {
-                    conversation: ConversationId::general(),
-                    content: line,
-                },
-            };
-            match consensus.send(submit).await {
-                Ok(Ok((_, Proposed::Queued { outbox_len, reason }))) => {
-                    eprintln!(
-                        "(no leader reachable: kept in the outbox, {outbox_len} waiting: {reason})"
-                    )
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => eprintln!("not posted: {e}"),
-                Err(e) => eprintln!("not posted: {e}"),
-            }
-        }
-    };
-    let input = tokio::spawn(input);
-    Ok(Terminal {
-        tasks: vec![printer, input],
-    })
 }
