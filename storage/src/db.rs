@@ -22,6 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::disk::{Disk, RealDisk};
 use crate::sim_disk::SimDisk;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 use skygit_consensus::codec::{self, CodecError};
@@ -100,8 +101,8 @@ impl From<StorageError> for std::io::Error {
 pub struct RoomDb {
     pub(crate) db: Arc<DB>,
     pub(crate) dir: PathBuf,
-    /// The simulator's disk model; `None` on a real node.
-    pub(crate) sim: Option<SimDisk>,
+    /// Where writes become durable: the real disk or the simulator's.
+    pub(crate) disk: Arc<dyn Disk>,
 }
 
 impl std::fmt::Debug for RoomDb {
@@ -113,16 +114,16 @@ impl std::fmt::Debug for RoomDb {
 impl RoomDb {
     /// Opens (creating when missing) the room database in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
-        Self::open_inner(dir.as_ref(), None)
+        Self::open_on(dir.as_ref(), Arc::new(RealDisk))
     }
 
     /// Opens the database on the simulator's disk model: no fsync, no
     /// blocking pool (see [`SimDisk`]).
     pub fn open_sim(dir: impl AsRef<Path>, disk: SimDisk) -> Result<Self, StorageError> {
-        Self::open_inner(dir.as_ref(), Some(disk))
+        Self::open_on(dir.as_ref(), Arc::new(disk))
     }
 
-    fn open_inner(dir: &Path, sim: Option<SimDisk>) -> Result<Self, StorageError> {
+    fn open_on(dir: &Path, disk: Arc<dyn Disk>) -> Result<Self, StorageError> {
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir)?;
         let mut opts = Options::default();
@@ -132,7 +133,7 @@ impl RoomDb {
         opts.set_max_total_wal_size(64 << 20);
         opts.set_write_buffer_size(16 << 20);
         opts.set_keep_log_file_num(4);
-        if sim.is_some() {
+        if disk.inline() {
             // Many simulated nodes share one process: keep each small.
             opts.set_write_buffer_size(1 << 20);
             opts.set_max_background_jobs(1);
@@ -141,13 +142,11 @@ impl RoomDb {
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
-        if let Some(d) = &sim {
-            d.attach(&dir.join("db"));
-        }
+        disk.attach(&dir.join("db"));
         Ok(Self {
             db: Arc::new(db),
             dir,
-            sim,
+            disk,
         })
     }
 
@@ -157,23 +156,16 @@ impl RoomDb {
         Arc::strong_count(&self.db)
     }
 
-    /// The simulator's disk model, if this database runs on one.
-    pub fn sim_disk(&self) -> Option<&SimDisk> {
-        self.sim.as_ref()
-    }
-
     /// Whether writes that must be durable ask RocksDB to fsync (not on
     /// the simulator's disk, which models durability itself).
     pub(crate) fn fsync_writes(&self) -> bool {
-        self.sim.is_none()
+        self.disk.fsync_writes()
     }
 
     /// After a write that must be durable: on the simulator's disk, the
     /// fsync RocksDB was not asked for.
     pub(crate) fn synced_write(&self) {
-        if let Some(d) = &self.sim {
-            d.sync_now();
-        }
+        self.disk.synced_write();
     }
 
     /// Runs blocking storage work: on tokio's blocking pool for a real
@@ -183,7 +175,7 @@ impl RoomDb {
         T: Send + 'static,
         F: FnOnce() -> Result<T, StorageError> + Send + 'static,
     {
-        if self.sim.is_some() {
+        if self.disk.inline() {
             return f();
         }
         tokio::task::spawn_blocking(f)
@@ -212,10 +204,18 @@ impl RoomDb {
         }
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable, from inside blocking work (a
+    /// snapshot): the WAL's fsync, and the disk told of it.
     pub(crate) fn sync_wal(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true)?;
+        self.disk.synced_write();
         Ok(())
+    }
+
+    /// Makes every write so far durable, waiting as long as the disk's
+    /// fsync takes; `false`: the machine lost power meanwhile.
+    pub(crate) async fn sync_wal_async(&self) -> Result<bool, StorageError> {
+        self.disk.sync_wal(&self.db).await
     }
 }
 

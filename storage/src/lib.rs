@@ -7,6 +7,7 @@
 //! write-ahead log holding it is fsynced. See `db.rs` for the layout.
 
 mod db;
+mod disk;
 mod log_store;
 mod outbox;
 mod reader;
@@ -15,6 +16,7 @@ mod snapshot;
 mod state_machine;
 
 pub use db::{RoomDb, StorageError};
+pub use disk::{Disk, RealDisk};
 pub use log_store::{Durability, LogStore};
 pub use outbox::{Outbox, MAX_OUTBOX};
 pub use reader::{ChatReader, MAX_PAGE};

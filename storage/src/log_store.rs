@@ -10,7 +10,6 @@
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
@@ -46,7 +45,8 @@ pub enum Durability {
 #[derive(Clone)]
 pub struct LogStore {
     db: RoomDb,
-    syncer: Syncer,
+    /// Appends waiting for the disk's next fsync.
+    syncer: tokio::sync::mpsc::UnboundedSender<IOFlushed<TypeConfig>>,
     durability: Durability,
     recent: Arc<Mutex<Recent>>,
 }
@@ -113,31 +113,13 @@ impl Recent {
     }
 }
 
-/// Where appends wait for durability: the sync thread of a real node, or
-/// the simulated disk's fsync task.
-#[derive(Clone)]
-enum Syncer {
-    Thread(std_mpsc::Sender<IOFlushed<TypeConfig>>),
-    Sim(tokio::sync::mpsc::UnboundedSender<IOFlushed<TypeConfig>>),
-}
-
 impl LogStore {
     pub(crate) fn new(db: RoomDb, durability: Durability) -> Result<Self, StorageError> {
-        let syncer = match db.sim_disk() {
-            None => {
-                let (tx, rx) = std_mpsc::channel::<IOFlushed<TypeConfig>>();
-                let sync_db = db.clone();
-                std::thread::Builder::new()
-                    .name("skygit-wal-sync".into())
-                    .spawn(move || sync_loop(sync_db, rx))?;
-                Syncer::Thread(tx)
-            }
-            Some(disk) => {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                tokio::spawn(sim_sync_loop(disk.clone(), rx));
-                Syncer::Sim(tx)
-            }
-        };
+        let (syncer, rx) = tokio::sync::mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            StorageError::Background(format!("the WAL sync task needs a tokio runtime: {e}"))
+        })?;
+        runtime.spawn(sync_loop(db.clone(), rx));
         Ok(Self {
             db,
             syncer,
@@ -196,29 +178,11 @@ impl LogStore {
     }
 }
 
-/// Fsyncs the WAL for every append waiting, then acknowledges them in order.
-fn sync_loop(db: RoomDb, rx: std_mpsc::Receiver<IOFlushed<TypeConfig>>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
-        let res = db.sync_wal();
-        for cb in batch {
-            cb.io_completed(
-                res.as_ref()
-                    .map(|_| ())
-                    .map_err(|e| std::io::Error::other(e.to_string())),
-            );
-        }
-    }
-}
-
-/// The simulated disk's fsync: every append waiting at that moment shares
-/// one fsync of simulated time, then is acknowledged in order (unless the
-/// machine lost power meanwhile: then never).
-async fn sim_sync_loop(
-    disk: crate::SimDisk,
+/// Every append waiting at that moment shares one fsync of the room's
+/// disk (real, or the simulator's model), then is acknowledged in order;
+/// after a power loss (the simulator's) never.
+async fn sync_loop(
+    db: RoomDb,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<IOFlushed<TypeConfig>>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -226,14 +190,14 @@ async fn sim_sync_loop(
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        let lengths = disk.begin_sync();
-        tokio::time::sleep(disk.fsync_time()).await;
-        if !disk.end_sync(lengths) {
+        let res = match db.sync_wal_async().await {
+            Ok(true) => Ok(()),
             // Power is off: these appends were never acknowledged.
-            continue;
-        }
+            Ok(false) => continue,
+            Err(e) => Err(e.to_string()),
+        };
         for cb in batch {
-            cb.io_completed(Ok(()));
+            cb.io_completed(res.clone().map_err(std::io::Error::other));
         }
     }
 }
@@ -393,20 +357,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 recent.push(e);
             }
         }
-        match (self.durability, &self.syncer) {
-            (Durability::Synced, Syncer::Thread(tx)) => {
-                if let Err(std_mpsc::SendError(cb)) = tx.send(callback) {
-                    cb.io_completed(Err(std::io::Error::other("WAL sync thread stopped")));
-                }
-            }
-            (Durability::Synced, Syncer::Sim(tx)) => {
-                if let Err(tokio::sync::mpsc::error::SendError(cb)) = tx.send(callback) {
-                    cb.io_completed(Err(std::io::Error::other("simulated disk stopped")));
+        match self.durability {
+            Durability::Synced => {
+                if let Err(tokio::sync::mpsc::error::SendError(cb)) = self.syncer.send(callback) {
+                    cb.io_completed(Err(std::io::Error::other("the WAL sync task stopped")));
                 }
             }
             // The planted bug: done at once, durable whenever the disk
             // happens to write it back.
-            (Durability::AckBeforeDurable, _) => callback.io_completed(Ok(())),
+            Durability::AckBeforeDurable => callback.io_completed(Ok(())),
         }
         Ok(())
     }
