@@ -330,15 +330,21 @@ pub async fn post(
         content: body.content,
     };
     match submit(&room, command).await? {
-        Submitted::Applied(req, index) => Ok((
-            StatusCode::CREATED,
-            Json(json!({
-                "status": "success",
-                "message_id": req.id.to_string(),
-                "message": fresh_post(&room, &req, index, "committed"),
-            })),
-        )
-            .into_response()),
+        Submitted::Applied(req, index) => {
+            // Read-your-writes: what is answered here is in this node's
+            // pages (a follower hears of the commit from the leader, and
+            // applies it a moment later).
+            wait_applied(&room, index).await;
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({
+                    "status": "success",
+                    "message_id": req.id.to_string(),
+                    "message": fresh_post(&room, &req, index, "committed"),
+                })),
+            )
+                .into_response())
+        }
         Submitted::Queued(req, n, why) => {
             // Not in the log yet: no index.
             let mut pending = fresh_post(&room, &req, 0, "pending");
@@ -350,6 +356,26 @@ pub async fn post(
         }
     }
 }
+
+/// Waits until this node has applied the log up to `index`, at most
+/// [`APPLY_WAIT`].
+async fn wait_applied(room: &Served, index: u64) {
+    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+    while room
+        .handle
+        .replica
+        .metrics()
+        .last_applied
+        .as_ref()
+        .is_none_or(|l| l.index < index)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Longest a change's answer waits for this node to apply it.
+const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Checks that this node's user may change message `id`.
 async fn own_message(room: &Arc<Served>, id: Ulid) -> Result<MessageRecord, ApiError> {
@@ -375,7 +401,7 @@ async fn own_message(room: &Arc<Served>, id: Ulid) -> Result<MessageRecord, ApiE
 /// Answers a change with the message as it stands once this node has
 /// applied the change (or as it was, if applying takes longer).
 async fn changed(room: &Arc<Served>, id: Ulid, at: u64) -> Result<Response, ApiError> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
     loop {
         let (rec, json) = read_one(room, id).await?;
         if rec.last_change_index >= at || tokio::time::Instant::now() >= deadline {
@@ -553,23 +579,29 @@ pub async fn create_conversation(
         title: title.clone(),
     };
     match submit(&room, command).await? {
-        Submitted::Applied(req, index) => Ok((
-            StatusCode::CREATED,
-            Json(json!({
-                "status": "success",
-                "conversation": conversation_json(
-                    &Conversation {
-                        id,
-                        title,
-                        created_by: req.sender.clone(),
-                        created_at: req.at,
-                        created_index: index,
-                    },
-                    None,
-                ),
-            })),
-        )
-            .into_response()),
+        Submitted::Applied(req, index) => {
+            // Read-your-writes: what is answered here is in this node's
+            // pages (a follower hears of the commit from the leader, and
+            // applies it a moment later).
+            wait_applied(&room, index).await;
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({
+                    "status": "success",
+                    "conversation": conversation_json(
+                        &Conversation {
+                            id,
+                            title,
+                            created_by: req.sender.clone(),
+                            created_at: req.at,
+                            created_index: index,
+                        },
+                        None,
+                    ),
+                })),
+            )
+                .into_response())
+        }
         Submitted::Queued(req, n, why) => Err(queued(&req, n, &why, None)),
     }
 }
