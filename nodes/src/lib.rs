@@ -20,6 +20,22 @@ pub mod transport;
 
 use anyhow::Context;
 
+/// The node's log filter unless `RUST_LOG` says otherwise (the WebRTC
+/// crates only at `error`).
+pub const NODE_LOG: &str = "warn,skygit=info,openraft=error,rtc_dtls=error,rtc_ice=error,rtc=error";
+
+/// The actix system on a multi-threaded tokio runtime that a node (and
+/// the tools that run rooms) work in.
+pub fn node_system() -> actix_rt::SystemRunner {
+    actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("skygit-rt")
+            .build()
+            .expect("the tokio runtime starts")
+    })
+}
+
 /// Logs to standard error, filtered by `RUST_LOG` or else `default`.
 pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -124,15 +124,8 @@ fn main() -> anyhow::Result<()> {
         skygit::init_tracing("off");
         return sim::run(a);
     }
-    skygit::init_tracing("warn,skygit=info,openraft=error,rtc_dtls=error,rtc_ice=error,rtc=error");
-    let system = actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("skygit-rt")
-            .build()
-            .expect("the tokio runtime starts")
-    });
-    system.block_on(async move {
+    skygit::init_tracing(skygit::NODE_LOG);
+    skygit::node_system().block_on(async move {
         match cli.command {
             Command::Node(a) => match a.local_nodes {
                 Some(nodes) => {

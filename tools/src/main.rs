@@ -58,15 +58,8 @@ enum BenchCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    skygit::init_tracing("warn,skygit=info,openraft=error,rtc_dtls=error,rtc_ice=error,rtc=error");
-    let system = actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("skygit-rt")
-            .build()
-            .expect("the tokio runtime starts")
-    });
-    system.block_on(async move {
+    skygit::init_tracing(skygit::NODE_LOG);
+    skygit::node_system().block_on(async move {
         match cli.command {
             Command::Demo(a) => demo::run(a).await,
             Command::Bench(BenchCommand::Raft(a)) => bench::raft(a).await,

@@ -222,12 +222,12 @@ impl MeshCore {
                 peer,
                 attempt,
                 result,
-            } => self.offered(now, peer, attempt, result),
+            } => self.described(now, peer, attempt, SignalKind::Offer, result),
             Input::Answered {
                 peer,
                 attempt,
                 result,
-            } => self.answered(now, peer, attempt, result),
+            } => self.described(now, peer, attempt, SignalKind::Answer, result),
             Input::Accepted { peer, result } => {
                 if let Err(e) = result {
                     self.failed(now, peer, &format!("accepting the answer: {e}"));
@@ -401,17 +401,25 @@ impl MeshCore {
         });
     }
 
-    fn offered(
+    /// The transport made (or could not make) this attempt's offer or
+    /// answer: signal it to the peer, if the attempt is still current.
+    fn described(
         &mut self,
         now: Instant,
         peer: NodeId,
         attempt: u64,
+        kind: SignalKind,
         result: Result<String, String>,
     ) {
         let Some(conn) = self.peers.get(&peer) else {
             return;
         };
-        if !matches!(conn.phase, Phase::Offering { attempt: a, .. } if a == attempt) {
+        let current = match (kind, conn.phase) {
+            (SignalKind::Offer, Phase::Offering { attempt: a, .. })
+            | (SignalKind::Answer, Phase::Answering { attempt: a, .. }) => a == attempt,
+            _ => false,
+        };
+        if !current {
             return;
         }
         match result {
@@ -421,12 +429,18 @@ impl MeshCore {
                     to_session: conn.record.session_id.clone(),
                     from_session: self.session.clone(),
                     attempt,
-                    kind: SignalKind::Offer,
+                    kind,
                     sdp,
                 };
                 self.send_signal(signal);
             }
-            Err(e) => self.failed(now, peer, &format!("offer: {e}")),
+            Err(e) => {
+                let what = match kind {
+                    SignalKind::Offer => "offer",
+                    SignalKind::Answer => "answer",
+                };
+                self.failed(now, peer, &format!("{what}: {e}"));
+            }
         }
     }
 
@@ -453,35 +467,6 @@ impl MeshCore {
             sdp: signal.sdp,
             fingerprint,
         });
-    }
-
-    fn answered(
-        &mut self,
-        now: Instant,
-        peer: NodeId,
-        attempt: u64,
-        result: Result<String, String>,
-    ) {
-        let Some(conn) = self.peers.get(&peer) else {
-            return;
-        };
-        if !matches!(conn.phase, Phase::Answering { attempt: a, .. } if a == attempt) {
-            return;
-        }
-        match result {
-            Ok(sdp) => {
-                let signal = Signal {
-                    to: peer,
-                    to_session: conn.record.session_id.clone(),
-                    from_session: self.session.clone(),
-                    attempt,
-                    kind: SignalKind::Answer,
-                    sdp,
-                };
-                self.send_signal(signal);
-            }
-            Err(e) => self.failed(now, peer, &format!("answer: {e}")),
-        }
     }
 
     fn failed(&mut self, now: Instant, peer: NodeId, reason: &str) {
