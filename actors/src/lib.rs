@@ -12,13 +12,15 @@
 pub mod committer;
 pub mod consensus;
 pub mod inproc;
-pub mod layout;
 pub mod local;
 pub mod media;
 pub mod membership;
 pub mod mesh;
 pub mod peer;
-pub mod ports;
 pub mod presence;
-pub mod readback;
 pub mod room;
+
+// The ports, the repository layout and read-back live in `skygit-ports`;
+// the actors reach them by their old paths.
+pub use skygit_ports as ports;
+pub use skygit_ports::{layout, readback};

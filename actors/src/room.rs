@@ -339,7 +339,7 @@ fn follow_settings(
 fn pump_events(mut events: mpsc::Receiver<TransportEvent>, mesh: Addr<MeshActor>) {
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
-            if mesh.send(e).await.is_err() {
+            if mesh.send(crate::mesh::FromTransport(e)).await.is_err() {
                 return;
             }
         }

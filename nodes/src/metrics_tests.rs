@@ -14,8 +14,9 @@ const SOURCE_DIRS: &[&str] = &[
     "consensus/src",
     "storage/src",
     "nodes/src",
-    "nodes/mesh/src",
-    "nodes/remotes/src",
+    "mesh/src",
+    "remotes/src",
+    "ports/src",
 ];
 
 fn workspace() -> PathBuf {

@@ -407,11 +407,16 @@ impl Handler<RelayFrame> for MeshActor {
     }
 }
 
-impl Handler<TransportEvent> for MeshActor {
+/// An event of this room's peer transport, for the mesh actor.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct FromTransport(pub TransportEvent);
+
+impl Handler<FromTransport> for MeshActor {
     type Result = ();
 
-    fn handle(&mut self, msg: TransportEvent, ctx: &mut Self::Context) {
-        self.feed(Input::Transport(msg), ctx);
+    fn handle(&mut self, msg: FromTransport, ctx: &mut Self::Context) {
+        self.feed(Input::Transport(msg.0), ctx);
     }
 }
 

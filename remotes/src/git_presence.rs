@@ -42,9 +42,7 @@ use futures::future::BoxFuture;
 use git2::{
     AutotagOption, Direction, FetchOptions, FileMode, ObjectType, Oid, Repository, Signature, Time,
 };
-use skygit_actors::ports::{
-    PresenceChannel, PresenceError, PresenceRecord, MAX_PRESENCE_RECORD_BYTES,
-};
+use skygit_ports::{PresenceChannel, PresenceError, PresenceRecord, MAX_PRESENCE_RECORD_BYTES};
 
 use crate::git::{callbacks, is_url, push_refspec, redact, set_timeouts};
 

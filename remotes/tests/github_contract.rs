@@ -6,8 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use serde_json::{json, Value};
-use skygit_actors::layout::{COMMITTER_EMAIL, COMMITTER_NAME};
-use skygit_actors::ports::{
+use skygit_ports::layout::{COMMITTER_EMAIL, COMMITTER_NAME};
+use skygit_ports::{
     CommitInfo, CommitRequest, EntryKind, RepoError, RepoHead, RepoRemote, TreeEntry,
 };
 use skygit_remotes::github::{GithubConfig, GithubRemote};

@@ -22,7 +22,7 @@ use skygit_consensus::model::{
 };
 
 use crate::layout::{self, LayoutError, RoomConfig};
-use crate::ports::{EntryKind, RepoError, RepoHead, RepoRemote};
+use crate::{EntryKind, RepoError, RepoHead, RepoRemote};
 
 /// Bounds on what one load reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -475,11 +475,11 @@ impl RepoRemote for GithubRemote {
         self.calls.load(Ordering::Relaxed)
     }
 
-    fn write_budget(&self) -> Option<skygit_actors::ports::WriteBudget> {
+    fn write_budget(&self) -> Option<skygit_ports::WriteBudget> {
         let now = Instant::now();
         let w = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let within = |d: Duration| w.iter().filter(|t| now.duration_since(**t) < d).count() as u64;
-        Some(skygit_actors::ports::WriteBudget {
+        Some(skygit_ports::WriteBudget {
             writes_last_minute: within(Duration::from_secs(60)),
             writes_last_hour: within(Duration::from_secs(3600)),
             limit_minute: WRITES_PER_MINUTE as u64,

@@ -19,8 +19,8 @@ use git2::{
     ObjectType, Oid, PushOptions, RemoteCallbacks, Repository, Signature, Time, TreeWalkMode,
     TreeWalkResult,
 };
-use skygit_actors::layout::{COMMITTER_EMAIL, COMMITTER_NAME};
-use skygit_actors::ports::{
+use skygit_ports::layout::{COMMITTER_EMAIL, COMMITTER_NAME};
+use skygit_ports::{
     CommitInfo, CommitRequest, EntryKind, RepoError, RepoHead, RepoRemote, TreeEntry,
 };
 

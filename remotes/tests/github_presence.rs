@@ -11,12 +11,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use serde_json::{json, Value};
-use skygit_actors::layout::{RoomConfig, CONFIG_PATH};
-use skygit_actors::ports::{
+use skygit_github_server::GithubServer;
+use skygit_ports::layout::{RoomConfig, CONFIG_PATH};
+use skygit_ports::{
     CommitRequest, PresenceChannel, PresenceError, PresenceRecord, RepoError, RepoRemote, Signal,
     SignalKind, MAX_PRESENCE_RECORD_BYTES, PRESENCE_VERSION,
 };
-use skygit_github_server::GithubServer;
 use skygit_remotes::github::{GithubConfig, GithubRemote};
 use skygit_remotes::github_presence::EMPTY_REPOSITORY;
 use skygit_remotes::{GitPresence, GithubPresence, RemoteOptions};

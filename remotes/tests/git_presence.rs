@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use skygit_actors::ports::{
+use skygit_github_server::git_daemon::GitDaemon;
+use skygit_ports::{
     PresenceChannel, PresenceError, PresenceRecord, Signal, SignalKind, PRESENCE_VERSION,
 };
-use skygit_github_server::git_daemon::GitDaemon;
 use skygit_remotes::GitPresence;
 
 const T0: i64 = 1_763_800_000_123;

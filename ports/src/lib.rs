@@ -1,11 +1,19 @@
-//! The ports actors talk through. Each has a real implementation (in
-//! `skygit` the binary, or here when it is small) and a simulated one (in
-//! `skygit-simulator`). Actors never touch the wall clock, an RNG, a socket
-//! or the repository except through these.
+//! The ports a room talks through, and the formats that cross them.
+//!
+//! Each port has a real implementation (WebRTC in `skygit-mesh`, the
+//! remotes in `skygit-remotes`, or here when it is small) and a simulated
+//! one (in `skygit-simulator`); the in-process transport is in
+//! `skygit-actors`. Actors never touch the wall clock, an RNG, a socket or
+//! the repository except through these. [`layout`] is the repository's
+//! file format (batch files, trailers, `config.json`) and [`readback`] a
+//! room's history read from the repository alone. This crate needs no
+//! actor framework: the real adapters depend on it, not on the actors.
+
+pub mod layout;
+pub mod readback;
 
 use std::sync::Arc;
 
-use actix::Message;
 use futures::future::BoxFuture;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -369,8 +377,7 @@ mod tests {
 }
 
 /// What a peer transport reports about its links.
-#[derive(Message, Debug, Clone, PartialEq, Eq)]
-#[rtype(result = "()")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportEvent {
     /// The link to the peer is open and authenticated.
     Open(NodeId),

@@ -35,8 +35,8 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use skygit_actors::layout::{COMMITTER_EMAIL, COMMITTER_NAME};
-use skygit_actors::ports::{
+use skygit_ports::layout::{COMMITTER_EMAIL, COMMITTER_NAME};
+use skygit_ports::{
     CommitInfo, CommitRequest, EntryKind, RepoError, RepoHead, RepoRemote, TreeEntry,
 };
 

@@ -56,7 +56,7 @@ use futures::future::BoxFuture;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use skygit_actors::ports::{
+use skygit_ports::{
     PresenceChannel, PresenceError, PresenceRecord, RepoError, MAX_PRESENCE_RECORD_BYTES,
 };
 

@@ -1,5 +1,5 @@
 //! The real repository remotes behind the
-//! [`RepoRemote`](skygit_actors::ports::RepoRemote) port:
+//! [`RepoRemote`](skygit_ports::RepoRemote) port:
 //!
 //! - [`github::GithubRemote`]: `github:OWNER/NAME`, through GitHub's REST
 //!   API (the Git Data API for commits);
@@ -8,7 +8,7 @@
 //! [`open`] picks one from a room's repository spec.
 //!
 //! The presence channels behind
-//! [`PresenceChannel`](skygit_actors::ports::PresenceChannel) store per-node
+//! [`PresenceChannel`](skygit_ports::PresenceChannel) store per-node
 //! refs `refs/skygit/presence/<id>` identically on either backend:
 //! [`GitPresence`] and [`GithubPresence`].
 
@@ -23,7 +23,7 @@ pub use github_presence::GithubPresence;
 use std::path::Path;
 use std::sync::Arc;
 
-use skygit_actors::ports::{RepoError, RepoRemote};
+use skygit_ports::{RepoError, RepoRemote};
 
 /// The default log branch.
 pub const DEFAULT_BRANCH: &str = "main";
