@@ -124,34 +124,29 @@ impl LocalCluster {
             c.shutdown().await;
             return Err(RoomError::NotFormed(reason));
         }
-        let voters = c.voters;
-        if !c.wait_formed(voters, FORM_TIMEOUT).await {
+        if !c.wait_formed(FORM_TIMEOUT).await {
             return Err(RoomError::NotFormed(format!(
-                "{n} nodes did not form a room with {voters} voters within {FORM_TIMEOUT:?}"
+                "{n} nodes did not form a room with {} voters within {FORM_TIMEOUT:?}",
+                c.voters
             )));
         }
         Ok(c)
     }
 
     /// Waits until a leader's membership holds every running node and
-    /// `voters` voters.
-    async fn wait_formed(&self, voters: usize, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.wait_leader(Duration::from_millis(100)).await {
-                let m = self.nodes[&l].replica.metrics();
-                let membership = m.membership_config.membership();
-                let members: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
-                let running: BTreeSet<NodeId> = self.nodes.keys().copied().collect();
-                if membership.voter_ids().count() == voters && running.is_subset(&members) {
-                    return true;
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
+    /// the target number of voters.
+    async fn wait_formed(&self, timeout: Duration) -> bool {
+        poll_until(timeout, || async {
+            let Some(l) = self.wait_leader(Duration::from_millis(100)).await else {
                 return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            };
+            let m = self.nodes[&l].replica.metrics();
+            let membership = m.membership_config.membership();
+            let members: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+            membership.voter_ids().count() == self.voters
+                && self.nodes.keys().all(|id| members.contains(id))
+        })
+        .await
     }
 
     /// Starts node `id` from whatever its directory holds (empty or not);
@@ -250,20 +245,15 @@ impl LocalCluster {
         for h in self.nodes.values() {
             h.membership.do_send(SetVoters(target));
         }
-        let deadline = tokio::time::Instant::now() + FORM_TIMEOUT;
-        loop {
-            let voter = self
-                .wait_leader(Duration::from_millis(100))
+        let voter = poll_until(FORM_TIMEOUT, || async {
+            self.wait_leader(Duration::from_millis(100))
                 .await
-                .is_some_and(|l| self.nodes[&l].replica.voters().contains(&id));
-            if voter {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!("node {id} did not become a voter"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                .is_some_and(|l| self.nodes[&l].replica.voters().contains(&id))
+        })
+        .await;
+        voter
+            .then_some(())
+            .ok_or_else(|| format!("node {id} did not become a voter"))
     }
 
     /// Takes node `id` out of the cluster's care (to hand it to a
@@ -344,5 +334,24 @@ impl LocalCluster {
             }
             self.net.leave(id);
         }
+    }
+}
+
+/// Checks `done` every 20 ms until it holds or `timeout` passes; answers
+/// whether it held.
+async fn poll_until<F, Fut>(timeout: Duration, mut done: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if done().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -226,7 +226,9 @@ fn rejection_status(r: &Rejection) -> StatusCode {
 
 /// What a submitted request came to.
 pub(super) enum Submitted {
-    /// Applied at this index.
+    /// Applied at this index, on this node too (read-your-writes: a
+    /// follower hears of the commit from the leader and applies it a
+    /// moment later; the answer waits for that, at most [`APPLY_WAIT`]).
     Applied(ChatRequest, u64),
     /// Kept in the outbox (no leader reachable): the outbox's length and why.
     Queued(ChatRequest, usize, String),
@@ -239,9 +241,11 @@ pub(super) async fn submit(room: &Served, command: Command) -> Result<Submitted,
     };
     match room.handle.consensus.send(submit).await.map_err(gone)? {
         Ok((req, Proposed::Committed(ApplyOutcome::Applied { index }))) => {
+            wait_applied(room, index).await;
             Ok(Submitted::Applied(req, index))
         }
         Ok((req, Proposed::Committed(ApplyOutcome::Duplicate { original_index }))) => {
+            wait_applied(room, original_index).await;
             Ok(Submitted::Applied(req, original_index))
         }
         Ok((_, Proposed::Committed(ApplyOutcome::Rejected { reason, .. }))) => {
@@ -330,21 +334,15 @@ pub async fn post(
         content: body.content,
     };
     match submit(&room, command).await? {
-        Submitted::Applied(req, index) => {
-            // Read-your-writes: what is answered here is in this node's
-            // pages (a follower hears of the commit from the leader, and
-            // applies it a moment later).
-            wait_applied(&room, index).await;
-            Ok((
-                StatusCode::CREATED,
-                Json(json!({
-                    "status": "success",
-                    "message_id": req.id.to_string(),
-                    "message": fresh_post(&room, &req, index, "committed"),
-                })),
-            )
-                .into_response())
-        }
+        Submitted::Applied(req, index) => Ok((
+            StatusCode::CREATED,
+            Json(json!({
+                "status": "success",
+                "message_id": req.id.to_string(),
+                "message": fresh_post(&room, &req, index, "committed"),
+            })),
+        )
+            .into_response()),
         Submitted::Queued(req, n, why) => {
             // Not in the log yet: no index.
             let mut pending = fresh_post(&room, &req, 0, "pending");
@@ -398,22 +396,16 @@ async fn own_message(room: &Arc<Served>, id: Ulid) -> Result<MessageRecord, ApiE
     Ok(rec)
 }
 
-/// Answers a change with the message as it stands once this node has
-/// applied the change (or as it was, if applying takes longer).
-async fn changed(room: &Arc<Served>, id: Ulid, at: u64) -> Result<Response, ApiError> {
-    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
-    loop {
-        let (rec, json) = read_one(room, id).await?;
-        if rec.last_change_index >= at || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(json!({
-                "status": "success",
-                "message_id": id.to_string(),
-                "message": json,
-            }))
-            .into_response());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+/// Answers a change with the message as it stands on this node
+/// ([`submit`] waited for this node to apply it).
+async fn changed(room: &Arc<Served>, id: Ulid) -> Result<Response, ApiError> {
+    let (_, json) = read_one(room, id).await?;
+    Ok(Json(json!({
+        "status": "success",
+        "message_id": id.to_string(),
+        "message": json,
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -439,7 +431,7 @@ pub async fn edit(
         content: body.content,
     };
     match submit(&room, command).await? {
-        Submitted::Applied(_, index) => changed(&room, id, index).await,
+        Submitted::Applied(..) => changed(&room, id).await,
         Submitted::Queued(req, n, why) => Err(queued(&req, n, &why, None)),
     }
 }
@@ -454,7 +446,7 @@ pub async fn delete(
     let id = parse_id(&id)?;
     own_message(&room, id).await?;
     match submit(&room, Command::Delete { message: id }).await? {
-        Submitted::Applied(_, index) => changed(&room, id, index).await,
+        Submitted::Applied(..) => changed(&room, id).await,
         Submitted::Queued(req, n, why) => Err(queued(&req, n, &why, None)),
     }
 }
@@ -579,29 +571,23 @@ pub async fn create_conversation(
         title: title.clone(),
     };
     match submit(&room, command).await? {
-        Submitted::Applied(req, index) => {
-            // Read-your-writes: what is answered here is in this node's
-            // pages (a follower hears of the commit from the leader, and
-            // applies it a moment later).
-            wait_applied(&room, index).await;
-            Ok((
-                StatusCode::CREATED,
-                Json(json!({
-                    "status": "success",
-                    "conversation": conversation_json(
-                        &Conversation {
-                            id,
-                            title,
-                            created_by: req.sender.clone(),
-                            created_at: req.at,
-                            created_index: index,
-                        },
-                        None,
-                    ),
-                })),
-            )
-                .into_response())
-        }
+        Submitted::Applied(req, index) => Ok((
+            StatusCode::CREATED,
+            Json(json!({
+                "status": "success",
+                "conversation": conversation_json(
+                    &Conversation {
+                        id,
+                        title,
+                        created_by: req.sender.clone(),
+                        created_at: req.at,
+                        created_index: index,
+                    },
+                    None,
+                ),
+            })),
+        )
+            .into_response()),
         Submitted::Queued(req, n, why) => Err(queued(&req, n, &why, None)),
     }
 }

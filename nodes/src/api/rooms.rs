@@ -282,10 +282,6 @@ pub struct NewSettings {
 /// How long a follower waits for the leader's flush.
 const FORWARDED_FLUSH_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// How long `PUT /settings` waits for this node to apply the change the
-/// leader committed.
-const SETTINGS_APPLY_WAIT: Duration = Duration::from_secs(2);
-
 /// Changes the room's settings: a `Configure` request through raft (to the
 /// leader, or into the outbox while none is reachable). Every node applies
 /// it; the leader writes it into `config.json` at once.
@@ -306,16 +302,8 @@ pub async fn put_settings(
         .validate()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     match submit(&room, command).await? {
-        Submitted::Applied(_, index) => {
-            // Committed on the leader: answer once this node applied it too.
-            let mut applied = room.handle.storage.state_machine.watch_settings();
-            let _ = tokio::time::timeout(
-                SETTINGS_APPLY_WAIT,
-                applied.wait_for(|s| s.changed_index >= index),
-            )
-            .await;
-            Ok(Json(settings_json(&room).await?))
-        }
+        // Committed and applied here too (`submit` waited for it).
+        Submitted::Applied(..) => Ok(Json(settings_json(&room).await?)),
         Submitted::Queued(req, n, why) => Err(queued(&req, n, &why, None)),
     }
 }
