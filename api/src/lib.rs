@@ -1,0 +1,73 @@
+//! The node's HTTP API as types: every request body, answer and event the
+//! server (`nodes/src/api`) writes and its clients (the `skygit` command
+//! line, the test harness, the benchmarks) read. The OpenAPI description
+//! the node serves at `GET /openapi.json` is generated from these types
+//! and the server's route annotations, so the description, the server and
+//! the clients cannot drift apart.
+//!
+//! Every answer type refuses unknown fields when decoded: a client built
+//! from this crate notices at once when the server sends something the
+//! contract does not name. Timestamps are RFC 3339 text in UTC with
+//! milliseconds; message ids are ULIDs; node ids are raft's `u64`s.
+//!
+//! - [`messages`]: messages, the outbox and conversations.
+//! - [`rooms`]: repositories, push, flushes and settings.
+//! - [`status`]: `GET /status` and `GET /peers`.
+//! - [`events`]: the server-sent event stream and its parser.
+//! - [`error`]: the body of every refusal.
+
+pub mod error;
+pub mod events;
+pub mod messages;
+pub mod rooms;
+pub mod status;
+
+pub use error::{ErrorBody, ErrorStatus};
+pub use events::Event;
+pub use messages::*;
+pub use rooms::*;
+pub use status::*;
+
+/// The limits the server enforces, stated once for the schema and the
+/// clients (the node checks at compile time that they equal its own).
+pub mod limits {
+    /// Largest request body, in bytes.
+    pub const MAX_BODY_BYTES: usize = 64 * 1024;
+    /// Longest message content, in bytes of UTF-8.
+    pub const MAX_CONTENT_BYTES: usize = 16 * 1024;
+    /// Longest conversation name, in bytes.
+    pub const MAX_CONVERSATION_BYTES: usize = 64;
+    /// Longest conversation title, in bytes of UTF-8.
+    pub const MAX_TITLE_BYTES: usize = 256;
+    /// Longest repository spec, in bytes.
+    pub const MAX_SPEC_BYTES: usize = 1024;
+    /// Messages one page holds by default and at most.
+    pub const DEFAULT_PAGE: usize = 50;
+    pub const MAX_PAGE: usize = 1000;
+    /// The commit interval a room may set, in seconds.
+    pub const MIN_COMMIT_INTERVAL_SECS: u64 = 1;
+    pub const MAX_COMMIT_INTERVAL_SECS: u64 = 7 * 24 * 3600;
+    /// The voter counts a room may ask for.
+    pub const VOTER_COUNTS: [u8; 3] = [1, 3, 5];
+}
+
+/// `"success"`: the first field of every answer that changed something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Success {
+    #[default]
+    Success,
+}
+
+/// Only `?repo=`: the room, when the node serves several (its key or its
+/// repository spec; default the node's primary room).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RepoQuery {
+    /// The room (its key or repository spec); default the primary room.
+    #[param(max_length = 1024)]
+    pub repo: Option<String>,
+}
