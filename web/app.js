@@ -199,7 +199,7 @@
 
   function syncState(m) {
     if (m.index == null) return 'pending';
-    return m.sync_state || (m.is_synchronized ? 'synchronized' : 'committed');
+    return m.sync_state;
   }
   function syncEl(m) {
     const st = syncState(m);
@@ -222,7 +222,7 @@
     li.dataset.index = m.index == null ? '' : String(m.index);
     li.classList.toggle('own', m.sender === S.user);
     li.classList.toggle('deleted', !!m.deleted);
-    const t = SG.fmtTime(m.created_at || m.timestamp);
+    const t = SG.fmtTime(m.created_at);
     li.append(el('div', { class: 'meta' },
       el('span', { class: 'sender', text: m.sender ?? '?' }),
       el('time', { class: 'time', datetime: m.created_at || null, title: t.title || null, text: t.text }),
@@ -279,7 +279,7 @@
       // trail an event); an edit or delete starts again from committed.
       const same = m.index === x.m.index && m.updated_at === x.m.updated_at && m.deleted === x.m.deleted;
       if (same && syncState(x.m) === 'synchronized' && syncState(m) !== 'synchronized')
-        for (const k of ['is_synchronized', 'sync_state', 'git_hash', 'commit_url']) m[k] = x.m[k];
+        for (const k of ['sync_state', 'git_hash', 'commit_url']) m[k] = x.m[k];
       x.m = m;
       if (S.editing === m.id) x.stale = true;
       else fill(x.li, m);
@@ -314,7 +314,7 @@
       // Only an applied change can be in the repository: a pending post
       // (its queued answer says index 0) waits for its message event.
       if (at == null || m.changeUnknown || at > d.up_to_index || syncState(m) !== 'committed') continue;
-      Object.assign(m, { is_synchronized: true, sync_state: 'synchronized', git_hash: d.git_hash, commit_url: d.commit_url });
+      Object.assign(m, { sync_state: 'synchronized', git_hash: d.git_hash, commit_url: d.commit_url });
       const old = x.li.querySelector('.sync');
       if (old) old.replaceWith(syncEl(m));
     }

@@ -45,6 +45,27 @@ pub struct Lagged {
     pub missed: u64,
 }
 
+/// The names of the stream's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventName {
+    Hello,
+    Message,
+    Synced,
+    Conversation,
+    Settings,
+    Lagged,
+}
+
+/// One event as any server-sent-events reader sees it: its name and its
+/// data, the JSON text of the type the name gives ([`Hello`], `Message`,
+/// [`Synced`], `ConversationInfo`, [`SettingsChanged`], [`Lagged`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StreamEvent {
+    pub event: EventName,
+    pub data: String,
+}
+
 /// One event of the stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -213,7 +234,8 @@ mod tests {
     #[test]
     fn unknown_fields_and_events_are_errors() {
         let mut r = EventReader::new(1 << 16);
-        let got = r.feed(b"event: lagged\ndata: {\"missed\":1,\"x\":2}\n\nevent: nope\ndata: {}\n\n");
+        let got =
+            r.feed(b"event: lagged\ndata: {\"missed\":1,\"x\":2}\n\nevent: nope\ndata: {}\n\n");
         assert!(matches!(got[0], Err(EventError::Data { .. })), "{got:?}");
         assert!(matches!(got[1], Err(EventError::Unknown(_))), "{got:?}");
     }
@@ -225,7 +247,9 @@ mod tests {
         assert!(matches!(got.as_slice(), [Err(EventError::TooLong(16))]));
         let ok = r.feed(b"\nevent: lagged\ndata: {\"missed\":2}\n\n");
         assert_eq!(
-            ok.into_iter().map(|x| x.expect("event")).collect::<Vec<_>>(),
+            ok.into_iter()
+                .map(|x| x.expect("event"))
+                .collect::<Vec<_>>(),
             vec![Event::Lagged(Lagged { missed: 2 })]
         );
     }

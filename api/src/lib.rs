@@ -31,14 +31,20 @@ pub use status::*;
 /// The limits the server enforces, stated once for the schema and the
 /// clients (the node checks at compile time that they equal its own).
 pub mod limits {
-    /// Largest request body, in bytes.
-    pub const MAX_BODY_BYTES: usize = 64 * 1024;
-    /// Longest message content, in bytes of UTF-8.
-    pub const MAX_CONTENT_BYTES: usize = 16 * 1024;
-    /// Longest conversation name, in bytes.
+    /// Largest request body, in bytes: room for the longest content with
+    /// every character escaped as JSON's `\uXXXX` surrogate pairs.
+    pub const MAX_BODY_BYTES: usize = 256 * 1024;
+    /// Longest message content, in characters (what a JSON schema's
+    /// `maxLength` counts).
+    pub const MAX_CONTENT_CHARS: usize = 16 * 1024;
+    /// The log's own bound on content: every character in 4 bytes.
+    pub const MAX_CONTENT_BYTES: usize = 4 * MAX_CONTENT_CHARS;
+    /// Longest conversation name, in bytes (all ASCII).
     pub const MAX_CONVERSATION_BYTES: usize = 64;
-    /// Longest conversation title, in bytes of UTF-8.
-    pub const MAX_TITLE_BYTES: usize = 256;
+    /// Longest conversation title, in characters.
+    pub const MAX_TITLE_CHARS: usize = 64;
+    /// The log's own bound on titles: every character in 4 bytes.
+    pub const MAX_TITLE_BYTES: usize = 4 * MAX_TITLE_CHARS;
     /// Longest repository spec, in bytes.
     pub const MAX_SPEC_BYTES: usize = 1024;
     /// Messages one page holds by default and at most.
@@ -52,8 +58,17 @@ pub mod limits {
 }
 
 /// `"success"`: the first field of every answer that changed something.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Success {
     #[default]
@@ -62,12 +77,29 @@ pub enum Success {
 
 /// Only `?repo=`: the room, when the node serves several (its key or its
 /// repository spec; default the node's primary room).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-#[derive(utoipa::IntoParams)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct RepoQuery {
     /// The room (its key or repository spec); default the primary room.
     #[param(max_length = 1024)]
     pub repo: Option<String>,
+}
+
+/// The fault-injection routes of a node run with `--fault-api` (tests
+/// only; not in the OpenAPI description).
+pub mod faults {
+    /// `POST /faults/drop-link/{peer}`.
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Dropped {
+        pub dropped: u64,
+    }
+
+    /// `POST /faults/send/{peer}/{layer}`: bytes sent.
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Sent {
+        pub sent: u64,
+    }
 }

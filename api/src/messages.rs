@@ -67,7 +67,7 @@ pub struct ListQuery {
     #[param(max_length = 1024)]
     pub repo: Option<String>,
     /// The conversation (default `general`).
-    #[param(pattern = r"^[a-z0-9._-]{1,64}$")]
+    #[param(pattern = r"^[a-z0-9_-][a-z0-9._-]{0,63}$")]
     pub conversation: Option<String>,
     /// Messages to return (default 50).
     #[param(minimum = 1, maximum = 1000)]
@@ -84,12 +84,16 @@ pub struct ListQuery {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
-    /// The text: not only white space, at most 16384 bytes of UTF-8.
-    #[schema(min_length = 1, max_length = 16384, pattern = r"[^\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")]
+    /// The text: at most 16384 characters, not only white space.
+    #[schema(
+        min_length = 1,
+        max_length = 16384,
+        pattern = r"[^\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub content: String,
     /// The conversation (default `general`); posting creates it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = r"^[a-z0-9._-]{1,64}$")]
+    #[schema(pattern = r"^[a-z0-9_-][a-z0-9._-]{0,63}$")]
     pub conversation: Option<String>,
 }
 
@@ -97,8 +101,12 @@ pub struct NewMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EditMessage {
-    /// The new text: not only white space, at most 16384 bytes of UTF-8.
-    #[schema(min_length = 1, max_length = 16384, pattern = r"[^\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")]
+    /// The new text: at most 16384 characters, not only white space.
+    #[schema(
+        min_length = 1,
+        max_length = 16384,
+        pattern = r"[^\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub content: String,
 }
 
@@ -154,8 +162,8 @@ pub struct Outbox {
 pub struct ConversationInfo {
     pub id: String,
     pub title: String,
-    /// Who created it (none for `general`, which every room has, and for a
-    /// conversation a post created).
+    /// Who created it (none for `general` until someone creates it: every
+    /// room has it).
     pub created_by: Option<String>,
     pub created_at: Option<String>,
     /// The log index of its newest message (listings only).
@@ -173,10 +181,11 @@ pub struct ConversationList {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewConversation {
-    /// Its name: lower-case letters, digits, `-`, `_` and `.`.
-    #[schema(pattern = r"^[a-z0-9._-]{1,64}$")]
+    /// Its name: lower-case letters, digits, `-`, `_` and `.`, not
+    /// starting with `.`; at most 64.
+    #[schema(pattern = r"^[a-z0-9_-][a-z0-9._-]{0,63}$")]
     pub id: String,
-    /// Its title (default its name), at most 256 bytes of UTF-8.
+    /// Its title (default its name), at most 64 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 64)]
     pub title: Option<String>,

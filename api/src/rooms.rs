@@ -53,8 +53,13 @@ pub struct GitHubRepository {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryUrl {
-    /// A git URL, a local path, or `github:owner/name`.
-    #[schema(min_length = 1, max_length = 1024, pattern = r"^[^\x00-\x1f\x7f]+$")]
+    /// A git URL, a local path, or `github:owner/name`; no control
+    /// characters, at most 1024 bytes.
+    #[schema(
+        min_length = 1,
+        max_length = 1024,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub url: String,
 }
 
@@ -162,13 +167,18 @@ pub struct NewSettings {
 fn voter_count() -> utoipa::openapi::schema::Object {
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::Integer, Type::Null]))
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Integer,
+            Type::Null,
+        ]))
         .enum_values(Some([
             serde_json::json!(1),
             serde_json::json!(3),
             serde_json::json!(5),
             serde_json::Value::Null,
         ]))
-        .description(Some("How many voters the room's group aims for: 1, 3 or 5."))
+        .description(Some(
+            "How many voters the room's group aims for: 1, 3 or 5.",
+        ))
         .build()
 }

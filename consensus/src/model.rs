@@ -16,8 +16,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
-/// Largest message text, in bytes of UTF-8.
-pub const MAX_CONTENT_BYTES: usize = 16 * 1024;
+/// Largest message text, in bytes of UTF-8: room for the API's 16384
+/// characters of at most 4 bytes each.
+pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
 /// Longest conversation name, in bytes.
 pub const MAX_CONVERSATION_BYTES: usize = 64;
 /// Longest user name, in bytes (GitHub logins are at most 39).
@@ -47,6 +48,8 @@ pub enum ValidationError {
     },
     #[error("{field} contains a character that is not allowed: {ch:?}")]
     BadChar { field: &'static str, ch: char },
+    #[error("{field} may not start with '.' (it names a directory in the repository)")]
+    LeadingDot { field: &'static str },
     #[error("{field} must be {allowed}")]
     OutOfRange {
         field: &'static str,
@@ -72,6 +75,10 @@ fn check_name(
     }
     if let Some(ch) = s.chars().find(|c| !allowed(*c)) {
         return Err(ValidationError::BadChar { field, ch });
+    }
+    // `.`, `..` and `.git` are not directory names a tree may hold.
+    if s.starts_with('.') {
+        return Err(ValidationError::LeadingDot { field });
     }
     Ok(())
 }
@@ -525,6 +532,18 @@ mod tests {
             ConversationId::new("x".repeat(65)),
             Err(ValidationError::TooLong { len: 65, .. })
         ));
+        // A git tree cannot hold `.`, `..` or `.git`: a room with such a
+        // conversation could never commit again.
+        for name in [".", "..", ".git", ".hidden"] {
+            assert!(
+                matches!(
+                    ConversationId::new(name),
+                    Err(ValidationError::LeadingDot { .. })
+                ),
+                "{name}"
+            );
+        }
+        assert!(ConversationId::new("v1.2.").is_ok());
     }
 
     #[test]

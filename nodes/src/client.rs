@@ -8,7 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use skygit_api::events::{Event, EventReader};
+use skygit_api::{
+    ErrorBody, ErrorStatus, Message, MessageChanged, MessagePage, NewMessage, Pushed, Status,
+    SyncState,
+};
 
 /// One call's timeout (a push may take as long as the repository does).
 const CALL_TIMEOUT: Duration = Duration::from_secs(180);
@@ -81,20 +86,21 @@ impl Client {
         Ok(u)
     }
 
-    /// One call; answers the status and the JSON body.
-    async fn call(
+    /// One call: the answer decoded as `T` on success, or the node's
+    /// refusal with its status.
+    async fn call<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
         query: &[(&str, String)],
-        body: Option<Value>,
-    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        body: Option<&NewMessage>,
+    ) -> anyhow::Result<Result<T, Refused>> {
         let mut req = self
             .http
             .request(method, self.endpoint(path, query)?)
             .timeout(CALL_TIMEOUT);
         if let Some(b) = body {
-            req = req.json(&b);
+            req = req.json(b);
         }
         let r = req
             .send()
@@ -102,37 +108,51 @@ impl Client {
             .with_context(|| format!("cannot reach the node at {} (is it running?)", self.url))?;
         let status = r.status();
         let text = r.text().await.context("the node's answer broke off")?;
-        let v: Value = serde_json::from_str(&text)
-            .with_context(|| format!("the node answered {status} with non-JSON"))?;
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            bail!("the node refused the secret: {}", v["error"]);
+        if status.is_success() {
+            return serde_json::from_str(&text)
+                .map(Ok)
+                .with_context(|| format!("the node's answer to {path} does not match the API"));
         }
-        Ok((status, v))
+        let body: ErrorBody = serde_json::from_str(&text)
+            .with_context(|| format!("the node answered {status} with no error body"))?;
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            bail!("the node refused the secret: {}", body.error);
+        }
+        Ok(Err(Refused { status, body }))
     }
 }
 
-fn error_text(v: &Value) -> String {
-    v["error"].as_str().unwrap_or("unknown error").to_owned()
+/// A refusal: its HTTP status and body.
+#[derive(Debug)]
+struct Refused {
+    status: reqwest::StatusCode,
+    body: ErrorBody,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({}): {}", self.status, self.body.error)
+    }
 }
 
 /// One message as a terminal line.
-fn line(m: &Value) -> String {
-    let text = if m["deleted"] == true {
-        "(deleted)".to_owned()
+fn line(m: &Message) -> String {
+    let text = if m.deleted {
+        "(deleted)"
     } else {
-        m["content"].as_str().unwrap_or_default().to_owned()
+        m.content.as_str()
     };
-    let edited = if m["edited"] == true { " (edited)" } else { "" };
-    let sync = match m["sync_state"].as_str() {
-        Some("synchronized") => "",
-        Some("pending") => " [pending]",
-        _ => " [not in the repository yet]",
+    let edited = if m.edited { " (edited)" } else { "" };
+    let sync = match m.sync_state {
+        SyncState::Synchronized => "",
+        SyncState::Pending => " [pending]",
+        SyncState::Committed => " [not in the repository yet]",
     };
     format!(
         "[{:>6}] #{} {}: {text}{edited}{sync}",
-        m["index"].as_u64().unwrap_or(0),
-        m["conversation"].as_str().unwrap_or("?"),
-        m["sender"].as_str().unwrap_or("?"),
+        m.index.unwrap_or(0),
+        m.conversation,
+        m.sender,
     )
 }
 
@@ -154,31 +174,31 @@ pub async fn send(a: SendArgs) -> anyhow::Result<()> {
         [one] if one == "-" => read_stdin()?,
         words => words.join(" "),
     };
-    let mut body = serde_json::json!({ "content": text });
-    if let Some(conv) = a.conversation {
-        body["conversation"] = Value::String(conv);
-    }
-    let (status, v) = c
-        .call(reqwest::Method::POST, "/messages", &[], Some(body))
+    let body = NewMessage {
+        content: text,
+        conversation: a.conversation,
+    };
+    let sent: Result<MessageChanged, Refused> = c
+        .call(reqwest::Method::POST, "/messages", &[], Some(&body))
         .await?;
-    match (status.as_u16(), v["status"].as_str()) {
-        (201, _) => {
+    match sent {
+        Ok(v) => {
             println!(
                 "sent {} at index {}",
-                v["message_id"].as_str().unwrap_or("?"),
-                v["message"]["index"]
+                v.message_id,
+                v.message.index.unwrap_or(0)
             );
             Ok(())
         }
-        (503, Some("queued")) => {
+        Err(Refused { body: b, .. }) if b.status == ErrorStatus::Queued => {
             eprintln!(
                 "no leader is reachable: message {} is kept in the node's outbox ({} waiting) and is sent when a leader is reachable",
-                v["message_id"].as_str().unwrap_or("?"),
-                v["outbox_len"]
+                b.message_id.as_deref().unwrap_or("?"),
+                b.outbox_len.unwrap_or(0)
             );
             Ok(())
         }
-        _ => bail!("not sent ({status}): {}", error_text(&v)),
+        Err(e) => bail!("not sent {e}"),
     }
 }
 
@@ -235,50 +255,34 @@ pub async fn tail(a: TailArgs) -> anyhow::Result<()> {
             ("limit", a.lines.to_string()),
             ("conversation", conversation.clone()),
         ];
-        let (status, v) = c.call(reqwest::Method::GET, "/messages", &q, None).await?;
-        if !status.is_success() {
-            bail!("cannot read messages ({status}): {}", error_text(&v));
-        }
-        for m in v["messages"].as_array().into_iter().flatten() {
+        let page: MessagePage = c
+            .call(reqwest::Method::GET, "/messages", &q, None)
+            .await?
+            .map_err(|e| anyhow::anyhow!("cannot read messages {e}"))?;
+        for m in &page.messages {
             println!("{}", line(m));
-            last = last.max(m["index"].as_u64().unwrap_or(0));
+            last = last.max(m.index.unwrap_or(0));
         }
     }
     let Some(mut r) = stream else {
         return Ok(());
     };
-    let mut buf: Vec<u8> = Vec::new();
-    let mut event = String::new();
+    let mut reader = EventReader::new(MAX_EVENT_LINE);
     while let Some(chunk) = r.chunk().await.context("the event stream broke off")? {
-        buf.extend_from_slice(&chunk);
-        if buf.len() > MAX_EVENT_LINE && !buf.contains(&b'\n') {
-            bail!("the node sent an event line over {MAX_EVENT_LINE} bytes");
-        }
-        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-            let raw: Vec<u8> = buf.drain(..=nl).collect();
-            let text = String::from_utf8_lossy(&raw);
-            let text = text.trim_end();
-            if let Some(e) = text.strip_prefix("event: ") {
-                event = e.to_owned();
-            } else if let Some(data) = text.strip_prefix("data: ") {
-                let Ok(v) = serde_json::from_str::<Value>(data) else {
-                    continue;
-                };
-                match event.as_str() {
-                    "message" if v["conversation"] == conversation.as_str() => {
-                        // An edit or delete of an older message prints too.
-                        let i = v["index"].as_u64().unwrap_or(0);
-                        if i > last || v["edited"] == true || v["deleted"] == true {
-                            println!("{}", line(&v));
-                            last = last.max(i);
-                        }
+        for event in reader.feed(&chunk) {
+            match event.context("the node sent an event this client cannot read")? {
+                Event::Message(m) if m.conversation == conversation => {
+                    // An edit or delete of an older message prints too.
+                    let i = m.index.unwrap_or(0);
+                    if i > last || m.edited || m.deleted {
+                        println!("{}", line(&m));
+                        last = last.max(i);
                     }
-                    "lagged" => eprintln!(
-                        "({} events not shown: this terminal fell behind)",
-                        v["missed"]
-                    ),
-                    _ => {}
                 }
+                Event::Lagged(l) => {
+                    eprintln!("({} events not shown: this terminal fell behind)", l.missed)
+                }
+                _ => {}
             }
         }
     }
@@ -291,18 +295,18 @@ async fn wait_caught_up(c: &Client) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut shown = false;
     loop {
-        let (_, s) = c.call(reqwest::Method::GET, "/status", &[], None).await?;
-        let cu = &s["catch_up"];
-        if cu["done"] != false {
+        let s: Status = c
+            .call(reqwest::Method::GET, "/status", &[], None)
+            .await?
+            .map_err(|e| anyhow::anyhow!("no status {e}"))?;
+        let cu = &s.catch_up;
+        if cu.done {
             if shown {
-                eprintln!("\rcaught up at index {}{:20}", cu["applied_index"], "");
+                eprintln!("\rcaught up at index {}{:20}", cu.applied_index, "");
             }
             return Ok(());
         }
-        let (applied, target) = (
-            cu["applied_index"].as_u64().unwrap_or(0),
-            cu["target_index"].as_u64().unwrap_or(0),
-        );
+        let (applied, target) = (cu.applied_index, cu.target_index);
         eprint!(
             "\rcatching up: {applied}/{target} ({:.0}%)",
             100.0 * applied as f64 / target.max(1) as f64
@@ -328,76 +332,74 @@ pub struct StatusArgs {
 
 pub async fn status(a: StatusArgs) -> anyhow::Result<()> {
     let c = Client::new(&a.client)?;
-    let (status, s) = c.call(reqwest::Method::GET, "/status", &[], None).await?;
-    if !status.is_success() {
-        bail!("no status ({status}): {}", error_text(&s));
-    }
+    let s: Status = c
+        .call(reqwest::Method::GET, "/status", &[], None)
+        .await?
+        .map_err(|e| anyhow::anyhow!("no status {e}"))?;
     if a.json {
-        println!("{s}");
+        println!("{}", serde_json::to_string(&s)?);
         return Ok(());
     }
-    let cs = &s["consensus"];
-    println!(
-        "node {} ({}) in {}",
-        s["node_id"],
-        s["user"].as_str().unwrap_or("?"),
-        s["room"].as_str().unwrap_or("?")
-    );
-    let leader = match cs["leader"].as_u64() {
-        Some(l) if Some(l) == s["node_id"].as_u64() => format!("{l} (this node)"),
+    let cs = &s.consensus;
+    println!("node {} ({}) in {}", s.node_id, s.user, s.room);
+    let leader = match cs.leader {
+        Some(l) if l == s.node_id => format!("{l} (this node)"),
         Some(l) => l.to_string(),
         None => "none reachable".to_owned(),
     };
+    let idx = |i: Option<u64>| i.map_or_else(|| "-".to_owned(), |i| i.to_string());
     println!(
         "raft: {} in term {}, leader {leader}; log {} committed {} applied {}; outbox {}",
-        cs["state"].as_str().unwrap_or("?"),
-        cs["term"],
-        cs["last_log_index"],
-        cs["committed_index"],
-        cs["applied_index"],
-        cs["outbox_len"]
+        cs.state,
+        cs.term,
+        idx(cs.last_log_index),
+        idx(cs.committed_index),
+        idx(cs.applied_index),
+        cs.outbox_len
     );
-    if s["catch_up"]["done"] == false {
+    if !s.catch_up.done {
         println!(
             "catching up: {}/{}",
-            s["catch_up"]["applied_index"], s["catch_up"]["target_index"]
+            s.catch_up.applied_index, s.catch_up.target_index
         );
     }
-    let cm = &s["committer"];
-    println!(
-        "repository: synced up to index {}; commit interval {} s",
-        cm["synced_up_to"], cm["interval_secs"]
-    );
-    if let Some(f) = cm["last_flush"].as_object() {
+    if let Some(cm) = &s.committer {
         println!(
-            "last flush: {} {} ({} changes, {} commits, {:.0} ms){}",
-            f.get("at").and_then(Value::as_str).unwrap_or("?"),
-            f.get("reason").and_then(Value::as_str).unwrap_or("?"),
-            f.get("changes").unwrap_or(&Value::Null),
-            f.get("commits").unwrap_or(&Value::Null),
-            f.get("duration_ms").and_then(Value::as_f64).unwrap_or(0.0),
-            f.get("error")
-                .and_then(Value::as_str)
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
+            "repository: synced up to index {}; commit interval {} s",
+            cm.synced_up_to, cm.interval_secs
         );
+        if let Some(f) = &cm.last_flush {
+            println!(
+                "last flush: {} {} ({} changes, {} commits, {:.0} ms){}",
+                f.at.as_deref().unwrap_or("?"),
+                f.reason,
+                f.changes,
+                f.commits,
+                f.duration_ms,
+                f.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+        }
     }
-    let peers = s["peers"].as_array().cloned().unwrap_or_default();
-    println!("peers: {}", peers.len());
-    for p in &peers {
-        let rtt = p["rtt_ms"]
-            .as_f64()
+    println!("peers: {}", s.peers.len());
+    for p in &s.peers {
+        let rtt = p
+            .rtt_ms
             .map(|r| format!(", rtt {r:.2} ms"))
             .unwrap_or_default();
+        let state = serde_json::to_value(p.state)?;
+        let role = p
+            .role
+            .map(|r| serde_json::to_value(r).map(|r| format!(" ({})", r.as_str().unwrap_or("?"))))
+            .transpose()?
+            .unwrap_or_default();
         println!(
-            "  {} {} {}{}{rtt}",
-            p["node_id"],
-            p["user"].as_str().unwrap_or("?"),
-            p["state"].as_str().unwrap_or("?"),
-            p["role"]
-                .as_str()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default()
+            "  {} {} {}{role}{rtt}",
+            p.node_id,
+            p.user,
+            state.as_str().unwrap_or("?"),
         );
     }
     Ok(())
@@ -411,7 +413,7 @@ pub async fn push(args: ClientArgs) -> anyhow::Result<()> {
     tokio::pin!(call);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    let (status, v) = loop {
+    let pushed: Result<Pushed, Refused> = loop {
         tokio::select! {
             r = &mut call => break r?,
             _ = tick.tick() => eprint!("\rpushing... {} s", started.elapsed().as_secs()),
@@ -420,22 +422,22 @@ pub async fn push(args: ClientArgs) -> anyhow::Result<()> {
     if started.elapsed() >= Duration::from_secs(1) {
         eprintln!();
     }
-    match status.as_u16() {
-        200 => {
-            if let Some(l) = v["leader"].as_u64() {
+    match pushed {
+        Ok(v) => {
+            if let Some(l) = v.leader {
                 eprintln!("(flushed by the room's leader, node {l})");
             }
             println!(
                 "pushed {} changes in {} commit(s); the repository holds the log up to index {} (head {}) in {:.0} ms",
-                v["changes"],
-                v["commits"],
-                v["up_to_index"],
-                v["head"].as_str().unwrap_or("none"),
-                v["duration_ms"].as_f64().unwrap_or(0.0)
+                v.changes,
+                v.commits,
+                v.up_to_index,
+                v.head.as_deref().unwrap_or("none"),
+                v.duration_ms
             );
             Ok(())
         }
-        _ => bail!("push failed ({status}): {}", error_text(&v)),
+        Err(e) => bail!("push failed {e}"),
     }
 }
 
@@ -443,20 +445,41 @@ pub async fn push(args: ClientArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn message(
+        index: u64,
+        content: &str,
+        edited: bool,
+        deleted: bool,
+        state: SyncState,
+    ) -> Message {
+        Message {
+            id: "01J00000000000000000000000".into(),
+            index: Some(index),
+            last_change_index: Some(index),
+            conversation: "general".into(),
+            sender: "ana".into(),
+            content: content.into(),
+            created_at: "2026-12-07T00:00:00.000Z".into(),
+            updated_at: "2026-12-07T00:00:00.000Z".into(),
+            edited,
+            deleted,
+            sync_state: state,
+            git_hash: None,
+            commit_url: None,
+            applied_at_us: None,
+        }
+    }
+
     #[test]
     fn a_message_line_shows_its_state() {
-        let m = serde_json::json!({
-            "index": 7, "conversation": "general", "sender": "ana",
-            "content": "hi", "edited": true, "deleted": false, "sync_state": "committed",
-        });
+        let m = message(7, "hi", true, false, SyncState::Committed);
         assert_eq!(
             line(&m),
             "[     7] #general ana: hi (edited) [not in the repository yet]"
         );
-        let d = serde_json::json!({
-            "index": 8, "conversation": "general", "sender": "ana",
-            "content": "", "edited": false, "deleted": true, "sync_state": "synchronized",
-        });
+        let d = message(8, "", false, true, SyncState::Synchronized);
         assert_eq!(line(&d), "[     8] #general ana: (deleted)");
+        let p = message(9, "later", false, false, SyncState::Pending);
+        assert_eq!(line(&p), "[     9] #general ana: later [pending]");
     }
 }

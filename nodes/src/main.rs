@@ -48,6 +48,9 @@ enum Command {
     /// Simulate a whole room with faults, reproducibly from a seed, and
     /// check that no acknowledged message is lost or duplicated.
     Sim(sim::SimArgs),
+    /// Print the node API's OpenAPI description (what `GET /openapi.json`
+    /// serves), generated from the API's types.
+    Openapi,
 }
 
 #[derive(Args)]
@@ -118,6 +121,10 @@ impl NodeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        println!("{}", skygit::api::openapi::json());
+        return Ok(());
+    }
     if let Command::Sim(a) = cli.command {
         // Simulated nodes log what real ones do, thousands of times per
         // simulated hour: the run's report says what matters.
@@ -154,7 +161,9 @@ fn main() -> anyhow::Result<()> {
             Command::Status(a) => client::status(a).await,
             Command::Init(a) => repo::init(a).await,
             Command::History(a) => repo::history(a).await,
-            Command::Sim(_) => anyhow::bail!("the simulator runs outside the node's runtime"),
+            Command::Sim(_) | Command::Openapi => {
+                anyhow::bail!("this command runs outside the node's runtime")
+            }
         }
     })
 }

@@ -290,7 +290,7 @@ pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
     let first = state
         .room(None)
         .await
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+        .map_err(|e| anyhow::anyhow!(e.body.error))?;
     eprintln!(
         "skygit node {id} in room {} as {}; web UI {url}/ ; type a line to post, Ctrl-C to stop",
         cfg.room, cfg.user

@@ -1,6 +1,7 @@
 //! Commands that work on the room's repository: `skygit init`, `skygit
 //! push` and `skygit history`, and opening a room's remote.
 
+use skygit_api::SyncState;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -265,6 +266,7 @@ pub async fn history(a: HistoryArgs) -> anyhow::Result<()> {
     let h = readback::load(remote.as_ref(), ReadbackLimits::default())
         .await
         .with_context(|| format!("cannot read the history of {}", remote.describe()))?;
+    let web = crate::api::web_url_of(room.as_str());
     for m in &h.messages {
         let msg = &m.record.message;
         if a.conversation
@@ -274,21 +276,13 @@ pub async fn history(a: HistoryArgs) -> anyhow::Result<()> {
             continue;
         }
         if a.json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "id": msg.id.to_string(),
-                    "index": m.record.index,
-                    "conversation": msg.conversation.as_str(),
-                    "sender": msg.sender.as_str(),
-                    "content": msg.content,
-                    "created_at": msg.created_at,
-                    "edited_at": msg.edited_at,
-                    "deleted": msg.deleted,
-                    "is_synchronized": true,
-                    "git_hash": m.git_hash,
-                })
+            let view = crate::api::messages::message_of(
+                &m.record,
+                Some(m.git_hash.clone()),
+                SyncState::Synchronized,
+                |h| web.as_ref().map(|w| format!("{w}/commit/{h}")),
             );
+            println!("{}", serde_json::to_string(&view)?);
         } else {
             let text = if msg.deleted {
                 "(deleted)"

@@ -1434,7 +1434,10 @@ async fn the_settings_form_changes_the_commit_interval() {
                     EVERY,
                     "every node to flush every 7 s",
                     || async move {
-                        Ok((n.status().await?["committer"]["interval_secs"] == 7).then_some(()))
+                        Ok(
+                            (n.status().await?.committer.map(|c| c.interval_secs) == Some(7))
+                                .then_some(()),
+                        )
                     },
                 )
                 .await?;

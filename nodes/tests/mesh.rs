@@ -162,12 +162,7 @@ async fn five_processes_keep_going_while_voters_leave_and_lose_nothing_when_they
         .status()
         .await
         .expect("status");
-    let voters: Vec<u64> = status["membership"]["voters"]
-        .as_array()
-        .expect("voters")
-        .iter()
-        .filter_map(|v| v.as_u64())
-        .collect();
+    let voters: Vec<u64> = status.membership.expect("membership").voters;
     let leaving: Vec<u64> = voters
         .iter()
         .copied()
@@ -246,7 +241,7 @@ async fn a_node_whose_certificate_does_not_match_its_record_is_refused() {
     wait_for(SETTLE, "the honest nodes to refuse the liar", || async {
         for n in &refs {
             let s = n.status().await.ok()?;
-            if peer_entry(&s, liar.node_id)?["failures"].as_u64()? < 2 {
+            if peer_entry(&s, liar.node_id)?.failures < 2 {
                 return None;
             }
         }
@@ -256,16 +251,16 @@ async fn a_node_whose_certificate_does_not_match_its_record_is_refused() {
     .expect("refused");
     for n in &refs {
         let s = n.status().await.expect("status");
-        let members: Vec<u64> = ["voters", "learners"]
+        let members: Vec<u64> = s
+            .membership
             .iter()
-            .flat_map(|k| s["membership"][k].as_array().cloned().unwrap_or_default())
-            .filter_map(|v| v.as_u64())
+            .flat_map(|m| m.voters.iter().chain(&m.learners).copied())
             .collect();
-        assert!(!members.contains(&liar.node_id), "the liar joined: {s}");
+        assert!(!members.contains(&liar.node_id), "the liar joined: {s:?}");
         assert_ne!(
             link_phase(&s, liar.node_id),
             "open",
-            "a link to the liar is open: {s}"
+            "a link to the liar is open: {s:?}"
         );
     }
     liar.kill().await.expect("killed");
@@ -274,11 +269,10 @@ async fn a_node_whose_certificate_does_not_match_its_record_is_refused() {
     }
 }
 
-fn signals(s: &serde_json::Value) -> (u64, u64) {
-    (
-        s["signals"]["via_repo"].as_u64().unwrap_or(0),
-        s["signals"]["via_mesh"].as_u64().unwrap_or(0),
-    )
+fn signals(s: &skygit_api::Status) -> (u64, u64) {
+    s.signals
+        .as_ref()
+        .map_or((0, 0), |g| (g.via_repo, g.via_mesh))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,10 +327,9 @@ async fn a_lost_link_is_re_signalled_over_the_mesh_without_repository_writes() {
     }
 }
 
-fn peer_field(s: &serde_json::Value, peer: u64, field: &str) -> u64 {
-    peer_entry(s, peer)
-        .and_then(|p| p[field].as_u64())
-        .unwrap_or(0)
+/// The current link attempt to `peer` (0 when not listed).
+fn attempt(s: &skygit_api::Status, peer: u64) -> u64 {
+    peer_entry(s, peer).map_or(0, |p| p.attempt)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,7 +347,7 @@ async fn garbage_from_a_peer_is_refused_and_the_node_keeps_serving_the_others() 
     // after the right one, an empty frame. The victim drops each frame and
     // keeps the link.
     let before = victim.status().await.expect("status");
-    let attempt_before = peer_field(&before, attacker.node_id, "attempt");
+    let attempt_before = attempt(&before, attacker.node_id);
     for bad in [vec![9u8, 1, 2, 3], vec![1u8, 255, 255, 255, 255, 7], vec![]] {
         attacker
             .send_raw(victim.node_id, "frame", bad)
@@ -364,11 +357,11 @@ async fn garbage_from_a_peer_is_refused_and_the_node_keeps_serving_the_others() 
     post_all(&refs, "after bad frames", 1, &mut sent).await;
     wait_converged(&refs, &sent).await;
     let after = victim.status().await.expect("status");
-    assert_eq!(link_phase(&after, attacker.node_id), "open", "{after}");
+    assert_eq!(link_phase(&after, attacker.node_id), "open", "{after:?}");
     assert_eq!(
-        peer_field(&after, attacker.node_id, "attempt"),
+        attempt(&after, attacker.node_id),
         attempt_before,
-        "a bad frame must not cost the link: {after}"
+        "a bad frame must not cost the link: {after:?}"
     );
 
     // Bytes that break the mesh's own framing (unknown version, unknown
@@ -377,7 +370,7 @@ async fn garbage_from_a_peer_is_refused_and_the_node_keeps_serving_the_others() 
         attacker.send_raw(victim.node_id, "wire", bad).await.ok();
         wait_for(SETTLE, "the link to be dropped and made again", || async {
             let s = victim.status().await.ok()?;
-            let attempt = peer_field(&s, attacker.node_id, "attempt");
+            let attempt = attempt(&s, attacker.node_id);
             let reconnected = link_phase(&s, attacker.node_id) == "open";
             let attacker_side = attacker.status().await.ok()?;
             let both = link_phase(&attacker_side, victim.node_id) == "open";

@@ -534,10 +534,11 @@ pub async fn api(args: ApiBenchArgs) -> anyhow::Result<()> {
             String::from_utf8_lossy(&body)
         );
     }
-    let page: serde_json::Value = serde_json::from_slice(&body).context("the first answer")?;
+    let page: skygit_api::MessagePage =
+        serde_json::from_slice(&body).context("the first answer")?;
     eprintln!(
         "first page: {} messages, {} B",
-        page["messages"].as_array().map_or(0, Vec::len),
+        page.messages.len(),
         body.len()
     );
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use skygit_harness::{wait_for, wait_members, NodeProc, NodeSpec};
+use skygit_harness::{post_to, wait_for, wait_members, NodeProc, NodeSpec};
 use skygit_remotes::git::GitRemote;
 use tokio::sync::mpsc;
 
@@ -112,11 +112,7 @@ pub async fn mesh(args: MeshBenchArgs) -> anyhow::Result<()> {
     for (started, n) in &nodes {
         let opened = wait_for(Duration::from_secs(120), "a first open channel", || async {
             let s = n.status().await.ok()?;
-            s["peers"]
-                .as_array()?
-                .iter()
-                .any(|p| p["phase"] == "open")
-                .then(Instant::now)
+            s.peers.iter().any(|p| p.phase == "open").then(Instant::now)
         })
         .await?;
         open_ms.push(opened.duration_since(*started).as_secs_f64() * 1e3);
@@ -165,16 +161,8 @@ pub async fn mesh(args: MeshBenchArgs) -> anyhow::Result<()> {
         let (api, body, client) = (n.api.clone(), body.clone(), n.http().clone());
         let at = now_us();
         posts.push(tokio::spawn(async move {
-            let r: serde_json::Value = client
-                .post(format!("{api}/messages"))
-                .json(&serde_json::json!({ "content": body }))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            Some((r["message_id"].as_str()?.to_owned(), at))
+            let posted = post_to(&client, &api, &body).await.ok()?;
+            Some((posted.id, at))
         }));
     }
     for p in posts {
@@ -201,17 +189,8 @@ pub async fn mesh(args: MeshBenchArgs) -> anyhow::Result<()> {
         let count = per_sender.min(args.messages.saturating_sub(s * per_sender));
         tasks.push(tokio::spawn(async move {
             for _ in 0..count {
-                let r = client
-                    .post(format!("{api}/messages"))
-                    .json(&serde_json::json!({ "content": body }))
-                    .send()
-                    .await;
-                if let Ok(r) = r {
-                    if let Ok(v) = r.json::<serde_json::Value>().await {
-                        if let Some(id) = v["message_id"].as_str() {
-                            ids.lock().await.insert(id.to_owned(), 0u64);
-                        }
-                    }
+                if let Ok(posted) = post_to(&client, &api, &body).await {
+                    ids.lock().await.insert(posted.id, 0u64);
                 }
             }
         }));

@@ -16,12 +16,13 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use skygit_api::events::{Event, Hello, Lagged, SettingsChanged, StreamEvent, Synced};
+use skygit_api::{ErrorBody, SyncState};
 use skygit_consensus::model::Conversation;
 use skygit_storage::AppliedEvent;
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
-use super::messages::{conversation_json, message_json, rfc3339};
+use super::messages::{conversation_view, message_view, rfc3339};
 use super::{query, ApiError, RepoQuery, Served, Shared, MAX_EVENT_STREAMS};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -54,10 +55,6 @@ struct Stream {
     conversations: BTreeSet<String>,
 }
 
-fn frame(event: &str, data: &Value) -> Vec<u8> {
-    format!("event: {event}\ndata: {data}\n\n").into_bytes()
-}
-
 fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -86,27 +83,18 @@ impl Stream {
             } else {
                 None
             };
-            let state = if hash.is_some() {
-                "synchronized"
-            } else {
-                "committed"
-            };
-            let mut v = message_json(&self.room, m, hash.as_deref(), state);
-            if let Some(o) = v.as_object_mut() {
-                o.insert("applied_at_us".into(), json!(now_us()));
-            }
-            out.extend(frame("message", &v));
+            let mut v = message_view(&self.room, m, hash, SyncState::Committed);
+            v.applied_at_us = Some(now_us());
+            out.extend(Event::Message(Box::new(v)).frame());
             return out;
         }
         if let Some(s) = &e.settings {
-            return frame(
-                "settings",
-                &json!({
-                    "commit_interval_secs": s.commit_interval_secs,
-                    "voters": s.voters,
-                    "changed_index": s.changed_index,
-                }),
-            );
+            return Event::Settings(SettingsChanged {
+                commit_interval_secs: s.commit_interval_secs,
+                voters: s.voters,
+                changed_index: s.changed_index,
+            })
+            .frame();
         }
         // Not a message: a synced record or a new conversation (or a
         // refusal). Reading both is cheap and rare.
@@ -123,14 +111,14 @@ impl Stream {
         let mut out = Vec::new();
         if up_to > self.synced {
             self.synced = up_to;
-            out.extend(frame(
-                "synced",
-                &json!({
-                    "up_to_index": up_to,
-                    "git_hash": hash,
-                    "commit_url": hash.as_deref().and_then(|h| self.room.commit_url(h)),
-                }),
-            ));
+            out.extend(
+                Event::Synced(Synced {
+                    up_to_index: up_to,
+                    commit_url: hash.as_deref().and_then(|h| self.room.commit_url(h)),
+                    git_hash: hash,
+                })
+                .frame(),
+            );
         }
         out.extend(self.announce(&convs));
         out
@@ -143,7 +131,7 @@ impl Stream {
             if self.conversations.len() < MAX_KNOWN_CONVERSATIONS
                 && self.conversations.insert(c.id.as_str().to_owned())
             {
-                out.extend(frame("conversation", &conversation_json(c, None)));
+                out.extend(Event::Conversation(conversation_view(c, None)).frame());
             }
         }
         out
@@ -158,6 +146,15 @@ impl Stream {
     }
 }
 
+#[utoipa::path(get, path = "/events", tag = "status", params(RepoQuery),
+    responses((status = 200, content_type = "text/event-stream", body = StreamEvent,
+               description = "Server-sent events, each `event: <name>` and `data: <JSON>`: `hello` (Hello, first), \
+                              `message` (Message, with `applied_at_us`), `synced` (Synced), `conversation` \
+                              (ConversationInfo), `settings` (SettingsChanged) and `lagged` (Lagged); a `:` comment \
+                              every 15 s keeps the stream open."),
+              (status = 404, body = ErrorBody),
+              (status = 503, description = "the node serves its limit of streams", body = ErrorBody)))]
+/// Follows the room as this node applies its log.
 pub async fn events(
     State(s): State<Shared>,
     q: Result<Query<RepoQuery>, QueryRejection>,
@@ -183,10 +180,12 @@ pub async fn events(
         ))
     })
     .await?;
-    let hello = frame(
-        "hello",
-        &json!({ "node_id": room.handle.node_id, "synced_up_to": synced, "at": rfc3339(now_us() as i64 / 1000) }),
-    );
+    let hello = Event::Hello(Hello {
+        node_id: room.handle.node_id,
+        synced_up_to: synced,
+        at: rfc3339(now_us() as i64 / 1000),
+    })
+    .frame();
     let state = Stream {
         _slot: slot,
         rx,
@@ -201,7 +200,7 @@ pub async fn events(
             let bytes = match next {
                 Err(_) => b": keep-alive\n\n".to_vec(),
                 Ok(Ok(e)) => st.frames(&e).await,
-                Ok(Err(RecvError::Lagged(n))) => frame("lagged", &json!({ "missed": n })),
+                Ok(Err(RecvError::Lagged(n))) => Event::Lagged(Lagged { missed: n }).frame(),
                 Ok(Err(RecvError::Closed)) => return None,
             };
             if !bytes.is_empty() {
@@ -233,15 +232,5 @@ mod tests {
         drop(slots);
         assert_eq!(open.load(Ordering::Acquire), 0);
         assert!(Slot::take(&open).is_some());
-    }
-
-    #[test]
-    fn a_frame_is_one_event_and_one_data_line() {
-        let f = frame("message", &json!({"content": "two\nlines"}));
-        let text = String::from_utf8(f).unwrap();
-        assert_eq!(
-            text,
-            "event: message\ndata: {\"content\":\"two\\nlines\"}\n\n"
-        );
     }
 }

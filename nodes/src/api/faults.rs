@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Value};
+use skygit_api::faults::{Dropped, Sent};
 
 use super::{gone, ApiError, Shared};
 
@@ -23,7 +23,7 @@ fn enabled(s: &Shared) -> Result<(), ApiError> {
 pub async fn drop_link(
     State(s): State<Shared>,
     Path(peer): Path<u64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Dropped>, ApiError> {
     enabled(&s)?;
     let room = s.room(None).await?;
     match room
@@ -33,7 +33,7 @@ pub async fn drop_link(
         .await
         .map_err(gone)?
     {
-        true => Ok(Json(json!({ "dropped": peer }))),
+        true => Ok(Json(Dropped { dropped: peer })),
         false => Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("no open link to {peer}"),
@@ -48,7 +48,7 @@ pub async fn send_raw(
     State(s): State<Shared>,
     Path((peer, layer)): Path<(u64, String)>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Sent>, ApiError> {
     enabled(&s)?;
     let room = s.room(None).await?;
     let Some(mesh) = &room.mesh else {
@@ -67,6 +67,10 @@ pub async fn send_raw(
         }
         other => return Err(ApiError::bad_request(format!("unknown layer {other:?}"))),
     };
-    sent.map(|()| Json(json!({ "sent": body.len() })))
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
+    sent.map(|()| {
+        Json(Sent {
+            sent: body.len() as u64,
+        })
+    })
+    .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
 }

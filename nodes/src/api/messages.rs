@@ -8,30 +8,28 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
 use skygit_actors::consensus::{ProposeFailure, Proposed, Submit};
+use skygit_api::limits::{DEFAULT_PAGE, MAX_CONTENT_CHARS, MAX_PAGE, MAX_TITLE_CHARS};
+use skygit_api::{
+    ConversationCreated, ConversationInfo, ConversationList, EditMessage, ErrorBody, ErrorStatus,
+    ListQuery, Message, MessageChanged, MessagePage, NewConversation, NewMessage, Outbox,
+    PendingRequest, RequestKind, Success, SyncState,
+};
 use skygit_consensus::model::{
     ApplyOutcome, ChatRequest, Command, Conversation, ConversationId, MessageRecord, Rejection,
-    MAX_CONTENT_BYTES,
 };
 use skygit_storage::ChatReader;
 use ulid::Ulid;
 
 use super::{blocking, gone, json_body, query, ApiError, RepoQuery, Served, Shared};
 
-/// Messages one read returns by default and at most.
-pub const DEFAULT_PAGE: usize = 50;
-pub const MAX_PAGE: usize = 1000;
 /// Conversations one listing returns at most.
 const MAX_CONVERSATIONS: usize = 1000;
 
 /// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
-pub fn rfc3339(ms: i64) -> Value {
-    match chrono::DateTime::from_timestamp_millis(ms) {
-        Some(t) => Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-        None => Value::Null,
-    }
+pub fn rfc3339(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 /// Which commit holds each message of a page: one lookup serves every
@@ -69,50 +67,65 @@ impl<'a> CommitLookup<'a> {
     }
 }
 
-/// A message as the API shows it.
-pub fn message_json(
+/// A message as the API shows it: `Synchronized` when `git_hash` names
+/// the commit holding its last change, else `unsynced` (committed, or
+/// pending in the outbox).
+pub fn message_view(
     room: &Served,
     rec: &MessageRecord,
-    git_hash: Option<&str>,
-    state: &'static str,
-) -> Value {
+    git_hash: Option<String>,
+    unsynced: SyncState,
+) -> Message {
+    message_of(rec, git_hash, unsynced, |h| room.commit_url(h))
+}
+
+/// [`message_view`] with the commit's web page from `commit_url`.
+pub fn message_of(
+    rec: &MessageRecord,
+    git_hash: Option<String>,
+    unsynced: SyncState,
+    commit_url: impl Fn(&str) -> Option<String>,
+) -> Message {
     let m = &rec.message;
-    let created = rfc3339(m.created_at);
-    json!({
-        "id": m.id.to_string(),
-        "index": rec.index,
-        "last_change_index": rec.last_change_index,
-        "conversation": m.conversation.as_str(),
-        "sender": m.sender.as_str(),
-        "content": if m.deleted { "" } else { m.content.as_str() },
-        "timestamp": created,
-        "created_at": created,
-        "updated_at": rfc3339(m.edited_at.unwrap_or(m.created_at)),
-        "edited": m.edited_at.is_some(),
-        "deleted": m.deleted,
-        "is_synchronized": git_hash.is_some(),
-        "git_hash": git_hash,
-        "commit_url": git_hash.and_then(|h| room.commit_url(h)),
-        "sync_state": state,
-    })
+    let created = rfc3339(m.created_at).unwrap_or_default();
+    let pending = unsynced == SyncState::Pending;
+    Message {
+        id: m.id.to_string(),
+        index: (!pending).then_some(rec.index),
+        last_change_index: (!pending).then_some(rec.last_change_index),
+        conversation: m.conversation.as_str().to_owned(),
+        sender: m.sender.as_str().to_owned(),
+        content: if m.deleted {
+            String::new()
+        } else {
+            m.content.clone()
+        },
+        updated_at: rfc3339(m.edited_at.unwrap_or(m.created_at)).unwrap_or_else(|| created.clone()),
+        created_at: created,
+        edited: m.edited_at.is_some(),
+        deleted: m.deleted,
+        sync_state: if git_hash.is_some() {
+            SyncState::Synchronized
+        } else {
+            unsynced
+        },
+        commit_url: git_hash.as_deref().and_then(commit_url),
+        git_hash,
+        applied_at_us: None,
+    }
 }
 
 /// Messages with their sync state read from the room's storage.
-pub fn records_json(
+pub fn records_view(
     room: &Served,
     reader: &ChatReader,
     recs: &[MessageRecord],
-) -> Result<Vec<Value>, skygit_storage::StorageError> {
+) -> Result<Vec<Message>, skygit_storage::StorageError> {
     let mut commits = CommitLookup::new(reader)?;
     let mut out = Vec::with_capacity(recs.len());
     for r in recs {
         let hash = commits.commit(r.last_change_index)?;
-        let state = if hash.is_some() {
-            "synchronized"
-        } else {
-            "committed"
-        };
-        out.push(message_json(room, r, hash.as_deref(), state));
+        out.push(message_view(room, r, hash, SyncState::Committed));
     }
     Ok(out)
 }
@@ -126,20 +139,14 @@ fn conversation_of(name: Option<String>) -> Result<ConversationId, ApiError> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    repo: Option<String>,
-    conversation: Option<String>,
-    limit: Option<usize>,
-    before: Option<u64>,
-    after: Option<u64>,
-}
-
+#[utoipa::path(get, path = "/messages", tag = "messages", params(ListQuery),
+    responses((status = 200, body = MessagePage), (status = 400, body = ErrorBody),
+              (status = 404, description = "no such room or conversation", body = ErrorBody)))]
+/// A page of one conversation's messages, oldest first.
 pub async fn list(
     State(s): State<Shared>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessagePage>, ApiError> {
     let q = query(q)?;
     let room = s.room(q.repo.as_deref()).await?;
     let conversation = conversation_of(q.conversation)?;
@@ -149,11 +156,8 @@ pub async fn list(
             "limit must be 1 to {MAX_PAGE}"
         )));
     }
-    if let (Some(a), Some(b)) = (q.after, q.before) {
-        if a >= b {
-            return Err(ApiError::bad_request("after must be below before"));
-        }
-    }
+    // An empty range (`after` at or above `before`) is an empty page.
+    let empty = matches!((q.after, q.before), (Some(a), Some(b)) if a.saturating_add(1) >= b);
     let reader = room.handle.storage.reader.clone();
     let r = room.clone();
     let (after, before) = (q.after, q.before);
@@ -162,6 +166,9 @@ pub async fn list(
             && reader.conversation(&conversation)?.is_none()
         {
             return Ok(None);
+        }
+        if empty {
+            return Ok(Some((Vec::new(), false)));
         }
         // One more than asked tells whether more follow.
         let mut recs = reader.messages(&conversation, after, before, limit + 1)?;
@@ -173,11 +180,11 @@ pub async fn list(
                 recs.remove(0);
             }
         }
-        Ok(Some((records_json(&r, &reader, &recs)?, has_more)))
+        Ok(Some((records_view(&r, &reader, &recs)?, has_more)))
     })
     .await?
     .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such conversation"))?;
-    Ok(Json(json!({ "messages": messages, "has_more": has_more })))
+    Ok(Json(MessagePage { messages, has_more }))
 }
 
 fn parse_id(id: &str) -> Result<Ulid, ApiError> {
@@ -185,27 +192,29 @@ fn parse_id(id: &str) -> Result<Ulid, ApiError> {
 }
 
 /// A message this node has applied, or 404.
-async fn read_one(room: &Arc<Served>, id: Ulid) -> Result<(MessageRecord, Value), ApiError> {
+async fn read_one(room: &Arc<Served>, id: Ulid) -> Result<(MessageRecord, Message), ApiError> {
     let reader = room.handle.storage.reader.clone();
     let r = room.clone();
     blocking(move || {
         let Some(rec) = reader.message(id)? else {
             return Ok(None);
         };
-        let json = records_json(&r, &reader, std::slice::from_ref(&rec))?
-            .pop()
-            .unwrap_or(Value::Null);
-        Ok(Some((rec, json)))
+        let hash = CommitLookup::new(&reader)?.commit(rec.last_change_index)?;
+        let view = message_view(&r, &rec, hash, SyncState::Committed);
+        Ok(Some((rec, view)))
     })
     .await?
     .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no message {id}")))
 }
 
+#[utoipa::path(get, path = "/messages/{id}", tag = "messages", params(("id" = String, Path, description = "The message's id (a ULID)"), RepoQuery),
+    responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+/// One message as this node has applied it.
 pub async fn get_one(
     State(s): State<Shared>,
     Path(id): Path<String>,
     q: Result<Query<RepoQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Message>, ApiError> {
     let q = query(q)?;
     let room = s.room(q.repo.as_deref()).await?;
     let id = parse_id(&id)?;
@@ -272,30 +281,26 @@ pub(super) fn queued(
     req: &ChatRequest,
     outbox_len: usize,
     reason: &str,
-    message: Option<Value>,
+    message: Option<Message>,
 ) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
+    let mut body = ErrorBody::new(
         "no leader is reachable: the request is kept in this node's outbox and is sent \
          when a leader is reachable",
-    )
-    .with(json!({
-        "status": "queued",
-        "message_id": req.id.to_string(),
-        "outbox_len": outbox_len,
-        "reason": reason,
-        "message": message,
-    }))
+    );
+    body.status = ErrorStatus::Queued;
+    body.message_id = Some(req.id.to_string());
+    body.outbox_len = Some(outbox_len as u64);
+    body.reason = Some(reason.to_owned());
+    body.message = message;
+    ApiError::body(StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
-fn check_content(content: &str) -> Result<(), ApiError> {
-    if content.len() > MAX_CONTENT_BYTES {
+pub(super) fn check_content(content: &str) -> Result<(), ApiError> {
+    let chars = content.chars().count();
+    if chars > MAX_CONTENT_CHARS {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the content is {} bytes; the limit is {MAX_CONTENT_BYTES}",
-                content.len()
-            ),
+            format!("the content is {chars} characters; the limit is {MAX_CONTENT_CHARS}"),
         ));
     }
     if content.trim().is_empty() {
@@ -304,28 +309,23 @@ fn check_content(content: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Deserialize)]
-pub struct PostBody {
-    content: String,
-    #[serde(default)]
-    conversation: Option<String>,
+/// A post as the API shows it before this node has read it back.
+fn fresh_post(room: &Served, req: &ChatRequest, index: u64, state: SyncState) -> Option<Message> {
+    MessageRecord::posted(req, index).map(|rec| message_view(room, &rec, None, state))
 }
 
-/// A post as the API shows it before this node has applied it.
-fn fresh_post(room: &Served, req: &ChatRequest, index: u64, state: &'static str) -> Value {
-    match MessageRecord::posted(req, index) {
-        Some(rec) => message_json(room, &rec, None, state),
-        None => Value::Null,
-    }
-}
-
+#[utoipa::path(post, path = "/messages", tag = "messages", params(RepoQuery), request_body = NewMessage,
+    responses((status = 201, description = "committed, and applied on this node", body = MessageChanged),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 503, description = "queued in the outbox (`status: queued`), or the room is stopping", body = ErrorBody)))]
+/// Posts a message.
 pub async fn post(
     State(s): State<Shared>,
     q: Result<Query<RepoQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let body: PostBody = json_body(body)?;
+    let body: NewMessage = json_body(body)?;
     let room = s.room(q.repo.as_deref()).await?;
     check_content(&body.content)?;
     let conversation = conversation_of(body.conversation)?;
@@ -334,24 +334,28 @@ pub async fn post(
         content: body.content,
     };
     match submit(&room, command).await? {
-        Submitted::Applied(req, index) => Ok((
-            StatusCode::CREATED,
-            Json(json!({
-                "status": "success",
-                "message_id": req.id.to_string(),
-                "message": fresh_post(&room, &req, index, "committed"),
-            })),
-        )
-            .into_response()),
-        Submitted::Queued(req, n, why) => {
-            // Not in the log yet: no index.
-            let mut pending = fresh_post(&room, &req, 0, "pending");
-            if let Some(o) = pending.as_object_mut() {
-                o.insert("index".into(), Value::Null);
-                o.insert("last_change_index".into(), Value::Null);
-            }
-            Err(queued(&req, n, &why, Some(pending)))
+        Submitted::Applied(req, index) => {
+            let message = match fresh_post(&room, &req, index, SyncState::Committed) {
+                Some(m) => m,
+                None => read_one(&room, req.id).await?.1,
+            };
+            Ok((
+                StatusCode::CREATED,
+                Json(MessageChanged {
+                    status: Success::Success,
+                    message_id: req.id.to_string(),
+                    message,
+                }),
+            )
+                .into_response())
         }
+        // Not in the log yet: no index.
+        Submitted::Queued(req, n, why) => Err(queued(
+            &req,
+            n,
+            &why,
+            fresh_post(&room, &req, 0, SyncState::Pending),
+        )),
     }
 }
 
@@ -399,21 +403,22 @@ async fn own_message(room: &Arc<Served>, id: Ulid) -> Result<MessageRecord, ApiE
 /// Answers a change with the message as it stands on this node
 /// ([`submit`] waited for this node to apply it).
 async fn changed(room: &Arc<Served>, id: Ulid) -> Result<Response, ApiError> {
-    let (_, json) = read_one(room, id).await?;
-    Ok(Json(json!({
-        "status": "success",
-        "message_id": id.to_string(),
-        "message": json,
-    }))
+    let (_, message) = read_one(room, id).await?;
+    Ok(Json(MessageChanged {
+        status: Success::Success,
+        message_id: id.to_string(),
+        message,
+    })
     .into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EditBody {
-    content: String,
-}
-
+#[utoipa::path(patch, path = "/messages/{id}", tag = "messages", params(("id" = String, Path, description = "The message's id (a ULID)"), RepoQuery),
+    request_body = EditMessage,
+    responses((status = 200, body = MessageChanged), (status = 400, body = ErrorBody),
+              (status = 403, description = "not this node's user's message", body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, description = "deleted", body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+/// Edits one of this node's user's messages.
 pub async fn edit(
     State(s): State<Shared>,
     Path(id): Path<String>,
@@ -421,7 +426,7 @@ pub async fn edit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let body: EditBody = json_body(body)?;
+    let body: EditMessage = json_body(body)?;
     let room = s.room(q.repo.as_deref()).await?;
     let id = parse_id(&id)?;
     check_content(&body.content)?;
@@ -436,6 +441,10 @@ pub async fn edit(
     }
 }
 
+#[utoipa::path(delete, path = "/messages/{id}", tag = "messages", params(("id" = String, Path, description = "The message's id (a ULID)"), RepoQuery),
+    responses((status = 200, body = MessageChanged), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+/// Deletes one of this node's user's messages (its content is cleared).
 pub async fn delete(
     State(s): State<Shared>,
     Path(id): Path<String>,
@@ -451,75 +460,73 @@ pub async fn delete(
     }
 }
 
+#[utoipa::path(get, path = "/outbox", tag = "messages", params(RepoQuery),
+    responses((status = 200, body = Outbox), (status = 404, body = ErrorBody)))]
+/// The requests this node keeps until a leader is reachable.
 pub async fn outbox(
     State(s): State<Shared>,
     q: Result<Query<RepoQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Outbox>, ApiError> {
     let q = query(q)?;
     let room = s.room(q.repo.as_deref()).await?;
     let ob = room.handle.storage.outbox.clone();
     let pending = blocking(move || ob.list(MAX_PAGE)).await?;
-    let pending: Vec<Value> = pending
+    let pending = pending
         .iter()
         .map(|r| {
             let (kind, conversation, content, message) = match &r.command {
                 Command::Post {
                     conversation,
                     content,
-                } => (
-                    "post",
-                    Some(conversation.as_str()),
-                    Some(content.as_str()),
-                    None,
-                ),
-                Command::Edit { message, content } => (
-                    "edit",
-                    None,
-                    Some(content.as_str()),
-                    Some(message.to_string()),
-                ),
-                Command::Delete { message } => ("delete", None, None, Some(message.to_string())),
+                } => (RequestKind::Post, Some(conversation), Some(content), None),
+                Command::Edit { message, content } => {
+                    (RequestKind::Edit, None, Some(content), Some(message))
+                }
+                Command::Delete { message } => (RequestKind::Delete, None, None, Some(message)),
                 Command::CreateConversation { conversation, .. } => (
-                    "create_conversation",
-                    Some(conversation.as_str()),
+                    RequestKind::CreateConversation,
+                    Some(conversation),
                     None,
                     None,
                 ),
-                Command::Synced { .. } => ("synced", None, None, None),
-                Command::Configure { .. } => ("settings", None, None, None),
+                Command::Synced { .. } => (RequestKind::Synced, None, None, None),
+                Command::Configure { .. } => (RequestKind::Settings, None, None, None),
             };
-            json!({
-                "id": r.id.to_string(),
-                "kind": kind,
-                "conversation": conversation,
-                "message": message,
-                "sender": r.sender.as_str(),
-                "content": content,
-                "created_at": rfc3339(r.at),
-            })
+            PendingRequest {
+                id: r.id.to_string(),
+                kind,
+                conversation: conversation.map(|c| c.as_str().to_owned()),
+                message: message.map(Ulid::to_string),
+                sender: r.sender.as_str().to_owned(),
+                content: content.cloned(),
+                created_at: rfc3339(r.at).unwrap_or_default(),
+            }
         })
         .collect();
-    Ok(Json(json!({ "pending": pending })))
+    Ok(Json(Outbox { pending }))
 }
 
-pub fn conversation_json(c: &Conversation, last_index: Option<u64>) -> Value {
-    json!({
-        "id": c.id.as_str(),
-        "title": c.title,
-        "created_by": c.created_by.as_str(),
-        "created_at": rfc3339(c.created_at),
-        "last_index": last_index,
-    })
+pub fn conversation_view(c: &Conversation, last_index: Option<u64>) -> ConversationInfo {
+    ConversationInfo {
+        id: c.id.as_str().to_owned(),
+        title: c.title.clone(),
+        created_by: Some(c.created_by.as_str().to_owned()),
+        created_at: rfc3339(c.created_at),
+        last_index,
+    }
 }
 
+#[utoipa::path(get, path = "/conversations", tag = "messages", params(RepoQuery),
+    responses((status = 200, body = ConversationList), (status = 404, body = ErrorBody)))]
+/// The room's conversations (`general` first when nobody created it).
 pub async fn conversations(
     State(s): State<Shared>,
     q: Result<Query<RepoQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ConversationList>, ApiError> {
     let q = query(q)?;
     let room = s.room(q.repo.as_deref()).await?;
     let reader = room.handle.storage.reader.clone();
-    let list = blocking(move || {
+    let conversations = blocking(move || {
         let mut convs = reader.conversations()?;
         convs.truncate(MAX_CONVERSATIONS);
         let mut out = Vec::with_capacity(convs.len() + 1);
@@ -529,32 +536,31 @@ pub async fn conversations(
                 .messages(&general, None, None, 1)?
                 .first()
                 .map(|m| m.index);
-            out.push(json!({
-                "id": general.as_str(), "title": general.as_str(), "created_by": null,
-                "created_at": null, "last_index": last,
-            }));
+            out.push(ConversationInfo {
+                id: general.as_str().to_owned(),
+                title: general.as_str().to_owned(),
+                created_by: None,
+                created_at: None,
+                last_index: last,
+            });
         }
         for c in &convs {
             let last = reader
                 .messages(&c.id, None, None, 1)?
                 .first()
                 .map(|m| m.index);
-            out.push(conversation_json(c, last));
+            out.push(conversation_view(c, last));
         }
         Ok(out)
     })
     .await?;
-    Ok(Json(json!({ "conversations": list })))
+    Ok(Json(ConversationList { conversations }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewConversation {
-    id: String,
-    #[serde(default)]
-    title: Option<String>,
-}
-
+#[utoipa::path(post, path = "/conversations", tag = "messages", params(RepoQuery), request_body = NewConversation,
+    responses((status = 201, body = ConversationCreated), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "it exists already", body = ErrorBody), (status = 503, body = ErrorBody)))]
+/// Creates a conversation.
 pub async fn create_conversation(
     State(s): State<Shared>,
     q: Result<Query<RepoQuery>, QueryRejection>,
@@ -566,6 +572,12 @@ pub async fn create_conversation(
     let id = ConversationId::new(body.id)
         .map_err(|e| ApiError::bad_request(format!("conversation: {e}")))?;
     let title = body.title.unwrap_or_else(|| id.as_str().to_owned());
+    let chars = title.chars().count();
+    if chars > MAX_TITLE_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "the title is {chars} characters; the limit is {MAX_TITLE_CHARS}"
+        )));
+    }
     let command = Command::CreateConversation {
         conversation: id.clone(),
         title: title.clone(),
@@ -573,9 +585,9 @@ pub async fn create_conversation(
     match submit(&room, command).await? {
         Submitted::Applied(req, index) => Ok((
             StatusCode::CREATED,
-            Json(json!({
-                "status": "success",
-                "conversation": conversation_json(
+            Json(ConversationCreated {
+                status: Success::Success,
+                conversation: conversation_view(
                     &Conversation {
                         id,
                         title,
@@ -585,7 +597,7 @@ pub async fn create_conversation(
                     },
                     None,
                 ),
-            })),
+            }),
         )
             .into_response()),
         Submitted::Queued(req, n, why) => Err(queued(&req, n, &why, None)),

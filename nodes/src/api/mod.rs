@@ -16,7 +16,8 @@
 
 mod events;
 mod faults;
-mod messages;
+pub mod messages;
+pub mod openapi;
 mod rooms;
 pub mod secret;
 mod ui;
@@ -37,8 +38,26 @@ use skygit_actors::ports::RepoRemote;
 use skygit_actors::room::RoomHandle;
 use tracing::Instrument;
 
-/// Largest request body the API reads.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub use skygit_api::limits::MAX_BODY_BYTES;
+use skygit_api::ErrorBody;
+pub use skygit_api::RepoQuery;
+
+// The contract's limits are the node's own.
+const _: () = {
+    use skygit_api::limits as api;
+    use skygit_consensus::model as m;
+    assert!(api::MAX_CONTENT_BYTES == m::MAX_CONTENT_BYTES);
+    assert!(api::MAX_CONVERSATION_BYTES == m::MAX_CONVERSATION_BYTES);
+    assert!(api::MAX_TITLE_BYTES == m::MAX_TITLE_BYTES);
+    assert!(api::MIN_COMMIT_INTERVAL_SECS == m::MIN_COMMIT_INTERVAL_SECS);
+    assert!(api::MAX_COMMIT_INTERVAL_SECS == m::MAX_COMMIT_INTERVAL_SECS);
+    assert!(api::VOTER_COUNTS.len() == m::VOTER_COUNTS.len());
+    let mut i = 0;
+    while i < api::VOTER_COUNTS.len() {
+        assert!(api::VOTER_COUNTS[i] == m::VOTER_COUNTS[i]);
+        i += 1;
+    }
+};
 
 /// The content security policy of every answer: scripts, styles and
 /// connections only from the node itself, nothing inline.
@@ -67,10 +86,7 @@ impl Served {
         remote: Option<Arc<dyn RepoRemote>>,
     ) -> Self {
         let spec = handle.room.as_str().to_owned();
-        let web_url = match skygit_remotes::parse_github_spec(&spec) {
-            Some(Ok((owner, name))) => Some(format!("https://github.com/{owner}/{name}")),
-            _ => None,
-        };
+        let web_url = web_url_of(&spec);
         Self {
             key: handle.room.storage_key(),
             spec,
@@ -84,6 +100,14 @@ impl Served {
     /// The web address of a commit, when the host has web pages.
     pub fn commit_url(&self, sha: &str) -> Option<String> {
         self.web_url.as_ref().map(|w| format!("{w}/commit/{sha}"))
+    }
+}
+
+/// The repository's web page, when its host has one (GitHub rooms).
+pub fn web_url_of(spec: &str) -> Option<String> {
+    match skygit_remotes::parse_github_spec(spec) {
+        Some(Ok((owner, name))) => Some(format!("https://github.com/{owner}/{name}")),
+        _ => None,
     }
 }
 
@@ -146,43 +170,30 @@ impl ApiState {
 
 pub type Shared = Arc<ApiState>;
 
-/// An error answer: `{"status": "error", "error": "..."}`.
+/// An error answer: an [`ErrorBody`] (`{"status": "error", "error": "..."}`).
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub message: String,
-    /// Extra fields merged into the body.
-    pub extra: Option<serde_json::Value>,
+    pub body: ErrorBody,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            extra: None,
-        }
+        Self::body(status, ErrorBody::new(message))
+    }
+
+    pub fn body(status: StatusCode, body: ErrorBody) -> Self {
+        Self { status, body }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
-
-    pub fn with(mut self, extra: serde_json::Value) -> Self {
-        self.extra = Some(extra);
-        self
-    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = serde_json::json!({ "status": "error", "error": self.message });
-        if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
-            (self.extra, body.as_object_mut())
-        {
-            obj.extend(extra);
-        }
-        (self.status, Json(body)).into_response()
+        (self.status, Json(self.body)).into_response()
     }
 }
 
@@ -231,13 +242,6 @@ pub fn query<T>(
 ) -> Result<T, ApiError> {
     q.map(|q| q.0)
         .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))
-}
-
-/// Only `?repo=`.
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RepoQuery {
-    pub repo: Option<String>,
 }
 
 /// Compares without an early exit, so timing does not reveal a prefix.
@@ -368,6 +372,10 @@ async fn not_found() -> ApiError {
     )
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
+              (status = 404, description = "metrics are off on this node", body = ErrorBody)))]
+/// The node's metrics.
 async fn prometheus(State(s): State<Shared>) -> Response {
     match &s.metrics {
         Some(h) => (
@@ -384,10 +392,13 @@ async fn prometheus(State(s): State<Shared>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/openapi.json", tag = "node",
+    responses((status = 200, description = "this description (OpenAPI 3.1)", content_type = "application/json")))]
+/// The OpenAPI description of this API, generated from `skygit-api`.
 async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
+        openapi::json(),
     )
         .into_response()
 }

@@ -39,14 +39,26 @@ fn page(html: &'static str) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
 
+#[utoipa::path(get, path = "/", tag = "pages", security(()),
+    responses((status = 200, description = "the chat page", content_type = "text/html")))]
+/// The web UI (public: it holds no data).
 pub async fn index() -> Response {
     page(INDEX)
 }
 
+#[utoipa::path(get, path = "/dashboard", tag = "pages", security(()),
+    responses((status = 200, description = "the cluster dashboard", content_type = "text/html")))]
+/// The dashboard (public: it holds no data).
 pub async fn dashboard() -> Response {
     page(DASHBOARD)
 }
 
+#[utoipa::path(get, path = "/ui/{file}", tag = "pages", security(()),
+    params(("file" = String, Path, description = "`app.js`, `common.js`, `dashboard.js` or `style.css`")),
+    responses((status = 200, description = "the asset", content(
+                  (String = "text/javascript"), (String = "text/css"))),
+              (status = 404, description = "no such asset", body = skygit_api::ErrorBody)))]
+/// The pages' scripts and style.
 pub async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
         Some((_, mime, body)) => (

@@ -3,6 +3,8 @@
 //! it over that API. `skygit-tools demo`, `skygit-tools bench mesh` and the process
 //! tests share it, so they all exercise the binary a user runs.
 
+use skygit_api::events::{Event, EventReader};
+use skygit_api::{ErrorBody, ErrorStatus, MessageChanged, MessagePage, NewMessage, Peer, Status};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -190,10 +192,7 @@ impl NodeProc {
             child,
             http,
         };
-        let status = node.status().await?;
-        node.node_id = status["node_id"]
-            .as_u64()
-            .context("status without node_id")?;
+        node.node_id = node.status().await?.node_id;
         Ok(node)
     }
 
@@ -215,37 +214,26 @@ impl NodeProc {
         &self.http
     }
 
-    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
-        let r = self.http.get(format!("{}/status", self.api)).send().await?;
-        Ok(r.error_for_status()?.json().await?)
+    /// `GET /status`, decoded with the API's types.
+    pub async fn status(&self) -> anyhow::Result<Status> {
+        self.get("/status").await
+    }
+
+    /// A `GET` answered with success, decoded as `T` (the API's types
+    /// refuse unknown fields: a contract drift fails here).
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let r = self.http.get(format!("{}{path}", self.api)).send().await?;
+        let status = r.status();
+        let text = r.text().await?;
+        if !status.is_success() {
+            bail!("GET {path} answered {status}: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("GET {path}: {text}"))
     }
 
     /// Posts `content` to the general conversation.
     pub async fn post(&self, content: &str) -> anyhow::Result<Posted> {
-        let r = self
-            .http
-            .post(format!("{}/messages", self.api))
-            .json(&serde_json::json!({ "content": content }))
-            .send()
-            .await?;
-        let status = r.status();
-        let body: serde_json::Value = serde_json::from_str(&r.text().await?)?;
-        let queued = body["status"] == "queued";
-        if !status.is_success() && !queued {
-            bail!("post answered {status}: {body}");
-        }
-        Ok(Posted {
-            id: body["message_id"]
-                .as_str()
-                .context("a post answer without message_id")?
-                .to_owned(),
-            index: if queued {
-                None
-            } else {
-                body["message"]["index"].as_u64()
-            },
-            queued,
-        })
+        post_to(&self.http, &self.api, content).await
     }
 
     /// The general conversation's message contents in log order.
@@ -253,22 +241,17 @@ impl NodeProc {
         let mut out = Vec::new();
         let mut after = 0;
         loop {
-            let url = format!("{}/messages?limit=1000&after={after}", self.api);
-            let page: serde_json::Value = self
-                .http
-                .get(url)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
+            let page: MessagePage = self
+                .get(&format!("/messages?limit=1000&after={after}"))
                 .await?;
-            let list = page["messages"].as_array().context("no messages list")?;
-            let Some(last) = list.last() else { break };
-            after = last["index"].as_u64().context("a message without index")?;
-            for m in list {
-                out.push(m["content"].as_str().unwrap_or_default().to_owned());
+            let Some(last) = page.messages.last() else {
+                break;
+            };
+            after = last.index.context("a listed message without index")?;
+            for m in page.messages {
+                out.push(m.content);
             }
-            if page["has_more"] != true {
+            if !page.has_more {
                 break;
             }
         }
@@ -287,20 +270,20 @@ impl NodeProc {
             .error_for_status()?;
         let (tx, rx) = tokio::sync::mpsc::channel(65_536);
         tokio::spawn(async move {
-            let mut buf: Vec<u8> = Vec::new();
+            let mut reader = EventReader::new(1 << 20);
             while let Ok(Some(chunk)) = r.chunk().await {
-                buf.extend_from_slice(&chunk);
-                while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=nl).collect();
-                    // Server-sent events: only `data:` lines carry JSON.
-                    let Some(data) = line.strip_prefix(b"data: ") else {
-                        continue;
-                    };
-                    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
-                        continue;
-                    };
-                    if let (Some(id), Some(at)) = (v["id"].as_str(), v["applied_at_us"].as_u64()) {
-                        if tx.send((id.to_owned(), at)).await.is_err() {
+                for event in reader.feed(&chunk) {
+                    match event {
+                        Ok(Event::Message(m)) => {
+                            let Some(at) = m.applied_at_us else { continue };
+                            if tx.send((m.id, at)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        // The contract drifted: end the stream loudly.
+                        Err(e) => {
+                            tracing::error!(error = %e, "an event the API's types cannot read");
                             return;
                         }
                     }
@@ -343,8 +326,7 @@ impl NodeProc {
 
     /// The leader this node knows, if any.
     pub async fn leader(&self) -> Option<u64> {
-        let s = self.status().await.ok()?;
-        s["consensus"]["leader"].as_u64()
+        self.status().await.ok()?.consensus.leader
     }
 
     /// Kills the process at once (SIGKILL): no flush, no goodbye.
@@ -402,6 +384,40 @@ where
     }
 }
 
+/// Posts `content` to the general conversation of the node at `api`
+/// (`http` carries its secret): applied, or queued in its outbox.
+pub async fn post_to(http: &reqwest::Client, api: &str, content: &str) -> anyhow::Result<Posted> {
+    let r = http
+        .post(format!("{api}/messages"))
+        .json(&NewMessage {
+            content: content.to_owned(),
+            conversation: None,
+        })
+        .send()
+        .await?;
+    let status = r.status();
+    let text = r.text().await?;
+    if status.is_success() {
+        let body: MessageChanged = serde_json::from_str(&text)?;
+        return Ok(Posted {
+            id: body.message_id,
+            index: body.message.index,
+            queued: false,
+        });
+    }
+    let body: ErrorBody = serde_json::from_str(&text)?;
+    if body.status != ErrorStatus::Queued {
+        bail!("post answered {status}: {text}");
+    }
+    Ok(Posted {
+        id: body
+            .message_id
+            .context("a queued answer without message_id")?,
+        index: None,
+        queued: true,
+    })
+}
+
 /// Waits until every node reports the same leader and returns it.
 pub async fn wait_leader(nodes: &[&NodeProc], timeout: Duration) -> anyhow::Result<u64> {
     wait_for(timeout, "one leader known to every node", || async {
@@ -428,17 +444,8 @@ pub async fn wait_members(
     wait_for(timeout, "the membership to settle", || async {
         let leader = wait_leader(nodes, Duration::from_millis(1)).await.ok()?;
         let l = nodes.iter().find(|n| n.node_id == leader)?;
-        let s = l.status().await.ok()?;
-        let v: Vec<u64> = s["membership"]["voters"]
-            .as_array()?
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .collect();
-        let learners: Vec<u64> = s["membership"]["learners"]
-            .as_array()?
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .collect();
+        let m = l.status().await.ok()?.membership?;
+        let (v, learners) = (m.voters, m.learners);
         let all_in = nodes
             .iter()
             .all(|n| v.contains(&n.node_id) || learners.contains(&n.node_id));
@@ -502,16 +509,53 @@ pub async fn converged(
 }
 
 /// The entry for `peer` in a node's status (its `peers` list), if listed.
-pub fn peer_entry(status: &serde_json::Value, peer: u64) -> Option<&serde_json::Value> {
-    status["peers"]
-        .as_array()?
-        .iter()
-        .find(|p| p["node_id"].as_u64() == Some(peer))
+pub fn peer_entry(status: &Status, peer: u64) -> Option<&Peer> {
+    status.peers.iter().find(|p| p.node_id == peer)
 }
 
 /// The phase of this node's link to `peer` (`"none"` when not listed).
-pub fn link_phase(status: &serde_json::Value, peer: u64) -> &str {
-    peer_entry(status, peer)
-        .and_then(|p| p["phase"].as_str())
-        .unwrap_or("none")
+pub fn link_phase(status: &Status, peer: u64) -> &str {
+    peer_entry(status, peer).map_or("none", |p| p.phase.as_str())
+}
+
+/// Decodes a node's answer to `method path` with the API's shared types
+/// (which refuse unknown fields): a refusal as [`ErrorBody`], a success as
+/// the route's answer type. `Err` says how the answer breaks the contract.
+/// Answers that are not JSON (pages, metrics, the event stream) and the
+/// OpenAPI description itself are not checked here.
+pub fn check_answer(method: &str, path: &str, status: u16, body: &str) -> anyhow::Result<()> {
+    fn de<T: serde::de::DeserializeOwned>(body: &str) -> anyhow::Result<()> {
+        serde_json::from_str::<T>(body)
+            .map(drop)
+            .with_context(|| format!("not a {}", std::any::type_name::<T>()))
+    }
+    use skygit_api::faults::{Dropped, Sent};
+    use skygit_api::*;
+    let path = path.split('?').next().unwrap_or(path);
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if status >= 400 {
+        return de::<ErrorBody>(body);
+    }
+    let method = method.to_ascii_uppercase();
+    match (method.as_str(), segments.as_slice()) {
+        ("GET", ["status"]) => de::<Status>(body),
+        ("GET", ["peers"]) => de::<PeerList>(body),
+        ("GET", ["messages"]) => de::<MessagePage>(body),
+        ("POST", ["messages"]) => de::<MessageChanged>(body),
+        ("GET", ["messages", _]) => de::<Message>(body),
+        ("PATCH" | "DELETE", ["messages", _]) => de::<MessageChanged>(body),
+        ("GET", ["outbox"]) => de::<Outbox>(body),
+        ("GET", ["conversations"]) => de::<ConversationList>(body),
+        ("POST", ["conversations"]) => de::<ConversationCreated>(body),
+        ("GET", ["repositories"]) => de::<RepositoryList>(body),
+        ("POST", ["repositories"]) => de::<RepositoryAdded>(body),
+        ("POST", ["push"]) => de::<Pushed>(body),
+        ("GET", ["flushes"]) => de::<FlushList>(body),
+        ("GET" | "PUT", ["settings"]) => de::<Settings>(body),
+        ("POST", ["faults", "drop-link", _]) => de::<Dropped>(body),
+        ("POST", ["faults", "send", _, _]) => de::<Sent>(body),
+        ("GET", ["openapi.json" | "metrics" | "events" | "" | "dashboard"])
+        | ("GET", ["ui", _]) => Ok(()),
+        _ => bail!("{method} {path} answered {status}, but the contract has no such route"),
+    }
 }
