@@ -5,9 +5,11 @@
 # build; bindgen needs libclang. iproute2 (`ip netns`) lets the partition
 # test put node processes in separate network namespaces. chromium and
 # chromium-driver run the web UI tests in a real headless browser.
+# schemathesis (from PyPI, pinned, in its own virtual environment) fuzzes
+# a live node's API from its OpenAPI description (nodes/tests/fuzz_api.rs).
 set -euo pipefail
 
-packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git iproute2 chromium chromium-driver)
+packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git iproute2 chromium chromium-driver python3 python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -25,3 +27,13 @@ if ! command -v cargo >/dev/null; then
     echo "cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
     exit 1
 fi
+
+# The API fuzzer. The test finds it through SKYGIT_SCHEMATHESIS or here.
+SCHEMATHESIS_VERSION=4.32.5
+st_env="${SKYGIT_TOOLS_DIR:-$HOME/.cache/skygit}/schemathesis-$SCHEMATHESIS_VERSION"
+if [[ ! -x "$st_env/bin/st" ]]; then
+    echo "installing schemathesis $SCHEMATHESIS_VERSION into $st_env"
+    python3 -m venv "$st_env"
+    "$st_env/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+"$st_env/bin/st" --version

@@ -18,6 +18,7 @@
 
 pub mod error;
 pub mod events;
+mod integral;
 pub mod messages;
 pub mod rooms;
 pub mod status;

@@ -155,11 +155,19 @@ pub struct NodeOverrides {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSettings {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::integral::option"
+    )]
     #[schema(minimum = 1, maximum = 604800)]
     pub commit_interval_secs: Option<u64>,
     /// 1, 3 or 5.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::integral::option"
+    )]
     #[schema(schema_with = voter_count)]
     pub voters: Option<u8>,
 }

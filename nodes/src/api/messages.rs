@@ -207,7 +207,7 @@ async fn read_one(room: &Arc<Served>, id: Ulid) -> Result<(MessageRecord, Messag
     .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no message {id}")))
 }
 
-#[utoipa::path(get, path = "/messages/{id}", tag = "messages", params(("id" = String, Path, description = "The message's id (a ULID)"), RepoQuery),
+#[utoipa::path(get, path = "/messages/{id}", tag = "messages", params(("id" = String, Path, description = "The message's id (a ULID)", pattern = r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"), RepoQuery),
     responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// One message as this node has applied it.
 pub async fn get_one(
@@ -412,7 +412,7 @@ async fn changed(room: &Arc<Served>, id: Ulid) -> Result<Response, ApiError> {
     .into_response())
 }
 
-#[utoipa::path(patch, path = "/messages/{id}", tag = "messages", params(("id" = String, Path, description = "The message's id (a ULID)"), RepoQuery),
+#[utoipa::path(patch, path = "/messages/{id}", tag = "messages", params(("id" = String, Path, description = "The message's id (a ULID)", pattern = r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"), RepoQuery),
     request_body = EditMessage,
     responses((status = 200, body = MessageChanged), (status = 400, body = ErrorBody),
               (status = 403, description = "not this node's user's message", body = ErrorBody),
@@ -441,7 +441,7 @@ pub async fn edit(
     }
 }
 
-#[utoipa::path(delete, path = "/messages/{id}", tag = "messages", params(("id" = String, Path, description = "The message's id (a ULID)"), RepoQuery),
+#[utoipa::path(delete, path = "/messages/{id}", tag = "messages", params(("id" = String, Path, description = "The message's id (a ULID)", pattern = r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"), RepoQuery),
     responses((status = 200, body = MessageChanged), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 /// Deletes one of this node's user's messages (its content is cleared).

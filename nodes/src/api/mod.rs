@@ -174,7 +174,8 @@ pub type Shared = Arc<ApiState>;
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub body: ErrorBody,
+    /// Boxed: a queued post's answer carries the whole message.
+    pub body: Box<ErrorBody>,
 }
 
 impl ApiError {
@@ -183,7 +184,10 @@ impl ApiError {
     }
 
     pub fn body(status: StatusCode, body: ErrorBody) -> Self {
-        Self { status, body }
+        Self {
+            status,
+            body: Box::new(body),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -193,7 +197,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        (self.status, Json(*self.body)).into_response()
     }
 }
 
@@ -232,6 +236,10 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the body is over {MAX_BODY_BYTES} bytes"),
         ));
+    }
+    // serde reads a struct from an array too; the contract says object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
     }
     serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
 }
