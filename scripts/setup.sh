@@ -3,13 +3,15 @@
 # RocksDB comes from Debian's librocksdb-dev (linked through
 # ROCKSDB_LIB_DIR in .cargo/config.toml) instead of a 25 CPU-minute source
 # build; bindgen needs libclang. iproute2 (`ip netns`) lets the partition
-# test put node processes in separate network namespaces. chromium and
+# test put node processes in separate network namespaces; iptables (NAT
+# routers), procps (sysctl) and coturn (a TURN server) make the NAT tests
+# (nodes/tests/nat.rs). chromium and
 # chromium-driver run the web UI tests in a real headless browser.
 # schemathesis (from PyPI, pinned, in its own virtual environment) fuzzes
 # a live node's API from its OpenAPI description (nodes/tests/fuzz_api.rs).
 set -euo pipefail
 
-packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git iproute2 chromium chromium-driver python3 python3-venv)
+packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git iproute2 iptables procps coturn chromium chromium-driver python3 python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do

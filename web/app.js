@@ -108,7 +108,7 @@
       el('tr', { class: 'peer-' + p.state },
         el('td', { text: p.user ?? '?' }),
         el('td', { text: p.node_id }),
-        el('td', { text: p.state + (p.role ? ' · ' + p.role : '') }),
+        el('td', { text: p.state + (p.role ? ' · ' + p.role : '') + (p.path ? ' · via ' + p.path : '') }),
         el('td', { text: SG.fmtMs(p.rtt_ms) }))
     );
     if (!rows.length) rows.push(el('tr', {}, el('td', { colspan: 4, class: 'muted', text: 'no peers' })));

@@ -104,14 +104,15 @@
       if (typeof pe.rtt_ms === 'number') rtt[pe.node_id] = pe.rtt_ms;
       rows.push(el('tr', {},
         el('td', { text: pe.node_id }), el('td', { text: pe.user ?? '' }), el('td', { text: pe.state ?? '' }),
-        el('td', { text: pe.phase ?? '' }), el('td', { text: pe.role ?? '' }), el('td', { text: SG.fmtMs(pe.rtt_ms) }),
+        el('td', { text: pe.phase ?? '' }), el('td', { text: pe.path ?? '–' }), el('td', { text: pe.role ?? '' }),
+        el('td', { text: SG.fmtMs(pe.rtt_ms) }),
         el('td', { text: r ? r.matched_index ?? '–' : '–' }), el('td', { text: r ? r.lag ?? '–' : pe.lag ?? '–' })));
     }
     for (const r of repl.values())
       rows.push(el('tr', {}, el('td', { text: r.node_id }), el('td', { text: r.node_id === s.node_id ? '(this node)' : '' }),
-        el('td', { text: '' }), el('td', { text: '' }), el('td', { text: '' }), el('td', { text: '–' }),
+        el('td', { text: '' }), el('td', { text: '' }), el('td', { text: '' }), el('td', { text: '' }), el('td', { text: '–' }),
         el('td', { text: r.matched_index ?? '–' }), el('td', { text: r.lag ?? '–' })));
-    if (!rows.length) rows.push(el('tr', {}, el('td', { colspan: 8, class: 'muted', text: 'no peers' })));
+    if (!rows.length) rows.push(el('tr', {}, el('td', { colspan: 9, class: 'muted', text: 'no peers' })));
     $('links').replaceChildren(...rows);
 
     // Rate from the delta of messages_applied_total.

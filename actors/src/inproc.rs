@@ -413,6 +413,7 @@ impl PeerTransport for InProcEndpoint {
                     state: end.name().to_owned(),
                     rtt_us: open.then_some(0),
                     queued_frames: queued(*peer),
+                    path: None,
                 }
             })
             .collect()

@@ -15,6 +15,18 @@ pub enum PeerState {
     Offline,
 }
 
+/// The kind of path a link's selected candidate pair takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkPath {
+    /// Directly between the hosts' addresses.
+    Host,
+    /// Through NAT, on addresses found with STUN.
+    Srflx,
+    /// Through a TURN server.
+    Relay,
+}
+
 /// A peer's part in the room's raft group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -35,6 +47,8 @@ pub struct Peer {
     pub phase: String,
     /// The link's round-trip time, when measured.
     pub rtt_ms: Option<f64>,
+    /// The path the open link takes, once known.
+    pub path: Option<LinkPath>,
     /// Its part in the group (none: not a member).
     pub role: Option<Role>,
     /// How many entries it lags behind this node (leaders only).
@@ -121,6 +135,27 @@ pub struct Signals {
     pub via_mesh: u64,
 }
 
+/// Candidates one offer or answer carried, by type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Gathered {
+    pub host: u32,
+    pub srflx: u32,
+    pub relay: u32,
+}
+
+/// The STUN and TURN servers this node gathers with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ice {
+    /// The servers' URLs (credentials are never shown).
+    pub servers: Vec<String>,
+    /// What this node's last offer or answer carried.
+    pub last_gathered: Option<Gathered>,
+    /// A TURN server is configured and gave no relay candidate.
+    pub problem: Option<String>,
+}
+
 /// A follower's replication, as the leader sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -172,6 +207,8 @@ pub struct Status {
     pub presence: Option<Presence>,
     pub peers: Vec<Peer>,
     pub signals: Option<Signals>,
+    /// STUN and TURN (nodes on the WebRTC mesh).
+    pub ice: Option<Ice>,
     /// Per follower (leaders only).
     pub replication: Option<Vec<Replication>>,
     pub committer: Option<Committer>,

@@ -44,6 +44,7 @@
 //! `runtime` the socket-buffer tweak.
 
 mod fingerprint;
+pub mod ice;
 mod link;
 mod runtime;
 mod wire;
@@ -76,11 +77,19 @@ pub const EVENT_QUEUE: usize = 1024;
 /// Tunables of a [`Mesh`].
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
-    /// IPs to gather host candidates on (explicit IPs; a wildcard skips loopback). Default [127.0.0.1].
+    /// IPs to gather host candidates on (explicit IPs; a wildcard is
+    /// every interface's address but loopback). Default [127.0.0.1].
     pub bind_ips: Vec<IpAddr>,
+    /// STUN and TURN servers (server-reflexive and relay candidates).
+    /// Default none.
+    pub ice_servers: Vec<skygit_ports::ice::IceServer>,
+    /// TURN REST-API credentials for TURN servers named without any.
+    pub turn_rest: Option<ice::TurnRest>,
     /// Frames queued per peer before `send` waits (backpressure per peer). Default 1024.
     pub send_queue_frames: usize,
-    /// How long to wait for ICE gathering to complete (non-trickle). Default 5 s.
+    /// How long to wait for ICE gathering to complete (non-trickle); a
+    /// server that has not answered by then is left out of the offer or
+    /// answer, not a failed link. Default 3 s.
     pub gather_timeout: Duration,
     /// How long from offer/answer until the channel must be open, else Failed. Default 20 s.
     pub connect_timeout: Duration,
@@ -108,8 +117,10 @@ impl Default for MeshConfig {
     fn default() -> Self {
         Self {
             bind_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            ice_servers: Vec::new(),
+            turn_rest: None,
             send_queue_frames: 1024,
-            gather_timeout: Duration::from_secs(5),
+            gather_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(20),
             ping_interval: Duration::from_secs(1),
             silence_timeout: Duration::from_secs(4),
@@ -166,6 +177,8 @@ pub struct LinkStatus {
     pub peer: NodeId,
     pub state: LinkState,
     pub rtt_us: Option<u64>,
+    /// `host`, `srflx` or `relay`: the selected candidate pair's path.
+    pub path: Option<&'static str>,
     pub queued_frames: usize,
     pub sent_frames: u64,
     pub received_frames: u64,
@@ -215,6 +228,8 @@ pub(crate) struct Inner {
     shut: AtomicBool,
     /// Zero of the ping clock.
     epoch: Instant,
+    /// What the last offer or answer carried.
+    gathered: Mutex<Option<ice::Gathered>>,
     pub(crate) span: tracing::Span,
 }
 
@@ -397,9 +412,44 @@ impl Mesh {
             events_tx: relay_tx,
             shut: AtomicBool::new(false),
             epoch: Instant::now(),
+            gathered: Mutex::new(None),
             span,
         });
         Ok((Arc::new(Mesh { inner }), frames_rx, events_rx))
+    }
+
+    /// Records what a local description carried; a TURN server that gave
+    /// no relay candidate is logged.
+    fn gathered(&self, sdp: &str) {
+        let g = ice::Gathered::of_sdp(sdp);
+        let cfg = &self.inner.cfg;
+        if let Some(p) = ice::problem(&cfg.ice_servers, cfg.turn_rest.as_ref(), &g) {
+            tracing::warn!(parent: &self.inner.span, host = g.host, srflx = g.srflx, "{p}");
+        }
+        *self
+            .inner
+            .gathered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(g);
+    }
+
+    /// The STUN and TURN servers and what the last gathering found.
+    pub fn ice_status(&self) -> ice::IceStatus {
+        let cfg = &self.inner.cfg;
+        let last = *self
+            .inner
+            .gathered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        ice::IceStatus {
+            servers: cfg
+                .ice_servers
+                .iter()
+                .flat_map(|s| s.urls.iter().cloned())
+                .collect(),
+            problem: last.and_then(|g| ice::problem(&cfg.ice_servers, cfg.turn_rest.as_ref(), &g)),
+            last_gathered: last,
+        }
     }
 
     /// This node's id.
@@ -468,8 +518,11 @@ impl Mesh {
         let result = async {
             let offer = link.pc.create_offer(None).await?;
             link.pc.set_local_description(offer).await?;
-            link.local_sdp(gathered, self.inner.cfg.gather_timeout)
-                .await
+            let sdp = link
+                .local_sdp(gathered, self.inner.cfg.gather_timeout)
+                .await?;
+            self.gathered(&sdp);
+            Ok(sdp)
         }
         .instrument(link.span.clone())
         .await;
@@ -509,8 +562,11 @@ impl Mesh {
                 .map_err(|e| MeshError::BadSdp(e.to_string()))?;
             let answer = link.pc.create_answer(None).await?;
             link.pc.set_local_description(answer).await?;
-            link.local_sdp(gathered, self.inner.cfg.gather_timeout)
-                .await
+            let sdp = link
+                .local_sdp(gathered, self.inner.cfg.gather_timeout)
+                .await?;
+            self.gathered(&sdp);
+            Ok(sdp)
         }
         .instrument(link.span.clone())
         .await;

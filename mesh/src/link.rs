@@ -21,7 +21,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -108,6 +108,8 @@ pub(crate) struct Link {
     received: AtomicU64,
     /// Latest round trip in µs; `u64::MAX` until the first pong.
     rtt_us: AtomicU64,
+    /// The selected candidate pair's path, once the link is open.
+    path: Mutex<Option<&'static str>>,
     /// When the peer was last heard from (any message), on the ping clock.
     last_heard_us: AtomicU64,
     /// The reader is waiting for the frame consumer, so it reads nothing.
@@ -140,6 +142,10 @@ impl Link {
             .build();
         let configuration = RTCConfigurationBuilder::new()
             .with_certificates(vec![inner.certificate.clone()])
+            .with_ice_servers(crate::ice::for_link(
+                &cfg.ice_servers,
+                cfg.turn_rest.as_ref(),
+            ))
             .build();
         let addrs: Vec<SocketAddr> = cfg
             .bind_ips
@@ -198,6 +204,7 @@ impl Link {
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             rtt_us: AtomicU64::new(u64::MAX),
+            path: Mutex::new(None),
             last_heard_us: AtomicU64::new(0),
             delivering: AtomicBool::new(false),
             span: span.clone(),
@@ -225,7 +232,12 @@ impl Link {
         match tokio::time::timeout(gather_timeout, gathered.wait_for(|done| *done)).await {
             Ok(Ok(_)) => {}
             Ok(Err(_)) => return Err(MeshError::WebRtc("peer connection went away".to_owned())),
-            Err(_) => return Err(MeshError::Timeout("ICE gathering")),
+            // A STUN or TURN server that does not answer costs this wait,
+            // not the link: offer what was gathered.
+            Err(_) => tracing::warn!(
+                ?gather_timeout,
+                "ICE gathering not finished; sending the candidates gathered so far"
+            ),
         }
         let desc = self
             .pc
@@ -292,6 +304,7 @@ impl Link {
             peer: self.peer,
             state: self.state(),
             rtt_us: (rtt != u64::MAX).then_some(rtt),
+            path: *self.path.lock().unwrap_or_else(|e| e.into_inner()),
             queued_frames: self.queue_tx.max_capacity() - self.queue_tx.capacity(),
             sent_frames: self.sent.load(Ordering::Relaxed),
             received_frames: self.received.load(Ordering::Relaxed),
@@ -497,7 +510,9 @@ async fn read_loop(
                     Ok(()) => {
                         verified = true;
                         if inner.mark_open(&link) {
-                            tracing::info!("link open");
+                            let path = selected_path(&link).await;
+                            *link.path.lock().unwrap_or_else(|e| e.into_inner()) = path;
+                            tracing::info!(path = path.unwrap_or("unknown"), "link open");
                             if let Some(parts) = parts.take() {
                                 tokio::spawn(
                                     write_loop(inner.clone(), link.clone(), dc.clone(), parts)
@@ -661,4 +676,16 @@ impl Drop for Delivering<'_> {
         self.1.heard(self.0);
         self.1.delivering.store(false, Ordering::Relaxed);
     }
+}
+
+/// The kind of path the link's selected candidate pair takes.
+async fn selected_path(link: &Link) -> Option<&'static str> {
+    let sctp = link.pc.sctp().await?;
+    let pair = sctp
+        .transport()
+        .ice_transport()
+        .get_selected_candidate_pair()
+        .await
+        .ok()??;
+    Some(crate::ice::path_of(pair.local().typ, pair.remote().typ))
 }

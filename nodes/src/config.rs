@@ -3,6 +3,7 @@
 //! Environment variables and flags are declared on the clap arguments in
 //! `main.rs`; this module holds the file format, the merge and the checks.
 
+use skygit_actors::ice::{IceKind, IceServer};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -29,6 +30,14 @@ pub struct FileConfig {
     pub github_token: Option<String>,
     /// Overrides the room's commit interval on this node, in seconds.
     pub commit_interval_secs: Option<u64>,
+    /// STUN and TURN server URLs, replacing the room's list (`[]`: none).
+    pub ice_servers: Option<Vec<String>>,
+    /// TURN user name and credential for TURN servers named without any.
+    pub turn_username: Option<String>,
+    pub turn_credential: Option<String>,
+    /// TURN REST-API shared secret (coturn's `static-auth-secret`):
+    /// time-limited credentials for TURN servers named without any.
+    pub turn_secret: Option<String>,
     #[serde(default)]
     pub raft: RaftFileConfig,
 }
@@ -50,6 +59,116 @@ pub struct Overrides {
     pub user: Option<String>,
     pub repo: Option<String>,
     pub remote: RemoteOverrides,
+    pub ice: IceOverrides,
+}
+
+/// This node's own STUN and TURN settings (flags, environment, file).
+#[derive(Default, Clone)]
+pub struct IceOverrides {
+    /// Replaces the room's list when set (`none` alone: no servers).
+    pub servers: Option<Vec<String>>,
+    pub turn_username: Option<String>,
+    pub turn_credential: Option<String>,
+    pub turn_secret: Option<String>,
+}
+
+impl std::fmt::Debug for IceOverrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceOverrides")
+            .field("servers", &self.servers)
+            .field(
+                "turn_username",
+                &self.turn_username.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "turn_credential",
+                &self.turn_credential.as_ref().map(|_| "<set>"),
+            )
+            .field("turn_secret", &self.turn_secret.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// The STUN and TURN settings a node runs with, resolved against the
+/// room's list when the room opens ([`NodeIce::servers`]).
+#[derive(Clone, Default)]
+pub struct NodeIce {
+    /// This node's own list (it wins over the room's).
+    pub servers: Option<Vec<IceServer>>,
+    /// Static TURN credentials for TURN servers named without any.
+    pub turn_username: Option<String>,
+    pub turn_credential: Option<String>,
+    /// The TURN REST-API secret.
+    pub turn_secret: Option<String>,
+}
+
+impl std::fmt::Debug for NodeIce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeIce")
+            .field("servers", &self.servers)
+            .field("turn_credentials", &self.turn_username.is_some())
+            .field("turn_secret", &self.turn_secret.is_some())
+            .finish()
+    }
+}
+
+impl NodeIce {
+    /// The servers this node uses in a room whose `config.json` names
+    /// `room` (absent: the public STUN servers), with this node's static
+    /// TURN credentials filled in where a TURN server has none.
+    pub fn servers(&self, room: Option<&[IceServer]>) -> Vec<IceServer> {
+        let mut list = match (&self.servers, room) {
+            (Some(own), _) => own.clone(),
+            (None, Some(r)) => r.to_vec(),
+            (None, None) => IceServer::defaults(),
+        };
+        if let (Some(u), Some(c)) = (&self.turn_username, &self.turn_credential) {
+            for s in &mut list {
+                if s.kind() == IceKind::Turn && s.username.is_none() && s.credential.is_none() {
+                    s.username = Some(u.clone());
+                    s.credential = Some(c.clone());
+                }
+            }
+        }
+        list
+    }
+}
+
+fn resolve_ice(file: &FileConfig, over: IceOverrides) -> anyhow::Result<NodeIce> {
+    let urls = over.servers.or_else(|| file.ice_servers.clone());
+    let servers = urls.map(|urls| {
+        urls.into_iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty() && u != "none")
+            .map(IceServer::url)
+            .collect::<Vec<_>>()
+    });
+    if let Some(list) = &servers {
+        skygit_actors::ice::validate(list).map_err(|e| anyhow::anyhow!("ICE servers: {e}"))?;
+    }
+    let ice = NodeIce {
+        servers,
+        turn_username: over.turn_username.or_else(|| file.turn_username.clone()),
+        turn_credential: over
+            .turn_credential
+            .or_else(|| file.turn_credential.clone()),
+        turn_secret: over.turn_secret.or_else(|| file.turn_secret.clone()),
+    };
+    if ice.turn_username.is_some() != ice.turn_credential.is_some() {
+        bail!("give both a TURN user name and a TURN credential, or neither");
+    }
+    for v in [&ice.turn_username, &ice.turn_credential, &ice.turn_secret]
+        .into_iter()
+        .flatten()
+    {
+        if v.is_empty()
+            || v.len() > skygit_actors::ice::MAX_ICE_FIELD_BYTES
+            || v.chars().any(char::is_control)
+        {
+            bail!("a TURN user name, credential or secret is empty, too long or holds control characters");
+        }
+    }
+    Ok(ice)
 }
 
 /// How to reach the repository, from flags and the environment.
@@ -71,6 +190,8 @@ pub struct NodeConfig {
     /// How to reach the repository (its `Debug` hides the token).
     pub remote: RemoteOptions,
     pub commit_interval: Option<std::time::Duration>,
+    /// STUN and TURN (its `Debug` hides the credentials).
+    pub ice: NodeIce,
 }
 
 impl FileConfig {
@@ -158,6 +279,7 @@ pub fn resolve_remote(
 /// Merges file and overrides over the defaults and checks the result.
 pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<NodeConfig> {
     let file_remote = file_remote(&file);
+    let ice = resolve_ice(&file, over.ice)?;
     let user = over.user.or(file.user).unwrap_or_else(default_user);
     let user = UserId::new(user.as_str()).with_context(|| format!("invalid user name {user:?}"))?;
     let repo = over
@@ -201,6 +323,7 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<NodeConfig> 
         raft,
         remote,
         commit_interval,
+        ice,
     })
 }
 
@@ -225,6 +348,54 @@ mod tests {
         assert_eq!(cfg.room.as_str(), "./b.git");
         assert_eq!(cfg.raft.heartbeat_interval, 50);
         assert_eq!(cfg.raft.enable_pre_vote, Some(true));
+    }
+
+    #[test]
+    fn ice_servers_come_from_the_node_then_the_room_then_the_defaults() {
+        let room = vec![IceServer::url("turn:10.0.0.1:3478")];
+        let none = NodeIce::default();
+        assert_eq!(none.servers(None), IceServer::defaults());
+        assert_eq!(none.servers(Some(&room)), room);
+        assert!(none.servers(Some(&[])).is_empty(), "the room disabled them");
+        let file = FileConfig::parse(
+            "repo = \"./a.git\"\nice_servers = [\"stun:10.0.0.2:3478\"]\n\
+             turn_username = \"ana\"\nturn_credential = \"pw\"\n",
+        )
+        .unwrap();
+        let cfg = resolve(file, Overrides::default()).unwrap();
+        assert_eq!(
+            cfg.ice.servers(Some(&room)),
+            vec![IceServer::url("stun:10.0.0.2:3478")],
+            "the node's list wins"
+        );
+        let flags = Overrides {
+            repo: Some("./a.git".into()),
+            ice: IceOverrides {
+                servers: Some(vec!["none".into()]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let cfg = resolve(FileConfig::default(), flags).unwrap();
+        assert!(cfg.ice.servers(Some(&room)).is_empty(), "--ice-server none");
+        // Static credentials fill TURN servers named without any, and no
+        // Debug output shows them.
+        let file = FileConfig::parse(
+            "repo = \"./a.git\"\nturn_username = \"ana\"\nturn_credential = \"hunter2\"\n",
+        )
+        .unwrap();
+        let cfg = resolve(file, Overrides::default()).unwrap();
+        let filled = cfg.ice.servers(Some(&room));
+        assert_eq!(filled[0].credential.as_deref(), Some("hunter2"));
+        assert!(!format!("{cfg:?} {filled:?}").contains("hunter2"));
+        for bad in [
+            "repo = \"a\"\nice_servers = [\"http://x\"]\n",
+            "repo = \"a\"\nturn_username = \"ana\"\n",
+            "repo = \"a\"\nturn_secret = \"\"\n",
+        ] {
+            let file = FileConfig::parse(bad).unwrap();
+            assert!(resolve(file, Overrides::default()).is_err(), "{bad}");
+        }
     }
 
     #[test]

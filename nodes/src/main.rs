@@ -81,6 +81,30 @@ struct NodeArgs {
     local_nodes: Option<u64>,
     #[command(flatten)]
     mesh: node::MeshArgs,
+    #[command(flatten)]
+    ice: IceArgs,
+}
+
+/// STUN and TURN: this node's own servers and TURN credentials. Prefer
+/// the environment or the config file for secrets (a flag shows in `ps`).
+#[derive(Args)]
+struct IceArgs {
+    /// A STUN or TURN server (`stun:host:port`, `turn:host:port`),
+    /// repeatable; replaces the room's list (`none`: no servers, host
+    /// candidates only). Default: the room's `ice_servers`, else public
+    /// STUN servers.
+    #[arg(long = "ice-server", env = "SKYGIT_ICE_SERVERS", value_delimiter = ',')]
+    ice_servers: Vec<String>,
+    /// TURN user name for TURN servers named without one.
+    #[arg(long, env = "SKYGIT_TURN_USERNAME")]
+    turn_username: Option<String>,
+    /// TURN password for TURN servers named without one.
+    #[arg(long, env = "SKYGIT_TURN_CREDENTIAL", hide_env_values = true)]
+    turn_credential: Option<String>,
+    /// TURN REST-API shared secret (coturn's `static-auth-secret`): this
+    /// node makes time-limited credentials from it.
+    #[arg(long, env = "SKYGIT_TURN_SECRET", hide_env_values = true)]
+    turn_secret: Option<String>,
 }
 
 #[derive(Args)]
@@ -113,6 +137,12 @@ impl NodeArgs {
                 user: self.user,
                 repo: self.repo,
                 remote,
+                ice: config::IceOverrides {
+                    servers: (!self.ice.ice_servers.is_empty()).then_some(self.ice.ice_servers),
+                    turn_username: self.ice.turn_username,
+                    turn_credential: self.ice.turn_credential,
+                    turn_secret: self.ice.turn_secret,
+                },
             },
         )
         .context("configuration")

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use skygit_actors::ice::IceServer;
 use skygit_actors::layout::RoomConfig;
 use skygit_actors::ports::{PresenceChannel, RepoError, RepoHead, RepoRemote, SeededRng};
 use skygit_actors::presence::PresenceOptions;
@@ -32,12 +33,13 @@ pub struct MeshArgs {
     /// printed as `api: http://...`).
     #[arg(long, env = "SKYGIT_API", default_value = "127.0.0.1:0")]
     pub api: SocketAddr,
-    /// IPs the WebRTC transport gathers candidates on (repeatable).
+    /// IPs the WebRTC transport gathers host candidates on (repeatable;
+    /// `0.0.0.0` is every interface's address but loopback).
     #[arg(
         long = "bind",
         env = "SKYGIT_BIND",
         value_delimiter = ',',
-        default_value = "127.0.0.1"
+        default_value = "0.0.0.0,127.0.0.1"
     )]
     pub bind: Vec<IpAddr>,
     /// Presence poll interval while connecting, in milliseconds.
@@ -68,6 +70,10 @@ pub struct MeshArgs {
     #[arg(long, hide = true)]
     pub fault_api: bool,
 }
+
+/// How long TURN REST-API credentials this node makes are valid (a link
+/// older than this loses its relay and is set up again with fresh ones).
+const TURN_REST_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Largest node-id file the node reads.
 const MAX_ID_FILE: u64 = 64;
@@ -176,10 +182,22 @@ pub async fn open_room(
         .or(config.as_ref().map(|c| u64::from(c.voters)))
         .unwrap_or(3)
         .clamp(1, MAX_VOTERS as u64);
+    let ice_servers = cfg
+        .ice
+        .servers(config.as_ref().and_then(|c| c.ice_servers.as_deref()));
+    let turn_rest = cfg.ice.turn_secret.as_ref().map(|s| {
+        skygit_mesh::ice::TurnRest::new(s.clone(), cfg.user.as_str().to_owned(), TURN_REST_TTL)
+    });
+    for why in skygit_mesh::ice::unusable(&ice_servers, turn_rest.as_ref()) {
+        tracing::warn!(room = %spec, "ICE server {why}");
+    }
+    tracing::info!(room = %spec, servers = %IceServer::describe(&ice_servers), "ICE servers");
     let (mesh, incoming, events) = Mesh::new(
         id,
         MeshConfig {
             bind_ips: args.bind.clone(),
+            ice_servers,
+            turn_rest,
             ..MeshConfig::default()
         },
     )

@@ -97,6 +97,13 @@ pub struct InitArgs {
     /// Raft voters (1, 3 or 5).
     #[arg(long, default_value_t = 3)]
     voters: u8,
+    /// A STUN or TURN server every node of the room uses (`stun:host:port`,
+    /// `turn:host:port`), repeatable; `none`: no servers, host candidates
+    /// only. Default: public STUN servers. TURN credentials stay with each
+    /// node (`--turn-username`/`--turn-credential` or `--turn-secret` on
+    /// `skygit node`).
+    #[arg(long = "ice-server", value_delimiter = ',')]
+    ice_servers: Vec<String>,
     /// Replace a different `config.json`. (In a running room, change the
     /// settings with `PUT /settings` or the UI instead: settings changed
     /// there are the room's, and its leader writes them back.)
@@ -111,9 +118,18 @@ pub struct InitArgs {
 
 /// `skygit init`: writes `.messages/config.json`.
 pub async fn init(a: InitArgs) -> anyhow::Result<()> {
+    let ice_servers = (!a.ice_servers.is_empty()).then(|| {
+        a.ice_servers
+            .iter()
+            .map(|u| u.trim())
+            .filter(|u| !u.is_empty() && *u != "none")
+            .map(skygit_actors::ice::IceServer::url)
+            .collect::<Vec<_>>()
+    });
     let want = RoomConfig {
         commit_interval_secs: a.commit_interval,
         voters: a.voters,
+        ice_servers,
         ..RoomConfig::default()
     };
     want.validate().context("invalid room settings")?;

@@ -86,6 +86,7 @@ impl PeerTransport for WebRtcTransport {
                 state: format!("{:?}", s.state),
                 rtt_us: s.rtt_us,
                 queued_frames: s.queued_frames,
+                path: s.path,
             })
             .collect()
     }

@@ -101,6 +101,11 @@ pub struct RoomConfig {
     pub voters: u8,
     pub media: MediaConfig,
     pub encryption: EncryptionConfig,
+    /// The STUN and TURN servers every node of the room uses (a node's
+    /// own flags win). Absent: the public STUN servers
+    /// ([`crate::ice::DEFAULT_STUN`]); `[]`: none (host candidates only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ice_servers: Option<Vec<crate::ice::IceServer>>,
     /// Raft index of the settings change the values above come from (0:
     /// none; `skygit init` wrote them). A committer never replaces the
     /// file with settings older than these.
@@ -127,6 +132,7 @@ impl Default for RoomConfig {
             voters: 3,
             media: MediaConfig::default(),
             encryption: EncryptionConfig::default(),
+            ice_servers: None,
             settings_index: 0,
         }
     }
@@ -187,6 +193,10 @@ impl RoomConfig {
                 "commit_interval_secs {} is outside {MIN_COMMIT_INTERVAL_SECS}..={MAX_COMMIT_INTERVAL_SECS}",
                 self.commit_interval_secs
             )));
+        }
+        if let Some(servers) = &self.ice_servers {
+            crate::ice::validate(servers)
+                .map_err(|e| LayoutError::BadConfig(format!("ice_servers: {e}")))?;
         }
         if !skygit_consensus::model::VOTER_COUNTS.contains(&self.voters) {
             return Err(LayoutError::BadConfig(format!(

@@ -9,6 +9,7 @@
 //! room's history read from the repository alone. This crate needs no
 //! actor framework: the real adapters depend on it, not on the actors.
 
+pub mod ice;
 pub mod layout;
 pub mod readback;
 
@@ -400,6 +401,10 @@ pub struct LinkInfo {
     pub state: String,
     pub rtt_us: Option<u64>,
     pub queued_frames: usize,
+    /// The kind of path the link's selected candidate pair takes: `host`
+    /// (direct), `srflx` (through NAT, found with STUN), `relay` (through
+    /// a TURN server); none before it is known or on other transports.
+    pub path: Option<&'static str>,
 }
 
 /// Sets up links to peers: WebRTC for a real node, the simulator's model

@@ -19,10 +19,10 @@ use skygit_actors::mesh::{GetMeshStatus, MeshStatus};
 use skygit_actors::ports::RepoError;
 use skygit_actors::presence::{GetPresenceStatus, PresenceStatus};
 use skygit_api::{
-    CatchUp, Committer, Consensus, ErrorBody, FlushInfo, FlushList, Membership, NewRepository,
-    NewSettings, NodeOverrides, Peer, PeerList, PeerState, Presence, Pushed, Replication, RepoApi,
-    Repository, RepositoryAdded, RepositoryList, Role, RoomSettings, Settings, Signals, Status,
-    Success,
+    CatchUp, Committer, Consensus, ErrorBody, FlushInfo, FlushList, Gathered, Ice, LinkPath,
+    Membership, NewRepository, NewSettings, NodeOverrides, Peer, PeerList, PeerState, Presence,
+    Pushed, Replication, RepoApi, Repository, RepositoryAdded, RepositoryList, Role, RoomSettings,
+    Settings, Signals, Status, Success,
 };
 use skygit_consensus::model::Command;
 use skygit_consensus::replica::{FlushRequestError, FlushSummary};
@@ -402,6 +402,12 @@ fn peers_view(
                     .as_ref()
                     .and_then(|l| l.rtt_us)
                     .map(|us| us as f64 / 1e3),
+                path: p.link.as_ref().and_then(|l| match l.path? {
+                    "host" => Some(LinkPath::Host),
+                    "srflx" => Some(LinkPath::Srflx),
+                    "relay" => Some(LinkPath::Relay),
+                    _ => None,
+                }),
                 role,
                 lag: lags.iter().find(|l| l.node_id == p.node_id).map(|l| l.lag),
                 failures: p.failures,
@@ -535,6 +541,18 @@ pub async fn status(
         membership: members.map(membership_view),
         presence: presence.map(presence_view),
         peers,
+        ice: room.mesh.as_ref().map(|m| {
+            let s = m.ice_status();
+            Ice {
+                servers: s.servers,
+                last_gathered: s.last_gathered.map(|g| Gathered {
+                    host: g.host,
+                    srflx: g.srflx,
+                    relay: g.relay,
+                }),
+                problem: s.problem,
+            }
+        }),
         signals: mesh.as_ref().map(|st| Signals {
             via_repo: st.signals_via_repo,
             via_mesh: st.signals_via_mesh,

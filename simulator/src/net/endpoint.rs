@@ -201,6 +201,7 @@ impl Endpoint {
                         .out
                         .as_ref()
                         .map_or(0, |o| o.tx.max_capacity().saturating_sub(o.tx.capacity())),
+                    path: None,
                 }
             })
             .collect()
