@@ -10,6 +10,7 @@ mod bench;
 mod bench_api;
 mod bench_commit;
 mod bench_mesh;
+mod bench_nat;
 mod demo;
 mod demo_procs;
 
@@ -54,6 +55,9 @@ enum BenchCommand {
     Mesh(bench_mesh::MeshBenchArgs),
     /// `GET /messages` latency and throughput on a room of a million messages.
     Api(bench_api::ApiBenchArgs),
+    /// Link set-up time between two homes behind NAT routers (network
+    /// namespaces; root): through STUN or a TURN relay.
+    Nat(bench_nat::NatBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Commit(a)) => bench_commit::commit(a).await,
             Command::Bench(BenchCommand::Mesh(a)) => bench_mesh::mesh(a).await,
             Command::Bench(BenchCommand::Api(a)) => bench_api::api(a).await,
+            Command::Bench(BenchCommand::Nat(a)) => bench_nat::nat(a).await,
         }
     })
 }

@@ -3,6 +3,8 @@
 //! it over that API. `skygit-tools demo`, `skygit-tools bench mesh` and the process
 //! tests share it, so they all exercise the binary a user runs.
 
+pub mod nat;
+
 use skygit_api::events::{Event, EventReader};
 use skygit_api::{ErrorBody, ErrorStatus, MessageChanged, MessagePage, NewMessage, Peer, Status};
 use std::path::{Path, PathBuf};
