@@ -134,6 +134,11 @@ pub fn validate(servers: &[IceServer]) -> Result<(), String> {
             if host.is_empty() || rest.starts_with("//") {
                 return Err(format!("{u:?} names no host (write stun:host:port)"));
             }
+            // webrtc 0.21 refuses a query on a STUN URL, and then never
+            // finishes gathering with any server.
+            if kind == IceKind::Stun && u.contains('?') {
+                return Err(format!("{u:?}: a STUN URL takes no ?query"));
+            }
             kinds.push(kind);
         }
         if kinds.iter().any(|k| *k != kinds[0]) {
@@ -180,6 +185,7 @@ mod tests {
             vec![IceServer::url("stun:")],
             vec![IceServer::url("stun://host:3478")],
             vec![IceServer::url("stun:host with space")],
+            vec![IceServer::url("stun:host:3478?transport=udp")],
             vec![IceServer {
                 urls: vec!["stun:a:3478".into(), "turn:a:3478".into()],
                 username: None,
