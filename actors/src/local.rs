@@ -143,7 +143,16 @@ impl LocalCluster {
             let m = self.nodes[&l].replica.metrics();
             let membership = m.membership_config.membership();
             let members: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
-            membership.voter_ids().count() == self.voters
+            // Formed means the voters' change is over: one configuration
+            // (not the joint one of a change in flight) that the leader has
+            // applied. A leader lost during a joint configuration leaves a
+            // group that cannot elect when the old configuration's majority
+            // needed it.
+            let settled = membership.get_joint_config().len() == 1
+                && m.membership_config.log_id().as_ref().map(|l| l.index)
+                    <= m.last_applied.as_ref().map(|l| l.index);
+            settled
+                && membership.voter_ids().count() == self.voters
                 && self.nodes.keys().all(|id| members.contains(id))
         })
         .await

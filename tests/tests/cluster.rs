@@ -673,10 +673,35 @@ async fn subscribers_hear_leader_changes() {
     let deadline = tokio::time::Instant::now() + CONVERGE;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let change = tokio::time::timeout(left, rx.recv())
-            .await
-            .expect("a leader change is announced")
-            .unwrap();
+        let Ok(change) = tokio::time::timeout(left, rx.recv()).await else {
+            // Say what each remaining node's raft sees, so a failure here
+            // can be understood from the CI log alone.
+            let report: Vec<String> =
+                c.ids()
+                    .into_iter()
+                    .filter_map(|id| c.handle(id))
+                    .map(|h| {
+                        let m = h.replica.metrics();
+                        format!(
+                        "node {}: {:?} term {} leader {:?} last log {:?} applied {:?} voters {:?} \
+                         last quorum acked {:?}",
+                        m.id,
+                        m.state,
+                        m.current_term,
+                        m.current_leader,
+                        m.last_log_index,
+                        m.last_applied.map(|l| l.index),
+                        m.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+                        m.last_quorum_acked,
+                    )
+                    })
+                    .collect();
+            panic!(
+                "no new leader announced within {CONVERGE:?} after stopping {leader}:\n{}",
+                report.join("\n")
+            );
+        };
+        let change = change.unwrap();
         if let Some(new) = change.leader.filter(|l| *l != leader) {
             assert!(change.term > first.term);
             assert_eq!(change.is_self, new == watcher);
