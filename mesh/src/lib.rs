@@ -418,6 +418,20 @@ impl Mesh {
         Ok((Arc::new(Mesh { inner }), frames_rx, events_rx))
     }
 
+    /// `link`'s local description once gathered (bounded), recorded for
+    /// the status.
+    async fn local_sdp(
+        &self,
+        link: &Link,
+        gathered: watch::Receiver<bool>,
+    ) -> Result<String, MeshError> {
+        let sdp = link
+            .local_sdp(gathered, self.inner.cfg.gather_timeout)
+            .await?;
+        self.gathered(&sdp);
+        Ok(sdp)
+    }
+
     /// Records what a local description carried; a TURN server that gave
     /// no relay candidate is logged.
     fn gathered(&self, sdp: &str) {
@@ -518,11 +532,7 @@ impl Mesh {
         let result = async {
             let offer = link.pc.create_offer(None).await?;
             link.pc.set_local_description(offer).await?;
-            let sdp = link
-                .local_sdp(gathered, self.inner.cfg.gather_timeout)
-                .await?;
-            self.gathered(&sdp);
-            Ok(sdp)
+            self.local_sdp(&link, gathered).await
         }
         .instrument(link.span.clone())
         .await;
@@ -562,11 +572,7 @@ impl Mesh {
                 .map_err(|e| MeshError::BadSdp(e.to_string()))?;
             let answer = link.pc.create_answer(None).await?;
             link.pc.set_local_description(answer).await?;
-            let sdp = link
-                .local_sdp(gathered, self.inner.cfg.gather_timeout)
-                .await?;
-            self.gathered(&sdp);
-            Ok(sdp)
+            self.local_sdp(&link, gathered).await
         }
         .instrument(link.span.clone())
         .await;
