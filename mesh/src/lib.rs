@@ -259,6 +259,22 @@ impl Inner {
             .is_some_and(|l| l.generation == link.generation)
     }
 
+    /// Refuses new links and ends every link, announcing each closed;
+    /// returns them (their tasks are told to tear down).
+    fn close_all(&self) -> Vec<Arc<Link>> {
+        self.shut.store(true, Ordering::Release);
+        let links: Vec<_> = self.links().values().cloned().collect();
+        for link in &links {
+            self.end_link(
+                link,
+                LinkState::Closed,
+                Some(MeshEvent::Closed(link.peer)),
+                true,
+            );
+        }
+        links
+    }
+
     /// Marks `link` open and announces it, unless it already ended. Returns
     /// whether it is open now.
     pub(crate) fn mark_open(&self, link: &Link) -> bool {
@@ -665,17 +681,7 @@ impl Mesh {
 
     /// Closes every link and refuses new ones.
     pub async fn shutdown(&self) {
-        self.inner.shut.store(true, Ordering::Release);
-        let links: Vec<_> = self.inner.links().values().cloned().collect();
-        for link in &links {
-            self.inner.end_link(
-                link,
-                LinkState::Closed,
-                Some(MeshEvent::Closed(link.peer)),
-                true,
-            );
-        }
-        for link in &links {
+        for link in &self.inner.close_all() {
             link.wait_torn_down().await;
         }
     }
@@ -719,16 +725,7 @@ impl Drop for Mesh {
     fn drop(&mut self) {
         // Tasks hold `Inner`, not `Mesh`: stop them so a dropped mesh does not
         // keep its connections alive.
-        self.inner.shut.store(true, Ordering::Release);
-        let links: Vec<_> = self.inner.links().values().cloned().collect();
-        for link in &links {
-            self.inner.end_link(
-                link,
-                LinkState::Closed,
-                Some(MeshEvent::Closed(link.peer)),
-                true,
-            );
-        }
+        self.inner.close_all();
     }
 }
 

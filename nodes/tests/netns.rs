@@ -171,30 +171,16 @@ async fn an_isolated_host_catches_up_after_the_partition_heals() {
     git(&["init", "--quiet", "--bare", &repo.to_string_lossy()]);
     let mut nodes = Vec::new();
     for (i, user) in [(1, "ana"), (2, "bo"), (3, "cy")] {
-        let mut spec = NodeSpec::new(
+        let spec = NodeSpec::in_netns(
             Path::new(env!("CARGO_BIN_EXE_skygit")),
+            dir.path(),
             &repo,
             user,
-            &dir.path().join(user),
+            &lan.ns(i),
+            &lan.addr(i),
+            &lan.api(i),
+            &[],
         );
-        spec.wrapper = ["ip", "netns", "exec", &lan.ns(i)]
-            .map(String::from)
-            .to_vec();
-        let addr = lan.addr(i);
-        spec.args = [
-            "--bind",
-            &addr,
-            "--api",
-            &format!("{}:0", lan.api(i)),
-            "--fast-poll-ms",
-            "300",
-            "--slow-poll-secs",
-            "5",
-            "--commit-interval",
-            "1",
-        ]
-        .map(String::from)
-        .to_vec();
         nodes.push(
             NodeProc::start(spec)
                 .await

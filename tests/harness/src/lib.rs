@@ -70,6 +70,31 @@ impl NodeSpec {
         s
     }
 
+    /// A node of a test room run in network namespace `ns` (root only):
+    /// host candidates on `bind`, the API on `api_ip` (a link the test's
+    /// namespace reaches), a commit every second, then `extra`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn in_netns(
+        bin: &Path,
+        dir: &Path,
+        repo: &Path,
+        user: &str,
+        ns: &str,
+        bind: &str,
+        api_ip: &str,
+        extra: &[String],
+    ) -> Self {
+        let api = format!("{api_ip}:0");
+        let own = ["--bind", bind, "--api", &api, "--commit-interval", "1"];
+        let extra: Vec<&str> = own
+            .into_iter()
+            .chain(extra.iter().map(String::as_str))
+            .collect();
+        let mut s = Self::for_test(bin, dir, repo, user, &extra);
+        s.wrapper = ["ip", "netns", "exec", ns].map(String::from).to_vec();
+        s
+    }
+
     pub fn new(bin: &Path, repo: &Path, user: &str, data_dir: &Path) -> Self {
         Self {
             bin: bin.to_owned(),

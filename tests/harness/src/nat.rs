@@ -311,31 +311,21 @@ pub async fn start_nodes(
 ) -> anyhow::Result<Vec<NodeProc>> {
     let mut nodes = Vec::new();
     for (h, user) in [(1, "ana"), (2, "bo")] {
-        let mut spec = NodeSpec::new(bin, repo, user, &dir.join(user));
-        spec.wrapper = ["ip", "netns", "exec", &homes.host(h)]
-            .map(String::from)
-            .to_vec();
         let bind = if any {
             "0.0.0.0".to_owned()
         } else {
             homes.private_ip(h)
         };
-        let mut args: Vec<String> = [
-            "--bind",
+        let spec = NodeSpec::in_netns(
+            bin,
+            dir,
+            repo,
+            user,
+            &homes.host(h),
             &bind,
-            "--api",
-            &format!("{}:0", homes.api_ip(h)),
-            "--fast-poll-ms",
-            "300",
-            "--slow-poll-secs",
-            "5",
-            "--commit-interval",
-            "1",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend(ice.iter().cloned());
-        spec.args = args;
+            &homes.api_ip(h),
+            ice,
+        );
         nodes.push(
             NodeProc::start(spec)
                 .await
