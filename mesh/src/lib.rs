@@ -300,8 +300,34 @@ impl Inner {
         event: Option<MeshEvent>,
         remove: bool,
     ) -> bool {
+        self.end_locked(self.links(), link, state, event, remove)
+    }
+
+    /// Fails `link` for not opening within the connect timeout, unless it
+    /// opened meanwhile: checked under the table lock, like [`Self::mark_open`],
+    /// so a link that opens at the deadline is never cut.
+    pub(crate) fn connect_timed_out(&self, link: &Link) -> bool {
+        let links = self.links();
+        if link.state() != LinkState::Connecting {
+            return false;
+        }
+        let reason = format!("channel not open within {:?}", self.cfg.connect_timeout);
+        let event = MeshEvent::Failed {
+            peer: link.peer,
+            reason,
+        };
+        self.end_locked(links, link, LinkState::Failed, Some(event), false)
+    }
+
+    fn end_locked(
+        &self,
+        mut links: MutexGuard<'_, BTreeMap<NodeId, Arc<Link>>>,
+        link: &Link,
+        state: LinkState,
+        event: Option<MeshEvent>,
+        remove: bool,
+    ) -> bool {
         debug_assert!(matches!(state, LinkState::Failed | LinkState::Closed));
-        let mut links = self.links();
         let current = Self::is_current(&links, link);
         if current && remove {
             links.remove(&link.peer);

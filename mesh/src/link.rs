@@ -370,12 +370,12 @@ async fn supervise(
         let connecting = link.state() == LinkState::Connecting;
         tokio::select! {
             _ = stopped(&mut stop_rx) => break,
+            // `connecting` was read before this wait began: the link may have
+            // opened since, which `connect_timed_out` checks under the lock.
             _ = tokio::time::sleep_until(deadline), if connecting => {
-                tracing::warn!("connect timeout");
-                inner.end_link(&link, LinkState::Failed, Some(MeshEvent::Failed {
-                    peer: link.peer,
-                    reason: format!("channel not open within {:?}", inner.cfg.connect_timeout),
-                }), false);
+                if inner.connect_timed_out(&link) {
+                    tracing::warn!("connect timeout");
+                }
             }
             ctl = ctl_rx.recv(), if ctl_open => match ctl {
                 None => ctl_open = false,

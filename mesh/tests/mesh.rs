@@ -426,6 +426,30 @@ async fn accept_answer_without_offer_and_bad_inputs_are_errors() {
 /// A peer that hangs (a stopped or wedged process: its sockets stay open but
 /// nothing answers) is failed after the silence timeout, long before ICE
 /// would notice.
+/// The connect timeout bounds only the opening: a link that opened stays
+/// open past it. (It once fired anyway when nothing else woke the link's
+/// supervisor, cutting every link `connect_timeout` after it started.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_link_outlives_the_connect_timeout() {
+    let cfg = MeshConfig {
+        connect_timeout: Duration::from_secs(3),
+        ..MeshConfig::default()
+    };
+    let mut a = Node::with_config(1, cfg.clone()).await;
+    let mut b = Node::with_config(2, cfg.clone()).await;
+    connect(&mut a, &mut b).await;
+    tokio::time::sleep(cfg.connect_timeout * 2).await;
+    assert!(a.mesh.is_open(b.id), "A's link was cut after opening");
+    assert!(b.mesh.is_open(a.id), "B's link was cut after opening");
+    assert!(a.events.try_recv().is_err(), "A saw a link event");
+    assert!(b.events.try_recv().is_err(), "B saw a link event");
+    a.mesh
+        .send(b.id, b"still here".to_vec())
+        .await
+        .expect("send");
+    assert_eq!(b.next_frame().await.frame, b"still here");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_peer_is_failed_for_silence() {
     let cfg = MeshConfig {
