@@ -166,39 +166,50 @@ impl EventReader {
     /// The events `chunk` completes, in order.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<Result<Event, EventError>> {
         self.buf.extend_from_slice(chunk);
+        let buf = std::mem::take(&mut self.buf);
         let mut out = Vec::new();
-        while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
-            let raw: Vec<u8> = self.buf.drain(..=nl).collect();
-            let text = String::from_utf8_lossy(&raw);
-            let line = text.trim_end_matches(['\n', '\r']);
-            if line.is_empty() {
-                // The blank line ends an event.
-                if !self.data.is_empty() {
-                    let name = std::mem::take(&mut self.event);
-                    let data = std::mem::take(&mut self.data);
-                    out.push(Event::decode(&name, &data));
-                }
-                self.event.clear();
-            } else if line.starts_with(':') {
-                // A keep-alive comment.
-            } else if let Some(e) = line.strip_prefix("event:") {
-                self.event = e.trim_start().to_owned();
-            } else if let Some(d) = line.strip_prefix("data:") {
-                if !self.data.is_empty() {
-                    self.data.push('\n');
-                }
-                self.data.push_str(d.strip_prefix(' ').unwrap_or(d));
-            }
-            if self.data.len() > self.max_line {
-                self.data.clear();
-                out.push(Err(EventError::TooLong(self.max_line)));
-            }
+        // The lines are read in place and the buffer is compacted once, so
+        // a chunk of many lines costs one pass, not one shift per line.
+        let mut start = 0;
+        while let Some(len) = buf[start..].iter().position(|b| *b == b'\n') {
+            let raw = &buf[start..start + len];
+            start += len + 1;
+            self.line(&String::from_utf8_lossy(raw), &mut out);
         }
+        self.buf = buf;
+        self.buf.drain(..start);
         if self.buf.len() > self.max_line {
             self.buf.clear();
             out.push(Err(EventError::TooLong(self.max_line)));
         }
         out
+    }
+
+    /// Takes one line (without its newline).
+    fn line(&mut self, line: &str, out: &mut Vec<Result<Event, EventError>>) {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            // The blank line ends an event.
+            if !self.data.is_empty() {
+                let name = std::mem::take(&mut self.event);
+                let data = std::mem::take(&mut self.data);
+                out.push(Event::decode(&name, &data));
+            }
+            self.event.clear();
+        } else if line.starts_with(':') {
+            // A keep-alive comment.
+        } else if let Some(e) = line.strip_prefix("event:") {
+            self.event = e.trim_start().to_owned();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            if !self.data.is_empty() {
+                self.data.push('\n');
+            }
+            self.data.push_str(d.strip_prefix(' ').unwrap_or(d));
+        }
+        if self.data.len() > self.max_line {
+            self.data.clear();
+            out.push(Err(EventError::TooLong(self.max_line)));
+        }
     }
 }
 

@@ -191,6 +191,34 @@ where
         self.inner.raft.metrics().borrow_watched().clone()
     }
 
+    /// Waits until this node has applied `index`, at most `timeout`;
+    /// returns whether it has. Woken by each change of raft's data metrics,
+    /// so an answer goes out as soon as the entry is applied here.
+    pub async fn wait_applied(&self, index: u64, timeout: std::time::Duration) -> bool {
+        use openraft::async_runtime::WatchReceiver;
+        let mut rx = self.inner.raft.data_metrics();
+        let applied = |rx: &openraft::type_config::alias::WatchReceiverOf<
+            TypeConfig,
+            openraft::metrics::RaftDataMetrics<TypeConfig>,
+        >| {
+            rx.borrow_watched()
+                .last_applied
+                .as_ref()
+                .is_some_and(|l| l.index >= index)
+        };
+        let wait = async {
+            loop {
+                if applied(&rx) {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    }
+
     /// The link to `peer` went down: calls waiting for its answers (a
     /// forwarded post, a flush request, raft's own) fail now instead of
     /// waiting out their timeouts.

@@ -13,7 +13,12 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::config::NodeConfig;
 
-pub fn print_event(e: &AppliedEvent) {
+/// Most bytes of message lines gathered into one write to the terminal.
+const PRINT_BATCH_BYTES: usize = 256 * 1024;
+
+/// Appends the terminal line of `e`, if it shows a message.
+fn push_event(out: &mut String, e: &AppliedEvent) {
+    use std::fmt::Write;
     if let (ApplyOutcome::Applied { index }, Some(m)) = (&e.outcome, &e.message) {
         let text = if m.message.deleted {
             "(deleted)"
@@ -25,10 +30,51 @@ pub fn print_event(e: &AppliedEvent) {
         } else {
             ""
         };
-        println!(
+        let _ = writeln!(
+            out,
             "[{index:>6}] #{} {}: {text}{edited}",
             m.message.conversation, m.message.sender
         );
+    }
+}
+
+/// Prints every message as it is applied. The messages that arrived
+/// together go out in one write, on a blocking thread, so a busy room costs
+/// one system call per burst and a slow or stuck terminal holds up no
+/// runtime worker. A terminal that went away ends the printing, not the node.
+async fn print_applied(mut events: tokio::sync::broadcast::Receiver<std::sync::Arc<AppliedEvent>>) {
+    loop {
+        let mut out = String::new();
+        let mut lagged = 0u64;
+        match events.recv().await {
+            Ok(e) => push_event(&mut out, &e),
+            Err(RecvError::Lagged(n)) => lagged += n,
+            Err(RecvError::Closed) => return,
+        }
+        while out.len() < PRINT_BATCH_BYTES {
+            match events.try_recv() {
+                Ok(e) => push_event(&mut out, &e),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => lagged += n,
+                Err(_) => break,
+            }
+        }
+        if lagged > 0 {
+            eprintln!("({lagged} messages not shown; the terminal fell behind)");
+        }
+        if out.is_empty() {
+            continue;
+        }
+        let written = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(out.as_bytes())?;
+            stdout.flush()
+        })
+        .await;
+        if let Ok(Err(e)) = written {
+            tracing::info!(error = %e, "standard output is gone; messages are no longer printed");
+            return;
+        }
     }
 }
 
@@ -109,18 +155,7 @@ pub fn terminal(me: &RoomHandle) -> anyhow::Result<Terminal> {
             m.index, m.message.conversation, m.message.sender
         );
     }
-    let mut events = me.storage.state_machine.subscribe();
-    let printer = tokio::spawn(async move {
-        loop {
-            match events.recv().await {
-                Ok(e) => print_event(&e),
-                Err(RecvError::Lagged(n)) => {
-                    eprintln!("({n} messages not shown; the terminal fell behind)")
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
-    });
+    let printer = tokio::spawn(print_applied(me.storage.state_machine.subscribe()));
     let consensus = me.consensus.clone();
     let user = me.user.clone();
     // Standard input is read on a plain thread: tokio's stdin would hold

@@ -362,18 +362,7 @@ pub async fn post(
 /// Waits until this node has applied the log up to `index`, at most
 /// [`APPLY_WAIT`].
 async fn wait_applied(room: &Served, index: u64) {
-    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
-    while room
-        .handle
-        .replica
-        .metrics()
-        .last_applied
-        .as_ref()
-        .is_none_or(|l| l.index < index)
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    room.handle.replica.wait_applied(index, APPLY_WAIT).await;
 }
 
 /// Longest a change's answer waits for this node to apply it.
