@@ -218,7 +218,9 @@ pub async fn mesh(args: MeshBenchArgs) -> anyhow::Result<()> {
         not_committed += o;
     }
     if not_committed > 0 {
-        eprintln!("{not_committed} posts were refused, failed or only queued; they are not counted");
+        eprintln!(
+            "{not_committed} posts were refused, failed or only queued; they are not counted"
+        );
     }
     // Polled finely: the run lasts seconds, and the wait is part of it.
     let deadline = Instant::now() + Duration::from_secs(600);
