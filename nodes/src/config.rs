@@ -266,13 +266,17 @@ pub fn resolve_remote(
             bail!("the GitHub API URL must start with https:// or http://, not {api:?}");
         }
     }
+    let api = github_api
+        .clone()
+        .unwrap_or_else(|| skygit_remotes::github::DEFAULT_API.to_owned());
     Ok(RemoteOptions {
         branch,
         github_api,
         token: over
             .token
             .or_else(|| file.token.clone())
-            .filter(|t| !t.is_empty()),
+            .filter(|t| !t.is_empty())
+            .or_else(|| crate::auth::stored_token(&api)),
     })
 }
 

@@ -9,6 +9,7 @@
 //! Prometheus exporter; [`transport`] WebRTC as the actors' transport port.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod local_node;

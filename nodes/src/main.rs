@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use skygit::{client, config, local_node, node, repo, sim};
+use skygit::{auth, client, config, local_node, node, repo, sim};
 
 /// mimalloc: the node allocates many small, short-lived buffers (frames,
 /// entries) across threads, where it measured faster than glibc's malloc.
@@ -48,6 +48,14 @@ enum Command {
     /// Simulate a whole room with faults, reproducibly from a seed, and
     /// check that no acknowledged message is lost or duplicated.
     Sim(sim::SimArgs),
+    /// Log in to GitHub with the OAuth device flow, like `gh auth login`
+    /// (`--with-token`: read a token from standard input); the token is
+    /// kept owner-only in the config directory.
+    Login(auth::LoginArgs),
+    /// Check the stored GitHub login (`skygit auth status`).
+    Auth(auth::AuthArgs),
+    /// Forget the stored GitHub login.
+    Logout(auth::LogoutArgs),
     /// Print the node API's OpenAPI description (what `GET /openapi.json`
     /// serves), generated from the API's types.
     Openapi,
@@ -190,6 +198,9 @@ fn main() -> anyhow::Result<()> {
             Command::Tail(a) => client::tail(a).await,
             Command::Status(a) => client::status(a).await,
             Command::Init(a) => repo::init(a).await,
+            Command::Login(a) => auth::login(a).await,
+            Command::Auth(a) => auth::status(a).await,
+            Command::Logout(a) => auth::logout(a),
             Command::History(a) => repo::history(a).await,
             Command::Sim(_) | Command::Openapi => {
                 anyhow::bail!("this command runs outside the node's runtime")

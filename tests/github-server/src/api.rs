@@ -66,6 +66,13 @@ pub(crate) fn dispatch(shared: &Shared, method: &str, path: &str, body: &Value) 
     let Some(segments) = split_path(path) else {
         return not_found();
     };
+    if method == "GET" && segments == ["user"] {
+        // The token's user: the test server has one, the repository's owner.
+        return Reply::json(
+            200,
+            serde_json::json!({ "login": shared.owner, "type": "User" }),
+        );
+    }
     let ours = segments.len() >= 3
         && segments[0] == "repos"
         && segments[1].eq_ignore_ascii_case(&shared.owner)

@@ -20,6 +20,7 @@
 
 mod api;
 pub mod git_daemon;
+mod oauth;
 mod server;
 mod util;
 
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use oauth::{DevicePoll, TEST_CLIENT_ID, USER_CODE};
 use server::Shared;
 
 /// Upper bound on a request body (benchmarks send trees of ~30 MB).
@@ -194,6 +196,15 @@ impl GithubServer {
         log.clear();
         self.shared.calls.store(0, Ordering::SeqCst);
         self.shared.used.store(0, Ordering::SeqCst);
+    }
+
+    /// Scripts the OAuth device flow: each poll of the token endpoint
+    /// answers the next step (`authorization_pending` once they run out),
+    /// and the device code asks for polls every `interval` seconds.
+    pub fn script_device_flow(&self, interval: u64, steps: &[DevicePoll]) {
+        let mut flow = util::lock(&self.shared.device);
+        flow.interval = interval;
+        flow.script = steps.iter().copied().collect();
     }
 
     /// Queues a fault (see [`Fault`]).

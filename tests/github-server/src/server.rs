@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub used: AtomicU64,
     pub log: Mutex<Vec<Recorded>>,
     pub faults: Mutex<VecDeque<Fault>>,
+    /// The scripted OAuth device flow.
+    pub device: Mutex<crate::oauth::DeviceFlow>,
 }
 
 impl Shared {
@@ -58,6 +60,7 @@ impl Shared {
             used: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             faults: Mutex::new(VecDeque::new()),
+            device: Mutex::new(Default::default()),
         }
     }
 }
@@ -236,6 +239,10 @@ async fn serve(
     headers: &HeaderMap,
     bytes: Bytes,
 ) -> (Reply, Value) {
+    // The login host's endpoints take no token.
+    if let Some(reply) = crate::oauth::answer(shared, method, path, &bytes) {
+        return (reply, Value::Null);
+    }
     let pre = pre_checks(shared, method, path, headers);
     let shared = shared.clone();
     let method = method.to_owned();
