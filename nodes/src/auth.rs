@@ -283,3 +283,35 @@ pub fn logout(a: LogoutArgs) -> anyhow::Result<()> {
         None => bail!("not logged in to {api}"),
     }
 }
+
+/// On a GitHub room the node's user is the token's login: asked of the API
+/// at start. A different `--user` is refused; with none given, the login
+/// becomes the user.
+pub async fn github_user(cfg: &mut crate::config::NodeConfig) -> anyhow::Result<()> {
+    let Some(Ok(_)) = skygit_remotes::parse_github_spec(cfg.room.as_str()) else {
+        return Ok(());
+    };
+    let api = cfg
+        .remote
+        .github_api
+        .clone()
+        .unwrap_or_else(|| DEFAULT_API.to_owned());
+    let token = cfg
+        .remote
+        .token
+        .as_deref()
+        .context("a GitHub room needs a token: run `skygit login`, or set GITHUB_TOKEN")?;
+    let login = oauth::user_of(&api, token)
+        .await
+        .with_context(|| format!("cannot tell whose token this is from {api}"))?;
+    if cfg.user_given && !cfg.user.as_str().eq_ignore_ascii_case(&login) {
+        bail!(
+            "the token belongs to GitHub user {login}, so this node is {login} in the room; --user {} is refused (drop it, or log in as that user)",
+            cfg.user
+        );
+    }
+    cfg.user = skygit_consensus::model::UserId::new(&login)
+        .with_context(|| format!("GitHub login {login:?} is not a valid user name"))?;
+    tracing::info!(user = %cfg.user, "the node's user is the token's GitHub login");
+    Ok(())
+}

@@ -185,6 +185,8 @@ pub struct RemoteOverrides {
 pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub user: UserId,
+    /// The user was named (flag, environment or file), not `$USER`'s default.
+    pub user_given: bool,
     pub room: RoomId,
     pub raft: openraft::Config,
     /// How to reach the repository (its `Debug` hides the token).
@@ -284,6 +286,7 @@ pub fn resolve_remote(
 pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<NodeConfig> {
     let file_remote = file_remote(&file);
     let ice = resolve_ice(&file, over.ice)?;
+    let user_given = over.user.is_some() || file.user.is_some();
     let user = over.user.or(file.user).unwrap_or_else(default_user);
     let user = UserId::new(user.as_str()).with_context(|| format!("invalid user name {user:?}"))?;
     let repo = over
@@ -323,6 +326,7 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<NodeConfig> 
     Ok(NodeConfig {
         data_dir,
         user,
+        user_given,
         room,
         raft,
         remote,

@@ -79,10 +79,11 @@ async fn print_applied(mut events: tokio::sync::broadcast::Receiver<std::sync::A
 }
 
 pub async fn run(
-    cfg: NodeConfig,
+    mut cfg: NodeConfig,
     local_nodes: u64,
     api: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
+    crate::auth::github_user(&mut cfg).await?;
     let mut opts = LocalOptions::new(&cfg.room);
     opts.raft = cfg.raft.clone();
     opts.users.insert(1, cfg.user.clone());

@@ -253,7 +253,8 @@ pub async fn open_room(
     Ok(served)
 }
 
-pub async fn run(cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
+pub async fn run(mut cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {
+    crate::auth::github_user(&mut cfg).await?;
     let id = node_id(&cfg.data_dir)?;
     let secret = crate::api::secret::load_or_create(&cfg.data_dir)?;
     let metrics = match crate::metrics::install() {

@@ -3,6 +3,8 @@
 //! API): they meet through presence refs written with the Git Data API,
 //! connect over WebRTC, and the leader commits through the same API. The
 //! results are checked with the real git in the server's repository.
+//! Each node's user is its token's GitHub login; a node that names another
+//! user is refused before it starts.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,6 +15,8 @@ use skygit_harness::{converged, post_round, wait_for, wait_members, NodeProc, No
 use skygit_tests::git_server::{clone_and_read, git};
 
 const TOKEN: &str = "test-token-1234";
+/// Each teammate's own token.
+const USERS: [(&str, &str); 2] = [("ana", "token-of-ana-5678"), ("bo", "token-of-bo-9012")];
 const SETTLE: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,6 +24,9 @@ async fn two_processes_meet_and_commit_through_the_github_api() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bare = dir.path().join("srv").join("room.git");
     let server = GithubServer::start(&bare, "acme", "room", TOKEN).expect("server starts");
+    for (user, token) in USERS {
+        server.add_user(user, token);
+    }
     let bin = Path::new(env!("CARGO_BIN_EXE_skygit"));
     let init = std::process::Command::new(bin)
         .args([
@@ -39,7 +46,7 @@ async fn two_processes_meet_and_commit_through_the_github_api() {
     );
 
     let mut nodes = Vec::new();
-    for user in ["ana", "bo"] {
+    for (user, token) in USERS {
         let mut spec = NodeSpec::new(
             bin,
             Path::new("github:acme/room"),
@@ -60,7 +67,7 @@ async fn two_processes_meet_and_commit_through_the_github_api() {
         ]
         .map(String::from)
         .to_vec();
-        spec.env = vec![("GITHUB_TOKEN".into(), TOKEN.into())];
+        spec.env = vec![("GITHUB_TOKEN".into(), token.into())];
         nodes.push(NodeProc::start(spec).await.expect("node starts"));
     }
     let refs: Vec<&NodeProc> = nodes.iter().collect();
@@ -103,4 +110,39 @@ async fn two_processes_meet_and_commit_through_the_github_api() {
     for mut n in nodes {
         n.stop(Duration::from_secs(30)).await.expect("stops");
     }
+}
+
+/// A node that names a user its token does not belong to never starts.
+#[test]
+fn a_node_claiming_another_users_name_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bare = dir.path().join("srv").join("room.git");
+    let server = GithubServer::start(&bare, "acme", "room", TOKEN).expect("server starts");
+    let (ana, ana_token) = USERS[0];
+    server.add_user(ana, ana_token);
+    let node = |user: &str, token: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skygit"));
+        cmd.args(["node", "--repo", "github:acme/room", "--github-api"])
+            .arg(server.url())
+            .args(["--user", user, "--data-dir"])
+            .arg(dir.path().join(user))
+            .env("GITHUB_TOKEN", token)
+            .stdin(std::process::Stdio::null());
+        cmd.output().expect("node runs")
+    };
+    let out = node("bo", ana_token);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a node claiming bo with ana's token ran"
+    );
+    assert!(
+        said.contains("belongs to GitHub user ana") && said.contains("--user bo is refused"),
+        "{said}"
+    );
+    assert!(!said.contains(ana_token), "the token was printed: {said}");
+    let out = node("ana", "a-token-github-does-not-know");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a node with an unknown token ran");
+    assert!(said.contains("401"), "{said}");
 }

@@ -198,6 +198,12 @@ impl GithubServer {
         self.shared.used.store(0, Ordering::SeqCst);
     }
 
+    /// Accepts `token` too, as GitHub user `login` (with write access, like
+    /// the owner's): `GET /user` names it.
+    pub fn add_user(&self, login: &str, token: &str) {
+        util::lock(&self.shared.users).insert(token.to_owned(), login.to_owned());
+    }
+
     /// Scripts the OAuth device flow: each poll of the token endpoint
     /// answers the next step (`authorization_pending` once they run out),
     /// and the device code asks for polls every `interval` seconds.

@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     pub used: AtomicU64,
     pub log: Mutex<Vec<Recorded>>,
     pub faults: Mutex<VecDeque<Fault>>,
+    /// Every accepted token and the login it belongs to (the server's own
+    /// token is the owner's).
+    pub users: Mutex<std::collections::BTreeMap<String, String>>,
     /// The scripted OAuth device flow.
     pub device: Mutex<crate::oauth::DeviceFlow>,
 }
@@ -60,6 +63,7 @@ impl Shared {
             used: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             faults: Mutex::new(VecDeque::new()),
+            users: Mutex::new([(token.to_owned(), owner.to_owned())].into()),
             device: Mutex::new(Default::default()),
         }
     }
@@ -215,18 +219,19 @@ fn pre_checks(shared: &Shared, method: &str, path: &str, headers: &HeaderMap) ->
 }
 
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    let Some(value) = headers
+    login_of(shared, headers).is_some()
+}
+
+/// The login the request's token belongs to.
+fn login_of(shared: &Shared, headers: &HeaderMap) -> Option<String> {
+    let value = headers
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let value = value.trim();
-    let Some((scheme, token)) = value.split_once(' ') else {
-        return false;
-    };
-    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
-        && token.trim() == shared.token
+        .and_then(|v| v.to_str().ok())?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !(scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")) {
+        return None;
+    }
+    lock(&shared.users).get(token.trim()).cloned()
 }
 
 /// Answers a request (faults and credentials first, then the API) on a
@@ -244,6 +249,7 @@ async fn serve(
         return (reply, Value::Null);
     }
     let pre = pre_checks(shared, method, path, headers);
+    let login = login_of(shared, headers);
     let shared = shared.clone();
     let method = method.to_owned();
     let path = path.to_owned();
@@ -256,6 +262,13 @@ async fn serve(
         let reply = match (pre, &parsed) {
             (Some(reply), _) => reply,
             (None, Err(_)) => Reply::message(400, "Problems parsing JSON"),
+            (None, Ok(_)) if method == "GET" && path.split('?').next() == Some("/user") => {
+                // The token's user (pre_checks let only known tokens through).
+                Reply::json(
+                    200,
+                    json!({ "login": login.unwrap_or_default(), "type": "User" }),
+                )
+            }
             (None, Ok(body)) => crate::api::dispatch(&shared, &method, &path, body),
         };
         let recorded = if bytes.len() > MAX_RECORDED_BODY_BYTES {
