@@ -11,7 +11,7 @@
 # a live node's API from its OpenAPI description (nodes/tests/fuzz_api.rs).
 set -euo pipefail
 
-packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git iproute2 iptables procps coturn chromium chromium-driver python3 python3-venv)
+packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git openssh-client iproute2 iptables procps coturn chromium chromium-driver python3 python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -23,4 +23,4 @@ pub mod room;
 // The ports, the repository layout and read-back live in `skygit-ports`;
 // the actors reach them by their old paths.
 pub use skygit_ports as ports;
-pub use skygit_ports::{ice, layout, readback};
+pub use skygit_ports::{ice, layout, members, readback};

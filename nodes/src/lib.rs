@@ -13,6 +13,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod local_node;
+pub mod members;
 pub mod metrics;
 pub mod node;
 pub mod repo;

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use skygit::{auth, client, config, local_node, node, repo, sim};
+use skygit::{auth, client, config, local_node, members, node, repo, sim};
 
 /// mimalloc: the node allocates many small, short-lived buffers (frames,
 /// entries) across threads, where it measured faster than glibc's malloc.
@@ -48,6 +48,9 @@ enum Command {
     /// Simulate a whole room with faults, reproducibly from a seed, and
     /// check that no acknowledged message is lost or duplicated.
     Sim(sim::SimArgs),
+    /// The room's members and their SSH public keys (plain git remotes):
+    /// `.messages/allowed_signers`, as `ssh-keygen -Y verify` reads it.
+    Members(members::MembersArgs),
     /// Log in to GitHub with the OAuth device flow, like `gh auth login`
     /// (`--with-token`: read a token from standard input); the token is
     /// kept owner-only in the config directory.
@@ -198,6 +201,7 @@ fn main() -> anyhow::Result<()> {
             Command::Tail(a) => client::tail(a).await,
             Command::Status(a) => client::status(a).await,
             Command::Init(a) => repo::init(a).await,
+            Command::Members(a) => members::run(a).await,
             Command::Login(a) => auth::login(a).await,
             Command::Auth(a) => auth::status(a).await,
             Command::Logout(a) => auth::logout(a),

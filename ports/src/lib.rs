@@ -11,6 +11,7 @@
 
 pub mod ice;
 pub mod layout;
+pub mod members;
 pub mod readback;
 
 use std::sync::Arc;

@@ -159,6 +159,26 @@ pub async fn load(
             }
             continue;
         }
+        if e.path == crate::members::ALLOWED_SIGNERS_PATH {
+            // The members file is read where members are checked; here it
+            // only has to be sound.
+            let bytes = read_bounded(
+                remote,
+                &e.id,
+                &e.path,
+                crate::members::MAX_ALLOWED_SIGNERS_BYTES,
+            )
+            .await?;
+            match bytes {
+                Ok(b) => {
+                    if let Err(err) = crate::members::AllowedSigners::parse(&b) {
+                        problems.push(bad_file(&err.to_string()));
+                    }
+                }
+                Err(err) => problems.push(err),
+            }
+            continue;
+        }
         if let Err(err) = layout::parse_batch_path(&e.path) {
             problems.push(err);
             continue;
@@ -306,4 +326,34 @@ async fn read_bounded(
         })),
         Err(e) => Err(e),
     }
+}
+
+/// The room's members file at `commit`: `None` when there is none, an
+/// inner error when it is there but unacceptable.
+pub async fn members_at(
+    remote: &dyn RepoRemote,
+    commit: &str,
+) -> Result<Option<Result<crate::members::AllowedSigners, String>>, RepoError> {
+    use crate::members::{AllowedSigners, ALLOWED_SIGNERS_PATH, MAX_ALLOWED_SIGNERS_BYTES};
+    let entries = remote
+        .list(
+            commit,
+            layout::MESSAGES_DIR,
+            ReadbackLimits::default().max_files,
+        )
+        .await?;
+    let Some(entry) = entries.iter().find(|e| e.path == ALLOWED_SIGNERS_PATH) else {
+        return Ok(None);
+    };
+    if entry.kind != EntryKind::File {
+        return Ok(Some(Err(format!(
+            "{ALLOWED_SIGNERS_PATH} is not a regular file"
+        ))));
+    }
+    Ok(Some(
+        read_bounded(remote, &entry.id, &entry.path, MAX_ALLOWED_SIGNERS_BYTES)
+            .await?
+            .map_err(|e| e.to_string())
+            .and_then(|b| AllowedSigners::parse(&b).map_err(|e| e.to_string())),
+    ))
 }
