@@ -50,6 +50,8 @@ pub struct MembershipStatus {
     /// The target is this node's own (its command line), not the room's.
     pub voters_pinned: bool,
     pub voters: Vec<NodeId>,
+    /// A joint configuration: the voters are changing.
+    pub joint: bool,
     pub learners: Vec<NodeId>,
     pub online: Vec<NodeId>,
     pub leaving: Vec<NodeId>,
@@ -454,6 +456,7 @@ impl Handler<GetMembershipStatus> for MembershipActor {
             target_voters: self.policy.voters,
             voters_pinned: self.policy.pinned,
             voters: membership.voter_ids().collect(),
+            joint: membership.get_joint_config().len() > 1,
             learners: membership.learner_ids().collect(),
             online: self.online.iter().copied().collect(),
             leaving: self.replica.leaving().into_iter().collect(),

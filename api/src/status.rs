@@ -101,7 +101,11 @@ pub struct Membership {
     pub target_voters: u64,
     /// The target is this node's own (its command line), not the room's.
     pub voters_pinned: bool,
+    /// Every voter; while `joint`, of both the old and the new configuration.
     pub voters: Vec<u64>,
+    /// A change of voters is under way (raft's joint configuration): a
+    /// majority of both the old and the new voters is needed to commit.
+    pub joint: bool,
     pub learners: Vec<u64>,
     pub online: Vec<u64>,
     pub leaving: Vec<u64>,

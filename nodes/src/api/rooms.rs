@@ -452,6 +452,7 @@ fn membership_view(m: MembershipStatus) -> Membership {
         target_voters: m.target_voters as u64,
         voters_pinned: m.voters_pinned,
         voters: m.voters,
+        joint: m.joint,
         learners: m.learners,
         online: m.online,
         leaving: m.leaving,

@@ -480,7 +480,9 @@ pub async fn wait_members(
         let all_in = nodes
             .iter()
             .all(|n| v.contains(&n.node_id) || learners.contains(&n.node_id));
-        (v.len() == voters && all_in).then_some(())
+        // A joint configuration lists old and new voters together, and
+        // needs both majorities: not settled, whatever the count.
+        (v.len() == voters && !m.joint && all_in).then_some(())
     })
     .await
 }
