@@ -10,7 +10,7 @@
 //! the config file's `github_token`, then the stored login for its API.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -144,7 +144,7 @@ fn load() -> anyhow::Result<Hosts> {
 
 /// Replaces the logins file whole, owner-only from its creation.
 fn save(hosts: &Hosts) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let path = hosts_path()?;
     let dir = path.parent().context("the logins file has no directory")?;
     std::fs::DirBuilder::new()
@@ -153,20 +153,7 @@ fn save(hosts: &Hosts) -> anyhow::Result<PathBuf> {
         .create(dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let text = toml::to_string(hosts).context("cannot encode the logins")?;
-    let tmp = dir.join(format!(".{HOSTS_FILE}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    // The mode given at creation is masked by the umask: set it outright.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;
+    crate::api::secret::write_private(&path, text.as_bytes())?;
     Ok(path)
 }
 

@@ -283,12 +283,15 @@ pub async fn watermark_of(remote: &dyn RepoRemote, head: &RepoHead) -> Result<u6
         .unwrap_or(0))
 }
 
-/// The room's `config.json` at `commit`: `None` when there is none, an
-/// inner error when it is there but unacceptable.
-pub async fn config_at(
+/// The file at `path` (under `.messages/`) at `commit`, at most `max`
+/// bytes: `None` when there is none, an inner error when it is there but
+/// not a regular file or too large.
+async fn file_at(
     remote: &dyn RepoRemote,
     commit: &str,
-) -> Result<Option<Result<RoomConfig, LayoutError>>, RepoError> {
+    path: &str,
+    max: usize,
+) -> Result<Option<Result<Vec<u8>, LayoutError>>, RepoError> {
     let entries = remote
         .list(
             commit,
@@ -296,19 +299,34 @@ pub async fn config_at(
             ReadbackLimits::default().max_files,
         )
         .await?;
-    let Some(entry) = entries.iter().find(|e| e.path == layout::CONFIG_PATH) else {
+    let Some(entry) = entries.iter().find(|e| e.path == path) else {
         return Ok(None);
     };
     if entry.kind != EntryKind::File {
-        return Ok(Some(Err(LayoutError::BadConfig(
-            "not a regular file".into(),
-        ))));
+        return Ok(Some(Err(LayoutError::BadFile {
+            path: path.to_owned(),
+            reason: "not a regular file".into(),
+        })));
     }
     Ok(Some(
-        read_bounded(remote, &entry.id, &entry.path, layout::MAX_CONFIG_BYTES)
-            .await?
-            .and_then(|b| RoomConfig::from_bytes(&b)),
+        read_bounded(remote, &entry.id, &entry.path, max).await?,
     ))
+}
+
+/// The room's `config.json` at `commit`: `None` when there is none, an
+/// inner error when it is there but unacceptable.
+pub async fn config_at(
+    remote: &dyn RepoRemote,
+    commit: &str,
+) -> Result<Option<Result<RoomConfig, LayoutError>>, RepoError> {
+    Ok(file_at(
+        remote,
+        commit,
+        layout::CONFIG_PATH,
+        layout::MAX_CONFIG_BYTES,
+    )
+    .await?
+    .map(|b| b.and_then(|b| RoomConfig::from_bytes(&b))))
 }
 
 /// A blob's bytes, or a layout problem when it is too large.
@@ -335,25 +353,15 @@ pub async fn members_at(
     commit: &str,
 ) -> Result<Option<Result<crate::members::AllowedSigners, String>>, RepoError> {
     use crate::members::{AllowedSigners, ALLOWED_SIGNERS_PATH, MAX_ALLOWED_SIGNERS_BYTES};
-    let entries = remote
-        .list(
-            commit,
-            layout::MESSAGES_DIR,
-            ReadbackLimits::default().max_files,
-        )
-        .await?;
-    let Some(entry) = entries.iter().find(|e| e.path == ALLOWED_SIGNERS_PATH) else {
-        return Ok(None);
-    };
-    if entry.kind != EntryKind::File {
-        return Ok(Some(Err(format!(
-            "{ALLOWED_SIGNERS_PATH} is not a regular file"
-        ))));
-    }
-    Ok(Some(
-        read_bounded(remote, &entry.id, &entry.path, MAX_ALLOWED_SIGNERS_BYTES)
-            .await?
-            .map_err(|e| e.to_string())
-            .and_then(|b| AllowedSigners::parse(&b).map_err(|e| e.to_string())),
-    ))
+    Ok(file_at(
+        remote,
+        commit,
+        ALLOWED_SIGNERS_PATH,
+        MAX_ALLOWED_SIGNERS_BYTES,
+    )
+    .await?
+    .map(|b| {
+        b.map_err(|e| e.to_string())
+            .and_then(|b| AllowedSigners::parse(&b).map_err(|e| e.to_string()))
+    }))
 }

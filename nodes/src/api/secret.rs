@@ -16,7 +16,9 @@ pub const ENDPOINT_FILE: &str = "api.json";
 /// The secret's length in hex digits.
 const SECRET_HEX: usize = 64;
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Writes `bytes` to `path` through a temporary file created readable by
+/// its owner only, then renamed over `path`.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
