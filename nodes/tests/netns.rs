@@ -21,19 +21,9 @@ use skygit_tests::git_server::git;
 const SETTLE: Duration = Duration::from_secs(120);
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    let mut all = vec!["ip"];
+    all.extend_from_slice(args);
+    skygit_harness::nat::run(&all)
 }
 
 /// Namespaces `sk<tag>n<i>`, veths `sk<tag>v<i>` (bridge side) and

@@ -129,14 +129,7 @@ pub struct DeviceFlow {
 impl DeviceFlow {
     /// `host` is the login host's base URL (`https://github.com`).
     pub fn new(host: &str, client_id: &str) -> Result<Self, LoginError> {
-        let client = octocrab::Octocrab::builder()
-            .base_uri(host)
-            .map_err(|_| LoginError::BadUrl(host.to_owned()))?
-            .set_connect_timeout(Some(Duration::from_secs(10)))
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .add_header(http::header::ACCEPT, "application/json".into())
-            .build()
-            .map_err(|e| LoginError::BadUrl(format!("{host}: {e}")))?;
+        let client = client(host, "application/json", None)?;
         Ok(Self {
             client,
             host: host.trim_end_matches('/').to_owned(),
@@ -263,21 +256,29 @@ fn message_of(bytes: &[u8]) -> String {
         .unwrap_or_else(|_| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned())
 }
 
+/// A client for `base` that accepts `accept`, with `token` if given.
+fn client(base: &str, accept: &str, token: Option<&str>) -> Result<octocrab::Octocrab, LoginError> {
+    let mut builder = octocrab::Octocrab::builder()
+        .base_uri(base)
+        .map_err(|_| LoginError::BadUrl(base.to_owned()))?
+        .set_connect_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .add_header(http::header::ACCEPT, accept.to_owned());
+    if let Some(t) = token {
+        builder = builder.personal_token(t.to_owned());
+    }
+    builder
+        .build()
+        .map_err(|e| LoginError::BadUrl(format!("{base}: {e}")))
+}
+
 /// The login of the user `token` belongs to (`GET /user` on the API).
 pub async fn user_of(api: &str, token: &str) -> Result<String, LoginError> {
     #[derive(Deserialize)]
     struct User {
         login: String,
     }
-    let client = octocrab::Octocrab::builder()
-        .base_uri(api)
-        .map_err(|_| LoginError::BadUrl(api.to_owned()))?
-        .set_connect_timeout(Some(Duration::from_secs(10)))
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .add_header(http::header::ACCEPT, "application/vnd.github+json".into())
-        .personal_token(token.to_owned())
-        .build()
-        .map_err(|e| LoginError::BadUrl(format!("{api}: {e}")))?;
+    let client = client(api, "application/vnd.github+json", Some(token))?;
     let resp = client
         ._get("/user")
         .await

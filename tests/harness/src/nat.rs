@@ -21,7 +21,8 @@ pub const TURN_USER: &str = "team";
 pub const TURN_PASSWORD: &str = "correct-horse";
 pub const TURN_SECRET: &str = "rest-api-shared-secret";
 
-fn run(args: &[&str]) -> Result<(), String> {
+/// Runs a command (`args[0]` with the rest); its standard error becomes the error.
+pub fn run(args: &[&str]) -> Result<(), String> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
