@@ -212,6 +212,7 @@ impl LocalCluster {
                 },
                 bootstrap,
                 rng: seeded(1 << 32),
+                identity: None,
             },
         };
         let handle = start_room(spec, ports).await?;

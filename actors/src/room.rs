@@ -22,7 +22,8 @@ use crate::committer::{
 use crate::consensus::{ConsensusActor, Shutdown, SubscribeLeader};
 use crate::media::MediaActor;
 use crate::membership::{Bootstrap, MembershipActor};
-use crate::mesh::{MeshActor, MeshOptions, RelayFrame, SubscribeLinks};
+use crate::mesh::identity::VerifiedPeers;
+use crate::mesh::{MeshActor, MeshIdentity, MeshOptions, RelayFrame, SubscribeLinks};
 use crate::ports::{IdGen, PresenceChannel, PresenceRecord, RandomSource, RepoRemote};
 use crate::ports::{PeerTransport, TransportEvent};
 use crate::presence::{PresenceActor, PresenceOptions, SubscribePeers, SubscribeSignals};
@@ -80,6 +81,16 @@ pub struct MeshPorts {
     pub bootstrap: Bootstrap,
     /// Seeds the mesh actor's backoff jitter.
     pub rng: Box<dyn RandomSource>,
+    /// Set on a room that verifies identities.
+    pub identity: Option<RoomIdentity>,
+}
+
+/// How a room that verifies identities signs this node's presence and
+/// checks its peers'.
+#[derive(Clone)]
+pub struct RoomIdentity {
+    pub key: Arc<skygit_ports::identity::SigningKey>,
+    pub directory: Arc<dyn skygit_ports::identity::KeyDirectory>,
 }
 
 /// Why a room could not start.
@@ -89,6 +100,8 @@ pub enum RoomError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error("cannot sign this node's presence: {0}")]
+    Identity(String),
     #[error("room {0} is already open on this node")]
     AlreadyOpen(RoomId),
     #[error("invalid user name: {0}")]
@@ -148,7 +161,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     let storage = open_storage(&dir, spec.faults, spec.disk.as_ref()).await?;
     let room = spec.room.as_str();
     let session_id = format!("{}-{}", spec.node_id, ports.clock.now_ms());
-    let me = PresenceRecord {
+    let mut me = PresenceRecord {
         user: spec.user.to_string(),
         node_id: spec.node_id,
         session_id: session_id.clone(),
@@ -157,8 +170,15 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         in_group: false,
         signals: Vec::new(),
         version: crate::ports::PRESENCE_VERSION,
+        identity: None,
     };
     let m = ports.mesh;
+    if let Some(identity) = &m.identity {
+        identity
+            .key
+            .sign_presence(room, &mut me)
+            .map_err(|e| RoomError::Identity(e.to_string()))?;
+    }
     let presence_opts = m.presence;
     let presence =
         PresenceActor::with_options(me, ports.presence, ports.clock.clone(), room, presence_opts)
@@ -175,7 +195,15 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         ports.clock.clone(),
         m.rng,
         m.mesh,
-    )
+    );
+    let verified: VerifiedPeers = Default::default();
+    let mesh = match &m.identity {
+        Some(identity) => mesh.verifying(MeshIdentity {
+            directory: identity.directory.clone(),
+            verified: verified.clone(),
+        }),
+        None => mesh,
+    }
     .start();
     presence.do_send(SubscribePeers(mesh.clone().recipient()));
     presence.do_send(SubscribeSignals(mesh.clone().recipient()));
@@ -215,6 +243,9 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     .start();
     consensus.do_send(SubscribeLeader(committer.clone().recipient()));
     replica.set_flush_hook(flush_hook(committer.clone()));
+    if m.identity.is_some() {
+        replica.set_sender_check(sender_check(verified, room));
+    }
     let membership = MembershipActor::new(
         room,
         replica.clone(),
@@ -247,6 +278,31 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         membership,
         replica,
         storage,
+    })
+}
+
+/// A leader accepts a request proposed through a peer only when its sender
+/// is the peer's verified user: a node with a valid identity cannot post,
+/// edit or delete as somebody else.
+fn sender_check(verified: VerifiedPeers, room: &str) -> skygit_consensus::replica::SenderCheck {
+    let room = room.to_owned();
+    Arc::new(move |peer, sender| {
+        let user = verified
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .cloned();
+        match user {
+            Some(u) if u == sender => Ok(()),
+            user => {
+                metrics::counter!("skygit_forged_requests_total", "room" => room.clone())
+                    .increment(1);
+                Err(match user {
+                    Some(u) => format!("node {peer} is {u}'s; it cannot propose as {sender}"),
+                    None => format!("node {peer} has no verified identity"),
+                })
+            }
+        }
     })
 }
 

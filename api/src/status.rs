@@ -139,6 +139,27 @@ pub struct Signals {
     pub via_mesh: u64,
 }
 
+/// How this node checks who its peers are (rooms that verify identities).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Where the members' SSH keys come from: `github` (the users' keys on
+    /// GitHub) or `allowed_signers` (the room's members file).
+    pub verified_by: String,
+    /// Peers this node will not link to, and why.
+    pub refused: Vec<RefusedPeer>,
+}
+
+/// A peer refused a link because its identity did not verify.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefusedPeer {
+    pub node_id: u64,
+    /// The user the peer claims to be.
+    pub user: String,
+    pub reason: String,
+}
+
 /// Candidates one offer or answer carried, by type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -211,6 +232,9 @@ pub struct Status {
     pub presence: Option<Presence>,
     pub peers: Vec<Peer>,
     pub signals: Option<Signals>,
+    /// `None` on a room that does not verify identities: peers' users are
+    /// what they say.
+    pub identity: Option<Identity>,
     /// STUN and TURN (nodes on the WebRTC mesh).
     pub ice: Option<Ice>,
     /// Per follower (leaders only).

@@ -58,6 +58,11 @@ pub type FlushHook = Arc<
     dyn Fn() -> futures::future::BoxFuture<'static, Result<FlushSummary, String>> + Send + Sync,
 >;
 
+/// Decides whether a request proposed through a peer may carry its
+/// sender: `(peer, sender)`, an error text when it may not (set by a room
+/// that verifies identities: the peer's verified user must be the sender).
+pub type SenderCheck = Arc<dyn Fn(NodeId, &str) -> Result<(), String> + Send + Sync>;
+
 /// Why a flush asked of the leader did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum FlushRequestError {
@@ -133,6 +138,8 @@ where
     leaving: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
     /// How this node flushes when a follower asks it to.
     flush: std::sync::Mutex<Option<FlushHook>>,
+    /// Who may propose what through a peer link.
+    senders: std::sync::Mutex<Option<SenderCheck>>,
 }
 
 /// A running member of a room's raft group.
@@ -175,6 +182,7 @@ where
             mux,
             leaving: Default::default(),
             flush: Default::default(),
+            senders: Default::default(),
         });
         let serve = tokio::spawn(serve(inner.clone(), incoming));
         Ok(Self { inner, serve })
@@ -313,6 +321,12 @@ where
         *self.inner.flush.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 
+    /// Checks every request proposed through a peer with `check` before it
+    /// reaches the log.
+    pub fn set_sender_check(&self, check: SenderCheck) {
+        *self.inner.senders.lock().unwrap_or_else(|e| e.into_inner()) = Some(check);
+    }
+
     /// Asks the leader (another node) to flush to the repository now and
     /// waits for its answer, following leadership at most a few hops.
     pub async fn request_flush(
@@ -414,6 +428,21 @@ where
     fn lock_leaving(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<NodeId>> {
         self.leaving.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Whether `peer` may propose a request by `sender`.
+    fn check_sender(&self, peer: NodeId, sender: &str) -> Result<(), String> {
+        let check = self
+            .senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(check) = check else {
+            return Ok(());
+        };
+        check(peer, sender).inspect_err(|reason| {
+            tracing::warn!(node = self.id, peer, sender, %reason, "refused a request proposed through a peer");
+        })
+    }
 }
 
 enum Local {
@@ -489,8 +518,13 @@ where
             let answer = match codec::from_bytes::<ChatRpcRequest>(&req.body) {
                 // A peer's request is checked before it reaches the log: an
                 // oversized entry could not be replicated at all.
-                Ok(ChatRpcRequest::Propose(p)) => match p.validate() {
-                    Err(e) => ChatRpcResponse::Invalid(e.to_string()),
+                // A room that verifies identities also checks its sender.
+                Ok(ChatRpcRequest::Propose(p)) => match p
+                    .validate()
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| inner.check_sender(req.from, p.sender.as_str()))
+                {
+                    Err(e) => ChatRpcResponse::Invalid(e),
                     Ok(()) => match write_local(&inner.raft, p).await {
                         Ok(o) => ChatRpcResponse::Outcome(o),
                         Err(Local::NotLeader(leader)) => ChatRpcResponse::NotLeader { leader },

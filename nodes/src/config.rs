@@ -21,6 +21,8 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub user: Option<String>,
+    /// The user's SSH private key file (signs this node's presence).
+    pub ssh_key: Option<PathBuf>,
     pub repo: Option<String>,
     /// The log branch (default `main`).
     pub branch: Option<String>,
@@ -57,6 +59,7 @@ pub struct RaftFileConfig {
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub user: Option<String>,
+    pub ssh_key: Option<PathBuf>,
     pub repo: Option<String>,
     pub remote: RemoteOverrides,
     pub ice: IceOverrides,
@@ -187,6 +190,8 @@ pub struct NodeConfig {
     pub user: UserId,
     /// The user was named (flag, environment or file), not `$USER`'s default.
     pub user_given: bool,
+    /// The user's SSH private key file.
+    pub ssh_key: Option<PathBuf>,
     pub room: RoomId,
     pub raft: openraft::Config,
     /// How to reach the repository (its `Debug` hides the token).
@@ -287,6 +292,7 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<NodeConfig> 
     let file_remote = file_remote(&file);
     let ice = resolve_ice(&file, over.ice)?;
     let user_given = over.user.is_some() || file.user.is_some();
+    let ssh_key = over.ssh_key.or(file.ssh_key);
     let user = over.user.or(file.user).unwrap_or_else(default_user);
     let user = UserId::new(user.as_str()).with_context(|| format!("invalid user name {user:?}"))?;
     let repo = over
@@ -327,6 +333,7 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<NodeConfig> 
         data_dir,
         user,
         user_given,
+        ssh_key,
         room,
         raft,
         remote,

@@ -83,6 +83,11 @@ struct NodeArgs {
     /// Where the node keeps its state.
     #[arg(long, env = "SKYGIT_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Your SSH private key (OpenSSH format, no passphrase): signs this
+    /// node's presence on a room that verifies identities (a GitHub room,
+    /// or one with a members file).
+    #[arg(long, env = "SKYGIT_SSH_KEY")]
+    ssh_key: Option<PathBuf>,
     /// A TOML configuration file (flags and environment override it).
     #[arg(long, env = "SKYGIT_CONFIG")]
     config: Option<PathBuf>,
@@ -146,6 +151,7 @@ impl NodeArgs {
             config::Overrides {
                 data_dir: self.data_dir,
                 user: self.user,
+                ssh_key: self.ssh_key,
                 repo: self.repo,
                 remote,
                 ice: config::IceOverrides {

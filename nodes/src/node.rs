@@ -13,9 +13,10 @@ use anyhow::Context;
 use clap::Args;
 use skygit_actors::ice::IceServer;
 use skygit_actors::layout::RoomConfig;
+use skygit_actors::ports::identity::{KeyDirectory, RepoMembers, SigningKey};
 use skygit_actors::ports::{PresenceChannel, RepoError, RepoHead, RepoRemote, SeededRng};
 use skygit_actors::presence::PresenceOptions;
-use skygit_actors::room::{start_room, MeshPorts, RoomPorts, RoomSpec};
+use skygit_actors::room::{start_room, MeshPorts, RoomIdentity, RoomPorts, RoomSpec};
 use skygit_consensus::membership::{MembershipPolicy, MAX_VOTERS};
 use skygit_consensus::model::RoomId;
 use skygit_consensus::ports::{PeerLink, SystemClock};
@@ -144,6 +145,7 @@ pub async fn open_room(
     let cache = cfg.data_dir.join("cache").join(room.storage_key());
     // On GitHub presence and commits share one remote, so they share its
     // write budget and conditional-request cache.
+    let mut github_keys = None;
     let (presence, remote, heartbeat): (Arc<dyn PresenceChannel>, Arc<dyn RepoRemote>, u64) =
         match skygit_remotes::parse_github_spec(&spec) {
             Some(parsed) => {
@@ -151,6 +153,9 @@ pub async fn open_room(
                     parsed.map_err(|e| anyhow::anyhow!("repository {spec}: {e}"))?;
                 let p = skygit_remotes::GithubPresence::open(&owner, &name, &cfg.remote, id)
                     .map_err(|e| anyhow::anyhow!("presence channel: {e}"))?;
+                github_keys = Some(Arc::new(skygit_remotes::github::keys::GithubKeys::new(
+                    p.remote(),
+                )));
                 let remote: Arc<dyn RepoRemote> = p.remote();
                 (Arc::new(p), remote, args.heartbeat_secs.unwrap_or(300))
             }
@@ -177,6 +182,17 @@ pub async fn open_room(
     )
     .await;
     let config = room_config(remote.as_ref(), &head).await;
+    let directory: Option<Arc<dyn KeyDirectory>> = match github_keys {
+        Some(keys) => Some(keys),
+        None => members_directory(&remote, &head).await?,
+    };
+    let identity = match directory {
+        Some(directory) => Some(room_identity(&cfg, &spec, directory).await?),
+        None => {
+            tracing::info!(room = %spec, "this room does not verify identities (no {})", skygit_actors::members::ALLOWED_SIGNERS_PATH);
+            None
+        }
+    };
     let voters = args
         .voters
         .or(config.as_ref().map(|c| u64::from(c.voters)))
@@ -242,6 +258,7 @@ pub async fn open_room(
                 },
                 bootstrap,
                 rng: Box::new(SeededRng::from_os()),
+                identity,
             },
         },
     )
@@ -251,6 +268,57 @@ pub async fn open_room(
     // The label every actor of the room uses too.
     crate::metrics::spawn_room_sampler(served.handle.clone(), served.spec.clone());
     Ok(served)
+}
+
+/// A plain git room verifies identities when its members file lists
+/// anyone; a members file that cannot be read stops the node (running
+/// unverified would let anyone who can break the file be anyone).
+async fn members_directory(
+    remote: &Arc<dyn RepoRemote>,
+    head: &Result<Option<RepoHead>, RepoError>,
+) -> anyhow::Result<Option<Arc<dyn KeyDirectory>>> {
+    let directory = RepoMembers::new(remote.clone());
+    let members = match head {
+        Ok(None) => return Ok(None),
+        Ok(Some(_)) => directory
+            .read()
+            .await
+            .context("cannot read the room's members file")?,
+        Err(e) => anyhow::bail!("cannot read the room's branch: {e}"),
+    };
+    Ok((!members.keys.is_empty()).then(|| Arc::new(directory) as Arc<dyn KeyDirectory>))
+}
+
+/// This node's key, checked against what `directory` says its user holds.
+async fn room_identity(
+    cfg: &NodeConfig,
+    room: &str,
+    directory: Arc<dyn KeyDirectory>,
+) -> anyhow::Result<RoomIdentity> {
+    let Some(path) = &cfg.ssh_key else {
+        anyhow::bail!(
+            "room {room} verifies who its members are ({}): give your SSH private key with --ssh-key FILE (one listed for {} there)",
+            directory.name(),
+            cfg.user
+        );
+    };
+    let key = SigningKey::from_file(path)?;
+    match directory.keys_of(cfg.user.as_str()).await {
+        Ok(Some(keys)) if keys.iter().any(|k| k.key_data() == key.public().key_data()) => {
+            tracing::info!(room, user = %cfg.user, key = %key.fingerprint(), by = directory.name(), "this node's identity");
+        }
+        Ok(Some(_)) => {
+            tracing::error!(room, user = %cfg.user, key = %key.fingerprint(), by = directory.name(), "this key is not one of the user's keys: peers will refuse this node")
+        }
+        Ok(None) => {
+            tracing::error!(room, user = %cfg.user, by = directory.name(), "this user is not a member of the room: peers will refuse this node")
+        }
+        Err(e) => tracing::warn!(room, error = %e, "cannot check this node's own key now"),
+    }
+    Ok(RoomIdentity {
+        key: Arc::new(key),
+        directory,
+    })
 }
 
 pub async fn run(mut cfg: NodeConfig, args: MeshArgs) -> anyhow::Result<()> {

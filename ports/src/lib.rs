@@ -10,6 +10,7 @@
 //! actor framework: the real adapters depend on it, not on the actors.
 
 pub mod ice;
+pub mod identity;
 pub mod layout;
 pub mod members;
 pub mod readback;
@@ -122,6 +123,11 @@ pub struct PresenceRecord {
     /// WebRTC offers and answers addressed to other nodes.
     #[serde(default)]
     pub signals: Vec<Signal>,
+    /// The node's SSH signature of its claim (room, node, session, user,
+    /// fingerprint: [`identity::presence_claim`]); `None` on a room that
+    /// does not verify identities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 fn presence_version() -> u32 {
@@ -183,6 +189,12 @@ impl PresenceRecord {
                 "{} signals (at most {MAX_SIGNALS_PER_RECORD})",
                 r.signals.len()
             )));
+        }
+        if r.identity
+            .as_ref()
+            .is_some_and(|s| s.len() > identity::MAX_SIGNATURE_BYTES)
+        {
+            return Err(RecordError::Bound("identity signature length".into()));
         }
         if r.user.is_empty() || r.user.len() > 64 || r.session_id.len() > 128 {
             return Err(RecordError::Bound("user or session length".into()));

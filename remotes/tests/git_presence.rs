@@ -23,6 +23,7 @@ fn record(id: u64, last_seen: i64, signals: Vec<Signal>) -> PresenceRecord {
         dtls_fingerprint: format!("sha-256 {id:02X}:AB:CD"),
         in_group: id % 2 == 1,
         signals,
+        identity: None,
     }
 }
 

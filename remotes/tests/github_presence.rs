@@ -60,6 +60,7 @@ fn record(id: u64, last_seen: i64) -> PresenceRecord {
             kind: SignalKind::Offer,
             sdp: "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n".into(),
         }],
+        identity: None,
     }
 }
 

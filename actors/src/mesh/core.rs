@@ -271,6 +271,8 @@ impl MeshCore {
         MeshStatus {
             signals_via_repo: self.signals_via_repo,
             signals_via_mesh: self.signals_via_mesh,
+            verified_by: None,
+            refused: Vec::new(),
             peers: self
                 .peers
                 .iter()

@@ -30,6 +30,7 @@ fn record(id: NodeId, session: &str) -> PresenceRecord {
         dtls_fingerprint: format!("fp{id}"),
         in_group: false,
         signals: Vec::new(),
+        identity: None,
     }
 }
 

@@ -10,6 +10,7 @@
 //! membership controller uses that as its view of who is online.
 
 pub mod core;
+pub mod identity;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,9 +24,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use self::core::{Action, Input, MeshCore};
+use self::identity::{Admit, Gate, Outcome, RefusedPeer, VerifiedPeers};
 use crate::peer::{ConnectionState, PeerActor, StateChanged};
 use crate::ports::{
-    LinkInfo, PeerLink, PeerTransport, RandomSource, SignalKind, TransportEvent, WallClock,
+    LinkInfo, PeerLink, PeerTransport, PresenceRecord, RandomSource, SignalKind, TransportEvent,
+    WallClock,
 };
 use crate::presence::{
     ClearSignal, PeerEvent, Poll, PresenceActor, SetFastPoll, SetSignal, SignalReceived,
@@ -87,6 +90,10 @@ pub struct GetMeshStatus;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MeshStatus {
     pub peers: Vec<PeerStatus>,
+    /// Where peers' keys come from, when the room verifies identities.
+    pub verified_by: Option<&'static str>,
+    /// Peers refused a link, and why.
+    pub refused: Vec<RefusedPeer>,
     /// Signals this node sent through the repository and over the mesh.
     pub signals_via_repo: u64,
     pub signals_via_mesh: u64,
@@ -129,7 +136,18 @@ pub struct MeshActor {
     clock: Arc<dyn WallClock>,
     peers: BTreeMap<NodeId, Addr<PeerActor>>,
     subscribers: Vec<Recipient<LinkChanged>>,
+    /// Set on a room that verifies identities.
+    identity: Option<MeshIdentity>,
+    gate: Gate,
     span: tracing::Span,
+}
+
+/// How a room that verifies identities checks its peers.
+#[derive(Clone)]
+pub struct MeshIdentity {
+    pub directory: Arc<dyn skygit_ports::identity::KeyDirectory>,
+    /// Filled with each verified peer's user.
+    pub verified: VerifiedPeers,
 }
 
 impl MeshActor {
@@ -155,8 +173,96 @@ impl MeshActor {
             clock,
             peers: BTreeMap::new(),
             subscribers: Vec::new(),
+            identity: None,
+            gate: Gate::default(),
             span: tracing::info_span!("mesh", room, node = me),
         }
+    }
+
+    /// Links only to peers whose signed presence verifies.
+    pub fn verifying(mut self, identity: MeshIdentity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// A peer's record, through the identity gate when there is one.
+    fn on_online(&mut self, record: PresenceRecord, ctx: &mut Context<Self>) {
+        let Some(identity) = self.identity.clone() else {
+            return self.feed_online(record, ctx);
+        };
+        match self.gate.on_record(Instant::now(), record) {
+            Admit::Now(r) => self.feed_online(r, ctx),
+            Admit::Wait => {}
+            Admit::Check(r) => {
+                write_verified(&identity.verified).remove(&r.node_id);
+                let room = self.room.clone();
+                ctx.spawn(
+                    async move {
+                        let result = skygit_ports::identity::check_presence(
+                            identity.directory.as_ref(),
+                            &room,
+                            &r,
+                        )
+                        .await;
+                        (r, result)
+                    }
+                    .instrument(self.span.clone())
+                    .into_actor(self)
+                    .map(|(r, result), act, ctx| act.on_checked(r, result, ctx)),
+                );
+            }
+        }
+    }
+
+    fn on_checked(
+        &mut self,
+        checked: PresenceRecord,
+        result: Result<
+            Result<(), skygit_ports::identity::Refusal>,
+            skygit_ports::identity::DirectoryError,
+        >,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(identity) = self.identity.clone() else {
+            return;
+        };
+        let peer = checked.node_id;
+        let span = self.span.clone();
+        let _e = span.enter();
+        match self.gate.on_verdict(Instant::now(), &checked, result) {
+            Outcome::Admit(record) => {
+                tracing::info!(peer, user = %record.user, "peer's identity verified");
+                write_verified(&identity.verified).insert(peer, record.user.clone());
+                self.feed_online(record, ctx);
+            }
+            Outcome::Refused(refusal) => {
+                tracing::warn!(peer, user = %checked.user, reason = %refusal, "refused a peer");
+                metrics::counter!("skygit_identity_refusals_total", "room" => self.room.clone())
+                    .increment(1);
+                if self.core.peers().contains(&peer) {
+                    self.feed(Input::Offline(peer), ctx);
+                    self.act(Action::Close(peer), ctx);
+                }
+            }
+            Outcome::Unavailable(error) => {
+                tracing::warn!(peer, %error, "cannot check a peer's identity now; trying again soon");
+            }
+            Outcome::Stale => {}
+        }
+    }
+
+    fn feed_online(&mut self, record: PresenceRecord, ctx: &mut Context<Self>) {
+        let id = record.node_id;
+        let old_link_alive = self.transport.links().iter().any(|l| {
+            l.peer == id && !matches!(l.state.to_ascii_lowercase().as_str(), "failed" | "closed")
+        });
+        self.feed(
+            Input::Online {
+                record,
+                old_link_alive,
+            },
+            ctx,
+        );
     }
 
     /// Feeds one input to the core and carries out its actions.
@@ -352,21 +458,16 @@ impl Handler<PeerEvent> for MeshActor {
     type Result = ();
 
     fn handle(&mut self, msg: PeerEvent, ctx: &mut Self::Context) {
-        let input = match msg {
-            PeerEvent::Online(record) => {
-                let id = record.node_id;
-                let old_link_alive = self.transport.links().iter().any(|l| {
-                    l.peer == id
-                        && !matches!(l.state.to_ascii_lowercase().as_str(), "failed" | "closed")
-                });
-                Input::Online {
-                    record,
-                    old_link_alive,
+        match msg {
+            PeerEvent::Online(record) => self.on_online(record, ctx),
+            PeerEvent::Offline(id) => {
+                if let Some(identity) = &self.identity {
+                    self.gate.forget(id);
+                    write_verified(&identity.verified).remove(&id);
                 }
+                self.feed(Input::Offline(id), ctx);
             }
-            PeerEvent::Offline(id) => Input::Offline(id),
-        };
-        self.feed(input, ctx);
+        }
     }
 }
 
@@ -435,7 +536,10 @@ impl Handler<GetMeshStatus> for MeshActor {
     type Result = MessageResult<GetMeshStatus>;
 
     fn handle(&mut self, _: GetMeshStatus, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.core.status(self.transport.links()))
+        let mut status = self.core.status(self.transport.links());
+        status.verified_by = self.identity.as_ref().map(|i| i.directory.name());
+        status.refused = self.gate.refused();
+        MessageResult(status)
     }
 }
 
@@ -462,4 +566,8 @@ impl Handler<DropLink> for MeshActor {
         self.feed(Input::Drop(msg.0), ctx);
         open
     }
+}
+
+fn write_verified(v: &VerifiedPeers) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeId, String>> {
+    v.write().unwrap_or_else(|e| e.into_inner())
 }

@@ -578,6 +578,7 @@ mod tests {
             in_group: false,
             signals: Vec::new(),
             version: crate::ports::PRESENCE_VERSION,
+            identity: None,
         }
     }
 

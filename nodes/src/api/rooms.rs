@@ -19,10 +19,10 @@ use skygit_actors::mesh::{GetMeshStatus, MeshStatus};
 use skygit_actors::ports::RepoError;
 use skygit_actors::presence::{GetPresenceStatus, PresenceStatus};
 use skygit_api::{
-    CatchUp, Committer, Consensus, ErrorBody, FlushInfo, FlushList, Gathered, Ice, LinkPath,
-    Membership, NewRepository, NewSettings, NodeOverrides, Peer, PeerList, PeerState, Presence,
-    Pushed, Replication, RepoApi, Repository, RepositoryAdded, RepositoryList, Role, RoomSettings,
-    Settings, Signals, Status, Success,
+    CatchUp, Committer, Consensus, ErrorBody, FlushInfo, FlushList, Gathered, Ice, Identity,
+    LinkPath, Membership, NewRepository, NewSettings, NodeOverrides, Peer, PeerList, PeerState,
+    Presence, Pushed, RefusedPeer, Replication, RepoApi, Repository, RepositoryAdded,
+    RepositoryList, Role, RoomSettings, Settings, Signals, Status, Success,
 };
 use skygit_consensus::model::Command;
 use skygit_consensus::replica::{FlushRequestError, FlushSummary};
@@ -557,6 +557,20 @@ pub async fn status(
         signals: mesh.as_ref().map(|st| Signals {
             via_repo: st.signals_via_repo,
             via_mesh: st.signals_via_mesh,
+        }),
+        identity: mesh.as_ref().and_then(|st| {
+            Some(Identity {
+                verified_by: st.verified_by?.to_owned(),
+                refused: st
+                    .refused
+                    .iter()
+                    .map(|r| RefusedPeer {
+                        node_id: r.node_id,
+                        user: r.user.clone(),
+                        reason: r.reason.clone(),
+                    })
+                    .collect(),
+            })
         }),
         replication,
         committer: committer.map(|ci| Committer {

@@ -23,6 +23,7 @@
 //! in a log line or an error.
 
 mod git_data;
+pub mod keys;
 pub mod oauth;
 
 use std::collections::{BTreeMap, VecDeque};

@@ -28,6 +28,7 @@ fn record(node: NodeId) -> PresenceRecord {
         dtls_fingerprint: "sha-256 AB:CD".into(),
         in_group: true,
         signals: Vec::new(),
+        identity: None,
     }
 }
 

@@ -258,6 +258,7 @@ impl World {
                     seed,
                     &format!("mesh-{id}-{incarnation}"),
                 ))),
+                identity: None,
             },
         };
         let handle = start_room(spec, ports)

@@ -204,6 +204,15 @@ impl GithubServer {
         util::lock(&self.shared.users).insert(token.to_owned(), login.to_owned());
     }
 
+    /// Lists `openssh` (`ssh-ed25519 AAAA...`) among `login`'s public SSH
+    /// keys, as GitHub's `/users/{login}/keys` does.
+    pub fn add_ssh_key(&self, login: &str, openssh: &str) {
+        util::lock(&self.shared.ssh_keys)
+            .entry(login.to_owned())
+            .or_default()
+            .push(openssh.trim().to_owned());
+    }
+
     /// Scripts the OAuth device flow: each poll of the token endpoint
     /// answers the next step (`authorization_pending` once they run out),
     /// and the device code asks for polls every `interval` seconds.

@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub users: Mutex<std::collections::BTreeMap<String, String>>,
     /// The scripted OAuth device flow.
     pub device: Mutex<crate::oauth::DeviceFlow>,
+    /// Each user's public SSH keys (`GET /users/{user}/keys`).
+    pub ssh_keys: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 impl Shared {
@@ -65,6 +67,7 @@ impl Shared {
             faults: Mutex::new(VecDeque::new()),
             users: Mutex::new([(token.to_owned(), owner.to_owned())].into()),
             device: Mutex::new(Default::default()),
+            ssh_keys: Mutex::new(Default::default()),
         }
     }
 }
@@ -253,6 +256,7 @@ async fn serve(
     let shared = shared.clone();
     let method = method.to_owned();
     let path = path.to_owned();
+    let keys_of = user_keys_path(&path).map(str::to_owned);
     let work = tokio::task::spawn_blocking(move || {
         let parsed = if bytes.iter().all(u8::is_ascii_whitespace) {
             Ok(Value::Null)
@@ -268,6 +272,9 @@ async fn serve(
                     200,
                     json!({ "login": login.unwrap_or_default(), "type": "User" }),
                 )
+            }
+            (None, Ok(_)) if method == "GET" && keys_of.is_some() => {
+                user_keys(&shared, keys_of.as_deref().unwrap_or_default())
             }
             (None, Ok(body)) => crate::api::dispatch(&shared, &method, &path, body),
         };
@@ -290,6 +297,29 @@ async fn serve(
                 Value::Null,
             )
         }
+    }
+}
+
+/// The user of `/users/{user}/keys`.
+fn user_keys_path(path: &str) -> Option<&str> {
+    let rest = path.split('?').next()?.strip_prefix("/users/")?;
+    let user = rest.strip_suffix("/keys")?;
+    (!user.is_empty() && !user.contains('/')).then_some(user)
+}
+
+/// `GET /users/{user}/keys`: the keys in the order they were added, a 404
+/// for a user the server does not know.
+fn user_keys(shared: &Shared, user: &str) -> Reply {
+    let known = lock(&shared.users).values().any(|u| u == user);
+    match lock(&shared.ssh_keys).get(user) {
+        Some(keys) => Reply::cacheable(Value::Array(
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| json!({ "id": i + 1, "key": k }))
+                .collect(),
+        )),
+        None if known => Reply::cacheable(json!([])),
+        None => Reply::message(404, "Not Found"),
     }
 }
 

@@ -1,0 +1,253 @@
+//! Verified identities between real `skygit node` processes over WebRTC,
+//! on a plain git room whose members file lists alice's and bob's keys
+//! (made with the real `ssh-keygen`): each node signs its presence with
+//! its user's key, and every honest node refuses a node claiming another
+//! member's name, a node signing with a key its user does not have and a
+//! node of a non-member: none of them gets a link or joins the group,
+//! while alice and bob form the room. A request forged under the other
+//! member's name through a valid link is refused by the leader.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use skygit_consensus::codec::{self, Envelope, EnvelopeKind};
+use skygit_consensus::model::{ChatRequest, Command as ChatCommand, ConversationId, UserId};
+use skygit_consensus::replica::ChatRpcRequest;
+use skygit_consensus::rpc::RpcFrame;
+use skygit_harness::{
+    converged, link_phase, post_round, wait_for, wait_leader, wait_members, NodeProc, NodeSpec,
+};
+
+const SETTLE: Duration = Duration::from_secs(90);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_skygit"))
+}
+
+fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.key"));
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ssh-keygen runs");
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    path
+}
+
+fn skygit(args: &[&str], repo: &Path, data: &Path) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .arg("--repo")
+        .arg(repo)
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(Stdio::null())
+        .output()
+        .expect("skygit runs")
+}
+
+fn spec(dir: &Path, repo: &Path, name: &str, user: &str, key: &Path) -> NodeSpec {
+    let key = key.to_string_lossy();
+    let mut s = NodeSpec::for_test(
+        bin(),
+        dir,
+        repo,
+        user,
+        &["--commit-interval", "1", "--fault-api", "--ssh-key", &key],
+    );
+    // Two nodes may claim one user: each gets its own data directory.
+    s.data_dir = dir.join(name);
+    s.log = dir.join(format!("{name}.log"));
+    s
+}
+
+/// The refusal reason `node` shows for `peer`, if any.
+async fn refusal(node: &NodeProc, peer: u64) -> Option<String> {
+    let s = node.status().await.ok()?;
+    s.identity?
+        .refused
+        .into_iter()
+        .find(|r| r.node_id == peer)
+        .map(|r| r.reason)
+}
+
+async fn metric(node: &NodeProc, name: &str) -> f64 {
+    let text = node
+        .http()
+        .get(format!("{}/metrics", node.api))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() {
+    if Command::new("ssh-keygen").arg("-?").output().is_err() {
+        skygit_harness::skip_unless_required("ssh-keygen is not installed (openssh-client)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let repo = d.join("room.git");
+    let admin = d.join("admin");
+    let out = skygit(&["init"], &repo, &admin);
+    assert!(out.status.success(), "init: {out:?}");
+    let (alice_key, bob_key, mallory_key) =
+        (keygen(d, "alice"), keygen(d, "bob"), keygen(d, "mallory"));
+    for (user, key) in [("alice", &alice_key), ("bob", &bob_key)] {
+        let public = key.with_extension("key.pub");
+        let out = skygit(
+            &["members", "add", user, &public.to_string_lossy()],
+            &repo,
+            &admin,
+        );
+        assert!(out.status.success(), "members add {user}: {out:?}");
+    }
+
+    // A node of a verifying room needs a key to start at all.
+    let keyless = Command::new(bin())
+        .args(["node", "--user", "carol", "--repo"])
+        .arg(&repo)
+        .arg("--data-dir")
+        .arg(d.join("keyless"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("skygit runs");
+    assert!(!keyless.status.success(), "a keyless node started");
+    let said = String::from_utf8_lossy(&keyless.stderr);
+    assert!(said.contains("--ssh-key"), "{said}");
+
+    let mut alice = NodeProc::start(spec(d, &repo, "alice", "alice", &alice_key))
+        .await
+        .expect("alice starts");
+    let mut bob = NodeProc::start(spec(d, &repo, "bob", "bob", &bob_key))
+        .await
+        .expect("bob starts");
+    let honest = [&alice, &bob];
+    wait_members(&honest, 2, SETTLE)
+        .await
+        .expect("alice and bob form the room");
+
+    // Three impostors: mallory's key under alice's name, alice's key under
+    // bob's name, and mallory as herself (not a member).
+    let cases = [
+        (
+            "fake-alice",
+            "alice",
+            &mallory_key,
+            "not one of alice's keys",
+        ),
+        ("fake-bob", "bob", &alice_key, "not one of bob's keys"),
+        (
+            "mallory",
+            "mallory",
+            &mallory_key,
+            "mallory is not a member",
+        ),
+    ];
+    let mut impostors = Vec::new();
+    for (name, user, key, _) in &cases {
+        impostors.push(
+            NodeProc::start(spec(d, &repo, name, user, key))
+                .await
+                .expect("impostor starts"),
+        );
+    }
+    for (imp, (name, _, _, why)) in impostors.iter().zip(&cases) {
+        for n in honest {
+            let reason = wait_for(SETTLE, &format!("{} to refuse {name}", n.spec.user), || {
+                refusal(n, imp.node_id)
+            })
+            .await
+            .expect("refused");
+            assert!(reason.contains(why), "{name}: {reason}");
+        }
+    }
+    // The room goes on between alice and bob, and the impostors never got
+    // a link or a place in the group.
+    let mut sent = std::collections::BTreeSet::new();
+    post_round(&honest, "verified", 2, &mut sent)
+        .await
+        .expect("posts");
+    converged(&honest, &sent, SETTLE).await.expect("converged");
+    for n in honest {
+        let s = n.status().await.expect("status");
+        assert_eq!(
+            s.identity.as_ref().map(|i| i.verified_by.as_str()),
+            Some("allowed_signers")
+        );
+        let m = s.membership.clone().expect("membership");
+        for imp in &impostors {
+            assert!(
+                !m.voters.contains(&imp.node_id) && !m.learners.contains(&imp.node_id),
+                "an impostor joined: {s:?}"
+            );
+            assert_ne!(link_phase(&s, imp.node_id), "open", "{s:?}");
+        }
+    }
+    assert!(metric(&alice, "skygit_identity_refusals_total").await >= 3.0);
+
+    // Through its valid link, a member proposes a post under the other
+    // member's name: the leader refuses it and it never reaches the log.
+    let leader = wait_leader(&honest, SETTLE).await.expect("leader");
+    let (lead, other) = if alice.node_id == leader {
+        (&alice, &bob)
+    } else {
+        (&bob, &alice)
+    };
+    let forged_text = "forged through a valid link";
+    let request = ChatRequest {
+        id: ulid::Ulid::new(),
+        sender: UserId::new(&lead.spec.user).expect("user"),
+        at: 1,
+        command: ChatCommand::Post {
+            conversation: ConversationId::new("general").expect("conversation"),
+            content: forged_text.into(),
+        },
+    };
+    let frame = codec::encode_frame(&Envelope {
+        kind: EnvelopeKind::Chat,
+        from: other.node_id,
+        to: lead.node_id,
+        timestamp: 1,
+        payload: codec::to_bytes(&RpcFrame {
+            id: u64::MAX - 1,
+            response: false,
+            body: codec::to_bytes(&ChatRpcRequest::Propose(request)).expect("encodes"),
+        })
+        .expect("encodes"),
+    })
+    .expect("frame");
+    other
+        .send_raw(lead.node_id, "frame", frame)
+        .await
+        .expect("sent");
+    wait_for(SETTLE, "the leader to count the forged request", || async {
+        (metric(lead, "skygit_forged_requests_total").await >= 1.0).then_some(())
+    })
+    .await
+    .expect("refused");
+    // A later honest post commits, and the forged one is nowhere.
+    post_round(&honest, "after", 1, &mut sent)
+        .await
+        .expect("posts");
+    let texts = converged(&honest, &sent, SETTLE).await.expect("converged");
+    assert!(!texts.iter().any(|t| t == forged_text), "{texts:?}");
+
+    for mut imp in impostors {
+        imp.kill().await.expect("killed");
+    }
+    for n in [&mut alice, &mut bob] {
+        n.stop(Duration::from_secs(30)).await.expect("stops");
+    }
+}

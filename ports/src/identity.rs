@@ -1,0 +1,452 @@
+//! Who a node is: its presence record signed with its user's SSH key, and
+//! the check every peer makes before it links to the node.
+//!
+//! A node signs one *claim* per session: the room, its raft id, its
+//! session, its user and its DTLS certificate fingerprint
+//! ([`presence_claim`]). The signature is an SSH signature (the format
+//! `ssh-keygen -Y sign -n skygit` makes), armored, in the record's
+//! `identity` field. A peer checks it against the keys the code host or the
+//! room lists for that user (a [`KeyDirectory`]: GitHub's
+//! `/users/{user}/keys`, or the room's allowed-signers file) before it
+//! offers or answers a link; the transport then keeps the link only when
+//! the remote end presents the signed fingerprint, which binds the link to
+//! a verified user. Heartbeats and signals are not signed: they change
+//! every few seconds and carry no identity.
+
+use std::path::Path;
+
+use futures::future::BoxFuture;
+use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
+
+use crate::members::SIGNATURE_NAMESPACE;
+use crate::PresenceRecord;
+
+/// Largest armored signature accepted from a peer (an RSA-4096 one is
+/// about 1.2 KiB).
+pub const MAX_SIGNATURE_BYTES: usize = 8 * 1024;
+/// Largest private key file read.
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// A problem with this node's own key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read the SSH key {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("the SSH key {path} is protected by a passphrase; give an unencrypted key file (ssh-agent is not supported yet)")]
+    Encrypted { path: String },
+    #[error("cannot sign with the SSH key: {0}")]
+    Sign(String),
+}
+
+/// Why a peer's presence was refused. The same verdict on every honest
+/// node: it depends only on the record and the user's keys.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("its presence is not signed")]
+    Unsigned,
+    #[error("{user} is not a member of the room")]
+    NotMember { user: String },
+    #[error("it signed with key {fingerprint}, which is not one of {user}'s keys")]
+    ForeignKey { user: String, fingerprint: String },
+    #[error("its signature does not verify: {0}")]
+    BadSignature(String),
+}
+
+/// The key directory could not answer (the host is down, rate-limited,
+/// its answer malformed): the peer is checked again later, not refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot read the members' keys: {0}")]
+pub struct DirectoryError(pub String);
+
+/// Where the members' public keys come from.
+pub trait KeyDirectory: Send + Sync {
+    /// `user`'s keys; `None` when the user is not a member of the room.
+    fn keys_of<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<PublicKey>>, DirectoryError>>;
+
+    /// Names the directory for people (`github`, `allowed_signers`).
+    fn name(&self) -> &'static str;
+}
+
+/// The bytes a presence signature covers: everything that says who the
+/// node is, nothing that changes between heartbeats.
+pub fn presence_claim(room: &str, record: &PresenceRecord) -> Vec<u8> {
+    format!(
+        "skygit presence 1\nroom {room}\nnode {}\nsession {}\nuser {}\nfingerprint {}\n",
+        record.node_id, record.session_id, record.user, record.dtls_fingerprint
+    )
+    .into_bytes()
+}
+
+/// This node's SSH key.
+pub struct SigningKey {
+    key: PrivateKey,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("fingerprint", &self.fingerprint())
+            .finish()
+    }
+}
+
+impl SigningKey {
+    /// Reads an OpenSSH private key file (`~/.ssh/id_ed25519`).
+    pub fn from_file(path: &Path) -> Result<SigningKey, KeyError> {
+        let shown = path.display().to_string();
+        let read = |reason: String| KeyError::Read {
+            path: shown.clone(),
+            reason,
+        };
+        let len = std::fs::metadata(path)
+            .map_err(|e| read(e.to_string()))?
+            .len();
+        if len > MAX_KEY_FILE_BYTES {
+            return Err(read(format!("{len} bytes is too large for a key")));
+        }
+        let pem = std::fs::read_to_string(path).map_err(|e| read(e.to_string()))?;
+        let key = PrivateKey::from_openssh(pem.as_bytes()).map_err(|e| read(e.to_string()))?;
+        if key.is_encrypted() {
+            return Err(KeyError::Encrypted { path: shown });
+        }
+        Ok(SigningKey { key })
+    }
+
+    /// A key made from `seed` (tests and the simulator).
+    pub fn from_ed25519_seed(seed: [u8; 32]) -> SigningKey {
+        let pair = ssh_key::private::Ed25519Keypair::from_seed(&seed);
+        SigningKey {
+            key: PrivateKey::from(pair),
+        }
+    }
+
+    pub fn public(&self) -> PublicKey {
+        self.key.public_key().clone()
+    }
+
+    /// `SHA256:...`, as `ssh-keygen -l` prints it.
+    pub fn fingerprint(&self) -> String {
+        self.key.fingerprint(HashAlg::Sha256).to_string()
+    }
+
+    /// An armored SSH signature of `msg` in the room's namespace.
+    pub fn sign(&self, msg: &[u8]) -> Result<String, KeyError> {
+        self.key
+            .sign(SIGNATURE_NAMESPACE, HashAlg::Sha512, msg)
+            .and_then(|s| s.to_pem(LineEnding::LF))
+            .map_err(|e| KeyError::Sign(e.to_string()))
+    }
+
+    /// Signs this node's presence claim into `record.identity`.
+    pub fn sign_presence(&self, room: &str, record: &mut PresenceRecord) -> Result<(), KeyError> {
+        record.identity = Some(self.sign(&presence_claim(room, record))?);
+        Ok(())
+    }
+}
+
+/// Checks an armored signature of `msg` by `user`, whose keys are `keys`
+/// (`None`: not a member).
+pub fn verify(
+    user: &str,
+    keys: Option<&[PublicKey]>,
+    msg: &[u8],
+    armored: Option<&str>,
+) -> Result<(), Refusal> {
+    let Some(keys) = keys else {
+        return Err(Refusal::NotMember {
+            user: user.to_owned(),
+        });
+    };
+    let Some(armored) = armored else {
+        return Err(Refusal::Unsigned);
+    };
+    if armored.len() > MAX_SIGNATURE_BYTES {
+        return Err(Refusal::BadSignature(format!(
+            "{} bytes, over {MAX_SIGNATURE_BYTES}",
+            armored.len()
+        )));
+    }
+    let sig = SshSig::from_pem(armored).map_err(|e| Refusal::BadSignature(e.to_string()))?;
+    if sig.namespace() != SIGNATURE_NAMESPACE {
+        return Err(Refusal::BadSignature(format!(
+            "namespace {:?}, not {SIGNATURE_NAMESPACE:?}",
+            sig.namespace()
+        )));
+    }
+    let Some(key) = keys.iter().find(|k| k.key_data() == sig.public_key()) else {
+        return Err(Refusal::ForeignKey {
+            user: user.to_owned(),
+            fingerprint: sig.public_key().fingerprint(HashAlg::Sha256).to_string(),
+        });
+    };
+    key.verify(SIGNATURE_NAMESPACE, msg, &sig)
+        .map_err(|e| Refusal::BadSignature(e.to_string()))
+}
+
+/// Checks a peer's presence record against its user's keys in `dir`.
+pub async fn check_presence(
+    dir: &dyn KeyDirectory,
+    room: &str,
+    record: &PresenceRecord,
+) -> Result<Result<(), Refusal>, DirectoryError> {
+    let Some(armored) = record.identity.as_deref() else {
+        return Ok(Err(Refusal::Unsigned));
+    };
+    let keys = dir.keys_of(&record.user).await?;
+    Ok(verify(
+        &record.user,
+        keys.as_deref(),
+        &presence_claim(room, record),
+        Some(armored),
+    ))
+}
+
+/// The keys of a room's allowed-signers file, as a directory.
+pub fn keys_in(signers: &crate::members::AllowedSigners, user: &str) -> Option<Vec<PublicKey>> {
+    let keys: Vec<PublicKey> = signers
+        .keys
+        .iter()
+        .filter(|k| k.user.as_str() == user)
+        .filter_map(|k| PublicKey::from_openssh(&k.key).ok())
+        .collect();
+    (!keys.is_empty()).then_some(keys)
+}
+
+/// How long a directory trusts the keys it read.
+pub const KEYS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The room's members file (`.messages/allowed_signers`) at the branch
+/// head, as a key directory: read again when it is older than
+/// [`KEYS_TTL`], so a key added with `skygit members add` counts within
+/// seconds. Without the file nobody is a member.
+pub struct RepoMembers {
+    remote: std::sync::Arc<dyn crate::RepoRemote>,
+    cache: TtlCache<(), crate::members::AllowedSigners>,
+}
+
+impl RepoMembers {
+    pub fn new(remote: std::sync::Arc<dyn crate::RepoRemote>) -> RepoMembers {
+        RepoMembers {
+            remote,
+            cache: TtlCache::new(1),
+        }
+    }
+
+    /// The members file at the head, read now.
+    pub async fn read(&self) -> Result<crate::members::AllowedSigners, DirectoryError> {
+        let head = self
+            .remote
+            .head()
+            .await
+            .map_err(|e| DirectoryError(e.to_string()))?;
+        let Some(head) = head else {
+            return Ok(Default::default());
+        };
+        match crate::readback::members_at(self.remote.as_ref(), &head.commit_sha).await {
+            Ok(None) => Ok(Default::default()),
+            Ok(Some(Ok(m))) => Ok(m),
+            Ok(Some(Err(e))) => Err(DirectoryError(e)),
+            Err(e) => Err(DirectoryError(e.to_string())),
+        }
+    }
+}
+
+impl KeyDirectory for RepoMembers {
+    fn keys_of<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<PublicKey>>, DirectoryError>> {
+        Box::pin(async move {
+            let signers = match self.cache.get(&()) {
+                Some(s) => s,
+                None => {
+                    let s = self.read().await?;
+                    self.cache.put((), s.clone());
+                    s
+                }
+            };
+            Ok(keys_in(&signers, user))
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "allowed_signers"
+    }
+}
+
+/// Answers remembered for [`KEYS_TTL`], at most `max` of them (the
+/// oldest goes first).
+pub struct TtlCache<K, V> {
+    max: usize,
+    slots: std::sync::Mutex<std::collections::BTreeMap<K, (std::time::Instant, V)>>,
+}
+
+impl<K: Ord + Clone, V: Clone> TtlCache<K, V> {
+    pub fn new(max: usize) -> Self {
+        TtlCache {
+            max: max.max(1),
+            slots: Default::default(),
+        }
+    }
+
+    /// The value for `key`, if it is fresh.
+    pub fn get(&self, key: &K) -> Option<V> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < KEYS_TTL)
+            .map(|(_, v)| v.clone())
+    }
+
+    pub fn put(&self, key: K, value: V) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.len() >= self.max && !slots.contains_key(&key) {
+            let oldest = slots
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                slots.remove(&k);
+            }
+        }
+        slots.insert(key, (std::time::Instant::now(), value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(user: &str) -> PresenceRecord {
+        PresenceRecord {
+            version: crate::PRESENCE_VERSION,
+            user: user.into(),
+            node_id: 7,
+            session_id: "7-1".into(),
+            last_seen: 1,
+            dtls_fingerprint: "sha-256 AB:CD".into(),
+            in_group: false,
+            signals: vec![],
+            identity: None,
+        }
+    }
+
+    struct Dir(Vec<(String, PublicKey)>);
+
+    impl KeyDirectory for Dir {
+        fn keys_of<'a>(
+            &'a self,
+            user: &'a str,
+        ) -> BoxFuture<'a, Result<Option<Vec<PublicKey>>, DirectoryError>> {
+            let keys: Vec<PublicKey> = self
+                .0
+                .iter()
+                .filter(|(u, _)| u == user)
+                .map(|(_, k)| k.clone())
+                .collect();
+            Box::pin(async move { Ok((!keys.is_empty()).then_some(keys)) })
+        }
+        fn name(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    fn check(dir: &Dir, r: &PresenceRecord) -> Result<(), Refusal> {
+        futures::executor::block_on(check_presence(dir, "room", r)).expect("directory answers")
+    }
+
+    #[test]
+    fn a_signed_record_verifies_and_every_false_claim_is_refused() {
+        let alice = SigningKey::from_ed25519_seed([1; 32]);
+        let mallory = SigningKey::from_ed25519_seed([2; 32]);
+        let dir = Dir(vec![("alice".into(), alice.public())]);
+
+        let mut r = record("alice");
+        assert_eq!(check(&dir, &r), Err(Refusal::Unsigned));
+        alice.sign_presence("room", &mut r).expect("signs");
+        assert_eq!(check(&dir, &r), Ok(()));
+
+        // The record's heartbeat and signals are not covered.
+        let mut later = r.clone();
+        later.last_seen = 99;
+        assert_eq!(check(&dir, &later), Ok(()));
+
+        // Every field of the claim is.
+        for change in [
+            |r: &mut PresenceRecord| r.node_id = 8,
+            |r: &mut PresenceRecord| r.session_id = "7-2".into(),
+            |r: &mut PresenceRecord| r.dtls_fingerprint = "sha-256 EF".into(),
+        ] {
+            let mut bad = r.clone();
+            change(&mut bad);
+            assert!(matches!(check(&dir, &bad), Err(Refusal::BadSignature(_))));
+        }
+        // Another room's claim does not carry over.
+        assert!(matches!(
+            futures::executor::block_on(check_presence(&dir, "other", &r)).expect("answers"),
+            Err(Refusal::BadSignature(_))
+        ));
+
+        // Mallory claiming to be alice, with her own key.
+        let mut forged = record("alice");
+        mallory.sign_presence("room", &mut forged).expect("signs");
+        assert_eq!(
+            check(&dir, &forged),
+            Err(Refusal::ForeignKey {
+                user: "alice".into(),
+                fingerprint: mallory.fingerprint()
+            })
+        );
+        // Mallory as herself: not a member.
+        let mut own = record("mallory");
+        mallory.sign_presence("room", &mut own).expect("signs");
+        assert_eq!(
+            check(&dir, &own),
+            Err(Refusal::NotMember {
+                user: "mallory".into()
+            })
+        );
+        // Garbage in the signature field.
+        let mut junk = r.clone();
+        junk.identity =
+            Some("-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n".into());
+        assert!(matches!(check(&dir, &junk), Err(Refusal::BadSignature(_))));
+        junk.identity = Some("x".repeat(MAX_SIGNATURE_BYTES + 1));
+        assert!(matches!(check(&dir, &junk), Err(Refusal::BadSignature(_))));
+    }
+
+    #[test]
+    fn a_signature_in_another_namespace_is_refused() {
+        let alice = SigningKey::from_ed25519_seed([1; 32]);
+        let r = record("alice");
+        let sig = alice
+            .key
+            .sign("git", HashAlg::Sha512, &presence_claim("room", &r))
+            .and_then(|s| s.to_pem(LineEnding::LF))
+            .expect("signs");
+        let keys = [alice.public()];
+        assert!(matches!(
+            verify("alice", Some(&keys), &presence_claim("room", &r), Some(&sig)),
+            Err(Refusal::BadSignature(m)) if m.contains("namespace")
+        ));
+    }
+
+    #[test]
+    fn an_encrypted_or_missing_key_file_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("skygit-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let missing = dir.join("none");
+        assert!(matches!(
+            SigningKey::from_file(&missing),
+            Err(KeyError::Read { .. })
+        ));
+        let junk = dir.join("junk");
+        std::fs::write(&junk, "not a key").expect("write");
+        let e = SigningKey::from_file(&junk).expect_err("junk");
+        assert!(e.to_string().contains("junk"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
