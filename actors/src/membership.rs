@@ -5,6 +5,7 @@
 //! smallest-id node among online nodes none of which is in a group starts
 //! a one-voter group, and the leader grows it from there.
 
+use crate::mesh::identity::VerifiedPeers;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +78,9 @@ pub struct MembershipActor {
     in_group: bool,
     last_step: Option<String>,
     waiting: Option<String>,
+    /// Set on a room that verifies identities.
+    verified: Option<VerifiedPeers>,
+    founder: Option<Founder>,
     span: tracing::Span,
 }
 
@@ -105,8 +109,19 @@ impl MembershipActor {
             in_group: false,
             last_step: None,
             waiting: None,
+            verified: None,
+            founder: None,
             span,
         }
+    }
+
+    /// On a room that verifies identities: only verified peers count when
+    /// deciding who starts the group (an impostor's record could otherwise
+    /// claim a smaller id, or a group, and keep the room from forming).
+    pub fn verifying(mut self, verified: VerifiedPeers, founder: Founder) -> Self {
+        self.verified = Some(verified);
+        self.founder = Some(founder);
+        self
     }
 
     fn view(&self) -> Option<MembershipView> {
@@ -257,10 +272,14 @@ impl MembershipActor {
                 .into_actor(self)
                 .map(move |peers, act, ctx| {
                     act.busy = false;
-                    let Some(peers) = peers else {
+                    let Some(mut peers) = peers else {
                         act.waiting = Some("reading the room's presence".into());
                         return;
                     };
+                    if let Some(verified) = &act.verified {
+                        let verified = verified.read().unwrap_or_else(|e| e.into_inner());
+                        peers.retain(|p| verified.get(&p.node_id) == Some(&p.user));
+                    }
                     if peers.iter().any(|p| p.in_group) {
                         let w = "a member of the room's group is online; waiting to be added"
                             .to_owned();
@@ -277,10 +296,11 @@ impl MembershipActor {
                     act.busy = true;
                     let replica = act.replica.clone();
                     let repo = act.repo.clone();
+                    let founder = act.founder.clone();
                     ctx.spawn(
                         async move {
                             if let Some((repo, clock)) = repo {
-                                match claim_founding(repo.as_ref(), me, clock.now_ms() / 1000).await {
+                                match claim_founding(repo.as_ref(), me, clock.now_ms() / 1000, founder.as_ref()).await {
                                     Ok(None) => {}
                                     Ok(Some(refusal)) => return Some(refusal),
                                     Err(e) => {
@@ -338,16 +358,29 @@ pub async fn bootstrap_rule(
 /// Commits searched for a founding claim.
 const MAX_FOUNDER_SEARCH: usize = 100;
 
+/// Who founds a group on a room that verifies identities: the founding
+/// commit is signed, and only a founding signed by a member counts.
+#[derive(Clone)]
+pub struct Founder {
+    pub room: String,
+    pub user: String,
+    pub identity: crate::room::RoomIdentity,
+}
+
 /// Claims the founding of the room's raft group in the repository, so
 /// that two nodes that cannot see each other's presence never both start
 /// one: the claim is a commit (no file changes, a `Group-Founder` trailer)
-/// made by compare-and-swap on the branch, and only one can win.
+/// made by compare-and-swap on the branch, and only one can win. On a room
+/// that verifies identities the claim is signed (`founder`), and a
+/// founding commit whose signature does not verify against its user's keys
+/// is passed over: a writer with a false name cannot hold the room.
 /// `Ok(None)`: this node founds the group; `Ok(Some(why))`: it must not;
 /// `Err`: undecided (try again).
 async fn claim_founding(
     repo: &dyn RepoRemote,
     me: NodeId,
     now_secs: i64,
+    founder: Option<&Founder>,
 ) -> Result<Option<String>, RepoError> {
     let Some(head) = repo.head().await? else {
         // A branch without even the room's config: nothing to claim on
@@ -360,28 +393,85 @@ async fn claim_founding(
             "the repository holds the room's log up to index {w}; only a member of its raft group can continue it"
         )));
     }
-    let founder = match layout::founder(&head.message) {
-        Some(f) => Some(f),
-        None => repo
-            .history(&head.commit_sha, MAX_FOUNDER_SEARCH)
-            .await?
-            .iter()
-            .find_map(|c| layout::founder(&c.message)),
-    };
-    match founder {
+    let mut messages = vec![head.message.clone()];
+    if layout::founder(&head.message).is_none() || founder.is_some() {
+        messages.extend(
+            repo.history(&head.commit_sha, MAX_FOUNDER_SEARCH)
+                .await?
+                .into_iter()
+                .map(|c| c.message),
+        );
+    }
+    let mut found = None;
+    for m in &messages {
+        let Some(f) = layout::founder(m) else {
+            continue;
+        };
+        match founder {
+            None => {
+                found = Some(f);
+                break;
+            }
+            Some(ours) => match verify_founding(ours, f, m).await? {
+                Ok(()) => {
+                    found = Some(f);
+                    break;
+                }
+                Err(why) => {
+                    tracing::warn!(node = f, reason = %why, "passed over a founding commit whose signature does not verify")
+                }
+            },
+        }
+    }
+    match found {
         Some(f) if f == me => return Ok(None),
         Some(f) => return Ok(Some(format!("node {f} founded the room's group"))),
         None => {}
     }
+    let message = match founder {
+        None => layout::founding_message(me),
+        Some(ours) => {
+            let claim = skygit_ports::identity::founding_claim(&ours.room, me, &ours.user);
+            let sig = ours
+                .identity
+                .key
+                .sign(&claim)
+                .map_err(|e| RepoError::Invalid(e.to_string()))?;
+            layout::signed_founding_message(me, &ours.user, &sig)
+        }
+    };
     repo.commit(CommitRequest {
         expected_head: Some(head.commit_sha),
         files: Vec::new(),
-        message: layout::founding_message(me),
+        message,
         time_secs: now_secs,
     })
     .await?;
     tracing::info!("claimed the founding of the room's group in the repository");
     Ok(None)
+}
+
+/// Checks founding commit `message` of node `node` against its user's
+/// keys. The outer error: the keys could not be read (undecided).
+async fn verify_founding(
+    ours: &Founder,
+    node: NodeId,
+    message: &str,
+) -> Result<Result<(), String>, RepoError> {
+    let Some((user, sig)) = layout::founder_signature(message) else {
+        return Ok(Err("it is not signed".into()));
+    };
+    let keys = ours
+        .identity
+        .directory
+        .keys_of(user)
+        .await
+        .map_err(|e| RepoError::Unavailable(e.to_string()))?;
+    let claim = skygit_ports::identity::founding_claim(&ours.room, node, user);
+    Ok(
+        skygit_ports::identity::verify(user, keys.as_deref(), &claim, Some(&sig))
+            .map_err(|e| format!("{user}: {e}")),
+    )
 }
 
 impl Actor for MembershipActor {

@@ -244,7 +244,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     consensus.do_send(SubscribeLeader(committer.clone().recipient()));
     replica.set_flush_hook(flush_hook(committer.clone()));
     if m.identity.is_some() {
-        replica.set_sender_check(sender_check(verified, room));
+        replica.set_sender_check(sender_check(verified.clone(), room));
     }
     let membership = MembershipActor::new(
         room,
@@ -253,7 +253,18 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         m.policy,
         m.bootstrap,
         repo_for_bootstrap,
-    )
+    );
+    let membership = match &m.identity {
+        Some(identity) => membership.verifying(
+            verified.clone(),
+            crate::membership::Founder {
+                room: room.to_owned(),
+                user: spec.user.to_string(),
+                identity: identity.clone(),
+            },
+        ),
+        None => membership,
+    }
     .start();
     mesh.do_send(SubscribeLinks(membership.clone().recipient()));
     mesh.do_send(SubscribeLinks(consensus.clone().recipient()));

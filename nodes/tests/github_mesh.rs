@@ -4,7 +4,9 @@
 //! connect over WebRTC, and the leader commits through the same API. The
 //! results are checked with the real git in the server's repository.
 //! Each node's user is its token's GitHub login; a node that names another
-//! user is refused before it starts.
+//! user is refused before it starts. Each node signs its presence with an
+//! SSH key its GitHub account lists (`/users/{user}/keys`), and a node
+//! whose key is not on its user's account is refused by the others.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -19,13 +21,68 @@ const TOKEN: &str = "test-token-1234";
 const USERS: [(&str, &str); 2] = [("ana", "token-of-ana-5678"), ("bo", "token-of-bo-9012")];
 const SETTLE: Duration = Duration::from_secs(90);
 
+/// A new ed25519 key made with the real `ssh-keygen`: (private key file,
+/// public key line).
+fn keygen(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
+    let path = dir.join(format!("{name}.key"));
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen runs");
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    let public = std::fs::read_to_string(path.with_extension("key.pub")).expect("public key");
+    (path, public)
+}
+
+fn node_spec(
+    bin: &Path,
+    dir: &Path,
+    server: &GithubServer,
+    user: &str,
+    token: &str,
+    key: &Path,
+) -> NodeSpec {
+    let mut spec = NodeSpec::new(bin, Path::new("github:acme/room"), user, &dir.join(user));
+    spec.args = [
+        "--github-api",
+        &server.url(),
+        "--fast-poll-ms",
+        "300",
+        "--slow-poll-secs",
+        "2",
+        "--heartbeat-secs",
+        "5",
+        "--commit-interval",
+        "1",
+        "--ssh-key",
+        &key.to_string_lossy(),
+    ]
+    .map(String::from)
+    .to_vec();
+    spec.env = vec![("GITHUB_TOKEN".into(), token.into())];
+    spec
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_meet_and_commit_through_the_github_api() {
+    if std::process::Command::new("ssh-keygen")
+        .arg("-?")
+        .output()
+        .is_err()
+    {
+        skygit_harness::skip_unless_required("ssh-keygen is not installed (openssh-client)");
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let bare = dir.path().join("srv").join("room.git");
     let server = GithubServer::start(&bare, "acme", "room", TOKEN).expect("server starts");
+    let mut keys = Vec::new();
     for (user, token) in USERS {
         server.add_user(user, token);
+        let (key, public) = keygen(dir.path(), user);
+        server.add_ssh_key(user, &public);
+        keys.push(key);
     }
     let bin = Path::new(env!("CARGO_BIN_EXE_skygit"));
     let init = std::process::Command::new(bin)
@@ -46,32 +103,55 @@ async fn two_processes_meet_and_commit_through_the_github_api() {
     );
 
     let mut nodes = Vec::new();
-    for (user, token) in USERS {
-        let mut spec = NodeSpec::new(
-            bin,
-            Path::new("github:acme/room"),
-            user,
-            &dir.path().join(user),
-        );
-        spec.args = [
-            "--github-api",
-            &server.url(),
-            "--fast-poll-ms",
-            "300",
-            "--slow-poll-secs",
-            "2",
-            "--heartbeat-secs",
-            "5",
-            "--commit-interval",
-            "1",
-        ]
-        .map(String::from)
-        .to_vec();
-        spec.env = vec![("GITHUB_TOKEN".into(), token.into())];
+    for ((user, token), key) in USERS.into_iter().zip(&keys) {
+        let spec = node_spec(bin, dir.path(), &server, user, token, key);
         nodes.push(NodeProc::start(spec).await.expect("node starts"));
     }
     let refs: Vec<&NodeProc> = nodes.iter().collect();
     wait_members(&refs, 2, SETTLE).await.expect("two voters");
+    // Eve has a token for the room, but signs with a key her GitHub
+    // account does not list: both nodes refuse her.
+    server.add_user("eve", "token-of-eve-3456");
+    let (eve_key, _) = keygen(dir.path(), "eve");
+    let mut eve = NodeProc::start(node_spec(
+        bin,
+        dir.path(),
+        &server,
+        "eve",
+        "token-of-eve-3456",
+        &eve_key,
+    ))
+    .await
+    .expect("eve starts");
+    for n in &refs {
+        let reason = wait_for(SETTLE, "eve to be refused", || async {
+            let s = n.status().await.ok()?;
+            let identity = s.identity?;
+            assert_eq!(identity.verified_by, "github");
+            identity
+                .refused
+                .into_iter()
+                .find(|r| r.node_id == eve.node_id)
+                .map(|r| r.reason)
+        })
+        .await
+        .expect("refused");
+        assert!(reason.contains("not one of eve's keys"), "{reason}");
+    }
+    let eve_id = eve.node_id;
+    eve.kill().await.expect("killed");
+    let asked: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/users/"))
+        .map(|r| format!("{} {}", r.status, r.path))
+        .collect();
+    for user in ["ana", "bo", "eve"] {
+        assert!(
+            asked.contains(&format!("200 /users/{user}/keys?per_page=100")),
+            "nobody read {user}'s keys: {asked:?}"
+        );
+    }
     let mut sent = BTreeSet::new();
     post_round(&refs, "via github", 3, &mut sent)
         .await
@@ -104,7 +184,9 @@ async fn two_processes_meet_and_commit_through_the_github_api() {
     let listed: BTreeSet<String> = presence.lines().map(str::to_owned).collect();
     let want: BTreeSet<String> = nodes
         .iter()
-        .map(|n| format!("refs/skygit/presence/{}", n.node_id))
+        .map(|n| n.node_id)
+        .chain([eve_id])
+        .map(|id| format!("refs/skygit/presence/{id}"))
         .collect();
     assert_eq!(listed, want, "one presence ref per node");
     for mut n in nodes {

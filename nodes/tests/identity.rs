@@ -5,7 +5,8 @@
 //! member's name, a node signing with a key its user does not have and a
 //! node of a non-member: none of them gets a link or joins the group,
 //! while alice and bob form the room. A request forged under the other
-//! member's name through a valid link is refused by the leader.
+//! member's name through a valid link is refused by the leader, and a
+//! group founded first by a non-member is passed over.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -74,6 +75,16 @@ async fn refusal(node: &NodeProc, peer: u64) -> Option<String> {
         .map(|r| r.reason)
 }
 
+fn git_log(repo: &Path) -> String {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .args(["log", "--format=%B", "main"])
+        .output()
+        .expect("git runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 async fn metric(node: &NodeProc, name: &str) -> f64 {
     let text = node
         .http()
@@ -127,6 +138,22 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
     let said = String::from_utf8_lossy(&keyless.stderr);
     assert!(said.contains("--ssh-key"), "{said}");
 
+    // Mallory, who is not a member but can write to the repository,
+    // arrives first and founds a group of her own, signed with her key.
+    let mallory = NodeProc::start(spec(d, &repo, "mallory", "mallory", &mallory_key))
+        .await
+        .expect("mallory starts");
+    let founding = format!("Group-Founder: {}", mallory.node_id);
+    wait_for(SETTLE, "mallory to claim the founding", || async {
+        let log = git_log(&repo);
+        log.contains(&founding).then_some(())
+    })
+    .await
+    .expect("mallory claimed the group");
+    assert!(git_log(&repo).contains("Group-Founder-Signature: "));
+
+    // The members pass over her founding (its signature is not a
+    // member's), found their own and form the room.
     let mut alice = NodeProc::start(spec(d, &repo, "alice", "alice", &alice_key))
         .await
         .expect("alice starts");
@@ -138,9 +165,15 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
         .await
         .expect("alice and bob form the room");
 
-    // Three impostors: mallory's key under alice's name, alice's key under
-    // bob's name, and mallory as herself (not a member).
+    // Two more impostors: mallory's key under alice's name, alice's key
+    // under bob's name.
     let cases = [
+        (
+            "mallory",
+            "mallory",
+            &mallory_key,
+            "mallory is not a member",
+        ),
         (
             "fake-alice",
             "alice",
@@ -148,15 +181,9 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
             "not one of alice's keys",
         ),
         ("fake-bob", "bob", &alice_key, "not one of bob's keys"),
-        (
-            "mallory",
-            "mallory",
-            &mallory_key,
-            "mallory is not a member",
-        ),
     ];
-    let mut impostors = Vec::new();
-    for (name, user, key, _) in &cases {
+    let mut impostors = vec![mallory];
+    for (name, user, key, _) in &cases[1..] {
         impostors.push(
             NodeProc::start(spec(d, &repo, name, user, key))
                 .await

@@ -80,6 +80,35 @@ pub fn presence_claim(room: &str, record: &PresenceRecord) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The bytes a founding commit's signature covers: the founder of the
+/// room's raft group, as a member.
+pub fn founding_claim(room: &str, node: u64, user: &str) -> Vec<u8> {
+    format!("skygit founding 1\nroom {room}\nnode {node}\nuser {user}\n").into_bytes()
+}
+
+const ARMOR_BEGIN: &str = "-----BEGIN SSH SIGNATURE-----";
+const ARMOR_END: &str = "-----END SSH SIGNATURE-----";
+
+/// An armored signature's base64 on one line (for a commit trailer).
+pub fn unarmor(armored: &str) -> String {
+    armored
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != ARMOR_BEGIN && *l != ARMOR_END)
+        .collect()
+}
+
+/// The armored form of a one-line base64 signature, wrapped as
+/// `ssh-keygen` wraps it (70 columns).
+pub fn armor(base64: &str) -> String {
+    let body: Vec<&str> = base64
+        .as_bytes()
+        .chunks(70)
+        .filter_map(|c| std::str::from_utf8(c).ok())
+        .collect();
+    format!("{ARMOR_BEGIN}\n{}\n{ARMOR_END}\n", body.join("\n"))
+}
+
 /// This node's SSH key.
 pub struct SigningKey {
     key: PrivateKey,
@@ -416,6 +445,32 @@ mod tests {
         assert!(matches!(check(&dir, &junk), Err(Refusal::BadSignature(_))));
         junk.identity = Some("x".repeat(MAX_SIGNATURE_BYTES + 1));
         assert!(matches!(check(&dir, &junk), Err(Refusal::BadSignature(_))));
+    }
+
+    #[test]
+    fn a_signature_survives_a_commit_trailer() {
+        let alice = SigningKey::from_ed25519_seed([1; 32]);
+        let claim = founding_claim("room", 5, "alice");
+        let armored = alice.sign(&claim).expect("signs");
+        let message = crate::layout::signed_founding_message(5, "alice", &armored);
+        assert_eq!(crate::layout::founder(&message), Some(5));
+        let (user, sig) = crate::layout::founder_signature(&message).expect("signed");
+        assert_eq!(user, "alice");
+        assert_eq!(sig, armored);
+        let keys = [alice.public()];
+        assert_eq!(verify("alice", Some(&keys), &claim, Some(&sig)), Ok(()));
+        assert!(verify(
+            "alice",
+            Some(&keys),
+            &founding_claim("room", 6, "alice"),
+            Some(&sig)
+        )
+        .is_err());
+        // Junk in the trailer is a bad signature, not a panic.
+        assert!(matches!(
+            verify("alice", Some(&keys), &claim, Some(&armor("@@not base64@@"))),
+            Err(Refusal::BadSignature(_))
+        ));
     }
 
     #[test]

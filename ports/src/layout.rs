@@ -464,9 +464,27 @@ pub fn founding_message(id: u64) -> String {
     format!("skygit: node {id} starts the room's raft group\n\nRaft-Last-Index: 0\nGroup-Founder: {id}\n")
 }
 
+/// The founding message of a room that verifies identities: also names
+/// the founder's user and carries its SSH signature of
+/// [`crate::identity::founding_claim`] (the armor's base64, one line).
+pub fn signed_founding_message(id: u64, user: &str, signature: &str) -> String {
+    format!(
+        "{}Group-Founder-User: {user}\nGroup-Founder-Signature: {}\n",
+        founding_message(id),
+        crate::identity::unarmor(signature)
+    )
+}
+
 /// The node a founding commit names, if `message` is one.
 pub fn founder(message: &str) -> Option<u64> {
     trailer(message, "Group-Founder")?.parse().ok()
+}
+
+/// A founding commit's signed claim: its user and armored signature.
+pub fn founder_signature(message: &str) -> Option<(&str, String)> {
+    let user = trailer(message, "Group-Founder-User")?;
+    let sig = trailer(message, "Group-Founder-Signature")?;
+    Some((user, crate::identity::armor(sig)))
 }
 
 /// The raft watermark a commit message records: `Raft-Last-Index`, or
