@@ -7,11 +7,13 @@
 # routers), procps (sysctl) and coturn (a TURN server) make the NAT tests
 # (nodes/tests/nat.rs). chromium and
 # chromium-driver run the web UI tests in a real headless browser.
+# openssh-client (ssh-keygen) and jq check identities and signed history
+# lines as a reader would (scripts/verify-line.sh, nodes/tests/identity.rs).
 # schemathesis (from PyPI, pinned, in its own virtual environment) fuzzes
 # a live node's API from its OpenAPI description (nodes/tests/fuzz_api.rs).
 set -euo pipefail
 
-packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git openssh-client iproute2 iptables procps coturn chromium chromium-driver python3 python3-venv)
+packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git openssh-client jq iproute2 iptables procps coturn chromium chromium-driver python3 python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -227,6 +227,9 @@
       el('span', { class: 'sender', text: m.sender ?? '?' }),
       el('time', { class: 'time', datetime: m.created_at || null, title: t.title || null, text: t.text }),
       m.edited && !m.deleted ? el('span', { class: 'edited', text: '(edited)' }) : null,
+      m.verified && !m.deleted
+        ? el('span', { class: 'verified', title: "signed with the sender's SSH key, checked against the keys of " + (m.sender ?? '?'), text: '✓ verified' })
+        : null,
       syncEl(m)));
     const content = el('div', { class: 'content' });
     if (m.deleted) {

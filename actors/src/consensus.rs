@@ -50,6 +50,8 @@ pub enum ProposeFailure {
     Outbox(StorageError),
     #[error("the consensus actor is gone")]
     Stopped,
+    #[error("cannot sign the request: {0}")]
+    Unsigned(String),
 }
 
 /// Propose a prepared request.
@@ -115,6 +117,8 @@ pub struct ConsensusActor {
     subscribers: Vec<Recipient<LeaderChanged>>,
     last_leader: LeaderChanged,
     retrying: bool,
+    /// This node's user's key, on a room that verifies identities.
+    signer: Option<Arc<skygit_ports::identity::SigningKey>>,
     span: tracing::Span,
 }
 
@@ -137,8 +141,16 @@ impl ConsensusActor {
             ids,
             subscribers: Vec::new(),
             retrying: false,
+            signer: None,
             span,
         }
+    }
+
+    /// Signs every post, edit, delete and conversation this node submits
+    /// with its user's key (a room that verifies identities).
+    pub fn signing(mut self, key: Arc<skygit_ports::identity::SigningKey>) -> Self {
+        self.signer = Some(key);
+        self
     }
 }
 
@@ -263,12 +275,20 @@ impl Handler<Submit> for ConsensusActor {
     type Result = ResponseFuture<Result<(ChatRequest, Proposed), ProposeFailure>>;
 
     fn handle(&mut self, msg: Submit, _ctx: &mut Self::Context) -> Self::Result {
-        let req = ChatRequest {
+        let mut req = ChatRequest {
             id: self.ids.next_id(),
             sender: msg.sender,
             at: self.ids.now_ms(),
             command: msg.command,
+            signature: None,
         };
+        if let Some(key) = &self.signer {
+            if let Err(e) = key.sign_request(&mut req) {
+                return Box::pin(futures::future::ready(Err(ProposeFailure::Unsigned(
+                    e.to_string(),
+                ))));
+            }
+        }
         let span = tracing::debug_span!(parent: &self.span, "submit", request = %req.id);
         let (replica, storage) = (self.replica.clone(), self.storage.clone());
         Box::pin(

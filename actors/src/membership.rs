@@ -362,7 +362,6 @@ const MAX_FOUNDER_SEARCH: usize = 100;
 /// commit is signed, and only a founding signed by a member counts.
 #[derive(Clone)]
 pub struct Founder {
-    pub room: String,
     pub user: String,
     pub identity: crate::room::RoomIdentity,
 }
@@ -431,7 +430,7 @@ async fn claim_founding(
     let message = match founder {
         None => layout::founding_message(me),
         Some(ours) => {
-            let claim = skygit_ports::identity::founding_claim(&ours.room, me, &ours.user);
+            let claim = skygit_ports::identity::founding_claim(me, &ours.user);
             let sig = ours
                 .identity
                 .key
@@ -467,7 +466,7 @@ async fn verify_founding(
         .keys_of(user)
         .await
         .map_err(|e| RepoError::Unavailable(e.to_string()))?;
-    let claim = skygit_ports::identity::founding_claim(&ours.room, node, user);
+    let claim = skygit_ports::identity::founding_claim(node, user);
     Ok(
         skygit_ports::identity::verify(user, keys.as_deref(), &claim, Some(&sig))
             .map_err(|e| format!("{user}: {e}")),

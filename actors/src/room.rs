@@ -176,7 +176,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     if let Some(identity) = &m.identity {
         identity
             .key
-            .sign_presence(room, &mut me)
+            .sign_presence(&mut me)
             .map_err(|e| RoomError::Identity(e.to_string()))?;
     }
     let presence_opts = m.presence;
@@ -222,7 +222,12 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         .await?,
     );
     let ids = IdGen::new(ports.clock.clone(), ports.rng);
-    let consensus = ConsensusActor::new(replica.clone(), storage.clone(), ids, room).start();
+    let consensus = ConsensusActor::new(replica.clone(), storage.clone(), ids, room);
+    let consensus = match &m.identity {
+        Some(identity) => consensus.signing(identity.key.clone()),
+        None => consensus,
+    }
+    .start();
     let repo_for_bootstrap = ports.repo.clone().map(|r| (r, ports.clock.clone()));
     let flusher = ports.repo.map(|remote| {
         Arc::new(Flusher::new(
@@ -243,8 +248,12 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     .start();
     consensus.do_send(SubscribeLeader(committer.clone().recipient()));
     replica.set_flush_hook(flush_hook(committer.clone()));
-    if m.identity.is_some() {
-        replica.set_sender_check(sender_check(verified.clone(), room));
+    if let Some(identity) = &m.identity {
+        replica.set_request_check(request_check(
+            verified.clone(),
+            identity.directory.clone(),
+            room,
+        ));
     }
     let membership = MembershipActor::new(
         room,
@@ -258,7 +267,6 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         Some(identity) => membership.verifying(
             verified.clone(),
             crate::membership::Founder {
-                room: room.to_owned(),
                 user: spec.user.to_string(),
                 identity: identity.clone(),
             },
@@ -293,27 +301,50 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
 }
 
 /// A leader accepts a request proposed through a peer only when its sender
-/// is the peer's verified user: a node with a valid identity cannot post,
-/// edit or delete as somebody else.
-fn sender_check(verified: VerifiedPeers, room: &str) -> skygit_consensus::replica::SenderCheck {
+/// is the peer's verified user and its signature verifies against the
+/// sender's keys: a node with a valid identity cannot post, edit or delete
+/// as somebody else, nor put an unsigned change into the history.
+fn request_check(
+    verified: VerifiedPeers,
+    directory: Arc<dyn skygit_ports::identity::KeyDirectory>,
+    room: &str,
+) -> skygit_consensus::replica::RequestCheck {
     let room = room.to_owned();
-    Arc::new(move |peer, sender| {
+    Arc::new(move |peer, request| {
         let user = verified
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&peer)
             .cloned();
-        match user {
-            Some(u) if u == sender => Ok(()),
-            user => {
+        let (directory, room) = (directory.clone(), room.clone());
+        Box::pin(async move {
+            let refused = |reason: String| {
                 metrics::counter!("skygit_forged_requests_total", "room" => room.clone())
                     .increment(1);
-                Err(match user {
-                    Some(u) => format!("node {peer} is {u}'s; it cannot propose as {sender}"),
-                    None => format!("node {peer} has no verified identity"),
-                })
+                Err(reason)
+            };
+            let sender = request.sender.as_str();
+            match user {
+                Some(u) if u == sender => {}
+                Some(u) => {
+                    return refused(format!(
+                        "node {peer} is {u}'s; it cannot propose as {sender}"
+                    ))
+                }
+                None => return refused(format!("node {peer} has no verified identity")),
             }
-        }
+            if skygit_ports::identity::request_statement(&request).is_none() {
+                return Ok(());
+            }
+            let keys = directory
+                .keys_of(sender)
+                .await
+                .map_err(|e| format!("cannot check the signature now: {e}"))?;
+            match skygit_ports::identity::verify_request(keys.as_deref(), &request) {
+                Ok(()) => Ok(()),
+                Err(e) => refused(format!("{sender}'s request {}: {e}", request.id)),
+            }
+        })
     })
 }
 

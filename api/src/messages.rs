@@ -37,6 +37,11 @@ pub struct Message {
     pub updated_at: String,
     pub edited: bool,
     pub deleted: bool,
+    /// The current text carries its author's SSH signature, which the
+    /// leader checked against the author's keys before it entered the
+    /// log (only on a room that verifies identities; `false` elsewhere and
+    /// while the message waits in the outbox).
+    pub verified: bool,
     pub sync_state: SyncState,
     /// The commit that holds its last change, once synchronized.
     pub git_hash: Option<String>,

@@ -86,6 +86,7 @@ pub fn apply<V: ChatView>(
             at: req.at,
             conversation: conversation.clone(),
             kind,
+            signature: req.signature.clone(),
         })
     };
     match &req.command {
@@ -119,6 +120,7 @@ pub fn apply<V: ChatView>(
             };
             rec.message.content = content.clone();
             rec.message.edited_at = Some(req.at);
+            rec.message.signed = req.signature.is_some();
             rec.last_change_index = index;
             effects.push(change(
                 &rec.message.conversation,
@@ -300,6 +302,7 @@ mod tests {
             sender: UserId::new(sender).unwrap(),
             at: 1000 + n as i64,
             command,
+            signature: None,
         }
     }
 

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::NodeId;
 
-/// The wire version this build speaks.
-pub const WIRE_VERSION: u8 = 1;
+/// The wire version this build speaks (2: requests and changes carry
+/// their author's signature; a node of version 1 cannot decode them).
+pub const WIRE_VERSION: u8 = 2;
 /// Largest frame (version byte plus encoded envelope) a node sends or
 /// accepts. The WebRTC transport fragments frames into data-channel
 /// messages of at most 64 KiB; this bounds what a peer can make us buffer.

@@ -225,6 +225,10 @@ pub struct Message {
     /// When the text was last edited (sender's clock), if ever.
     pub edited_at: Option<i64>,
     pub deleted: bool,
+    /// The current text (the post's, or the last edit's) carries its
+    /// author's signature: on a room that verifies identities the leader
+    /// checked it against the author's keys before it entered the log.
+    pub signed: bool,
 }
 
 /// A message with its place in the room's log.
@@ -257,6 +261,7 @@ impl MessageRecord {
                 created_at: req.at,
                 edited_at: None,
                 deleted: false,
+                signed: req.signature.is_some(),
             },
             index,
             last_change_index: index,
@@ -291,6 +296,8 @@ pub struct Change {
     pub at: i64,
     pub conversation: ConversationId,
     pub kind: ChangeKind,
+    /// The author's signature, carried from the request.
+    pub signature: Option<String>,
 }
 
 /// What a [`Change`] did.
@@ -361,6 +368,10 @@ pub struct ChatRequest {
     /// Milliseconds since the Unix epoch, from the proposer's clock.
     pub at: i64,
     pub command: Command,
+    /// The author's SSH signature of the change (the base64 of an SSH
+    /// signature, one line; see `skygit_ports::identity::statement`), on a
+    /// room that verifies identities.
+    pub signature: Option<String>,
 }
 
 impl fmt::Display for ChatRequest {
@@ -397,7 +408,32 @@ impl ChatRequest {
     /// Checks every size bound. Names are checked when they are decoded;
     /// this covers the free-text fields.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(sig) = &self.signature {
+            check_signature(sig)?;
+        }
         self.command.validate()
+    }
+}
+
+/// Largest signature a request carries (an RSA-4096 SSH signature is
+/// about 900 base64 characters).
+pub const MAX_SIGNATURE_BYTES: usize = 4096;
+
+/// A signature is one line of base64, bounded.
+pub fn check_signature(sig: &str) -> Result<(), ValidationError> {
+    if sig.is_empty() {
+        return Err(ValidationError::Empty { field: "signature" });
+    }
+    check_len("signature", sig, MAX_SIGNATURE_BYTES)?;
+    match sig
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=')))
+    {
+        Some(ch) => Err(ValidationError::BadChar {
+            field: "signature",
+            ch,
+        }),
+        None => Ok(()),
     }
 }
 
@@ -573,6 +609,7 @@ mod tests {
                 conversation: ConversationId::general(),
                 content,
             },
+            signature: None,
         };
         assert!(mk("hi".into()).validate().is_ok());
         assert!(mk("   ".into()).validate().is_err());

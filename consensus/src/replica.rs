@@ -58,10 +58,15 @@ pub type FlushHook = Arc<
     dyn Fn() -> futures::future::BoxFuture<'static, Result<FlushSummary, String>> + Send + Sync,
 >;
 
-/// Decides whether a request proposed through a peer may carry its
-/// sender: `(peer, sender)`, an error text when it may not (set by a room
-/// that verifies identities: the peer's verified user must be the sender).
-pub type SenderCheck = Arc<dyn Fn(NodeId, &str) -> Result<(), String> + Send + Sync>;
+/// Decides whether a request proposed through a peer may enter the log:
+/// `(peer, request)`, an error text when it may not (set by a room that
+/// verifies identities: the sender must be the peer's verified user, and
+/// the author's signature must verify).
+pub type RequestCheck = Arc<
+    dyn Fn(NodeId, ChatRequest) -> futures::future::BoxFuture<'static, Result<(), String>>
+        + Send
+        + Sync,
+>;
 
 /// Why a flush asked of the leader did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +144,7 @@ where
     /// How this node flushes when a follower asks it to.
     flush: std::sync::Mutex<Option<FlushHook>>,
     /// Who may propose what through a peer link.
-    senders: std::sync::Mutex<Option<SenderCheck>>,
+    senders: std::sync::Mutex<Option<RequestCheck>>,
 }
 
 /// A running member of a room's raft group.
@@ -323,7 +328,7 @@ where
 
     /// Checks every request proposed through a peer with `check` before it
     /// reaches the log.
-    pub fn set_sender_check(&self, check: SenderCheck) {
+    pub fn set_request_check(&self, check: RequestCheck) {
         *self.inner.senders.lock().unwrap_or_else(|e| e.into_inner()) = Some(check);
     }
 
@@ -429,8 +434,8 @@ where
         self.leaving.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `peer` may propose a request by `sender`.
-    fn check_sender(&self, peer: NodeId, sender: &str) -> Result<(), String> {
+    /// Whether `peer` may propose `request`.
+    async fn check_request(&self, peer: NodeId, request: &ChatRequest) -> Result<(), String> {
         let check = self
             .senders
             .lock()
@@ -439,8 +444,8 @@ where
         let Some(check) = check else {
             return Ok(());
         };
-        check(peer, sender).inspect_err(|reason| {
-            tracing::warn!(node = self.id, peer, sender, %reason, "refused a request proposed through a peer");
+        check(peer, request.clone()).await.inspect_err(|reason| {
+            tracing::warn!(node = self.id, peer, sender = %request.sender, %reason, "refused a request proposed through a peer");
         })
     }
 }
@@ -519,11 +524,10 @@ where
                 // A peer's request is checked before it reaches the log: an
                 // oversized entry could not be replicated at all.
                 // A room that verifies identities also checks its sender.
-                Ok(ChatRpcRequest::Propose(p)) => match p
-                    .validate()
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| inner.check_sender(req.from, p.sender.as_str()))
-                {
+                Ok(ChatRpcRequest::Propose(p)) => match match p.validate() {
+                    Ok(()) => inner.check_request(req.from, &p).await,
+                    Err(e) => Err(e.to_string()),
+                } {
                     Err(e) => ChatRpcResponse::Invalid(e),
                     Ok(()) => match write_local(&inner.raft, p).await {
                         Ok(o) => ChatRpcResponse::Outcome(o),

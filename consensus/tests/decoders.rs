@@ -29,6 +29,7 @@ fn sample_request() -> ChatRequest {
             conversation: ConversationId::general(),
             content: "hello, room".into(),
         },
+        signature: None,
     }
 }
 

@@ -463,6 +463,7 @@ mod tests {
             updated_at: "2026-12-07T00:00:00.000Z".into(),
             edited,
             deleted,
+            verified: false,
             sync_state: state,
             git_hash: None,
             commit_url: None,

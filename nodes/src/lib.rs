@@ -19,6 +19,7 @@ pub mod node;
 pub mod repo;
 pub mod sim;
 pub mod transport;
+pub mod verify;
 
 use anyhow::Context;
 

@@ -51,6 +51,8 @@ enum Command {
     /// The room's members and their SSH public keys (plain git remotes):
     /// `.messages/allowed_signers`, as `ssh-keygen -Y verify` reads it.
     Members(members::MembersArgs),
+    /// Check every line of a room's history against its author's SSH keys.
+    Verify(skygit::verify::VerifyArgs),
     /// Log in to GitHub with the OAuth device flow, like `gh auth login`
     /// (`--with-token`: read a token from standard input); the token is
     /// kept owner-only in the config directory.
@@ -208,6 +210,7 @@ fn main() -> anyhow::Result<()> {
             Command::Status(a) => client::status(a).await,
             Command::Init(a) => repo::init(a).await,
             Command::Members(a) => members::run(a).await,
+            Command::Verify(a) => skygit::verify::run(a).await,
             Command::Login(a) => auth::login(a).await,
             Command::Auth(a) => auth::status(a).await,
             Command::Logout(a) => auth::logout(a),

@@ -311,6 +311,7 @@ fn only_message_changes_that_took_effect_are_counted() -> anyhow::Result<()> {
             created_at: 0,
             edited_at: None,
             deleted: false,
+            signed: false,
         },
         index: 3,
         last_change_index: 3,

@@ -61,8 +61,10 @@ struct Room {
 }
 
 impl Room {
-    /// `skygit init` on a new bare repository, then two nodes (ana, bo)
-    /// that find each other through it; waits for two voters and a leader.
+    /// `skygit init` on a new bare repository with ana and bo as its
+    /// members (keys made with `ssh-keygen`), then their two nodes, which
+    /// find each other through it and verify each other; waits for two
+    /// voters and a leader.
     async fn start() -> anyhow::Result<Room> {
         let dir = tempfile::tempdir()?;
         let repo = dir.path().join("room.git");
@@ -77,7 +79,28 @@ impl Room {
         // The room's config.json sets the interval (no node overrides it,
         // so the settings form changes what every node does).
         for user in ["ana", "bo"] {
-            let spec = NodeSpec::for_test(bin, dir.path(), &repo, user, &[]);
+            let key = dir.path().join(format!("{user}.key"));
+            let out = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", user, "-f"])
+                .arg(&key)
+                .output()
+                .context("ssh-keygen runs (openssh-client)")?;
+            ensure!(out.status.success(), "ssh-keygen: {out:?}");
+            let out = std::process::Command::new(bin)
+                .args(["members", "add", user])
+                .arg(key.with_extension("key.pub"))
+                .arg("--repo")
+                .arg(&repo)
+                .arg("--data-dir")
+                .arg(dir.path().join("init"))
+                .output()
+                .context("skygit members add runs")?;
+            ensure!(out.status.success(), "members add {user}: {out:?}");
+        }
+        for user in ["ana", "bo"] {
+            let key = dir.path().join(format!("{user}.key"));
+            let key = key.to_string_lossy();
+            let spec = NodeSpec::for_test(bin, dir.path(), &repo, user, &["--ssh-key", &key]);
             nodes.push(
                 NodeProc::start(spec)
                     .await
@@ -378,7 +401,7 @@ async fn find_message(c: &Client, text: &str) -> anyhow::Result<Option<Value>> {
            const c = li.querySelector('.content');
            if (c && c.textContent === arguments[0]) {
              const t = (s) => { const e = li.querySelector(s); return e ? e.textContent : null; };
-             return { id: li.dataset.id, sender: t('.sender'), sync: t('.sync') };
+             return { id: li.dataset.id, sender: t('.sender'), sync: t('.sync'), verified: t('.verified') };
            }
          }
          return null;",
@@ -737,6 +760,12 @@ async fn a_message_typed_on_one_node_shows_on_the_other_within_a_second() {
             ensure!(
                 m["sender"] == json!(room.nodes[0].spec.user),
                 "B shows the wrong sender: {m}"
+            );
+            // The room verifies identities: the post is signed by ana's
+            // key, and B's page marks it verified.
+            ensure!(
+                m["verified"] == json!("✓ verified"),
+                "B does not mark it verified: {m}"
             );
             // The sender's page shows it too, and the composer is empty.
             poll(

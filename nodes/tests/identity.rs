@@ -241,6 +241,7 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
             conversation: ConversationId::new("general").expect("conversation"),
             content: forged_text.into(),
         },
+        signature: None,
     };
     let frame = codec::encode_frame(&Envelope {
         kind: EnvelopeKind::Chat,
@@ -271,10 +272,141 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
     let texts = converged(&honest, &sent, SETTLE).await.expect("converged");
     assert!(!texts.iter().any(|t| t == forged_text), "{texts:?}");
 
+    // Every post is signed by its author: the UI's verified mark.
+    let page: skygit_api::MessagePage = alice
+        .get("/messages?conversation=general")
+        .await
+        .expect("messages");
+    assert!(!page.messages.is_empty());
+    assert!(page.messages.iter().all(|m| m.verified), "{page:?}");
+
     for mut imp in impostors {
         imp.kill().await.expect("killed");
     }
+    // Stopping flushes: the repository then holds the whole history.
     for n in [&mut alice, &mut bob] {
         n.stop(Duration::from_secs(30)).await.expect("stops");
     }
+
+    // `skygit verify` checks every line against the members file.
+    let (ok, report) = verify(&repo, &admin);
+    assert!(ok, "{report:?}");
+    assert_eq!(report.keys_from, "allowed_signers");
+    assert!(report.lines >= sent.len() as u64, "{report:?}");
+    assert_eq!(report.verified, report.lines, "{report:?}");
+
+    // One line, checked by the real ssh-keygen without skygit.
+    let (path, line) = first_post_line(&repo);
+    let signers = d.join("allowed_signers");
+    std::fs::write(&signers, git_show(&repo, ".messages/allowed_signers")).expect("write");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/verify-line.sh");
+    let check = |line: &str| {
+        let mut child = Command::new("bash")
+            .arg(&script)
+            .arg(&signers)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("verify-line.sh runs");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(line.as_bytes())
+            .expect("line written");
+        child.wait_with_output().expect("finishes")
+    };
+    let out = check(&line);
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("Good \"skygit\" signature"),
+        "{out:?}"
+    );
+
+    // A line changed with git: verify names its file and line, and so
+    // does ssh-keygen.
+    let tampered = line.replacen("from ", "from not ", 1);
+    assert_ne!(tampered, line);
+    assert!(!check(&tampered).status.success());
+    let work = d.join("work");
+    git(&[
+        "clone",
+        "--quiet",
+        &repo.to_string_lossy(),
+        &work.to_string_lossy(),
+    ]);
+    let file = work.join(&path);
+    let text = std::fs::read_to_string(&file).expect("batch file");
+    std::fs::write(&file, text.replacen(&line, &tampered, 1)).expect("write");
+    let w = work.to_string_lossy();
+    git(&[
+        "-C",
+        &w,
+        "-c",
+        "user.name=mallory",
+        "-c",
+        "user.email=m@example.com",
+        "commit",
+        "--quiet",
+        "-am",
+        "fix a typo",
+    ]);
+    git(&["-C", &w, "push", "--quiet", "origin", "HEAD:main"]);
+    let (ok, report) = verify(&repo, &admin);
+    assert!(!ok, "a changed line verified: {report:?}");
+    assert_eq!(report.failed_total, 1, "{report:?}");
+    let failure = &report.failed[0];
+    assert_eq!(
+        (failure.file.as_str(), failure.line),
+        (path.as_str(), 1),
+        "{report:?}"
+    );
+    assert!(failure.reason.contains("does not verify"), "{report:?}");
+}
+
+/// `skygit verify --json`: whether it passed, and its report.
+fn verify(repo: &Path, data: &Path) -> (bool, skygit::verify::Report) {
+    let out = skygit(&["verify", "--json"], repo, data);
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("verify --json: {e}: {out:?}"));
+    (out.status.success(), report)
+}
+
+fn git(args: &[&str]) -> String {
+    let out = Command::new("git").args(args).output().expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn git_show(repo: &Path, path: &str) -> String {
+    git(&[
+        "--git-dir",
+        &repo.to_string_lossy(),
+        "show",
+        &format!("main:{path}"),
+    ])
+}
+
+/// A batch file of the general conversation and its first line (a post).
+fn first_post_line(repo: &Path) -> (String, String) {
+    let files = git(&[
+        "--git-dir",
+        &repo.to_string_lossy(),
+        "ls-tree",
+        "-r",
+        "--name-only",
+        "main",
+        ".messages/general",
+    ]);
+    let path = files
+        .lines()
+        .find(|p| p.ends_with(".jsonl"))
+        .expect("a batch file")
+        .to_owned();
+    let text = git_show(repo, &path);
+    let line = text.lines().next().expect("a line").to_owned();
+    assert!(line.contains("\"kind\":\"post\""), "{line}");
+    (path, line)
 }

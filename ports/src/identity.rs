@@ -1,8 +1,8 @@
 //! Who a node is: its presence record signed with its user's SSH key, and
 //! the check every peer makes before it links to the node.
 //!
-//! A node signs one *claim* per session: the room, its raft id, its
-//! session, its user and its DTLS certificate fingerprint
+//! A node signs one *claim* per session: its raft id, its session, its
+//! user and its DTLS certificate fingerprint
 //! ([`presence_claim`]). The signature is an SSH signature (the format
 //! `ssh-keygen -Y sign -n skygit` makes), armored, in the record's
 //! `identity` field. A peer checks it against the keys the code host or the
@@ -14,9 +14,12 @@
 //! every few seconds and carry no identity.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
+
+use skygit_consensus::model::{Change, ChangeKind, ChatRequest, Command};
 
 use crate::members::SIGNATURE_NAMESPACE;
 use crate::PresenceRecord;
@@ -72,9 +75,9 @@ pub trait KeyDirectory: Send + Sync {
 
 /// The bytes a presence signature covers: everything that says who the
 /// node is, nothing that changes between heartbeats.
-pub fn presence_claim(room: &str, record: &PresenceRecord) -> Vec<u8> {
+pub fn presence_claim(record: &PresenceRecord) -> Vec<u8> {
     format!(
-        "skygit presence 1\nroom {room}\nnode {}\nsession {}\nuser {}\nfingerprint {}\n",
+        "skygit presence 1\nnode {}\nsession {}\nuser {}\nfingerprint {}\n",
         record.node_id, record.session_id, record.user, record.dtls_fingerprint
     )
     .into_bytes()
@@ -82,8 +85,8 @@ pub fn presence_claim(room: &str, record: &PresenceRecord) -> Vec<u8> {
 
 /// The bytes a founding commit's signature covers: the founder of the
 /// room's raft group, as a member.
-pub fn founding_claim(room: &str, node: u64, user: &str) -> Vec<u8> {
-    format!("skygit founding 1\nroom {room}\nnode {node}\nuser {user}\n").into_bytes()
+pub fn founding_claim(node: u64, user: &str) -> Vec<u8> {
+    format!("skygit founding 1\nnode {node}\nuser {user}\n").into_bytes()
 }
 
 const ARMOR_BEGIN: &str = "-----BEGIN SSH SIGNATURE-----";
@@ -107,6 +110,143 @@ pub fn armor(base64: &str) -> String {
         .filter_map(|c| std::str::from_utf8(c).ok())
         .collect();
     format!("{ARMOR_BEGIN}\n{}\n{ARMOR_END}\n", body.join("\n"))
+}
+
+/// What an author signs for a post, edit, delete or conversation: a
+/// compact JSON object of the change's fields as its batch-file line has
+/// them, in this order, absent fields left out:
+///
+/// | line `kind` | fields |
+/// | --- | --- |
+/// | `post` | `kind`, `conversation`, `request`, `sender`, `at`, `content` |
+/// | `edit` | `kind`, `message`, `request`, `sender`, `at`, `content` |
+/// | `delete` | `kind`, `message`, `request`, `sender`, `at` |
+/// | `conversation` | `kind`, `conversation`, `request`, `sender`, `at`, `title` |
+///
+/// so `jq -cj` can rebuild it from a line and `ssh-keygen -Y verify`
+/// check it (the README shows how). The raft index and term are not in
+/// it: they are assigned after the author signs.
+#[derive(serde::Serialize)]
+struct Statement<'a> {
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conversation: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    request: String,
+    sender: &'a str,
+    at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+}
+
+impl Statement<'_> {
+    fn bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The statement a request's author signs; `None` for the room's own
+/// records (`Synced`, `Configure`), which nobody signs.
+pub fn request_statement(req: &ChatRequest) -> Option<Vec<u8>> {
+    let base = |kind| Statement {
+        kind,
+        conversation: None,
+        message: None,
+        request: req.id.to_string(),
+        sender: req.sender.as_str(),
+        at: req.at,
+        content: None,
+        title: None,
+    };
+    let s = match &req.command {
+        Command::Post {
+            conversation,
+            content,
+        } => Statement {
+            conversation: Some(conversation.as_str()),
+            content: Some(content),
+            ..base("post")
+        },
+        Command::Edit { message, content } => Statement {
+            message: Some(message.to_string()),
+            content: Some(content),
+            ..base("edit")
+        },
+        Command::Delete { message } => Statement {
+            message: Some(message.to_string()),
+            ..base("delete")
+        },
+        Command::CreateConversation {
+            conversation,
+            title,
+        } => Statement {
+            conversation: Some(conversation.as_str()),
+            title: Some(title),
+            ..base("conversation")
+        },
+        Command::Synced { .. } | Command::Configure { .. } => return None,
+    };
+    Some(s.bytes())
+}
+
+/// The statement behind a change of the history (equal to its request's).
+pub fn change_statement(c: &Change) -> Vec<u8> {
+    let base = |kind| Statement {
+        kind,
+        conversation: None,
+        message: None,
+        request: c.request.to_string(),
+        sender: c.sender.as_str(),
+        at: c.at,
+        content: None,
+        title: None,
+    };
+    match &c.kind {
+        ChangeKind::Post { content, .. } => Statement {
+            conversation: Some(c.conversation.as_str()),
+            content: Some(content),
+            ..base("post")
+        },
+        ChangeKind::Edit { message, content } => Statement {
+            message: Some(message.to_string()),
+            content: Some(content),
+            ..base("edit")
+        },
+        ChangeKind::Delete { message } => Statement {
+            message: Some(message.to_string()),
+            ..base("delete")
+        },
+        ChangeKind::CreateConversation { title } => Statement {
+            conversation: Some(c.conversation.as_str()),
+            title: Some(title),
+            ..base("conversation")
+        },
+    }
+    .bytes()
+}
+
+/// Checks a change of the history against its author's keys.
+pub fn verify_change(keys: Option<&[PublicKey]>, c: &Change) -> Result<(), Refusal> {
+    let armored = c.signature.as_deref().map(armor);
+    verify(
+        c.sender.as_str(),
+        keys,
+        &change_statement(c),
+        armored.as_deref(),
+    )
+}
+
+/// Checks a request against its author's keys (`Ok` for the room's own
+/// records, which are not signed).
+pub fn verify_request(keys: Option<&[PublicKey]>, req: &ChatRequest) -> Result<(), Refusal> {
+    let Some(statement) = request_statement(req) else {
+        return Ok(());
+    };
+    let armored = req.signature.as_deref().map(armor);
+    verify(req.sender.as_str(), keys, &statement, armored.as_deref())
 }
 
 /// This node's SSH key.
@@ -169,9 +309,18 @@ impl SigningKey {
             .map_err(|e| KeyError::Sign(e.to_string()))
     }
 
+    /// Signs a post, edit, delete or conversation into `req.signature`
+    /// (the room's own records are left unsigned).
+    pub fn sign_request(&self, req: &mut ChatRequest) -> Result<(), KeyError> {
+        if let Some(statement) = request_statement(req) {
+            req.signature = Some(unarmor(&self.sign(&statement)?));
+        }
+        Ok(())
+    }
+
     /// Signs this node's presence claim into `record.identity`.
-    pub fn sign_presence(&self, room: &str, record: &mut PresenceRecord) -> Result<(), KeyError> {
-        record.identity = Some(self.sign(&presence_claim(room, record))?);
+    pub fn sign_presence(&self, record: &mut PresenceRecord) -> Result<(), KeyError> {
+        record.identity = Some(self.sign(&presence_claim(record))?);
         Ok(())
     }
 }
@@ -218,7 +367,6 @@ pub fn verify(
 /// Checks a peer's presence record against its user's keys in `dir`.
 pub async fn check_presence(
     dir: &dyn KeyDirectory,
-    room: &str,
     record: &PresenceRecord,
 ) -> Result<Result<(), Refusal>, DirectoryError> {
     let Some(armored) = record.identity.as_deref() else {
@@ -228,7 +376,7 @@ pub async fn check_presence(
     Ok(verify(
         &record.user,
         keys.as_deref(),
-        &presence_claim(room, record),
+        &presence_claim(record),
         Some(armored),
     ))
 }
@@ -244,42 +392,52 @@ pub fn keys_in(signers: &crate::members::AllowedSigners, user: &str) -> Option<V
     (!keys.is_empty()).then_some(keys)
 }
 
-/// How long a directory trusts the keys it read.
+/// How long a directory trusts the keys it read without asking again.
 pub const KEYS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Keys older than [`KEYS_TTL`] but younger than this are still answered
+/// at once while they are read again in the background: a verification on
+/// the message path never waits for the repository or GitHub once the
+/// keys were read.
+pub const KEYS_MAX_STALE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The room's members file (`.messages/allowed_signers`) at the branch
 /// head, as a key directory: read again when it is older than
 /// [`KEYS_TTL`], so a key added with `skygit members add` counts within
 /// seconds. Without the file nobody is a member.
 pub struct RepoMembers {
-    remote: std::sync::Arc<dyn crate::RepoRemote>,
-    cache: TtlCache<(), crate::members::AllowedSigners>,
+    remote: Arc<dyn crate::RepoRemote>,
+    cache: Arc<TtlCache<(), crate::members::AllowedSigners>>,
 }
 
 impl RepoMembers {
-    pub fn new(remote: std::sync::Arc<dyn crate::RepoRemote>) -> RepoMembers {
+    pub fn new(remote: Arc<dyn crate::RepoRemote>) -> RepoMembers {
         RepoMembers {
             remote,
-            cache: TtlCache::new(1),
+            cache: Arc::new(TtlCache::new(1)),
         }
     }
 
     /// The members file at the head, read now.
     pub async fn read(&self) -> Result<crate::members::AllowedSigners, DirectoryError> {
-        let head = self
-            .remote
-            .head()
-            .await
-            .map_err(|e| DirectoryError(e.to_string()))?;
-        let Some(head) = head else {
-            return Ok(Default::default());
-        };
-        match crate::readback::members_at(self.remote.as_ref(), &head.commit_sha).await {
-            Ok(None) => Ok(Default::default()),
-            Ok(Some(Ok(m))) => Ok(m),
-            Ok(Some(Err(e))) => Err(DirectoryError(e)),
-            Err(e) => Err(DirectoryError(e.to_string())),
-        }
+        read_members(self.remote.clone()).await
+    }
+}
+
+async fn read_members(
+    remote: Arc<dyn crate::RepoRemote>,
+) -> Result<crate::members::AllowedSigners, DirectoryError> {
+    let head = remote
+        .head()
+        .await
+        .map_err(|e| DirectoryError(e.to_string()))?;
+    let Some(head) = head else {
+        return Ok(Default::default());
+    };
+    match crate::readback::members_at(remote.as_ref(), &head.commit_sha).await {
+        Ok(None) => Ok(Default::default()),
+        Ok(Some(Ok(m))) => Ok(m),
+        Ok(Some(Err(e))) => Err(DirectoryError(e)),
+        Err(e) => Err(DirectoryError(e.to_string())),
     }
 }
 
@@ -289,14 +447,8 @@ impl KeyDirectory for RepoMembers {
         user: &'a str,
     ) -> BoxFuture<'a, Result<Option<Vec<PublicKey>>, DirectoryError>> {
         Box::pin(async move {
-            let signers = match self.cache.get(&()) {
-                Some(s) => s,
-                None => {
-                    let s = self.read().await?;
-                    self.cache.put((), s.clone());
-                    s
-                }
-            };
+            let remote = self.remote.clone();
+            let signers = cached(&self.cache, (), move || Box::pin(read_members(remote))).await?;
             Ok(keys_in(&signers, user))
         })
     }
@@ -306,11 +458,65 @@ impl KeyDirectory for RepoMembers {
     }
 }
 
-/// Answers remembered for [`KEYS_TTL`], at most `max` of them (the
-/// oldest goes first).
+/// A fetch of one cached value.
+pub type Fetch<V> = BoxFuture<'static, Result<V, DirectoryError>>;
+
+/// The value for `key`: fresh from the cache; stale (within
+/// [`KEYS_MAX_STALE`]) from the cache while `fetch` refreshes it in the
+/// background (on a Tokio runtime; elsewhere it is fetched now); or
+/// fetched now.
+pub async fn cached<K, V>(
+    cache: &Arc<TtlCache<K, V>>,
+    key: K,
+    fetch: impl FnOnce() -> Fetch<V>,
+) -> Result<V, DirectoryError>
+where
+    K: Ord + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    match cache.lookup(&key) {
+        Lookup::Fresh(v) => Ok(v),
+        Lookup::Stale(v) => {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                if cache.start_refresh(&key) {
+                    let (cache, key, f) = (cache.clone(), key, fetch());
+                    rt.spawn(async move {
+                        match f.await {
+                            Ok(v) => cache.put(key, v),
+                            Err(e) => {
+                                cache.end_refresh(&key);
+                                tracing::warn!(error = %e, "cannot refresh the members' keys; using the ones read before");
+                            }
+                        }
+                    });
+                }
+                return Ok(v);
+            }
+            let v = fetch().await?;
+            cache.put(key, v.clone());
+            Ok(v)
+        }
+        Lookup::Missing => {
+            let v = fetch().await?;
+            cache.put(key, v.clone());
+            Ok(v)
+        }
+    }
+}
+
+/// What a [`TtlCache`] holds for a key.
+pub enum Lookup<V> {
+    Fresh(V),
+    Stale(V),
+    Missing,
+}
+
+/// Answers remembered for [`KEYS_TTL`] (and usable for
+/// [`KEYS_MAX_STALE`]), at most `max` of them (the oldest goes first).
 pub struct TtlCache<K, V> {
     max: usize,
     slots: std::sync::Mutex<std::collections::BTreeMap<K, (std::time::Instant, V)>>,
+    refreshing: std::sync::Mutex<std::collections::BTreeSet<K>>,
 }
 
 impl<K: Ord + Clone, V: Clone> TtlCache<K, V> {
@@ -318,19 +524,36 @@ impl<K: Ord + Clone, V: Clone> TtlCache<K, V> {
         TtlCache {
             max: max.max(1),
             slots: Default::default(),
+            refreshing: Default::default(),
         }
     }
 
-    /// The value for `key`, if it is fresh.
-    pub fn get(&self, key: &K) -> Option<V> {
+    pub fn lookup(&self, key: &K) -> Lookup<V> {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots
-            .get(key)
-            .filter(|(at, _)| at.elapsed() < KEYS_TTL)
-            .map(|(_, v)| v.clone())
+        match slots.get(key) {
+            Some((at, v)) if at.elapsed() < KEYS_TTL => Lookup::Fresh(v.clone()),
+            Some((at, v)) if at.elapsed() < KEYS_MAX_STALE => Lookup::Stale(v.clone()),
+            _ => Lookup::Missing,
+        }
+    }
+
+    /// Marks `key` as being refreshed; `false` when it already is.
+    fn start_refresh(&self, key: &K) -> bool {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone())
+    }
+
+    fn end_refresh(&self, key: &K) {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 
     pub fn put(&self, key: K, value: V) {
+        self.end_refresh(&key);
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if slots.len() >= self.max && !slots.contains_key(&key) {
             let oldest = slots
@@ -384,7 +607,7 @@ mod tests {
     }
 
     fn check(dir: &Dir, r: &PresenceRecord) -> Result<(), Refusal> {
-        futures::executor::block_on(check_presence(dir, "room", r)).expect("directory answers")
+        futures::executor::block_on(check_presence(dir, r)).expect("directory answers")
     }
 
     #[test]
@@ -395,7 +618,7 @@ mod tests {
 
         let mut r = record("alice");
         assert_eq!(check(&dir, &r), Err(Refusal::Unsigned));
-        alice.sign_presence("room", &mut r).expect("signs");
+        alice.sign_presence(&mut r).expect("signs");
         assert_eq!(check(&dir, &r), Ok(()));
 
         // The record's heartbeat and signals are not covered.
@@ -413,15 +636,9 @@ mod tests {
             change(&mut bad);
             assert!(matches!(check(&dir, &bad), Err(Refusal::BadSignature(_))));
         }
-        // Another room's claim does not carry over.
-        assert!(matches!(
-            futures::executor::block_on(check_presence(&dir, "other", &r)).expect("answers"),
-            Err(Refusal::BadSignature(_))
-        ));
-
         // Mallory claiming to be alice, with her own key.
         let mut forged = record("alice");
-        mallory.sign_presence("room", &mut forged).expect("signs");
+        mallory.sign_presence(&mut forged).expect("signs");
         assert_eq!(
             check(&dir, &forged),
             Err(Refusal::ForeignKey {
@@ -431,7 +648,7 @@ mod tests {
         );
         // Mallory as herself: not a member.
         let mut own = record("mallory");
-        mallory.sign_presence("room", &mut own).expect("signs");
+        mallory.sign_presence(&mut own).expect("signs");
         assert_eq!(
             check(&dir, &own),
             Err(Refusal::NotMember {
@@ -450,7 +667,7 @@ mod tests {
     #[test]
     fn a_signature_survives_a_commit_trailer() {
         let alice = SigningKey::from_ed25519_seed([1; 32]);
-        let claim = founding_claim("room", 5, "alice");
+        let claim = founding_claim(5, "alice");
         let armored = alice.sign(&claim).expect("signs");
         let message = crate::layout::signed_founding_message(5, "alice", &armored);
         assert_eq!(crate::layout::founder(&message), Some(5));
@@ -462,7 +679,7 @@ mod tests {
         assert!(verify(
             "alice",
             Some(&keys),
-            &founding_claim("room", 6, "alice"),
+            &founding_claim(6, "alice"),
             Some(&sig)
         )
         .is_err());
@@ -474,17 +691,98 @@ mod tests {
     }
 
     #[test]
+    fn a_signed_change_verifies_from_its_batch_file_line_and_a_changed_one_does_not() {
+        use skygit_consensus::model::{ConversationId, UserId};
+        let alice = SigningKey::from_ed25519_seed([1; 32]);
+        let keys = [alice.public()];
+        let general = ConversationId::new("general").expect("name");
+        let target = ulid::Ulid::from_parts(1, 1);
+        let commands = [
+            Command::Post {
+                conversation: general.clone(),
+                content: "héllo \"world\"\n\tbye".into(),
+            },
+            Command::Edit {
+                message: target,
+                content: "edited".into(),
+            },
+            Command::Delete { message: target },
+            Command::CreateConversation {
+                conversation: ConversationId::new("ops").expect("name"),
+                title: "Ops & <friends>".into(),
+            },
+        ];
+        for (i, command) in commands.into_iter().enumerate() {
+            let mut req = ChatRequest {
+                id: ulid::Ulid::from_parts(1_700_000_000_000 + i as u64, 7),
+                sender: UserId::new("alice").expect("user"),
+                at: 1_700_000_000_000 + i as i64,
+                command: command.clone(),
+                signature: None,
+            };
+            alice.sign_request(&mut req).expect("signs");
+            assert_eq!(verify_request(Some(&keys), &req), Ok(()));
+            // The change the state machine journals for it (as chat::apply
+            // makes it), through a batch file and back.
+            let kind = match command.clone() {
+                Command::Post { content, .. } => ChangeKind::Post {
+                    message: req.id,
+                    content,
+                },
+                Command::Edit { message, content } => ChangeKind::Edit { message, content },
+                Command::Delete { message } => ChangeKind::Delete { message },
+                Command::CreateConversation { title, .. } => {
+                    ChangeKind::CreateConversation { title }
+                }
+                other => panic!("only user commands here, not {other:?}"),
+            };
+            let conversation = match &req.command {
+                Command::CreateConversation { conversation, .. } => conversation.clone(),
+                _ => general.clone(),
+            };
+            let change = Change {
+                index: 10 + i as u64,
+                term: 2,
+                request: req.id,
+                sender: req.sender.clone(),
+                at: req.at,
+                conversation,
+                kind,
+                signature: req.signature.clone(),
+            };
+            let batch = crate::layout::render(std::slice::from_ref(&change)).expect("renders");
+            let (path, bytes) = &batch.files[0];
+            let read = crate::layout::parse_batch(path, bytes).expect("parses");
+            assert_eq!(read, vec![change.clone()]);
+            assert_eq!(verify_change(Some(&keys), &read[0]), Ok(()), "{command:?}");
+            // Another text, sender or time: refused.
+            let mut bad = read[0].clone();
+            bad.at += 1;
+            assert!(matches!(
+                verify_change(Some(&keys), &bad),
+                Err(Refusal::BadSignature(_))
+            ));
+            let mut unsigned = read[0].clone();
+            unsigned.signature = None;
+            assert_eq!(
+                verify_change(Some(&keys), &unsigned),
+                Err(Refusal::Unsigned)
+            );
+        }
+    }
+
+    #[test]
     fn a_signature_in_another_namespace_is_refused() {
         let alice = SigningKey::from_ed25519_seed([1; 32]);
         let r = record("alice");
         let sig = alice
             .key
-            .sign("git", HashAlg::Sha512, &presence_claim("room", &r))
+            .sign("git", HashAlg::Sha512, &presence_claim(&r))
             .and_then(|s| s.to_pem(LineEnding::LF))
             .expect("signs");
         let keys = [alice.public()];
         assert!(matches!(
-            verify("alice", Some(&keys), &presence_claim("room", &r), Some(&sig)),
+            verify("alice", Some(&keys), &presence_claim(&r), Some(&sig)),
             Err(Refusal::BadSignature(m)) if m.contains("namespace")
         ));
     }

@@ -227,6 +227,10 @@ struct Line {
     content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     title: Option<String>,
+    /// The author's SSH signature of the change (base64, one line): see
+    /// [`crate::identity::change_statement`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +267,7 @@ fn to_line(c: &Change) -> Line {
         time: utc(c.at).to_rfc3339_opts(SecondsFormat::Millis, true),
         content,
         title,
+        signature: c.signature.clone(),
     }
 }
 
@@ -313,6 +318,9 @@ fn from_line(l: Line) -> Result<Change, String> {
             ChangeKind::CreateConversation { title }
         }
     };
+    if let Some(sig) = &l.signature {
+        skygit_consensus::model::check_signature(sig).map_err(|e| e.to_string())?;
+    }
     Ok(Change {
         index: l.index,
         term: l.term,
@@ -321,6 +329,7 @@ fn from_line(l: Line) -> Result<Change, String> {
         at: l.at,
         conversation: l.conversation,
         kind,
+        signature: l.signature,
     })
 }
 

@@ -10,6 +10,7 @@ fn change(index: u64, conv: &str, sender: &str, at: i64, kind: ChangeKind) -> Ch
         at,
         conversation: ConversationId::new(conv).unwrap(),
         kind,
+        signature: None,
     }
 }
 

@@ -80,6 +80,8 @@ pub struct History {
     pub watermark: u64,
     /// Every change, by index, with the commit that wrote it.
     pub changes: Vec<(Change, String)>,
+    /// Where each change is: its batch file and line (1-based), by index.
+    pub lines: BTreeMap<u64, (String, usize)>,
     /// Messages in log order.
     pub messages: Vec<ArchivedMessage>,
     pub conversations: Vec<Conversation>,
@@ -106,6 +108,7 @@ fn request_of(c: &Change) -> ChatRequest {
         sender: c.sender.clone(),
         at: c.at,
         command,
+        signature: c.signature.clone(),
     }
 }
 
@@ -139,6 +142,7 @@ pub async fn load(
     let mut problems = Vec::new();
     let mut config = None;
     let mut by_index: BTreeMap<u64, Change> = BTreeMap::new();
+    let mut lines: BTreeMap<u64, (String, usize)> = BTreeMap::new();
     for e in entries {
         if problems.len() >= MAX_REPORTED {
             break;
@@ -193,7 +197,7 @@ pub async fn load(
         };
         match layout::parse_batch(&e.path, &bytes) {
             Ok(changes) => {
-                for c in changes {
+                for (i, c) in changes.into_iter().enumerate() {
                     if c.index > watermark {
                         problems.push(bad_file(&format!(
                             "index {} is above the head's watermark {watermark}",
@@ -208,6 +212,7 @@ pub async fn load(
                         )));
                         break;
                     }
+                    lines.insert(c.index, (e.path.clone(), i + 1));
                     by_index.insert(c.index, c);
                 }
             }
@@ -260,6 +265,7 @@ pub async fn load(
         config,
         watermark,
         changes,
+        lines,
         messages,
         conversations: chat.conversations.into_values().collect(),
     })

@@ -81,21 +81,30 @@ pub fn open(
     match parse_github_spec(spec) {
         Some(parsed) => {
             let (owner, name) = parsed?;
-            Ok(Arc::new(github::GithubRemote::new(github::GithubConfig {
-                api: opts
-                    .github_api
-                    .clone()
-                    .unwrap_or_else(|| github::DEFAULT_API.to_owned())
-                    .trim_end_matches('/')
-                    .to_owned(),
-                owner,
-                name,
-                branch: branch.to_owned(),
-                token: opts.token.clone(),
-            })?))
+            Ok(github_remote(&owner, &name, opts)?)
         }
         None => Ok(Arc::new(git::GitRemote::open(spec, branch, cache_dir)?)),
     }
+}
+
+/// The GitHub repository `owner/name` (its API as `opts` says).
+pub fn github_remote(
+    owner: &str,
+    name: &str,
+    opts: &RemoteOptions,
+) -> Result<Arc<github::GithubRemote>, RepoError> {
+    Ok(Arc::new(github::GithubRemote::new(github::GithubConfig {
+        api: opts
+            .github_api
+            .clone()
+            .unwrap_or_else(|| github::DEFAULT_API.to_owned())
+            .trim_end_matches('/')
+            .to_owned(),
+        owner: owner.to_owned(),
+        name: name.to_owned(),
+        branch: opts.branch.as_deref().unwrap_or(DEFAULT_BRANCH).to_owned(),
+        token: opts.token.clone(),
+    })?))
 }
 
 #[cfg(test)]

@@ -85,7 +85,15 @@ pub enum StorageError {
     OutboxFull(usize),
     #[error("background storage task failed: {0}")]
     Background(String),
+    #[error("{dir} holds a room in storage format {found}, and this build reads format {FORMAT}: move the directory aside (the room's peers and repository still hold its messages) and start again")]
+    Format { dir: String, found: u32 },
 }
+
+/// The storage format this build writes and reads (2: requests and
+/// changes carry their author's signature). Kept under [`KEY_FORMAT`] in
+/// `raft_meta`; a database without it that holds anything is format 1.
+pub const FORMAT: u32 = 2;
+const KEY_FORMAT: &[u8] = b"format";
 
 impl From<StorageError> for std::io::Error {
     fn from(e: StorageError) -> Self {
@@ -143,11 +151,52 @@ impl RoomDb {
             .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
         disk.attach(&dir.join("db"));
-        Ok(Self {
+        let room = Self {
             db: Arc::new(db),
             dir,
             disk,
-        })
+        };
+        room.check_format()?;
+        Ok(room)
+    }
+
+    /// Refuses a database written in another format (its values would not
+    /// decode); marks a new one with this build's.
+    fn check_format(&self) -> Result<(), StorageError> {
+        let meta = self.cf(CF_RAFT_META)?;
+        let found = match self.db.get_cf(meta, KEY_FORMAT)? {
+            Some(v) => <[u8; 4]>::try_from(v.as_slice())
+                .map(u32::from_be_bytes)
+                .unwrap_or(0),
+            None => {
+                let empty = ALL_CFS.iter().try_fold(true, |empty, name| {
+                    Ok::<bool, StorageError>(
+                        empty
+                            && self
+                                .db
+                                .iterator_cf(self.cf(name)?, rocksdb::IteratorMode::Start)
+                                .next()
+                                .is_none(),
+                    )
+                })?;
+                if !empty {
+                    1
+                } else {
+                    let mut opts = rocksdb::WriteOptions::default();
+                    opts.set_sync(self.fsync_writes());
+                    self.db
+                        .put_cf_opt(meta, KEY_FORMAT, FORMAT.to_be_bytes(), &opts)?;
+                    FORMAT
+                }
+            }
+        };
+        if found != FORMAT {
+            return Err(StorageError::Format {
+                dir: self.dir.display().to_string(),
+                found,
+            });
+        }
+        Ok(())
     }
 
     /// How many handles on the open database exist (the simulator waits
@@ -243,4 +292,34 @@ pub(crate) fn split_message_key(key: &[u8]) -> Result<(&[u8], u64), StorageError
     }
     let (conv, rest) = key.split_at(key.len() - 9);
     Ok((conv, index_from_key(&rest[1..])?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_of_another_format_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = RoomDb::open(dir.path()).expect("a new database opens");
+            db.db
+                .put_cf(db.cf(CF_LOG).expect("cf"), 1u64.to_be_bytes(), b"old entry")
+                .expect("put");
+        }
+        // Reopening the same format is fine.
+        drop(RoomDb::open(dir.path()).expect("reopens"));
+        // A format-1 database: data, no marker.
+        {
+            let db = RoomDb::open(dir.path()).expect("reopens");
+            db.db
+                .delete_cf(db.cf(CF_RAFT_META).expect("cf"), KEY_FORMAT)
+                .expect("delete");
+        }
+        let e = RoomDb::open(dir.path()).expect_err("format 1 refused");
+        assert!(matches!(e, StorageError::Format { found: 1, .. }), "{e}");
+        assert!(e.to_string().contains("move the directory aside"), "{e}");
+        // Nothing was changed: still refused, the entry still there.
+        assert!(RoomDb::open(dir.path()).is_err());
+    }
 }

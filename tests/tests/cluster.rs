@@ -476,6 +476,7 @@ async fn a_rogue_peer_cannot_wedge_the_room() {
         sender: skygit_consensus::model::UserId::new("mallory").unwrap(),
         at: 0,
         command: post_command("x".repeat(MAX_CONTENT_BYTES + 1)),
+        signature: None,
     };
     let body = codec::to_bytes(&ChatRpcRequest::Propose(oversized.clone())).unwrap();
     let answer = mux

@@ -294,6 +294,7 @@ fn change(index: u64, conv: &str, sender: &str, at: i64, kind: ChangeKind) -> Ch
         at,
         conversation: ConversationId::new(conv).unwrap(),
         kind,
+        signature: None,
     }
 }
 
@@ -610,4 +611,66 @@ async fn racing_committers_on_github_keep_history_linear() {
     assert_eq!(cloned.changes.len(), 45);
     assert_linear(&cloned);
     c.shutdown().await;
+}
+
+/// A GitHub room's key directory: `GET /users/{user}/keys` per user, the
+/// answer parsed into keys, a user GitHub does not know is nobody, a name
+/// that is not a GitHub login never reaches a URL, and a second read of the
+/// same list is a conditional request answered 304.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_directory_reads_users_keys_conditionally() {
+    use skygit_actors::ports::identity::{KeyDirectory, SigningKey};
+    use skygit_remotes::github::keys::GithubKeys;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = server(dir.path());
+    let alice = SigningKey::from_ed25519_seed([7; 32]);
+    let line = alice.public().to_openssh().expect("openssh");
+    server.add_user("alice", "token-of-alice");
+    server.add_ssh_key("alice", &format!("{line} alice@laptop"));
+    server.add_ssh_key("alice", "ssh-unknown AAAA this build cannot read it");
+    server.add_user("bob", "token-of-bob");
+    let remote = Arc::new(github_remote(&server.url(), TOKEN));
+
+    let keys = GithubKeys::new(remote.clone());
+    let got = keys
+        .keys_of("alice")
+        .await
+        .expect("answers")
+        .expect("a member");
+    let data: Vec<_> = got.iter().map(|k| k.key_data().clone()).collect();
+    assert_eq!(
+        data,
+        vec![alice.public().key_data().clone()],
+        "the unreadable key is left out"
+    );
+    assert_eq!(keys.keys_of("bob").await.expect("answers"), Some(vec![]));
+    assert_eq!(keys.keys_of("nobody").await.expect("answers"), None);
+    assert_eq!(keys.keys_of("../repos/acme").await.expect("answers"), None);
+    // Cached: asking again costs nothing.
+    let before = server.calls();
+    keys.keys_of("alice").await.expect("answers");
+    assert_eq!(server.calls(), before);
+    // A new directory on the same client asks again, conditionally.
+    GithubKeys::new(remote)
+        .keys_of("alice")
+        .await
+        .expect("answers");
+    let reqs = server.requests();
+    let asked: Vec<(String, u16)> = reqs
+        .iter()
+        .filter(|r| r.path.starts_with("/users/"))
+        .map(|r| (r.path.clone(), r.status))
+        .collect();
+    let path = "/users/alice/keys?per_page=100".to_owned();
+    assert_eq!(
+        asked,
+        vec![
+            (path.clone(), 200),
+            ("/users/bob/keys?per_page=100".into(), 200),
+            ("/users/nobody/keys?per_page=100".into(), 404),
+            (path, 304),
+        ],
+        "{:?}",
+        show(&reqs)
+    );
 }

@@ -19,6 +19,7 @@ fn post(index: u64, conversation: &str) -> Change {
             message: Ulid::from_parts(index, 1),
             content: format!("message {index}"),
         },
+        signature: None,
     }
 }
 

@@ -71,6 +71,8 @@ struct Entry {
     /// The newest record with this claim.
     record: PresenceRecord,
     verdict: Verdict,
+    /// The last refusal of this claim, kept while it is checked again.
+    refused: Option<Refusal>,
 }
 
 /// What to do with a record.
@@ -130,6 +132,7 @@ impl Gate {
                         claim,
                         record: record.clone(),
                         verdict: Verdict::Checking,
+                        refused: None,
                     },
                 );
                 Admit::Check(record)
@@ -153,11 +156,12 @@ impl Gate {
         match result {
             Ok(Ok(())) => {
                 e.verdict = Verdict::Verified;
+                e.refused = None;
                 Outcome::Admit(e.record.clone())
             }
             Ok(Err(refusal)) => {
-                let first =
-                    !matches!(&e.verdict, Verdict::Refused { refusal: r, .. } if *r == refusal);
+                let first = e.refused.as_ref() != Some(&refusal);
+                e.refused = Some(refusal.clone());
                 e.verdict = Verdict::Refused {
                     refusal: refusal.clone(),
                     at: now,
@@ -194,10 +198,13 @@ impl Gate {
         self.entries
             .iter()
             .filter_map(|(id, e)| {
-                let reason = match &e.verdict {
-                    Verdict::Refused { refusal, .. } => refusal.to_string(),
-                    Verdict::Unavailable { error, .. } => format!("not verified yet: {error}"),
-                    Verdict::Checking | Verdict::Verified => return None,
+                let reason = match (&e.verdict, &e.refused) {
+                    (Verdict::Refused { refusal, .. }, _) => refusal.to_string(),
+                    (Verdict::Checking, Some(refusal)) => refusal.to_string(),
+                    (Verdict::Unavailable { error, .. }, _) => {
+                        format!("not verified yet: {error}")
+                    }
+                    (Verdict::Checking | Verdict::Verified, _) => return None,
                 };
                 Some(RefusedPeer {
                     node_id: *id,

@@ -195,15 +195,11 @@ impl MeshActor {
             Admit::Wait => {}
             Admit::Check(r) => {
                 write_verified(&identity.verified).remove(&r.node_id);
-                let room = self.room.clone();
                 ctx.spawn(
                     async move {
-                        let result = skygit_ports::identity::check_presence(
-                            identity.directory.as_ref(),
-                            &room,
-                            &r,
-                        )
-                        .await;
+                        let result =
+                            skygit_ports::identity::check_presence(identity.directory.as_ref(), &r)
+                                .await;
                         (r, result)
                     }
                     .instrument(self.span.clone())

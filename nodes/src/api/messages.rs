@@ -104,6 +104,7 @@ pub fn message_of(
         created_at: created,
         edited: m.edited_at.is_some(),
         deleted: m.deleted,
+        verified: m.signed && !pending,
         sync_state: if git_hash.is_some() {
             SyncState::Synchronized
         } else {
@@ -265,7 +266,7 @@ pub(super) async fn submit(room: &Served, command: Command) -> Result<Submitted,
         }
         Err(ProposeFailure::Invalid(e)) => Err(ApiError::bad_request(e.to_string())),
         Err(e @ ProposeFailure::Refused(_)) => Err(ApiError::bad_request(e.to_string())),
-        Err(e @ ProposeFailure::Outbox(_)) => Err(ApiError::new(
+        Err(e @ (ProposeFailure::Outbox(_) | ProposeFailure::Unsigned(_))) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             e.to_string(),
         )),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use http::StatusCode;
 use serde::Deserialize;
-use skygit_ports::identity::{DirectoryError, KeyDirectory, TtlCache};
+use skygit_ports::identity::{cached, DirectoryError, KeyDirectory, TtlCache};
 use ssh_key::PublicKey;
 
 use super::GithubRemote;
@@ -21,7 +21,7 @@ const USERS_CACHED: usize = 1024;
 /// `user`'s keys on GitHub, through the room's remote.
 pub struct GithubKeys {
     remote: Arc<GithubRemote>,
-    cache: TtlCache<String, Option<Vec<PublicKey>>>,
+    cache: Arc<TtlCache<String, Option<Vec<PublicKey>>>>,
 }
 
 #[derive(Deserialize)]
@@ -33,41 +33,44 @@ impl GithubKeys {
     pub fn new(remote: Arc<GithubRemote>) -> GithubKeys {
         GithubKeys {
             remote,
-            cache: TtlCache::new(USERS_CACHED),
+            cache: Arc::new(TtlCache::new(USERS_CACHED)),
         }
     }
+}
 
-    async fn fetch(&self, user: &str) -> Result<Option<Vec<PublicKey>>, DirectoryError> {
-        // A name GitHub could not have is nobody's (and never reaches a URL).
-        if !is_login(user) {
-            return Ok(None);
-        }
-        let path = format!("/users/{user}/keys?per_page=100");
-        let answer = self
-            .remote
-            .get(&path, MAX_KEYS_ANSWER_BYTES)
-            .await
-            .map_err(|e| DirectoryError(e.to_string()))?;
-        match answer.status {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Ok(None),
-            s => {
-                return Err(DirectoryError(format!(
-                    "GET {path}: {s} {}",
-                    answer.message()
-                )))
-            }
-        }
-        let keys: Vec<Key> = answer
-            .json("the user's keys")
-            .map_err(|e| DirectoryError(e.to_string()))?;
-        // A key this build cannot read is not one the user signs with here.
-        Ok(Some(
-            keys.iter()
-                .filter_map(|k| PublicKey::from_openssh(k.key.trim()).ok())
-                .collect(),
-        ))
+/// `user`'s keys as GitHub lists them now.
+async fn fetch(
+    remote: Arc<GithubRemote>,
+    user: String,
+) -> Result<Option<Vec<PublicKey>>, DirectoryError> {
+    // A name GitHub could not have is nobody's (and never reaches a URL).
+    if !is_login(&user) {
+        return Ok(None);
     }
+    let path = format!("/users/{user}/keys?per_page=100");
+    let answer = remote
+        .get(&path, MAX_KEYS_ANSWER_BYTES)
+        .await
+        .map_err(|e| DirectoryError(e.to_string()))?;
+    match answer.status {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => return Ok(None),
+        s => {
+            return Err(DirectoryError(format!(
+                "GET {path}: {s} {}",
+                answer.message()
+            )))
+        }
+    }
+    let keys: Vec<Key> = answer
+        .json("the user's keys")
+        .map_err(|e| DirectoryError(e.to_string()))?;
+    // A key this build cannot read is not one the user signs with here.
+    Ok(Some(
+        keys.iter()
+            .filter_map(|k| PublicKey::from_openssh(k.key.trim()).ok())
+            .collect(),
+    ))
 }
 
 /// A GitHub login: letters, digits and single inner hyphens, 1 to 39.
@@ -85,12 +88,11 @@ impl KeyDirectory for GithubKeys {
         user: &'a str,
     ) -> BoxFuture<'a, Result<Option<Vec<PublicKey>>, DirectoryError>> {
         Box::pin(async move {
-            if let Some(keys) = self.cache.get(&user.to_owned()) {
-                return Ok(keys);
-            }
-            let keys = self.fetch(user).await?;
-            self.cache.put(user.to_owned(), keys.clone());
-            Ok(keys)
+            let (remote, name) = (self.remote.clone(), user.to_owned());
+            cached(&self.cache, user.to_owned(), move || {
+                Box::pin(fetch(remote, name))
+            })
+            .await
         })
     }
 
