@@ -59,6 +59,9 @@ pub struct LocalOptions {
     /// Each node's handle on the room's repository (none: no committing).
     pub repo: Option<RepoFactory>,
     pub committer: CommitterOptions,
+    /// Verify identities: each node signs with a key of its own (made from
+    /// its id), and every node knows every node's user and key.
+    pub sign: bool,
 }
 
 /// Makes node `id`'s repository remote.
@@ -77,8 +80,19 @@ impl LocalOptions {
             users: BTreeMap::new(),
             repo: None,
             committer: CommitterOptions::default(),
+            sign: false,
         }
     }
+}
+
+/// Nodes whose keys an in-process room that signs knows.
+const SIGNING_NODES: NodeId = 16;
+
+/// Node `id`'s key in an in-process room that signs.
+fn node_key(id: NodeId) -> skygit_ports::identity::SigningKey {
+    let mut seed = [0x5a; 32];
+    seed[..8].copy_from_slice(&id.to_be_bytes());
+    skygit_ports::identity::SigningKey::from_ed25519_seed(seed)
 }
 
 /// A room of nodes in this process.
@@ -169,9 +183,21 @@ impl LocalCluster {
                 None => SeededRng::from_os(),
             })
         };
-        let user = match self.opts.users.get(&id) {
-            Some(u) => u.clone(),
-            None => UserId::new(format!("user{id}")).map_err(RoomError::User)?,
+        let user = self.user_of(id)?;
+        let identity = if self.opts.sign {
+            let mut keys = skygit_ports::identity::StaticKeys::default();
+            for n in 1..=SIGNING_NODES.max(id) {
+                keys.0
+                    .entry(self.user_of(n)?.to_string())
+                    .or_default()
+                    .push(node_key(n).public());
+            }
+            Some(crate::room::RoomIdentity {
+                key: Arc::new(node_key(id)),
+                directory: Arc::new(keys),
+            })
+        } else {
+            None
         };
         let repo = self.opts.repo.as_ref().map(|f| f(id));
         let bootstrap = match &repo {
@@ -212,12 +238,20 @@ impl LocalCluster {
                 },
                 bootstrap,
                 rng: seeded(1 << 32),
-                identity: None,
+                identity,
             },
         };
         let handle = start_room(spec, ports).await?;
         self.nodes.insert(id, handle);
         Ok(())
+    }
+
+    /// Node `id`'s user: as the options name it, else `user<id>`.
+    pub fn user_of(&self, id: NodeId) -> Result<UserId, RoomError> {
+        match self.opts.users.get(&id) {
+            Some(u) => Ok(u.clone()),
+            None => UserId::new(format!("user{id}")).map_err(RoomError::User),
+        }
     }
 
     /// Stops node `id` as a crash would: it vanishes from the network at

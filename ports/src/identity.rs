@@ -458,6 +458,24 @@ impl KeyDirectory for RepoMembers {
     }
 }
 
+/// A fixed set of members and keys (an in-process room, tests).
+#[derive(Debug, Clone, Default)]
+pub struct StaticKeys(pub std::collections::BTreeMap<String, Vec<PublicKey>>);
+
+impl KeyDirectory for StaticKeys {
+    fn keys_of<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<PublicKey>>, DirectoryError>> {
+        let keys = self.0.get(user).cloned();
+        Box::pin(async move { Ok(keys) })
+    }
+
+    fn name(&self) -> &'static str {
+        "static"
+    }
+}
+
 /// A fetch of one cached value.
 pub type Fetch<V> = BoxFuture<'static, Result<V, DirectoryError>>;
 

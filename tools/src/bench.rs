@@ -13,7 +13,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use skygit_actors::consensus::{Proposed, Submit};
 use skygit_actors::local::{LocalCluster, LocalOptions};
-use skygit_consensus::model::{ApplyOutcome, Command, ConversationId, RoomId, UserId};
+use skygit_consensus::model::{ApplyOutcome, Command, ConversationId, RoomId};
 use tokio::sync::broadcast::error::RecvError;
 use ulid::Ulid;
 
@@ -37,6 +37,11 @@ pub struct RaftBenchArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Verify identities, as a GitHub room or one with a members file
+    /// does: every node signs its presence and each post with its key, the
+    /// leader checks the signature of every forwarded post.
+    #[arg(long)]
+    sign: bool,
 }
 
 pub async fn raft(args: RaftBenchArgs) -> anyhow::Result<()> {
@@ -45,7 +50,8 @@ pub async fn raft(args: RaftBenchArgs) -> anyhow::Result<()> {
     let room = RoomId::new("bench:raft")?;
     // Default raft settings: snapshots at the default interval are part of
     // the measured cost.
-    let opts = LocalOptions::new(&room);
+    let mut opts = LocalOptions::new(&room);
+    opts.sign = args.sign;
     let c = LocalCluster::start(&dir, room, args.nodes, opts).await?;
     c.wait_leader(Duration::from_secs(30))
         .await
@@ -84,8 +90,11 @@ pub async fn raft(args: RaftBenchArgs) -> anyhow::Result<()> {
     let n = args.nodes;
     for s in 0..args.senders {
         let count = total / args.senders + u64::from(s < total % args.senders);
-        let addr = c.handle(s % n + 1).context("node")?.consensus.clone();
-        let user = UserId::new(format!("sender{s}"))?;
+        let node = s % n + 1;
+        let addr = c.handle(node).context("node")?.consensus.clone();
+        // A node posts as its own user (a verifying leader refuses any
+        // other name through a link).
+        let user = c.user_of(node)?;
         let content = content.clone();
         senders.push(tokio::spawn(async move {
             let mut sent = Vec::with_capacity(count as usize);
@@ -134,7 +143,8 @@ pub async fn raft(args: RaftBenchArgs) -> anyhow::Result<()> {
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let rate = total as f64 / elapsed;
     eprintln!(
-        "raft bench: {} nodes, {} senders, {} messages of {} B: {:.0} messages/s, send-to-applied-everywhere p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "raft bench{}: {} nodes, {} senders, {} messages of {} B: {:.0} messages/s, send-to-applied-everywhere p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        if args.sign { " (signed)" } else { "" },
         args.nodes,
         args.senders,
         total,
@@ -150,6 +160,7 @@ pub async fn raft(args: RaftBenchArgs) -> anyhow::Result<()> {
             "storage": "rocksdb-durable",
             "transport": "inproc",
             "nodes": args.nodes,
+            "signed": args.sign,
             "senders": args.senders,
             "messages": total,
             "message_bytes": args.size,

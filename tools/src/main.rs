@@ -11,6 +11,7 @@ mod bench_api;
 mod bench_commit;
 mod bench_mesh;
 mod bench_nat;
+mod bench_verify;
 mod demo;
 mod demo_procs;
 
@@ -58,6 +59,8 @@ enum BenchCommand {
     /// Link set-up time between two homes behind NAT routers (network
     /// namespaces; root): through STUN or a TURN relay.
     Nat(bench_nat::NatBenchArgs),
+    /// `skygit verify` on a room of many signed messages.
+    Verify(bench_verify::VerifyBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +74,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Mesh(a)) => bench_mesh::mesh(a).await,
             Command::Bench(BenchCommand::Api(a)) => bench_api::api(a).await,
             Command::Bench(BenchCommand::Nat(a)) => bench_nat::nat(a).await,
+            Command::Bench(BenchCommand::Verify(a)) => bench_verify::verify(a).await,
         }
     })
 }
