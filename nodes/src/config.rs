@@ -21,7 +21,8 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub user: Option<String>,
-    /// The user's SSH private key file (signs this node's presence).
+    /// The user's SSH key file: a private key, or a public key whose
+    /// private half is in ssh-agent (signs this node's presence and posts).
     pub ssh_key: Option<PathBuf>,
     pub repo: Option<String>,
     /// The log branch (default `main`).

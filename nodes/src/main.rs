@@ -85,9 +85,11 @@ struct NodeArgs {
     /// Where the node keeps its state.
     #[arg(long, env = "SKYGIT_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Your SSH private key (OpenSSH format, no passphrase): signs this
-    /// node's presence on a room that verifies identities (a GitHub room,
-    /// or one with a members file).
+    /// Your SSH key: signs this node's presence and posts on a room that
+    /// verifies identities (a GitHub room, or one with a members file). An
+    /// unencrypted OpenSSH private key signs by itself; a passphrase-protected
+    /// one, or a public key file, signs through ssh-agent (SSH_AUTH_SOCK).
+    /// Without it, the agent's first key the room lists for you signs.
     #[arg(long, env = "SKYGIT_SSH_KEY")]
     ssh_key: Option<PathBuf>,
     /// A TOML configuration file (flags and environment override it).

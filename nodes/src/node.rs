@@ -5,7 +5,7 @@
 //! commits.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -295,17 +295,33 @@ async fn room_identity(
     room: &str,
     directory: Arc<dyn KeyDirectory>,
 ) -> anyhow::Result<RoomIdentity> {
-    let Some(path) = &cfg.ssh_key else {
-        anyhow::bail!(
-            "room {room} verifies who its members are ({}): give your SSH private key with --ssh-key FILE (one listed for {} there)",
+    let listed = directory.keys_of(cfg.user.as_str()).await;
+    let agent = std::env::var_os("SSH_AUTH_SOCK")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
+    let key = match (&cfg.ssh_key, &agent, &listed) {
+        (Some(path), _, _) => SigningKey::from_file(path, agent.as_deref())?,
+        (None, Some(socket), Ok(Some(keys))) => SigningKey::choose_from_agent(socket, |k| {
+            keys.iter().any(|listed| listed.key_data() == k.key_data())
+        })
+        .with_context(|| format!("room {room} verifies who its members are ({}): give your SSH key with --ssh-key FILE, or add one listed for {} to ssh-agent", directory.name(), cfg.user))?,
+        (None, Some(_), Ok(None)) => anyhow::bail!(
+            "{} is not a member of room {room} ({}): no key in ssh-agent can sign for it",
+            cfg.user,
+            directory.name()
+        ),
+        (None, Some(_), Err(e)) => anyhow::bail!(
+            "cannot choose a key from ssh-agent for room {room}: {e}; give it with --ssh-key FILE"
+        ),
+        (None, None, _) => anyhow::bail!(
+            "room {room} verifies who its members are ({}): give your SSH key with --ssh-key FILE (one listed for {} there), or run ssh-agent holding it",
             directory.name(),
             cfg.user
-        );
+        ),
     };
-    let key = SigningKey::from_file(path)?;
-    match directory.keys_of(cfg.user.as_str()).await {
+    match listed {
         Ok(Some(keys)) if keys.iter().any(|k| k.key_data() == key.public().key_data()) => {
-            tracing::info!(room, user = %cfg.user, key = %key.fingerprint(), by = directory.name(), "this node's identity");
+            tracing::info!(room, user = %cfg.user, key = %key.fingerprint(), agent = key.in_agent(), by = directory.name(), "this node's identity");
         }
         Ok(Some(_)) => {
             tracing::error!(room, user = %cfg.user, key = %key.fingerprint(), by = directory.name(), "this key is not one of the user's keys: peers will refuse this node")

@@ -6,7 +6,9 @@
 //! node of a non-member: none of them gets a link or joins the group,
 //! while alice and bob form the room. A request forged under the other
 //! member's name through a valid link is refused by the leader, and a
-//! group founded first by a non-member is passed over.
+//! group founded first by a non-member is passed over. One member keeps
+//! a passphrase-protected key in a real `ssh-agent` and names no key file:
+//! the agent signs for that node.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,9 +29,13 @@ fn bin() -> &'static Path {
 }
 
 fn keygen(dir: &Path, name: &str) -> PathBuf {
+    keygen_with(dir, name, "")
+}
+
+fn keygen_with(dir: &Path, name: &str, passphrase: &str) -> PathBuf {
     let path = dir.join(format!("{name}.key"));
     let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .args(["-q", "-t", "ed25519", "-N", passphrase, "-C", name, "-f"])
         .arg(&path)
         .stdin(Stdio::null())
         .output()
@@ -50,15 +56,73 @@ fn skygit(args: &[&str], repo: &Path, data: &Path) -> std::process::Output {
         .expect("skygit runs")
 }
 
+/// A real `ssh-agent`, stopped when dropped.
+struct Agent {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Agent {
+        let socket = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("ssh-agent runs");
+        let agent = Agent { child, socket };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !agent.socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ssh-agent never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    /// `ssh-add`s a key protected by `passphrase` (given as a user would
+    /// at the prompt, through SSH_ASKPASS).
+    fn add(&self, dir: &Path, key: &Path, passphrase: &str) {
+        let askpass = dir.join("askpass.sh");
+        std::fs::write(&askpass, format!("#!/bin/sh\necho '{passphrase}'\n")).expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let out = Command::new("ssh-add")
+            .arg(key)
+            .env("SSH_AUTH_SOCK", &self.socket)
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .stdin(Stdio::null())
+            .output()
+            .expect("ssh-add runs");
+        assert!(out.status.success(), "ssh-add: {out:?}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
 fn spec(dir: &Path, repo: &Path, name: &str, user: &str, key: &Path) -> NodeSpec {
     let key = key.to_string_lossy();
-    let mut s = NodeSpec::for_test(
-        bin(),
-        dir,
-        repo,
-        user,
-        &["--commit-interval", "1", "--fault-api", "--ssh-key", &key],
-    );
+    spec_with(dir, repo, name, user, &["--ssh-key", &key])
+}
+
+fn spec_with(dir: &Path, repo: &Path, name: &str, user: &str, extra: &[&str]) -> NodeSpec {
+    let args: Vec<&str> = ["--commit-interval", "1", "--fault-api"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let mut s = NodeSpec::for_test(bin(), dir, repo, user, &args);
     // Two nodes may claim one user: each gets its own data directory.
     s.data_dir = dir.join(name);
     s.log = dir.join(format!("{name}.log"));
@@ -113,8 +177,15 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
     let admin = d.join("admin");
     let out = skygit(&["init"], &repo, &admin);
     assert!(out.status.success(), "init: {out:?}");
-    let (alice_key, bob_key, mallory_key) =
-        (keygen(d, "alice"), keygen(d, "bob"), keygen(d, "mallory"));
+    // Bob keeps his key behind a passphrase, in ssh-agent.
+    let bob_passphrase = "correct horse";
+    let (alice_key, bob_key, mallory_key) = (
+        keygen(d, "alice"),
+        keygen_with(d, "bob", bob_passphrase),
+        keygen(d, "mallory"),
+    );
+    let agent = Agent::start(d);
+    agent.add(d, &bob_key, bob_passphrase);
     for (user, key) in [("alice", &alice_key), ("bob", &bob_key)] {
         let public = key.with_extension("key.pub");
         let out = skygit(
@@ -131,12 +202,31 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
         .arg(&repo)
         .arg("--data-dir")
         .arg(d.join("keyless"))
+        .env_remove("SSH_AUTH_SOCK")
         .stdin(Stdio::null())
         .output()
         .expect("skygit runs");
     assert!(!keyless.status.success(), "a keyless node started");
     let said = String::from_utf8_lossy(&keyless.stderr);
     assert!(said.contains("--ssh-key"), "{said}");
+    // A passphrase-protected key without an agent is a clear error too.
+    let locked = Command::new(bin())
+        .args(["node", "--user", "bob", "--ssh-key"])
+        .arg(&bob_key)
+        .arg("--repo")
+        .arg(&repo)
+        .arg("--data-dir")
+        .arg(d.join("locked"))
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .output()
+        .expect("skygit runs");
+    assert!(!locked.status.success(), "a locked key signed");
+    let said = String::from_utf8_lossy(&locked.stderr);
+    assert!(
+        said.contains("passphrase") && said.contains("ssh-add"),
+        "{said}"
+    );
 
     // Mallory, who is not a member but can write to the repository,
     // arrives first and founds a group of her own, signed with her key.
@@ -157,9 +247,14 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
     let mut alice = NodeProc::start(spec(d, &repo, "alice", "alice", &alice_key))
         .await
         .expect("alice starts");
-    let mut bob = NodeProc::start(spec(d, &repo, "bob", "bob", &bob_key))
-        .await
-        .expect("bob starts");
+    // Bob names no key: his node signs with the agent's key the members
+    // file lists for him.
+    let mut bob_spec = spec_with(d, &repo, "bob", "bob", &[]);
+    bob_spec.env.push((
+        "SSH_AUTH_SOCK".into(),
+        agent.socket.to_string_lossy().into_owned(),
+    ));
+    let mut bob = NodeProc::start(bob_spec).await.expect("bob starts");
     let honest = [&alice, &bob];
     wait_members(&honest, 2, SETTLE)
         .await
@@ -296,7 +391,8 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
     assert_eq!(report.verified, report.lines, "{report:?}");
 
     // One line, checked by the real ssh-keygen without skygit.
-    let (path, line) = first_post_line(&repo);
+    // Bob's line was signed by ssh-agent.
+    let (path, number, line) = first_post_line(&repo, "bob");
     let signers = d.join("allowed_signers");
     std::fs::write(&signers, git_show(&repo, ".messages/allowed_signers")).expect("write");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/verify-line.sh");
@@ -360,10 +456,55 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
     let failure = &report.failed[0];
     assert_eq!(
         (failure.file.as_str(), failure.line),
-        (path.as_str(), 1),
+        (path.as_str(), number),
         "{report:?}"
     );
     assert!(failure.reason.contains("does not verify"), "{report:?}");
+}
+
+/// A passphrase-protected key file, or its public half, signs through a
+/// real ssh-agent holding it; a key the agent does not hold is a clear
+/// error.
+#[test]
+fn a_key_in_ssh_agent_signs_when_named_by_its_file_or_public_half() {
+    use skygit_actors::ports::identity::{self, KeyError, SigningKey};
+    if Command::new("ssh-agent").arg("-?").output().is_err() {
+        skygit_harness::skip_unless_required("ssh-agent is not installed (openssh-client)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let locked = keygen_with(d, "carol", "s3cret");
+    let stranger = keygen(d, "dave");
+    let agent = Agent::start(d);
+    agent.add(d, &locked, "s3cret");
+    let public = locked.with_extension("key.pub");
+    let listed = ssh_key::PublicKey::read_openssh_file(&public).expect("public key");
+    for named in [&locked, &public] {
+        let key = SigningKey::from_file(named, Some(&agent.socket)).expect("the agent holds it");
+        assert!(key.in_agent());
+        assert_eq!(key.public().key_data(), listed.key_data());
+        let signature = key.sign(b"hello").expect("the agent signs");
+        identity::verify(
+            "carol",
+            Some(std::slice::from_ref(&listed)),
+            b"hello",
+            Some(&signature),
+        )
+        .expect("the agent's signature verifies");
+        assert!(identity::verify(
+            "carol",
+            Some(std::slice::from_ref(&listed)),
+            b"hullo",
+            Some(&signature)
+        )
+        .is_err());
+    }
+    let e = SigningKey::from_file(&stranger.with_extension("key.pub"), Some(&agent.socket))
+        .expect_err("not in the agent");
+    assert!(matches!(e, KeyError::NotInAgent { .. }), "{e}");
+    let e = SigningKey::choose_from_agent(&agent.socket, |_| false).expect_err("none wanted");
+    assert!(e.to_string().contains("1 keys"), "{e}");
 }
 
 /// `skygit verify --json`: whether it passed, and its report.
@@ -390,7 +531,8 @@ fn git_show(repo: &Path, path: &str) -> String {
 }
 
 /// A batch file of the general conversation and its first line (a post).
-fn first_post_line(repo: &Path) -> (String, String) {
+/// The first post line by `sender` in the history.
+fn first_post_line(repo: &Path, sender: &str) -> (String, usize, String) {
     let files = git(&[
         "--git-dir",
         &repo.to_string_lossy(),
@@ -400,13 +542,17 @@ fn first_post_line(repo: &Path) -> (String, String) {
         "main",
         ".messages/general",
     ]);
-    let path = files
+    let by = format!("\"sender\":\"{sender}\"");
+    files
         .lines()
-        .find(|p| p.ends_with(".jsonl"))
-        .expect("a batch file")
-        .to_owned();
-    let text = git_show(repo, &path);
-    let line = text.lines().next().expect("a line").to_owned();
-    assert!(line.contains("\"kind\":\"post\""), "{line}");
-    (path, line)
+        .filter(|p| p.ends_with(".jsonl"))
+        .find_map(|path| {
+            let text = git_show(repo, path);
+            let (n, line) = text
+                .lines()
+                .enumerate()
+                .find(|(_, l)| l.contains(&by) && l.contains("\"kind\":\"post\""))?;
+            Some((path.to_owned(), n + 1, line.to_owned()))
+        })
+        .unwrap_or_else(|| panic!("no post by {sender} in {files}"))
 }

@@ -13,7 +13,7 @@
 //! a verified user. Heartbeats and signals are not signed: they change
 //! every few seconds and carry no identity.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -23,6 +23,8 @@ use skygit_consensus::model::{Change, ChangeKind, ChatRequest, Command};
 
 use crate::members::SIGNATURE_NAMESPACE;
 use crate::PresenceRecord;
+
+mod agent;
 
 /// Largest armored signature accepted from a peer (an RSA-4096 one is
 /// about 1.2 KiB).
@@ -35,8 +37,18 @@ const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 pub enum KeyError {
     #[error("cannot read the SSH key {path}: {reason}")]
     Read { path: String, reason: String },
-    #[error("the SSH key {path} is protected by a passphrase; give an unencrypted key file (ssh-agent is not supported yet)")]
+    #[error("the SSH key {path} is protected by a passphrase: add it to ssh-agent (ssh-add {path}) and start the node with SSH_AUTH_SOCK set, or give an unencrypted key file")]
     Encrypted { path: String },
+    #[error("{path} is a public key: its private half must be in ssh-agent, but SSH_AUTH_SOCK is not set")]
+    NoAgent { path: String },
+    #[error("the ssh-agent at {socket} does not hold the key {fingerprint} (ssh-add it)")]
+    NotInAgent { fingerprint: String, socket: String },
+    #[error(
+        "none of the {count} keys in the ssh-agent at {socket} is one the room lists for this user"
+    )]
+    NoAgentKey { socket: String, count: usize },
+    #[error("cannot use the ssh-agent at {socket}: {reason}")]
+    Agent { socket: String, reason: String },
     #[error("cannot sign with the SSH key: {0}")]
     Sign(String),
 }
@@ -249,22 +261,34 @@ pub fn verify_request(keys: Option<&[PublicKey]>, req: &ChatRequest) -> Result<(
     verify(req.sender.as_str(), keys, &statement, armored.as_deref())
 }
 
-/// This node's SSH key.
+/// This node's SSH key: a private key file, or a key held by a running
+/// ssh-agent (the private half never leaves the agent).
 pub struct SigningKey {
-    key: PrivateKey,
+    public: PublicKey,
+    signer: Signer,
+}
+
+enum Signer {
+    File(Box<PrivateKey>),
+    /// The agent's socket (`SSH_AUTH_SOCK`).
+    Agent(PathBuf),
 }
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SigningKey")
             .field("fingerprint", &self.fingerprint())
+            .field("agent", &matches!(self.signer, Signer::Agent(_)))
             .finish()
     }
 }
 
 impl SigningKey {
-    /// Reads an OpenSSH private key file (`~/.ssh/id_ed25519`).
-    pub fn from_file(path: &Path) -> Result<SigningKey, KeyError> {
+    /// Reads an OpenSSH key file (`~/.ssh/id_ed25519`). An unencrypted
+    /// private key signs by itself; a passphrase-protected private key,
+    /// or a public key file (`id_ed25519.pub`), signs through the ssh-agent
+    /// at `agent`, which must hold that key.
+    pub fn from_file(path: &Path, agent: Option<&Path>) -> Result<SigningKey, KeyError> {
         let shown = path.display().to_string();
         let read = |reason: String| KeyError::Read {
             path: shown.clone(),
@@ -276,36 +300,99 @@ impl SigningKey {
         if len > MAX_KEY_FILE_BYTES {
             return Err(read(format!("{len} bytes is too large for a key")));
         }
-        let pem = std::fs::read_to_string(path).map_err(|e| read(e.to_string()))?;
-        let key = PrivateKey::from_openssh(pem.as_bytes()).map_err(|e| read(e.to_string()))?;
-        if key.is_encrypted() {
-            return Err(KeyError::Encrypted { path: shown });
+        let text = std::fs::read_to_string(path).map_err(|e| read(e.to_string()))?;
+        let public = match PrivateKey::from_openssh(text.as_bytes()) {
+            Ok(key) if !key.is_encrypted() => {
+                return Ok(SigningKey {
+                    public: key.public_key().clone(),
+                    signer: Signer::File(Box::new(key)),
+                })
+            }
+            Ok(_) if agent.is_none() => return Err(KeyError::Encrypted { path: shown }),
+            Ok(key) => key.public_key().clone(),
+            Err(private) => match PublicKey::from_openssh(text.trim()) {
+                Ok(public) => public,
+                Err(_) => {
+                    return Err(read(format!(
+                        "neither an OpenSSH private key ({private}) nor a public key"
+                    )))
+                }
+            },
+        };
+        let Some(agent) = agent else {
+            return Err(KeyError::NoAgent { path: shown });
+        };
+        SigningKey::from_agent(agent, public)
+    }
+
+    /// `public`'s key in the ssh-agent at `socket`.
+    pub fn from_agent(socket: &Path, public: PublicKey) -> Result<SigningKey, KeyError> {
+        let held = agent::identities(socket)?;
+        if !held.iter().any(|k| k.key_data() == public.key_data()) {
+            return Err(KeyError::NotInAgent {
+                fingerprint: public.fingerprint(HashAlg::Sha256).to_string(),
+                socket: socket.display().to_string(),
+            });
         }
-        Ok(SigningKey { key })
+        Ok(SigningKey {
+            public,
+            signer: Signer::Agent(socket.to_path_buf()),
+        })
+    }
+
+    /// The first key of the ssh-agent at `socket` that `wanted` accepts
+    /// (one the room lists for this node's user).
+    pub fn choose_from_agent(
+        socket: &Path,
+        wanted: impl Fn(&PublicKey) -> bool,
+    ) -> Result<SigningKey, KeyError> {
+        let held = agent::identities(socket)?;
+        let count = held.len();
+        match held.into_iter().find(|k| wanted(k)) {
+            Some(public) => Ok(SigningKey {
+                public,
+                signer: Signer::Agent(socket.to_path_buf()),
+            }),
+            None => Err(KeyError::NoAgentKey {
+                socket: socket.display().to_string(),
+                count,
+            }),
+        }
     }
 
     /// A key made from `seed` (tests and the simulator).
     pub fn from_ed25519_seed(seed: [u8; 32]) -> SigningKey {
         let pair = ssh_key::private::Ed25519Keypair::from_seed(&seed);
+        let key = PrivateKey::from(pair);
         SigningKey {
-            key: PrivateKey::from(pair),
+            public: key.public_key().clone(),
+            signer: Signer::File(Box::new(key)),
         }
     }
 
     pub fn public(&self) -> PublicKey {
-        self.key.public_key().clone()
+        self.public.clone()
     }
 
     /// `SHA256:...`, as `ssh-keygen -l` prints it.
     pub fn fingerprint(&self) -> String {
-        self.key.fingerprint(HashAlg::Sha256).to_string()
+        self.public.fingerprint(HashAlg::Sha256).to_string()
+    }
+
+    /// Whether the key is held by an ssh-agent.
+    pub fn in_agent(&self) -> bool {
+        matches!(self.signer, Signer::Agent(_))
     }
 
     /// An armored SSH signature of `msg` in the room's namespace.
     pub fn sign(&self, msg: &[u8]) -> Result<String, KeyError> {
-        self.key
-            .sign(SIGNATURE_NAMESPACE, HashAlg::Sha512, msg)
-            .and_then(|s| s.to_pem(LineEnding::LF))
+        let sig = match &self.signer {
+            Signer::File(key) => key
+                .sign(SIGNATURE_NAMESPACE, HashAlg::Sha512, msg)
+                .map_err(|e| KeyError::Sign(e.to_string()))?,
+            Signer::Agent(socket) => agent::sign(socket, &self.public, msg)?,
+        };
+        sig.to_pem(LineEnding::LF)
             .map_err(|e| KeyError::Sign(e.to_string()))
     }
 
@@ -793,8 +880,10 @@ mod tests {
     fn a_signature_in_another_namespace_is_refused() {
         let alice = SigningKey::from_ed25519_seed([1; 32]);
         let r = record("alice");
-        let sig = alice
-            .key
+        let Signer::File(private) = &alice.signer else {
+            unreachable!("a seed key is a file key")
+        };
+        let sig = private
             .sign("git", HashAlg::Sha512, &presence_claim(&r))
             .and_then(|s| s.to_pem(LineEnding::LF))
             .expect("signs");
@@ -811,13 +900,23 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let missing = dir.join("none");
         assert!(matches!(
-            SigningKey::from_file(&missing),
+            SigningKey::from_file(&missing, None),
             Err(KeyError::Read { .. })
         ));
         let junk = dir.join("junk");
         std::fs::write(&junk, "not a key").expect("write");
-        let e = SigningKey::from_file(&junk).expect_err("junk");
+        let e = SigningKey::from_file(&junk, None).expect_err("junk");
         assert!(e.to_string().contains("junk"), "{e}");
+        // A public key signs only through an agent.
+        let public = dir.join("id.pub");
+        let key = SigningKey::from_ed25519_seed([7; 32]);
+        std::fs::write(&public, key.public().to_openssh().expect("openssh")).expect("write");
+        let e = SigningKey::from_file(&public, None).expect_err("no agent");
+        assert!(matches!(e, KeyError::NoAgent { .. }), "{e}");
+        // An agent that is not there is a clear error, not a hang.
+        let e = SigningKey::from_file(&public, Some(&dir.join("no-agent.sock")))
+            .expect_err("no such agent");
+        assert!(matches!(e, KeyError::Agent { .. }), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }
