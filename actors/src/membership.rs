@@ -375,16 +375,45 @@ pub struct Founder {
 /// is passed over: a writer with a false name cannot hold the room.
 /// `Ok(None)`: this node founds the group; `Ok(Some(why))`: it must not;
 /// `Err`: undecided (try again).
-async fn claim_founding(
+pub async fn claim_founding(
     repo: &dyn RepoRemote,
     me: NodeId,
     now_secs: i64,
     founder: Option<&Founder>,
 ) -> Result<Option<String>, RepoError> {
-    let Some(head) = repo.head().await? else {
-        // A branch without even the room's config: nothing to claim on
-        // (the committer writes the config with the first flush).
-        return Ok(None);
+    let head = match repo.head().await? {
+        Some(head) => head,
+        None => {
+            // An empty branch: create it with the room's default config
+            // (as the committer's first flush would) so that the claim
+            // below has a head to compare and swap on. Creating it is
+            // itself a compare-and-swap (it fails when the branch exists),
+            // so of two nodes that find it empty, both then race for the
+            // one founding on the same head and only one wins.
+            let created = repo
+                .commit(CommitRequest {
+                    expected_head: None,
+                    files: vec![(
+                        layout::CONFIG_PATH.to_owned(),
+                        layout::RoomConfig::default().to_bytes(),
+                    )],
+                    message: layout::init_message(),
+                    time_secs: now_secs,
+                })
+                .await;
+            match created {
+                Ok(_) | Err(RepoError::Conflict | RepoError::Unknown(_)) => {}
+                Err(e) => return Err(e),
+            }
+            match repo.head().await? {
+                Some(head) => head,
+                None => {
+                    return Ok(Some(
+                        "the repository's branch is still empty after creating it".into(),
+                    ))
+                }
+            }
+        }
     };
     let w = crate::readback::watermark_of(repo, &head).await?;
     if w > 0 {

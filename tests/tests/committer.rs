@@ -806,3 +806,77 @@ async fn an_unreadable_config_json_is_not_replaced_by_the_settings() {
     );
     c.shutdown().await;
 }
+
+/// Two nodes that find the room's branch empty race for the founding of
+/// its group: the branch is created once (with the room's config) and
+/// exactly one of them founds, by compare-and-swap.
+#[actix_rt::test]
+async fn two_nodes_founding_on_an_empty_branch_leave_exactly_one_founder() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let srv = dir.path().join("srv");
+    let daemon = GitDaemon::start(&srv).unwrap();
+    let url = daemon.create("room.git").unwrap();
+    let a = GitRemote::open(&url, "main", &dir.path().join("a")).unwrap();
+    let b = GitRemote::open(&url, "main", &dir.path().join("b")).unwrap();
+    let (ra, rb) = tokio::join!(
+        skygit_actors::membership::claim_founding(&a, 1, 0, None),
+        skygit_actors::membership::claim_founding(&b, 2, 0, None),
+    );
+    // `Ok(None)`: this node founds. A lost compare-and-swap on the
+    // founding commit is an error the node retries on its next tick.
+    let outcomes = [ra, rb];
+    for o in &outcomes {
+        assert!(
+            matches!(o, Ok(_) | Err(RepoError::Conflict)),
+            "{outcomes:?}"
+        );
+    }
+    let founders: Vec<NodeId> = [1, 2]
+        .into_iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| matches!(o, Ok(None)))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(founders.len(), 1, "{outcomes:?}");
+    let founder = founders[0];
+    let bare = srv.join("room.git");
+    let log = git(&[
+        "--git-dir",
+        &bare.to_string_lossy(),
+        "log",
+        "--format=%B%x00",
+        "main",
+    ]);
+    let commits: Vec<&str> = log
+        .split('\0')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .collect();
+    assert_eq!(commits.len(), 2, "{log}");
+    assert!(
+        commits[0].contains(&format!("Group-Founder: {founder}")),
+        "{log}"
+    );
+    assert!(!commits[1].contains("Group-Founder"), "{log}");
+    let config = git(&[
+        "--git-dir",
+        &bare.to_string_lossy(),
+        "show",
+        "main:.messages/config.json",
+    ]);
+    assert!(config.contains("commit_interval"), "{config}");
+    // Asked again (the loser's next tick), each learns who founded.
+    for (id, remote) in [(1, &a), (2, &b)] {
+        let again = skygit_actors::membership::claim_founding(remote, id, 0, None)
+            .await
+            .expect("reads the branch");
+        match again {
+            None => assert_eq!(id, founder),
+            Some(reason) => {
+                assert_ne!(id, founder);
+                assert!(reason.contains(&format!("node {founder}")), "{reason}");
+            }
+        }
+    }
+}
