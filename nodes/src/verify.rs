@@ -105,7 +105,7 @@ async fn check(a: &VerifyArgs) -> anyhow::Result<Report> {
                 let gh = skygit_remotes::github_remote(&owner, &name, &opts)?;
                 (
                     gh.clone(),
-                    Arc::new(skygit_remotes::github::keys::GithubKeys::new(gh)),
+                    Arc::new(skygit_remotes::github::keys::GithubKeys::keys_only(gh)),
                 )
             }
             None => {

@@ -6,7 +6,8 @@
 //! Each node's user is its token's GitHub login; a node that names another
 //! user is refused before it starts. Each node signs its presence with an
 //! SSH key its GitHub account lists (`/users/{user}/keys`), and a node
-//! whose key is not on its user's account is refused by the others.
+//! whose key is not on its user's account, or whose user may only read the
+//! repository, is refused by the others.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -110,40 +111,50 @@ async fn two_processes_meet_and_commit_through_the_github_api() {
     let refs: Vec<&NodeProc> = nodes.iter().collect();
     wait_members(&refs, 2, SETTLE).await.expect("two voters");
     // Eve has a token for the room, but signs with a key her GitHub
-    // account does not list: both nodes refuse her.
+    // account does not list; ivy's key is on her account, but she may
+    // only read the repository (her token still works: the test server
+    // does not enforce permissions on writes). Both nodes refuse both.
     server.add_user("eve", "token-of-eve-3456");
     let (eve_key, _) = keygen(dir.path(), "eve");
-    let mut eve = NodeProc::start(node_spec(
-        bin,
-        dir.path(),
-        &server,
-        "eve",
-        "token-of-eve-3456",
-        &eve_key,
-    ))
-    .await
-    .expect("eve starts");
-    for n in &refs {
-        let reason = wait_for(SETTLE, "eve to be refused", || async {
-            let s = n.status().await.ok()?;
-            let identity = s.identity?;
-            assert_eq!(identity.verified_by, "github");
-            identity
-                .refused
-                .into_iter()
-                .find(|r| r.node_id == eve.node_id)
-                .map(|r| r.reason)
-        })
-        .await
-        .expect("refused");
-        assert!(reason.contains("not one of eve's keys"), "{reason}");
+    server.add_user("ivy", "token-of-ivy-7890");
+    let (ivy_key, ivy_public) = keygen(dir.path(), "ivy");
+    server.add_ssh_key("ivy", &ivy_public);
+    server.set_permission("ivy", "read");
+    let mut impostor_ids = Vec::new();
+    for (user, token, key, why) in [
+        (
+            "eve",
+            "token-of-eve-3456",
+            &eve_key,
+            "not one of eve's keys",
+        ),
+        ("ivy", "token-of-ivy-7890", &ivy_key, "ivy is not a member"),
+    ] {
+        let mut imp = NodeProc::start(node_spec(bin, dir.path(), &server, user, token, key))
+            .await
+            .expect("impostor starts");
+        for n in &refs {
+            let reason = wait_for(SETTLE, &format!("{user} to be refused"), || async {
+                let s = n.status().await.ok()?;
+                let identity = s.identity?;
+                assert_eq!(identity.verified_by, "github");
+                identity
+                    .refused
+                    .into_iter()
+                    .find(|r| r.node_id == imp.node_id)
+                    .map(|r| r.reason)
+            })
+            .await
+            .expect("refused");
+            assert!(reason.contains(why), "{reason}");
+        }
+        impostor_ids.push(imp.node_id);
+        imp.kill().await.expect("killed");
     }
-    let eve_id = eve.node_id;
-    eve.kill().await.expect("killed");
     let asked: Vec<String> = server
         .requests()
         .into_iter()
-        .filter(|r| r.path.starts_with("/users/"))
+        .filter(|r| r.path.starts_with("/users/") || r.path.contains("/collaborators/"))
         .map(|r| format!("{} {}", r.status, r.path))
         .collect();
     for user in ["ana", "bo", "eve"] {
@@ -152,6 +163,19 @@ async fn two_processes_meet_and_commit_through_the_github_api() {
             "nobody read {user}'s keys: {asked:?}"
         );
     }
+    for user in ["ana", "bo", "eve", "ivy"] {
+        assert!(
+            asked.contains(&format!(
+                "200 /repos/acme/room/collaborators/{user}/permission"
+            )),
+            "nobody read {user}'s permission: {asked:?}"
+        );
+    }
+    // Ivy cannot write the repository: her keys are never asked for.
+    assert!(
+        !asked.iter().any(|a| a.contains("/users/ivy/keys")),
+        "{asked:?}"
+    );
     let mut sent = BTreeSet::new();
     post_round(&refs, "via github", 3, &mut sent)
         .await
@@ -185,7 +209,7 @@ async fn two_processes_meet_and_commit_through_the_github_api() {
     let want: BTreeSet<String> = nodes
         .iter()
         .map(|n| n.node_id)
-        .chain([eve_id])
+        .chain(impostor_ids)
         .map(|id| format!("refs/skygit/presence/{id}"))
         .collect();
     assert_eq!(listed, want, "one presence ref per node");

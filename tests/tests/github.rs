@@ -150,8 +150,8 @@ async fn a_room_commits_to_the_github_test_server_and_git_sees_it() {
     assert_eq!(one.changes.len(), 34);
     assert_eq!(
         one.watermarks,
-        vec![0, last],
-        "config commit, then one batch"
+        vec![0, 0, last],
+        "config commit, the founding, then one batch"
     );
     assert_eq!(one.commits.last(), report.head.as_ref());
     let config = std::fs::read(one.dir.join(layout::CONFIG_PATH)).unwrap();
@@ -613,10 +613,12 @@ async fn racing_committers_on_github_keep_history_linear() {
     c.shutdown().await;
 }
 
-/// A GitHub room's key directory: `GET /users/{user}/keys` per user, the
-/// answer parsed into keys, a user GitHub does not know is nobody, a name
-/// that is not a GitHub login never reaches a URL, and a second read of the
-/// same list is a conditional request answered 304.
+/// A GitHub room's key directory: a member is a user with write access
+/// (`GET /repos/{o}/{r}/collaborators/{user}/permission`), whose keys are
+/// read with `GET /users/{user}/keys`, the answer parsed into keys; a user
+/// GitHub does not know, or who may only read the repository, is nobody; a
+/// name that is not a GitHub login never reaches a URL, and a second read
+/// is a conditional request answered 304.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_directory_reads_users_keys_conditionally() {
     use skygit_actors::ports::identity::{KeyDirectory, SigningKey};
@@ -629,6 +631,14 @@ async fn the_key_directory_reads_users_keys_conditionally() {
     server.add_ssh_key("alice", &format!("{line} alice@laptop"));
     server.add_ssh_key("alice", "ssh-unknown AAAA this build cannot read it");
     server.add_user("bob", "token-of-bob");
+    // Carol has keys on GitHub but no access to the repository; dan may
+    // only read it; erin's write access is through a role (`maintain`).
+    server.add_ssh_key("carol", &line);
+    server.add_user("dan", "token-of-dan");
+    server.add_ssh_key("dan", &line);
+    server.set_permission("dan", "read");
+    server.add_user("erin", "token-of-erin");
+    server.set_permission("erin", "maintain");
     let remote = Arc::new(github_remote(&server.url(), TOKEN));
 
     let keys = GithubKeys::new(remote.clone());
@@ -645,6 +655,9 @@ async fn the_key_directory_reads_users_keys_conditionally() {
     );
     assert_eq!(keys.keys_of("bob").await.expect("answers"), Some(vec![]));
     assert_eq!(keys.keys_of("nobody").await.expect("answers"), None);
+    assert_eq!(keys.keys_of("carol").await.expect("answers"), None);
+    assert_eq!(keys.keys_of("dan").await.expect("answers"), None);
+    assert_eq!(keys.keys_of("erin").await.expect("answers"), Some(vec![]));
     assert_eq!(keys.keys_of("../repos/acme").await.expect("answers"), None);
     // Cached: asking again costs nothing.
     let before = server.calls();
@@ -658,16 +671,24 @@ async fn the_key_directory_reads_users_keys_conditionally() {
     let reqs = server.requests();
     let asked: Vec<(String, u16)> = reqs
         .iter()
-        .filter(|r| r.path.starts_with("/users/"))
+        .filter(|r| r.path.starts_with("/users/") || r.path.contains("/collaborators/"))
         .map(|r| (r.path.clone(), r.status))
         .collect();
+    let may = |user: &str| format!("/repos/acme/room/collaborators/{user}/permission");
     let path = "/users/alice/keys?per_page=100".to_owned();
     assert_eq!(
         asked,
         vec![
+            (may("alice"), 200),
             (path.clone(), 200),
+            (may("bob"), 200),
             ("/users/bob/keys?per_page=100".into(), 200),
-            ("/users/nobody/keys?per_page=100".into(), 404),
+            (may("nobody"), 404),
+            (may("carol"), 200),
+            (may("dan"), 200),
+            (may("erin"), 200),
+            ("/users/erin/keys?per_page=100".into(), 200),
+            (may("alice"), 304),
             (path, 304),
         ],
         "{:?}",

@@ -1,7 +1,11 @@
-//! GitHub's record of who holds which SSH key (`GET /users/{user}/keys`),
-//! as the key directory of a GitHub room: a member's keys are the keys
-//! their GitHub account lists. Reads are conditional (a 304 costs no
-//! quota) and remembered for a few seconds per user.
+//! GitHub's record of who may write the room's repository and who holds
+//! which SSH key, as the key directory of a GitHub room: a member is a user
+//! with write access to the repository
+//! (`GET /repos/{o}/{r}/collaborators/{user}/permission` answers `admin`,
+//! `maintain` or `write`), and a member's keys are the keys their GitHub
+//! account lists (`GET /users/{user}/keys`). Reads are conditional (a 304
+//! costs no quota) and remembered for a few seconds per user, so a user
+//! whose access is removed is refused within that time.
 
 use std::sync::Arc;
 
@@ -22,6 +26,8 @@ const USERS_CACHED: usize = 1024;
 pub struct GithubKeys {
     remote: Arc<GithubRemote>,
     cache: Arc<TtlCache<String, Option<Vec<PublicKey>>>>,
+    /// Whether only users with write access are members.
+    members_write: bool,
 }
 
 #[derive(Deserialize)]
@@ -29,11 +35,70 @@ struct Key {
     key: String,
 }
 
+#[derive(Deserialize)]
+struct Permission {
+    permission: String,
+}
+
+/// Largest permission answer read.
+const MAX_PERMISSION_ANSWER_BYTES: usize = 64 * 1024;
+
+/// `GET path` as JSON; `None` for a 404 (nobody GitHub knows).
+async fn read<T: serde::de::DeserializeOwned>(
+    remote: &GithubRemote,
+    path: &str,
+    max_bytes: usize,
+    what: &str,
+) -> Result<Option<T>, DirectoryError> {
+    let answer = remote
+        .get(path, max_bytes)
+        .await
+        .map_err(|e| DirectoryError(e.to_string()))?;
+    match answer.status {
+        StatusCode::OK => answer
+            .json(what)
+            .map(Some)
+            .map_err(|e| DirectoryError(e.to_string())),
+        StatusCode::NOT_FOUND => Ok(None),
+        s => Err(DirectoryError(format!(
+            "GET {path}: {s} {}",
+            answer.message()
+        ))),
+    }
+}
+
+/// Whether `user` may write the room's repository (reading another
+/// user's permission needs a token with write access).
+async fn may_write(remote: &GithubRemote, user: &str) -> Result<bool, DirectoryError> {
+    let path = format!("{}/collaborators/{user}/permission", remote.repo_path());
+    let p: Option<Permission> = read(
+        remote,
+        &path,
+        MAX_PERMISSION_ANSWER_BYTES,
+        "the user's permission",
+    )
+    .await?;
+    Ok(p.is_some_and(|p| matches!(p.permission.as_str(), "admin" | "maintain" | "write")))
+}
+
 impl GithubKeys {
+    /// The directory of a live room: members are the users who may
+    /// write its repository.
     pub fn new(remote: Arc<GithubRemote>) -> GithubKeys {
         GithubKeys {
             remote,
             cache: Arc::new(TtlCache::new(USERS_CACHED)),
+            members_write: true,
+        }
+    }
+
+    /// Every GitHub user's keys, whatever their access now (checking a
+    /// room's history: a line written by someone whose access was removed
+    /// since is still theirs).
+    pub fn keys_only(remote: Arc<GithubRemote>) -> GithubKeys {
+        GithubKeys {
+            members_write: false,
+            ..GithubKeys::new(remote)
         }
     }
 }
@@ -42,29 +107,21 @@ impl GithubKeys {
 async fn fetch(
     remote: Arc<GithubRemote>,
     user: String,
+    members_write: bool,
 ) -> Result<Option<Vec<PublicKey>>, DirectoryError> {
     // A name GitHub could not have is nobody's (and never reaches a URL).
     if !is_login(&user) {
         return Ok(None);
     }
-    let path = format!("/users/{user}/keys?per_page=100");
-    let answer = remote
-        .get(&path, MAX_KEYS_ANSWER_BYTES)
-        .await
-        .map_err(|e| DirectoryError(e.to_string()))?;
-    match answer.status {
-        StatusCode::OK => {}
-        StatusCode::NOT_FOUND => return Ok(None),
-        s => {
-            return Err(DirectoryError(format!(
-                "GET {path}: {s} {}",
-                answer.message()
-            )))
-        }
+    if members_write && !may_write(&remote, &user).await? {
+        return Ok(None);
     }
-    let keys: Vec<Key> = answer
-        .json("the user's keys")
-        .map_err(|e| DirectoryError(e.to_string()))?;
+    let path = format!("/users/{user}/keys?per_page=100");
+    let Some(keys): Option<Vec<Key>> =
+        read(&remote, &path, MAX_KEYS_ANSWER_BYTES, "the user's keys").await?
+    else {
+        return Ok(None);
+    };
     // A key this build cannot read is not one the user signs with here.
     Ok(Some(
         keys.iter()
@@ -88,9 +145,9 @@ impl KeyDirectory for GithubKeys {
         user: &'a str,
     ) -> BoxFuture<'a, Result<Option<Vec<PublicKey>>, DirectoryError>> {
         Box::pin(async move {
-            let (remote, name) = (self.remote.clone(), user.to_owned());
+            let (remote, name, write) = (self.remote.clone(), user.to_owned(), self.members_write);
             cached(&self.cache, user.to_owned(), move || {
-                Box::pin(fetch(remote, name))
+                Box::pin(fetch(remote, name, write))
             })
             .await
         })

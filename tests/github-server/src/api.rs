@@ -57,6 +57,26 @@ impl ApiError {
 type ApiResult = Result<Reply, ApiError>;
 
 /// Routes one request (path with query) and runs it.
+/// `GET /repos/{o}/{r}/collaborators/{user}/permission`: the user's
+/// permission on the repository (`none` for a user without access), a 404
+/// for a user the server does not know.
+fn permission(shared: &Shared, user: &str) -> Reply {
+    let set = lock(&shared.permissions).get(user).cloned();
+    let has_token = lock(&shared.users).values().any(|u| u == user);
+    let permission = match set {
+        Some(p) => p,
+        None if user.eq_ignore_ascii_case(&shared.owner) => "admin".to_owned(),
+        None if has_token => "write".to_owned(),
+        None if lock(&shared.ssh_keys).contains_key(user) => "none".to_owned(),
+        None => return not_found(),
+    };
+    Reply::cacheable(serde_json::json!({
+        "permission": permission,
+        "role_name": permission,
+        "user": { "login": user, "type": "User" },
+    }))
+}
+
 pub(crate) fn dispatch(shared: &Shared, method: &str, path: &str, body: &Value) -> Reply {
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
     // `split_path` drops a trailing slash, which matters to matching-refs
@@ -81,6 +101,9 @@ pub(crate) fn dispatch(shared: &Shared, method: &str, path: &str, body: &Value) 
         return not_found();
     }
     let rest: Vec<&str> = segments[3..].iter().map(String::as_str).collect();
+    if let ("GET", ["collaborators", user, "permission"]) = (method, rest.as_slice()) {
+        return permission(shared, user);
+    }
     let repo = lock(&shared.repo);
     let ctx = Ctx {
         repo: &repo,

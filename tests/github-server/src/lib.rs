@@ -213,6 +213,12 @@ impl GithubServer {
             .push(openssh.trim().to_owned());
     }
 
+    /// Sets `login`'s permission on the repository (`admin`, `write`,
+    /// `read`, `none`), as its collaborators' permission endpoint answers.
+    pub fn set_permission(&self, login: &str, permission: &str) {
+        util::lock(&self.shared.permissions).insert(login.to_owned(), permission.to_owned());
+    }
+
     /// Scripts the OAuth device flow: each poll of the token endpoint
     /// answers the next step (`authorization_pending` once they run out),
     /// and the device code asks for polls every `interval` seconds.

@@ -43,6 +43,10 @@ pub(crate) struct Shared {
     pub device: Mutex<crate::oauth::DeviceFlow>,
     /// Each user's public SSH keys (`GET /users/{user}/keys`).
     pub ssh_keys: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
+    /// Repository permissions set by the test (`admin`, `write`, `read`,
+    /// `none`); otherwise the owner is `admin` and a user with a token
+    /// `write` (`GET /repos/{o}/{r}/collaborators/{user}/permission`).
+    pub permissions: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl Shared {
@@ -68,6 +72,7 @@ impl Shared {
             users: Mutex::new([(token.to_owned(), owner.to_owned())].into()),
             device: Mutex::new(Default::default()),
             ssh_keys: Mutex::new(Default::default()),
+            permissions: Mutex::new(Default::default()),
         }
     }
 }
