@@ -456,16 +456,19 @@ pub async fn claim_founding(
         Some(f) => return Ok(Some(format!("node {f} founded the room's group"))),
         None => {}
     }
+    // Only the first group is founded here (the watermark is 0); a later
+    // epoch's founding keeps the branch's watermark.
+    let epoch = 0;
     let message = match founder {
-        None => layout::founding_message(me),
+        None => layout::founding_message(me, epoch, w),
         Some(ours) => {
-            let claim = skygit_ports::identity::founding_claim(me, &ours.user);
+            let claim = skygit_ports::identity::founding_claim(epoch, me, &ours.user);
             let sig = ours
                 .identity
                 .key
                 .sign(&claim)
                 .map_err(|e| RepoError::Invalid(e.to_string()))?;
-            layout::signed_founding_message(me, &ours.user, &sig)
+            layout::signed_founding_message(me, epoch, w, &ours.user, &sig)
         }
     };
     repo.commit(CommitRequest {
@@ -495,7 +498,7 @@ async fn verify_founding(
         .keys_of(user)
         .await
         .map_err(|e| RepoError::Unavailable(e.to_string()))?;
-    let claim = skygit_ports::identity::founding_claim(node, user);
+    let claim = skygit_ports::identity::founding_claim(layout::group_epoch(message), node, user);
     Ok(
         skygit_ports::identity::verify(user, keys.as_deref(), &claim, Some(&sig))
             .map_err(|e| format!("{user}: {e}")),

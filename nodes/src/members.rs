@@ -98,7 +98,16 @@ async fn save(o: &Opened, message: &str) -> anyhow::Result<String> {
     let message = if o.head.is_none() {
         format!("{}\n{message}\n", layout::init_message())
     } else {
-        format!("skygit: {message}\n\nRaft-Last-Index: {watermark}\n")
+        // The head's group epoch carries over: a committer of an older
+        // group must still see a newer group's founding behind it.
+        let epoch = o
+            .head
+            .as_ref()
+            .map_or(0, |h| layout::group_epoch(&h.message));
+        layout::with_epoch(
+            format!("skygit: {message}\n\nRaft-Last-Index: {watermark}\n"),
+            epoch,
+        )
     };
     o.remote
         .commit(CommitRequest {

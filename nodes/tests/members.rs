@@ -163,3 +163,41 @@ fn members_are_listed_in_a_file_ssh_keygen_verifies_with() {
     let out = room.members(&["remove", "bob"]);
     assert!(!out.status.success(), "removing bob twice succeeded");
 }
+
+/// A members commit on a branch a later group (epoch 1) was founded on
+/// carries that epoch, so an older group's committer still sees the newer
+/// founding behind it.
+#[test]
+fn a_members_commit_keeps_the_group_epoch_of_the_head() {
+    if Command::new("ssh-keygen").arg("-?").output().is_err() {
+        skygit_harness::skip_unless_required("ssh-keygen is not installed (openssh-client)");
+        return;
+    }
+    let room = Room {
+        tmp: tempfile::tempdir().expect("tempdir"),
+    };
+    let out = room.skygit(&["init"]);
+    assert!(out.status.success(), "init: {}", said(&out));
+    let git = |args: &[&str]| -> String {
+        let out = run(Command::new("git")
+            .arg("--git-dir")
+            .arg(room.repo())
+            .args(args));
+        assert!(out.status.success(), "git {args:?}: {}", said(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let founding = skygit_actors::layout::founding_message(7, 1, 0);
+    let sha = git(&["commit-tree", "main^{tree}", "-p", "main", "-m", &founding]);
+    git(&["update-ref", "refs/heads/main", &sha]);
+    let alice = room.keygen("alice");
+    let public = alice.with_extension("pub");
+    let out = room.members(&["add", "alice", &public.to_string_lossy()]);
+    assert!(out.status.success(), "add: {}", said(&out));
+    let message = git(&["log", "-1", "--format=%B", "main"]);
+    assert_eq!(skygit_actors::layout::group_epoch(&message), 1, "{message}");
+    assert_eq!(
+        skygit_actors::layout::watermark(&message),
+        Some(0),
+        "{message}"
+    );
+}

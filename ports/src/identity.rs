@@ -96,9 +96,10 @@ pub fn presence_claim(record: &PresenceRecord) -> Vec<u8> {
 }
 
 /// The bytes a founding commit's signature covers: the founder of the
-/// room's raft group, as a member.
-pub fn founding_claim(node: u64, user: &str) -> Vec<u8> {
-    format!("skygit founding 1\nnode {node}\nuser {user}\n").into_bytes()
+/// room's raft group of `epoch`, as a member (a founding signed for one
+/// epoch does not count for another).
+pub fn founding_claim(epoch: u64, node: u64, user: &str) -> Vec<u8> {
+    format!("skygit founding 2\nepoch {epoch}\nnode {node}\nuser {user}\n").into_bytes()
 }
 
 const ARMOR_BEGIN: &str = "-----BEGIN SSH SIGNATURE-----";
@@ -772,10 +773,12 @@ mod tests {
     #[test]
     fn a_signature_survives_a_commit_trailer() {
         let alice = SigningKey::from_ed25519_seed([1; 32]);
-        let claim = founding_claim(5, "alice");
+        let claim = founding_claim(2, 5, "alice");
         let armored = alice.sign(&claim).expect("signs");
-        let message = crate::layout::signed_founding_message(5, "alice", &armored);
+        let message = crate::layout::signed_founding_message(5, 2, 40, "alice", &armored);
         assert_eq!(crate::layout::founder(&message), Some(5));
+        assert_eq!(crate::layout::group_epoch(&message), 2);
+        assert_eq!(crate::layout::watermark(&message), Some(40));
         let (user, sig) = crate::layout::founder_signature(&message).expect("signed");
         assert_eq!(user, "alice");
         assert_eq!(sig, armored);
@@ -784,7 +787,15 @@ mod tests {
         assert!(verify(
             "alice",
             Some(&keys),
-            &founding_claim(6, "alice"),
+            &founding_claim(2, 6, "alice"),
+            Some(&sig)
+        )
+        .is_err());
+        // Signed for one epoch, it does not found another.
+        assert!(verify(
+            "alice",
+            Some(&keys),
+            &founding_claim(3, 5, "alice"),
             Some(&sig)
         )
         .is_err());

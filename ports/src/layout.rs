@@ -468,20 +468,56 @@ pub fn init_message() -> String {
 }
 
 /// The message of the commit by which node `id` claims the founding of
-/// the room's raft group (it changes no file).
-pub fn founding_message(id: u64) -> String {
-    format!("skygit: node {id} starts the room's raft group\n\nRaft-Last-Index: 0\nGroup-Founder: {id}\n")
+/// the room's raft group of `epoch` (it changes no file), on a branch
+/// whose log reaches `watermark` (kept, so watermarks never fall).
+pub fn founding_message(id: u64, epoch: u64, watermark: u64) -> String {
+    with_epoch(
+        format!(
+            "skygit: node {id} starts the room's raft group\n\n\
+             Raft-Last-Index: {watermark}\nGroup-Founder: {id}\n"
+        ),
+        epoch,
+    )
 }
 
 /// The founding message of a room that verifies identities: also names
 /// the founder's user and carries its SSH signature of
 /// [`crate::identity::founding_claim`] (the armor's base64, one line).
-pub fn signed_founding_message(id: u64, user: &str, signature: &str) -> String {
+pub fn signed_founding_message(
+    id: u64,
+    epoch: u64,
+    watermark: u64,
+    user: &str,
+    signature: &str,
+) -> String {
     format!(
         "{}Group-Founder-User: {user}\nGroup-Founder-Signature: {}\n",
-        founding_message(id),
+        founding_message(id, epoch, watermark),
         crate::identity::unarmor(signature)
     )
+}
+
+/// The epoch of the raft group that made a commit (its `Group-Epoch`
+/// trailer). Every commit on the branch carries the epoch of the group
+/// whose founding precedes it; the first group's (epoch 0) carry none, so
+/// a commit without the trailer, or with one that is not a number, is of
+/// epoch 0.
+pub fn group_epoch(message: &str) -> u64 {
+    trailer(message, "Group-Epoch")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `message` (whose last paragraph holds its trailers) marked as made by
+/// the group of `epoch`; epoch 0 leaves it as it is.
+pub fn with_epoch(mut message: String, epoch: u64) -> String {
+    if epoch > 0 {
+        if !message.ends_with('\n') {
+            message.push('\n');
+        }
+        message.push_str(&format!("Group-Epoch: {epoch}\n"));
+    }
+    message
 }
 
 /// The node a founding commit names, if `message` is one.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use skygit_actors::committer::{Flush, FlushReason, Flusher};
+use skygit_actors::committer::{CommitterError, Flush, FlushReason, Flusher};
 use skygit_actors::layout::{self, RoomConfig};
 use skygit_actors::local::{LocalCluster, RepoFactory};
 use skygit_actors::ports::{CommitInfo, CommitRequest, RepoError, RepoHead, RepoRemote, TreeEntry};
@@ -885,4 +885,49 @@ async fn two_nodes_founding_on_an_empty_branch_leave_exactly_one_founder() {
             }
         }
     }
+}
+
+/// A committer never writes after a newer group's founding: once the
+/// branch holds the founding of epoch 1, the epoch-0 leader's flush is
+/// refused (`Superseded`) and the branch stays where the founding left it.
+#[actix_rt::test]
+async fn a_committer_of_a_superseded_group_writes_nothing_after_the_newer_founding() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, url, c) = git_room(dir.path(), 1).await;
+    let leader = c.wait_leader(WAIT).await.unwrap();
+    let (_, first) = post_committed(&c, leader, "ana", "before".into()).await;
+    assert_eq!(flush(&c).await.up_to_index, first);
+    // Another group (epoch 1) is founded on the branch.
+    let other = GitRemote::open(&url, "main", &dir.path().join("other")).unwrap();
+    let head = other.head().await.unwrap().expect("a head");
+    let founding = other
+        .commit(CommitRequest {
+            expected_head: Some(head.commit_sha),
+            files: Vec::new(),
+            message: skygit_actors::layout::founding_message(99, 1, first),
+            time_secs: 0,
+        })
+        .await
+        .unwrap();
+    post_committed(&c, leader, "ana", "after".into()).await;
+    let h = c.handle(leader).unwrap();
+    let refused = h
+        .committer
+        .send(Flush(FlushReason::OnDemand))
+        .await
+        .expect("actor");
+    assert!(
+        matches!(
+            refused,
+            Err(CommitterError::Superseded { head: 1, ours: 0 })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        other.head().await.unwrap().map(|h| h.commit_sha),
+        Some(founding),
+        "the branch moved after the newer founding"
+    );
+    c.shutdown().await;
 }

@@ -20,6 +20,8 @@ pub struct Flusher {
     /// is known to hold; 0 until looked at on a head this committer did not
     /// write (which includes the first flush after [`Self::forget_head`]).
     config_written: std::sync::Mutex<u64>,
+    /// The epoch of this node's raft group.
+    epoch: u64,
 }
 
 impl Flusher {
@@ -39,7 +41,14 @@ impl Flusher {
             running: tokio::sync::Mutex::new(()),
             known: std::sync::Mutex::new(None),
             config_written: std::sync::Mutex::new(0),
+            epoch: 0,
         }
+    }
+
+    /// A committer of the group of `epoch` (0: the room's first group).
+    pub fn at_epoch(mut self, epoch: u64) -> Self {
+        self.epoch = epoch;
+        self
     }
 
     /// Forgets the remembered head: the next flush reads the branch (a
@@ -170,6 +179,12 @@ impl Flusher {
                 Some(known) => known,
                 None => match self.timed(self.remote.head()).await? {
                     Some(head) => {
+                        let head_epoch = layout::group_epoch(&head.message);
+                        if let Some(plan::Plan::Fail(e)) = plan::check_epoch(head_epoch, self.epoch)
+                        {
+                            tracing::error!(error = %e, "the room's group was re-formed without this node");
+                            return Err(e);
+                        }
                         let w = self.watermark(&head).await?;
                         (head.commit_sha, w)
                     }
@@ -205,6 +220,7 @@ impl Flusher {
                 watermark,
                 from_cache,
                 synced,
+                epoch: self.epoch,
                 changes: &changes,
                 settings: &settings,
                 new_config: new_config.as_ref(),

@@ -61,6 +61,11 @@ pub enum CommitterError {
          the branch was rewound; refusing to write a gap"
     )]
     Rewound { repo: u64, room: u64 },
+    #[error(
+        "the repository holds the log of a newer group (epoch {head}) than this node's \
+         (epoch {ours}): not writing after its founding"
+    )]
+    Superseded { head: u64, ours: u64 },
     #[error("recording the sync in the room failed: {0}")]
     Record(String),
     #[error("the branch kept moving; gave up after {0} rounds")]

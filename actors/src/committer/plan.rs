@@ -39,6 +39,8 @@ pub struct Round<'a> {
     pub from_cache: bool,
     /// What the room recorded as synced.
     pub synced: u64,
+    /// The epoch of this committer's group (its commits carry it).
+    pub epoch: u64,
     /// The journal above the watermark (at most one commit's worth).
     pub changes: &'a [Change],
     pub settings: &'a RoomSettings,
@@ -85,6 +87,17 @@ pub fn check_head(watermark: u64, synced: u64, from_cache: bool) -> Option<Plan>
     })
 }
 
+/// Whether this committer, of a group of `epoch`, may write on a head made
+/// by a group of `head_epoch`: never after a newer group's founding (the
+/// compare-and-swap alone would let it write on top once it re-read the
+/// head).
+pub fn check_epoch(head_epoch: u64, epoch: u64) -> Option<Plan> {
+    (head_epoch > epoch).then_some(Plan::Fail(CommitterError::Superseded {
+        head: head_epoch,
+        ours: epoch,
+    }))
+}
+
 /// Plans one round.
 pub fn plan_round(r: &Round<'_>) -> Plan {
     if let Some(p) = check_head(r.watermark, r.synced, r.from_cache) {
@@ -104,7 +117,7 @@ pub fn plan_round(r: &Round<'_>) -> Plan {
                 req: CommitRequest {
                     expected_head: Some(r.head_sha.to_owned()),
                     files: b.files,
-                    message: b.message,
+                    message: layout::with_epoch(b.message, r.epoch),
                     time_secs: b.time_secs,
                 },
                 first: b.first_index,
@@ -118,7 +131,10 @@ pub fn plan_round(r: &Round<'_>) -> Plan {
             req: CommitRequest {
                 expected_head: Some(r.head_sha.to_owned()),
                 files: config_file.into_iter().collect(),
-                message: layout::settings_message(c, r.watermark, r.settings.changed_index),
+                message: layout::with_epoch(
+                    layout::settings_message(c, r.watermark, r.settings.changed_index),
+                    r.epoch,
+                ),
                 time_secs: r.settings.changed_at.div_euclid(1000).max(0),
             },
             first: r.watermark,

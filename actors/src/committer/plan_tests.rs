@@ -35,10 +35,39 @@ fn round<'a>(
         watermark,
         from_cache: false,
         synced,
+        epoch: 0,
         changes,
         settings,
         new_config,
     }
+}
+
+#[test]
+fn a_committer_never_writes_after_a_newer_groups_founding() {
+    let superseded = |head, ours| Some(Plan::Fail(CommitterError::Superseded { head, ours }));
+    assert_eq!(check_epoch(1, 0), superseded(1, 0));
+    assert_eq!(check_epoch(7, 3), superseded(7, 3));
+    for (head, ours) in [(0, 0), (3, 3), (2, 3)] {
+        assert_eq!(check_epoch(head, ours), None, "{head} {ours}");
+    }
+}
+
+#[test]
+fn a_later_groups_commits_carry_its_epoch() {
+    let settings = RoomSettings::default();
+    let changes = [post(4, "general")];
+    let mut r = round(3, 3, &changes, &settings, None);
+    r.epoch = 2;
+    let Plan::Commit { req, .. } = plan_round(&r) else {
+        panic!("a commit");
+    };
+    assert_eq!(layout::group_epoch(&req.message), 2);
+    assert_eq!(layout::watermark(&req.message), Some(4));
+    r.epoch = 0;
+    let Plan::Commit { req, .. } = plan_round(&r) else {
+        panic!("a commit");
+    };
+    assert!(!req.message.contains("Group-Epoch"), "{}", req.message);
 }
 
 #[test]

@@ -114,18 +114,37 @@ impl SimRepoHost {
     /// (1) every commit that was ever the branch head is a first-parent
     /// ancestor of the current head (linear, nothing lost);
     /// (2) no two successful updates moved the branch from the same
-    /// version (both built on the same head, or both on an empty branch).
+    /// version (both built on the same head, or both on an empty branch);
+    /// (3) along the first parents, the group epoch a commit names never
+    /// falls (no group writes after a newer group's founding).
     pub fn check_history(&self) -> Vec<String> {
         let h = self.lock();
         let mut out = Vec::new();
         let mut ancestors = BTreeSet::new();
+        let mut chain = Vec::new();
         let mut next = h.head.clone();
         while let Some(sha) = next {
             if !ancestors.insert(sha.clone()) {
                 out.push(format!("the history of the head loops at {}", short(&sha)));
                 break;
             }
-            next = h.commits.get(&sha).and_then(|c| c.parent.clone());
+            let commit = h.commits.get(&sha);
+            if let Some(c) = commit {
+                chain.push((sha.clone(), skygit_actors::layout::group_epoch(&c.message)));
+            }
+            next = commit.and_then(|c| c.parent.clone());
+        }
+        // `chain` runs from the head back: a commit's epoch must not exceed
+        // its child's.
+        for pair in chain.windows(2) {
+            let ((child, child_epoch), (parent, parent_epoch)) = (&pair[0], &pair[1]);
+            if child_epoch < parent_epoch {
+                out.push(format!(
+                    "epoch fell: {} (epoch {child_epoch}) was written on {} (epoch {parent_epoch})",
+                    short(child),
+                    short(parent)
+                ));
+            }
         }
         let mut reported = BTreeSet::new();
         for (i, u) in h.updates.iter().enumerate() {

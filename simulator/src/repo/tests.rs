@@ -86,6 +86,42 @@ async fn linear_history_passes_check_history() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_commit_of_an_older_group_after_a_newer_founding_is_reported() {
+    use skygit_actors::layout::{founding_message, with_epoch};
+    let h = host(4, RepoFaults::none());
+    let c = h.client(1);
+    let base = c
+        .commit(req(None, &[("x", "0")], &founding_message(1, 0, 0)))
+        .await
+        .unwrap();
+    let later = c
+        .commit(req(Some(&base), &[], &founding_message(2, 1, 0)))
+        .await
+        .unwrap();
+    let same = with_epoch("batch\n\nRaft-Last-Index: 3\n".into(), 1);
+    let ok = c
+        .commit(req(Some(&later), &[("a", "1")], &same))
+        .await
+        .unwrap();
+    assert!(h.check_history().is_empty(), "{:?}", h.check_history());
+    // An epoch-0 committer writes on top of the epoch-1 group's commits.
+    let stale = c
+        .commit(req(
+            Some(&ok),
+            &[("b", "1")],
+            "batch\n\nRaft-Last-Index: 4\n",
+        ))
+        .await
+        .unwrap();
+    let v = h.check_history();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(
+        v[0].starts_with("epoch fell") && v[0].contains(short(&stale)),
+        "{v:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn ignoring_cas_loses_a_commit_and_check_history_reports_it() {
     let h = host(3, RepoFaults::none());
     let (a, b) = (h.client(1), h.client(2));
