@@ -378,6 +378,41 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
     for mut imp in impostors {
         imp.kill().await.expect("killed");
     }
+
+    // Bob is removed from the room while linked: alice's next check of his
+    // claim refuses him and his link goes. Added back, he is linked again
+    // and the room goes on.
+    let out = skygit(&["members", "remove", "bob"], &repo, &admin);
+    assert!(out.status.success(), "members remove: {out:?}");
+    let reason = wait_for(SETTLE, "alice to refuse bob once he is removed", || {
+        refusal(&alice, bob.node_id)
+    })
+    .await
+    .expect("refused after removal");
+    assert!(reason.contains("bob is not a member"), "{reason}");
+    wait_for(SETTLE, "bob's link to go", || async {
+        let s = alice.status().await.ok()?;
+        (link_phase(&s, bob.node_id) != "open").then_some(())
+    })
+    .await
+    .expect("the link went");
+    let bob_public = d.join("bob.key.pub");
+    let out = skygit(
+        &["members", "add", "bob", &bob_public.to_string_lossy()],
+        &repo,
+        &admin,
+    );
+    assert!(out.status.success(), "members add: {out:?}");
+    wait_for(SETTLE, "bob to be linked again", || async {
+        let s = alice.status().await.ok()?;
+        (link_phase(&s, bob.node_id) == "open").then_some(())
+    })
+    .await
+    .expect("linked again");
+    post_round(&honest, "restored", 1, &mut sent)
+        .await
+        .expect("posts");
+    converged(&honest, &sent, SETTLE).await.expect("converged");
     // Stopping flushes: the repository then holds the whole history.
     for n in [&mut alice, &mut bob] {
         n.stop(Duration::from_secs(30)).await.expect("stops");

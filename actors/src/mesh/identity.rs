@@ -7,7 +7,10 @@
 //! the same claim as a verified one passes at once (heartbeats are not
 //! checked again); a new claim is checked once; a refused claim is checked
 //! again after [`RECHECK_REFUSED`] (a key may have been added since), one
-//! the directory could not answer for after [`RETRY_UNAVAILABLE`].
+//! the directory could not answer for after [`RETRY_UNAVAILABLE`]. A
+//! verified claim is checked again every [`RECHECK_VERIFIED`] while the
+//! peer stays linked, so a member removed from the room (or whose key was)
+//! loses the link; a directory outage during that check keeps it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -24,6 +27,9 @@ use crate::ports::PresenceRecord;
 pub const RECHECK_REFUSED: Duration = Duration::from_secs(30);
 /// A claim the directory could not answer for is checked again after this.
 pub const RETRY_UNAVAILABLE: Duration = Duration::from_secs(5);
+/// A verified claim is checked again after this (the peer stays linked
+/// meanwhile).
+pub const RECHECK_VERIFIED: Duration = Duration::from_secs(30);
 
 /// The verified user of each peer this node links to, shared with the
 /// raft member (whose leader accepts a forwarded request only from the
@@ -60,9 +66,19 @@ impl Claim {
 #[derive(Debug, Clone)]
 enum Verdict {
     Checking,
-    Verified,
-    Refused { refusal: Refusal, at: Instant },
-    Unavailable { error: String, at: Instant },
+    Verified {
+        at: Instant,
+    },
+    /// Verified, and being checked again.
+    Rechecking,
+    Refused {
+        refusal: Refusal,
+        at: Instant,
+    },
+    Unavailable {
+        error: String,
+        at: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -91,10 +107,13 @@ pub enum Admit {
 pub enum Outcome {
     /// Verified: give the newest record to the mesh.
     Admit(PresenceRecord),
-    /// Refused (the first verdict for this claim).
+    /// Refused (the first verdict for this claim, or a verified claim
+    /// that no longer verifies: its link must go).
     Refused(Refusal),
     /// The directory did not answer; checked again later.
     Unavailable(String),
+    /// A verified claim checked again still verifies: nothing changes.
+    Confirmed,
     /// The claim changed while it was checked: the verdict is stale.
     Stale,
 }
@@ -113,7 +132,7 @@ impl Gate {
             Some(e) if e.claim == claim => {
                 e.record = record.clone();
                 let again = match &e.verdict {
-                    Verdict::Verified => return Admit::Now(record),
+                    Verdict::Verified { .. } | Verdict::Rechecking => return Admit::Now(record),
                     Verdict::Checking => false,
                     Verdict::Refused { at, .. } => now.duration_since(*at) >= RECHECK_REFUSED,
                     Verdict::Unavailable { at, .. } => now.duration_since(*at) >= RETRY_UNAVAILABLE,
@@ -153,11 +172,21 @@ impl Gate {
         if e.claim != Claim::of(checked) {
             return Outcome::Stale;
         }
+        let rechecked = matches!(e.verdict, Verdict::Rechecking);
         match result {
+            Ok(Ok(())) if rechecked => {
+                e.verdict = Verdict::Verified { at: now };
+                Outcome::Confirmed
+            }
             Ok(Ok(())) => {
-                e.verdict = Verdict::Verified;
+                e.verdict = Verdict::Verified { at: now };
                 e.refused = None;
                 Outcome::Admit(e.record.clone())
+            }
+            // The directory is down: a verified peer keeps its link.
+            Err(DirectoryError(error)) if rechecked => {
+                e.verdict = Verdict::Verified { at: now };
+                Outcome::Unavailable(error)
             }
             Ok(Err(refusal)) => {
                 let first = e.refused.as_ref() != Some(&refusal);
@@ -182,6 +211,21 @@ impl Gate {
         }
     }
 
+    /// Verified claims due to be checked again (each is marked as being
+    /// checked; the peer stays verified meanwhile).
+    pub fn due_for_recheck(&mut self, now: Instant) -> Vec<PresenceRecord> {
+        self.entries
+            .values_mut()
+            .filter_map(|e| match e.verdict {
+                Verdict::Verified { at } if now.duration_since(at) >= RECHECK_VERIFIED => {
+                    e.verdict = Verdict::Rechecking;
+                    Some(e.record.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The peer went offline.
     pub fn forget(&mut self, id: NodeId) {
         self.entries.remove(&id);
@@ -190,7 +234,8 @@ impl Gate {
     /// The peer's user, when its current claim is verified.
     pub fn verified_user(&self, id: NodeId) -> Option<&str> {
         let e = self.entries.get(&id)?;
-        matches!(e.verdict, Verdict::Verified).then_some(e.claim.user.as_str())
+        matches!(e.verdict, Verdict::Verified { .. } | Verdict::Rechecking)
+            .then_some(e.claim.user.as_str())
     }
 
     /// Peers refused, or not checked yet because the directory is down.
@@ -204,7 +249,9 @@ impl Gate {
                     (Verdict::Unavailable { error, .. }, _) => {
                         format!("not verified yet: {error}")
                     }
-                    (Verdict::Checking | Verdict::Verified, _) => return None,
+                    (Verdict::Checking | Verdict::Verified { .. } | Verdict::Rechecking, _) => {
+                        return None
+                    }
                 };
                 Some(RefusedPeer {
                     node_id: *id,
@@ -284,6 +331,47 @@ mod tests {
         assert_eq!(g.verified_user(3), None);
         g.forget(3);
         assert!(g.refused().is_empty());
+    }
+
+    #[test]
+    fn a_verified_claim_is_checked_again_and_loses_its_link_when_refused() {
+        let mut g = Gate::default();
+        let t = Instant::now();
+        let r = rec(5, "s1", "sig");
+        g.on_record(t, r.clone());
+        assert_eq!(g.on_verdict(t, &r, Ok(Ok(()))), Outcome::Admit(r.clone()));
+        assert_eq!(
+            g.on_record(t + Duration::from_secs(1), r.clone()),
+            Admit::Now(r.clone())
+        );
+        assert!(g.due_for_recheck(t + Duration::from_secs(1)).is_empty());
+        // Due again: still admitted while it is checked, and verified.
+        let due = t + RECHECK_VERIFIED;
+        assert_eq!(g.due_for_recheck(due), vec![r.clone()]);
+        assert!(g.due_for_recheck(due).is_empty(), "checked once at a time");
+        assert_eq!(g.on_record(due, r.clone()), Admit::Now(r.clone()));
+        assert_eq!(g.verified_user(5), Some("bob"));
+        assert!(g.refused().is_empty());
+        assert_eq!(g.on_verdict(due, &r, Ok(Ok(()))), Outcome::Confirmed);
+        assert_eq!(g.due_for_recheck(due + RECHECK_VERIFIED), vec![r.clone()]);
+        // A directory outage keeps it verified.
+        assert_eq!(
+            g.on_verdict(due, &r, Err(DirectoryError("503".into()))),
+            Outcome::Unavailable("503".into())
+        );
+        assert_eq!(g.verified_user(5), Some("bob"));
+        assert_eq!(g.on_record(due, r.clone()), Admit::Now(r.clone()));
+        // Removed from the room since: refused, and no longer verified.
+        let later = due + RECHECK_VERIFIED;
+        assert_eq!(g.due_for_recheck(later), vec![r.clone()]);
+        let no = Refusal::NotMember { user: "bob".into() };
+        assert_eq!(
+            g.on_verdict(later, &r, Ok(Err(no.clone()))),
+            Outcome::Refused(no)
+        );
+        assert_eq!(g.verified_user(5), None);
+        assert_eq!(g.on_record(later, r.clone()), Admit::Wait);
+        assert_eq!(g.refused()[0].node_id, 5);
     }
 
     #[test]

@@ -195,18 +195,33 @@ impl MeshActor {
             Admit::Wait => {}
             Admit::Check(r) => {
                 write_verified(&identity.verified).remove(&r.node_id);
-                ctx.spawn(
-                    async move {
-                        let result =
-                            skygit_ports::identity::check_presence(identity.directory.as_ref(), &r)
-                                .await;
-                        (r, result)
-                    }
-                    .instrument(self.span.clone())
-                    .into_actor(self)
-                    .map(|(r, result), act, ctx| act.on_checked(r, result, ctx)),
-                );
+                self.check(identity, r, ctx);
             }
+        }
+    }
+
+    /// Checks `r`'s signed claim against its user's keys.
+    fn check(&mut self, identity: MeshIdentity, r: PresenceRecord, ctx: &mut Context<Self>) {
+        ctx.spawn(
+            async move {
+                let result =
+                    skygit_ports::identity::check_presence(identity.directory.as_ref(), &r).await;
+                (r, result)
+            }
+            .instrument(self.span.clone())
+            .into_actor(self)
+            .map(|(r, result), act, ctx| act.on_checked(r, result, ctx)),
+        );
+    }
+
+    /// Checks again the claims of linked peers verified a while ago (a
+    /// member may have been removed since); they stay linked meanwhile.
+    fn recheck_verified(&mut self, ctx: &mut Context<Self>) {
+        let Some(identity) = self.identity.clone() else {
+            return;
+        };
+        for r in self.gate.due_for_recheck(Instant::now()) {
+            self.check(identity.clone(), r, ctx);
         }
     }
 
@@ -233,6 +248,7 @@ impl MeshActor {
             }
             Outcome::Refused(refusal) => {
                 tracing::warn!(peer, user = %checked.user, reason = %refusal, "refused a peer");
+                write_verified(&identity.verified).remove(&peer);
                 metrics::counter!("skygit_identity_refusals_total", "room" => self.room.clone())
                     .increment(1);
                 if self.core.peers().contains(&peer) {
@@ -243,7 +259,7 @@ impl MeshActor {
             Outcome::Unavailable(error) => {
                 tracing::warn!(peer, %error, "cannot check a peer's identity now; trying again soon");
             }
-            Outcome::Stale => {}
+            Outcome::Confirmed | Outcome::Stale => {}
         }
     }
 
@@ -441,6 +457,7 @@ impl Actor for MeshActor {
             act.feed(Input::Tick, ctx)
         });
         ctx.run_interval(Duration::from_secs(5), |act, _| act.record_rtts());
+        ctx.run_interval(Duration::from_secs(5), |act, ctx| act.recheck_verified(ctx));
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
