@@ -407,8 +407,10 @@ pub async fn claim_founding(
             }
             match repo.head().await? {
                 Some(head) => head,
+                // The create did not land (an unknown outcome), or the
+                // host does not show it yet: try again on the next tick.
                 None => {
-                    return Ok(Some(
+                    return Err(RepoError::Unavailable(
                         "the repository's branch is still empty after creating it".into(),
                     ))
                 }

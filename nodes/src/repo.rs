@@ -177,10 +177,13 @@ pub async fn init(a: InitArgs) -> anyhow::Result<()> {
             (Some(h.commit_sha.clone()), w)
         }
     };
-    let message = if expected_head.is_none() {
-        layout::init_message()
-    } else {
-        format!("skygit: room settings\n\nRaft-Last-Index: {watermark}\n")
+    let message = match &head {
+        None => layout::init_message(),
+        // The head's group epoch carries over (see `layout::group_epoch`).
+        Some(h) => layout::with_epoch(
+            format!("skygit: room settings\n\nRaft-Last-Index: {watermark}\n"),
+            layout::group_epoch(&h.message),
+        ),
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

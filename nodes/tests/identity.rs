@@ -539,7 +539,7 @@ fn a_key_in_ssh_agent_signs_when_named_by_its_file_or_public_half() {
         .expect_err("not in the agent");
     assert!(matches!(e, KeyError::NotInAgent { .. }), "{e}");
     let e = SigningKey::choose_from_agent(&agent.socket, |_| false).expect_err("none wanted");
-    assert!(e.to_string().contains("1 keys"), "{e}");
+    assert!(e.to_string().contains("holds 1 key(s)"), "{e}");
 }
 
 /// `skygit verify --json`: whether it passed, and its report.

@@ -164,8 +164,8 @@ fn members_are_listed_in_a_file_ssh_keygen_verifies_with() {
     assert!(!out.status.success(), "removing bob twice succeeded");
 }
 
-/// A members commit on a branch a later group (epoch 1) was founded on
-/// carries that epoch, so an older group's committer still sees the newer
+/// A members commit (and a settings commit of `skygit init --force`) on a
+/// branch a later group (epoch 1) was founded on carries that epoch, so an older group's committer still sees the newer
 /// founding behind it.
 #[test]
 fn a_members_commit_keeps_the_group_epoch_of_the_head() {
@@ -200,4 +200,10 @@ fn a_members_commit_keeps_the_group_epoch_of_the_head() {
         Some(0),
         "{message}"
     );
+    // So does a settings commit of `skygit init --force`.
+    let out = room.skygit(&["init", "--force", "--commit-interval", "60"]);
+    assert!(out.status.success(), "init --force: {}", said(&out));
+    let message = git(&["log", "-1", "--format=%B", "main"]);
+    assert!(message.contains("room settings"), "{message}");
+    assert_eq!(skygit_actors::layout::group_epoch(&message), 1, "{message}");
 }

@@ -44,7 +44,7 @@ pub enum KeyError {
     #[error("the ssh-agent at {socket} does not hold the key {fingerprint} (ssh-add it)")]
     NotInAgent { fingerprint: String, socket: String },
     #[error(
-        "none of the {count} keys in the ssh-agent at {socket} is one the room lists for this user"
+        "the ssh-agent at {socket} holds {count} key(s), none of them one the room lists for this user"
     )]
     NoAgentKey { socket: String, count: usize },
     #[error("cannot use the ssh-agent at {socket}: {reason}")]
@@ -97,9 +97,15 @@ pub fn presence_claim(record: &PresenceRecord) -> Vec<u8> {
 
 /// The bytes a founding commit's signature covers: the founder of the
 /// room's raft group of `epoch`, as a member (a founding signed for one
-/// epoch does not count for another).
+/// epoch does not count for another). The first group's (epoch 0) is the
+/// claim rooms were founded with before epochs, so their foundings still
+/// verify.
 pub fn founding_claim(epoch: u64, node: u64, user: &str) -> Vec<u8> {
-    format!("skygit founding 2\nepoch {epoch}\nnode {node}\nuser {user}\n").into_bytes()
+    if epoch == 0 {
+        format!("skygit founding 1\nnode {node}\nuser {user}\n").into_bytes()
+    } else {
+        format!("skygit founding 2\nepoch {epoch}\nnode {node}\nuser {user}\n").into_bytes()
+    }
 }
 
 const ARMOR_BEGIN: &str = "-----BEGIN SSH SIGNATURE-----";
@@ -792,13 +798,20 @@ mod tests {
         )
         .is_err());
         // Signed for one epoch, it does not found another.
-        assert!(verify(
-            "alice",
-            Some(&keys),
-            &founding_claim(3, 5, "alice"),
-            Some(&sig)
-        )
-        .is_err());
+        for other in [0, 3] {
+            assert!(verify(
+                "alice",
+                Some(&keys),
+                &founding_claim(other, 5, "alice"),
+                Some(&sig)
+            )
+            .is_err());
+        }
+        // Epoch 0 signs what foundings signed before epochs.
+        assert_eq!(
+            founding_claim(0, 5, "alice"),
+            b"skygit founding 1\nnode 5\nuser alice\n"
+        );
         // Junk in the trailer is a bad signature, not a panic.
         assert!(matches!(
             verify("alice", Some(&keys), &claim, Some(&armor("@@not base64@@"))),

@@ -608,8 +608,13 @@ async fn the_committer_keeps_a_bounded_flush_history_and_takes_a_new_interval_at
     post_committed(&c, leader, "ana", "first".to_owned()).await;
     let report = flush(&c).await;
     let history = h.committer.send(GetFlushes).await.unwrap();
-    let last = history.last().expect("the flush is remembered");
-    assert!(last.ok && last.reason == "OnDemand", "{last:?}");
+    // (The flush on becoming leader may finish after it, on a busy machine.)
+    let last = history
+        .iter()
+        .rev()
+        .find(|f| f.reason == "OnDemand")
+        .expect("the flush is remembered");
+    assert!(last.ok, "{last:?}");
     assert_eq!(last.head, report.head);
     let head = git(&["ls-remote", &url, "refs/heads/main"]);
     assert!(head.starts_with(report.head.as_deref().unwrap()), "{head}");

@@ -257,7 +257,7 @@ impl MeshActor {
                 }
             }
             Outcome::Unavailable(error) => {
-                tracing::warn!(peer, %error, "cannot check a peer's identity now; trying again soon");
+                tracing::warn!(peer, %error, "cannot check a peer's identity now; trying again later");
             }
             Outcome::Confirmed | Outcome::Stale => {}
         }

@@ -4,8 +4,9 @@
 //! (`GET /repos/{o}/{r}/collaborators/{user}/permission` answers `admin`,
 //! `maintain` or `write`), and a member's keys are the keys their GitHub
 //! account lists (`GET /users/{user}/keys`). Reads are conditional (a 304
-//! costs no quota) and remembered for a few seconds per user, so a user
-//! whose access is removed is refused within that time.
+//! costs no quota) and remembered for a few seconds per user (served while
+//! a refresh runs), so a user whose access is removed is refused at the
+//! second re-check of their claim at the latest.
 
 use std::sync::Arc;
 

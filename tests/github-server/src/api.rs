@@ -56,7 +56,6 @@ impl ApiError {
 
 type ApiResult = Result<Reply, ApiError>;
 
-/// Routes one request (path with query) and runs it.
 /// `GET /repos/{o}/{r}/collaborators/{user}/permission`: the user's
 /// permission on the repository (`none` for a user without access), a 404
 /// for a user the server does not know.
@@ -77,6 +76,7 @@ fn permission(shared: &Shared, user: &str) -> Reply {
     }))
 }
 
+/// Routes one request (path with query) and runs it.
 pub(crate) fn dispatch(shared: &Shared, method: &str, path: &str, body: &Value) -> Reply {
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
     // `split_path` drops a trailing slash, which matters to matching-refs
