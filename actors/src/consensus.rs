@@ -271,6 +271,25 @@ impl Handler<Propose> for ConsensusActor {
     }
 }
 
+/// Signs `req` with this node's key. A key held by ssh-agent answers over
+/// a socket (a forwarded agent over the network, or one that asks its user
+/// to confirm), so that signature is made on a blocking thread, never on
+/// the arbiter that runs every actor of the node.
+async fn sign(
+    key: Arc<skygit_ports::identity::SigningKey>,
+    mut req: ChatRequest,
+) -> Result<ChatRequest, ProposeFailure> {
+    if !key.in_agent() {
+        key.sign_request(&mut req)
+            .map_err(|e| ProposeFailure::Unsigned(e.to_string()))?;
+        return Ok(req);
+    }
+    tokio::task::spawn_blocking(move || key.sign_request(&mut req).map(|()| req))
+        .await
+        .map_err(|e| ProposeFailure::Unsigned(e.to_string()))?
+        .map_err(|e| ProposeFailure::Unsigned(e.to_string()))
+}
+
 impl Handler<Submit> for ConsensusActor {
     type Result = ResponseFuture<Result<(ChatRequest, Proposed), ProposeFailure>>;
 
@@ -282,17 +301,14 @@ impl Handler<Submit> for ConsensusActor {
             command: msg.command,
             signature: None,
         };
-        if let Some(key) = &self.signer {
-            if let Err(e) = key.sign_request(&mut req) {
-                return Box::pin(futures::future::ready(Err(ProposeFailure::Unsigned(
-                    e.to_string(),
-                ))));
-            }
-        }
         let span = tracing::debug_span!(parent: &self.span, "submit", request = %req.id);
         let (replica, storage) = (self.replica.clone(), self.storage.clone());
+        let signer = self.signer.clone();
         Box::pin(
             async move {
+                if let Some(key) = signer {
+                    req = sign(key, req).await?;
+                }
                 let p = propose(replica, storage, req.clone()).await?;
                 Ok((req, p))
             }
