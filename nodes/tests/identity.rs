@@ -396,6 +396,17 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
     })
     .await
     .expect("the link went");
+    // And stays gone: a refused peer is neither offered nor answered, so
+    // the removed member gets none of the room's traffic.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let s = alice.status().await.expect("status");
+        assert_ne!(
+            link_phase(&s, bob.node_id),
+            "open",
+            "bob linked again while removed"
+        );
+    }
     let bob_public = d.join("bob.key.pub");
     let out = skygit(
         &["members", "add", "bob", &bob_public.to_string_lossy()],

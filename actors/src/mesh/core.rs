@@ -52,6 +52,10 @@ pub enum Input {
     },
     /// Presence says the peer is gone.
     Offline(NodeId),
+    /// The peer's identity was refused: forget it even if its link is open
+    /// (a link is never kept, or offered again, for a refused peer; only a
+    /// new record that verifies brings it back).
+    Refused(NodeId),
     /// A signal read from the peer's presence record or relayed to us.
     Signal {
         from: NodeId,
@@ -216,6 +220,7 @@ impl MeshCore {
                 old_link_alive,
             } => self.online(now, record, old_link_alive),
             Input::Offline(id) => self.offline(id),
+            Input::Refused(id) => self.refused(id),
             Input::Signal { from, signal } => self.on_signal(now, from, signal),
             Input::Relayed { from, relayed } => self.on_relayed(now, from, relayed),
             Input::Offered {
@@ -655,6 +660,24 @@ impl MeshCore {
             } else {
                 self.pending.push((from, s));
             }
+        }
+        self.update_poll_speed();
+    }
+
+    fn refused(&mut self, id: NodeId) {
+        let Some(conn) = self.peers.remove(&id) else {
+            return;
+        };
+        tracing::info!(peer = id, "peer refused: link closed");
+        self.pending.retain(|(from, _)| *from != id);
+        self.out.push(Action::Untrack(id));
+        self.out.push(Action::ClearSignal(id));
+        self.out.push(Action::Close(id));
+        if conn.phase == Phase::Open {
+            self.out.push(Action::Link {
+                peer: id,
+                up: false,
+            });
         }
         self.update_poll_speed();
     }

@@ -489,3 +489,29 @@ fn presence_saying_offline_does_not_end_an_open_link() {
     assert!(got.contains(&Action::Link { peer: 2, up: false }));
     assert!(t.on(Input::Drop(2)).is_empty());
 }
+
+#[test]
+fn a_refused_peer_loses_even_an_open_link_and_is_not_offered_again() {
+    let mut t = T::new(1);
+    t.open(2);
+    let got = t.on(Input::Refused(2));
+    assert!(got.contains(&Action::Close(2)), "{got:?}");
+    assert!(
+        got.contains(&Action::Link { peer: 2, up: false }),
+        "{got:?}"
+    );
+    assert!(!t.core.is_open(2));
+    assert!(!t.core.peers().contains(&2));
+    // Its transport closing, its signals and time passing bring nothing
+    // back: it is no longer a peer.
+    assert!(!t
+        .on(Input::Transport(TransportEvent::Closed(2)))
+        .contains(&Action::Link { peer: 2, up: true }));
+    assert!(offers(&t.on(Input::Tick)).is_empty());
+    assert_eq!(
+        t.on(Input::Transport(TransportEvent::Open(2))),
+        vec![Action::Close(2)]
+    );
+    // Refusing a peer it does not know does nothing.
+    assert!(t.on(Input::Refused(7)).is_empty());
+}

@@ -211,17 +211,32 @@ impl Gate {
         }
     }
 
-    /// Verified claims due to be checked again (each is marked as being
-    /// checked; the peer stays verified meanwhile).
+    /// Claims due to be checked again (presence hands the mesh a record
+    /// only when its session changes, so this runs on a timer): verified
+    /// ones every [`RECHECK_VERIFIED`] (marked as being checked; the peer
+    /// stays verified meanwhile), refused ones after [`RECHECK_REFUSED`],
+    /// ones the directory could not answer for after
+    /// [`RETRY_UNAVAILABLE`].
     pub fn due_for_recheck(&mut self, now: Instant) -> Vec<PresenceRecord> {
         self.entries
             .values_mut()
-            .filter_map(|e| match e.verdict {
-                Verdict::Verified { at } if now.duration_since(at) >= RECHECK_VERIFIED => {
-                    e.verdict = Verdict::Rechecking;
-                    Some(e.record.clone())
-                }
-                _ => None,
+            .filter_map(|e| {
+                let next = match e.verdict {
+                    Verdict::Verified { at } if now.duration_since(at) >= RECHECK_VERIFIED => {
+                        Verdict::Rechecking
+                    }
+                    Verdict::Refused { at, .. } if now.duration_since(at) >= RECHECK_REFUSED => {
+                        Verdict::Checking
+                    }
+                    Verdict::Unavailable { at, .. }
+                        if now.duration_since(at) >= RETRY_UNAVAILABLE =>
+                    {
+                        Verdict::Checking
+                    }
+                    _ => return None,
+                };
+                e.verdict = next;
+                Some(e.record.clone())
             })
             .collect()
     }
@@ -325,7 +340,10 @@ mod tests {
             Admit::Wait
         );
         let later = t + RECHECK_REFUSED;
-        assert_eq!(g.on_record(later, r.clone()), Admit::Check(r.clone()));
+        // The timer finds it due (presence sends no new record for the
+        // same session).
+        assert_eq!(g.due_for_recheck(later), vec![r.clone()]);
+        assert_eq!(g.on_record(later, r.clone()), Admit::Wait);
         // The same refusal again is not reported again.
         assert_eq!(g.on_verdict(later, &r, Ok(Err(no))), Outcome::Stale);
         assert_eq!(g.verified_user(3), None);

@@ -214,9 +214,10 @@ impl MeshActor {
         );
     }
 
-    /// Checks again the claims of linked peers verified a while ago (a
-    /// member may have been removed since); they stay linked meanwhile.
-    fn recheck_verified(&mut self, ctx: &mut Context<Self>) {
+    /// Checks again the claims that are due: linked peers verified a while
+    /// ago (a member may have been removed since; they stay linked
+    /// meanwhile), refused ones (a member may have been added since).
+    fn recheck(&mut self, ctx: &mut Context<Self>) {
         let Some(identity) = self.identity.clone() else {
             return;
         };
@@ -251,10 +252,10 @@ impl MeshActor {
                 write_verified(&identity.verified).remove(&peer);
                 metrics::counter!("skygit_identity_refusals_total", "room" => self.room.clone())
                     .increment(1);
-                if self.core.peers().contains(&peer) {
-                    self.feed(Input::Offline(peer), ctx);
-                    self.act(Action::Close(peer), ctx);
-                }
+                // Even an open link goes (a member removed since it was
+                // verified), and the core forgets the peer so that it
+                // neither offers nor answers until a record verifies.
+                self.feed(Input::Refused(peer), ctx);
             }
             Outcome::Unavailable(error) => {
                 tracing::warn!(peer, %error, "cannot check a peer's identity now; trying again later");
@@ -457,7 +458,7 @@ impl Actor for MeshActor {
             act.feed(Input::Tick, ctx)
         });
         ctx.run_interval(Duration::from_secs(5), |act, _| act.record_rtts());
-        ctx.run_interval(Duration::from_secs(5), |act, ctx| act.recheck_verified(ctx));
+        ctx.run_interval(Duration::from_secs(5), |act, ctx| act.recheck(ctx));
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
