@@ -27,6 +27,21 @@ struct Room {
 }
 
 impl Room {
+    /// A new room made with `skygit init`; `None` (the test skips) when
+    /// ssh-keygen is missing.
+    fn initialised() -> Option<Room> {
+        if Command::new("ssh-keygen").arg("-?").output().is_err() {
+            skygit_harness::skip_unless_required("ssh-keygen is not installed (openssh-client)");
+            return None;
+        }
+        let room = Room {
+            tmp: tempfile::tempdir().expect("tempdir"),
+        };
+        let out = room.skygit(&["init"]);
+        assert!(out.status.success(), "init: {}", said(&out));
+        Some(room)
+    }
+
     fn repo(&self) -> std::path::PathBuf {
         self.tmp.path().join("room.git")
     }
@@ -82,15 +97,9 @@ fn verify(signers: &Path, principal: &str, message: &Path, signature: &Path) -> 
 
 #[test]
 fn members_are_listed_in_a_file_ssh_keygen_verifies_with() {
-    if Command::new("ssh-keygen").arg("-?").output().is_err() {
-        skygit_harness::skip_unless_required("ssh-keygen is not installed (openssh-client)");
+    let Some(room) = Room::initialised() else {
         return;
-    }
-    let room = Room {
-        tmp: tempfile::tempdir().expect("tempdir"),
     };
-    let out = room.skygit(&["init"]);
-    assert!(out.status.success(), "init: {}", said(&out));
     let alice = room.keygen("alice");
     let bob = room.keygen("bob");
     let pub_of = |p: &Path| p.with_extension("pub").to_string_lossy().into_owned();
@@ -165,19 +174,13 @@ fn members_are_listed_in_a_file_ssh_keygen_verifies_with() {
 }
 
 /// A members commit (and a settings commit of `skygit init --force`) on a
-/// branch a later group (epoch 1) was founded on carries that epoch, so an older group's committer still sees the newer
-/// founding behind it.
+/// branch a later group (epoch 1) was founded on carries that epoch, so an
+/// older group's committer still sees the newer founding behind it.
 #[test]
 fn a_members_commit_keeps_the_group_epoch_of_the_head() {
-    if Command::new("ssh-keygen").arg("-?").output().is_err() {
-        skygit_harness::skip_unless_required("ssh-keygen is not installed (openssh-client)");
+    let Some(room) = Room::initialised() else {
         return;
-    }
-    let room = Room {
-        tmp: tempfile::tempdir().expect("tempdir"),
     };
-    let out = room.skygit(&["init"]);
-    assert!(out.status.success(), "init: {}", said(&out));
     let git = |args: &[&str]| -> String {
         let out = run(Command::new("git")
             .arg("--git-dir")
