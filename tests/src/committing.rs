@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use skygit_actors::committer::{CommitterOptions, Flush, FlushReason, FlushReport, Flusher};
+use skygit_actors::committer::{
+    CommitterError, CommitterOptions, Flush, FlushReason, FlushReport, Flusher,
+};
 use skygit_actors::layout::RoomConfig;
 use skygit_actors::local::{LocalCluster, LocalOptions, RepoFactory};
 use skygit_consensus::model::{ChangeKind, Command, ConversationId};
@@ -17,6 +19,16 @@ use crate::git_server::{git, Cloned};
 use crate::{commit, message_ids, post_committed};
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// One on-demand flush through `node`'s committer, whatever it answers.
+pub async fn flush_once(c: &LocalCluster, node: NodeId) -> Result<FlushReport, CommitterError> {
+    c.handle(node)
+        .expect("the node runs")
+        .committer
+        .send(Flush(FlushReason::OnDemand))
+        .await
+        .expect("the committer actor answers")
+}
 
 /// Flushes through the current leader's committer (retrying while
 /// leadership moves) and answers its report.

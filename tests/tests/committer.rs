@@ -916,12 +916,7 @@ async fn a_committer_of_a_superseded_group_writes_nothing_after_the_newer_foundi
         .await
         .unwrap();
     post_committed(&c, leader, "ana", "after".into()).await;
-    let h = c.handle(leader).unwrap();
-    let refused = h
-        .committer
-        .send(Flush(FlushReason::OnDemand))
-        .await
-        .expect("actor");
+    let refused = flush_once(&c, leader).await;
     assert!(
         matches!(
             refused,

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skygit_actors::committer::{CommitterError, Flush, FlushReason, FlushReport, Flusher};
+use skygit_actors::committer::{CommitterError, FlushReport, Flusher};
 use skygit_actors::layout::{self, RoomConfig};
 use skygit_actors::local::RepoFactory;
 use skygit_actors::ports::{CommitRequest, RepoError, RepoRemote};
@@ -480,12 +480,7 @@ async fn a_rate_limited_flush_is_retried_after_the_wait() {
         last = post_committed(&c, leader, "ana", format!("m {i}")).await.1;
     }
     c.wait_converged(WAIT).await.unwrap();
-    let h = c.handle(leader).unwrap();
-    let refused = h
-        .committer
-        .send(Flush(FlushReason::OnDemand))
-        .await
-        .expect("actor");
+    let refused = flush_once(&c, leader).await;
     let at = tokio::time::Instant::now();
     assert_eq!(
         refused,
