@@ -212,6 +212,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     let replica = Arc::new(
         Replica::start(
             spec.node_id,
+            storage.group().start,
             spec.raft,
             ports.link,
             incoming,

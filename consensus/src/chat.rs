@@ -63,7 +63,7 @@ pub enum Effect {
     PutSettings(RoomSettings),
 }
 
-/// Applies one committed request at log `index`.
+/// Applies one committed request at room index `index`.
 pub fn apply<V: ChatView>(
     view: &mut V,
     index: u64,

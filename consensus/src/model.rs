@@ -235,9 +235,9 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRecord {
     pub message: Message,
-    /// Raft log index of the entry that posted it: the message's position.
+    /// Room index of the entry that posted it: the message's position.
     pub index: u64,
-    /// Raft log index of the last entry that changed it (edit or delete).
+    /// Room index of the last entry that changed it (edit or delete).
     pub last_change_index: u64,
 }
 
@@ -276,7 +276,7 @@ pub struct Conversation {
     pub title: String,
     pub created_by: UserId,
     pub created_at: i64,
-    /// Raft log index of the entry that created it.
+    /// Room index of the entry that created it.
     pub created_index: u64,
 }
 
@@ -285,7 +285,7 @@ pub struct Conversation {
 /// (the journal), so any leader can render what its predecessors had not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
-    /// Raft log index of the entry that made the change.
+    /// Room index of the entry that made the change ([`GroupStart`]).
     pub index: u64,
     /// Raft term of that entry.
     pub term: u64,
@@ -517,10 +517,39 @@ pub enum Rejection {
     FutureWatermark { requested: u64, index: u64 },
 }
 
+/// Which raft group of the room a node's state belongs to, and where its
+/// log sits in the room's sequence.
+///
+/// A room's history is one sequence of *room indices* across every group
+/// it has had: the group of epoch `e` numbers its entries from `base + 1`,
+/// where `base` is the highest room index its founder held. Messages, the
+/// journal, `synced`, batch file names and the `Raft-Last-Index` trailer
+/// all use room indices; raft's own log, votes and metrics use raft
+/// indices. Epoch 0 has base 0, so there the two are the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStart {
+    pub epoch: u64,
+    pub base: u64,
+}
+
+impl GroupStart {
+    /// The room index of the group's raft index `raft_index` (`None` past
+    /// `u64::MAX`, which no log reaches).
+    pub fn room_index(&self, raft_index: u64) -> Option<u64> {
+        self.base.checked_add(raft_index)
+    }
+
+    /// The group's raft index of room index `room_index`: `None` when the
+    /// index belongs to an earlier group (it is at or below the base).
+    pub fn raft_index(&self, room_index: u64) -> Option<u64> {
+        room_index.checked_sub(self.base).filter(|i| *i > 0)
+    }
+}
+
 /// The result of applying one request: the openraft response type (`R`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApplyOutcome {
-    /// Applied at this log index.
+    /// Applied at this room index.
     Applied { index: u64 },
     /// The id was applied before, at `original_index`; nothing changed.
     Duplicate { original_index: u64 },

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::codec::{self, EnvelopeKind};
-use crate::model::{ApplyOutcome, ChatRequest};
+use crate::model::{ApplyOutcome, ChatRequest, GroupStart};
 use crate::network::{PeerNetworkFactory, RaftService};
 use crate::ports::{IncomingFrame, PeerLink, WallClock};
 use crate::rpc::{IncomingRequest, RpcError, RpcMux};
@@ -135,6 +135,7 @@ where
     SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
 {
     id: NodeId,
+    group: GroupStart,
     raft: Raft<SM>,
     mux: Arc<RpcMux>,
     service: RaftService<SM>,
@@ -160,10 +161,13 @@ impl<SM> Replica<SM>
 where
     SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
 {
-    /// Starts raft on `log_store` and `state_machine`, talking over `link`,
-    /// and serves the frames arriving on `incoming`.
+    /// Starts raft on `log_store` and `state_machine` (whose state belongs
+    /// to `group`), talking over `link`, and serves the frames arriving on
+    /// `incoming`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start<LS>(
         id: NodeId,
+        group: GroupStart,
         config: openraft::Config,
         link: Arc<dyn PeerLink>,
         incoming: mpsc::Receiver<IncomingFrame>,
@@ -182,6 +186,7 @@ where
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let inner = Arc::new(Inner {
             id,
+            group,
             service: RaftService::new(raft.clone()),
             raft,
             mux,
@@ -204,11 +209,20 @@ where
         self.inner.raft.metrics().borrow_watched().clone()
     }
 
-    /// Waits until this node has applied `index`, at most `timeout`;
-    /// returns whether it has. Woken by each change of raft's data metrics,
-    /// so an answer goes out as soon as the entry is applied here.
+    /// The raft group this replica runs: its epoch and base.
+    pub fn group(&self) -> GroupStart {
+        self.inner.group
+    }
+
+    /// Waits until this node has applied room index `index`, at most
+    /// `timeout`; returns whether it has (an index of an earlier group has
+    /// been). Woken by each change of raft's data metrics, so an answer
+    /// goes out as soon as the entry is applied here.
     pub async fn wait_applied(&self, index: u64, timeout: std::time::Duration) -> bool {
         use openraft::async_runtime::WatchReceiver;
+        let Some(index) = self.inner.group.raft_index(index) else {
+            return true;
+        };
         let mut rx = self.inner.raft.data_metrics();
         let applied = |rx: &openraft::type_config::alias::WatchReceiverOf<
             TypeConfig,

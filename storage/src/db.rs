@@ -15,6 +15,12 @@
 //! | `synced` | watermark index (u64 BE) | commit sha |
 //! | `outbox` | request id (16 bytes) | request not yet committed |
 //! | `journal` | index (u64 BE) | change not yet in the repository |
+//! | `group` | `current` | the raft group this state belongs to (epoch, base) |
+//!
+//! `log`, `raft_meta` and `sm_meta` belong to the current raft group and
+//! use its raft indices; every other family keeps *room* indices, which run
+//! on across groups (see `GroupStart`). A database without a `group`
+//! record is epoch 0, base 0.
 //!
 //! The write-ahead log is shared by all column families, so one synced
 //! write makes every earlier write of the room durable.
@@ -26,6 +32,7 @@ use crate::disk::{Disk, RealDisk};
 use crate::sim_disk::SimDisk;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 use skygit_consensus::codec::{self, CodecError};
+use skygit_consensus::model::GroupStart;
 
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
@@ -40,8 +47,11 @@ pub(crate) const CF_JOURNAL: &str = "journal";
 /// The room's settings (one record, [`KEY_ROOM_SETTINGS`]).
 pub(crate) const CF_SETTINGS: &str = "settings";
 pub(crate) const KEY_ROOM_SETTINGS: &[u8] = b"room";
+/// The raft group the state belongs to (one record, [`KEY_GROUP`]).
+pub(crate) const CF_GROUP: &str = "group";
+pub(crate) const KEY_GROUP: &[u8] = b"current";
 
-const ALL_CFS: [&str; 11] = [
+const ALL_CFS: [&str; 12] = [
     CF_LOG,
     CF_RAFT_META,
     CF_SM_META,
@@ -53,10 +63,11 @@ const ALL_CFS: [&str; 11] = [
     CF_OUTBOX,
     CF_JOURNAL,
     CF_SETTINGS,
+    CF_GROUP,
 ];
 
 /// The state-machine column families a snapshot carries, with their tags.
-pub(crate) const SNAPSHOT_CFS: [(u8, &str); 7] = [
+pub(crate) const SNAPSHOT_CFS: [(u8, &str); 8] = [
     (1, CF_MESSAGES),
     (2, CF_MESSAGE_IDS),
     (3, CF_CONVERSATIONS),
@@ -64,7 +75,28 @@ pub(crate) const SNAPSHOT_CFS: [(u8, &str); 7] = [
     (5, CF_SYNCED),
     (6, CF_JOURNAL),
     (7, CF_SETTINGS),
+    (8, CF_GROUP),
 ];
+
+/// The raft group a room's state belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GroupRecord {
+    pub start: GroupStart,
+    /// Whether the chat state is the group's: the founder's own, or a
+    /// snapshot of the group installed from its leader. A node that joined
+    /// a newer group holds its old group's state until that snapshot
+    /// arrives, and must not apply the new group's entries on top of it.
+    pub seeded: bool,
+}
+
+impl Default for GroupRecord {
+    fn default() -> Self {
+        Self {
+            start: GroupStart::default(),
+            seeded: true,
+        }
+    }
+}
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +117,12 @@ pub enum StorageError {
     OutboxFull(usize),
     #[error("background storage task failed: {0}")]
     Background(String),
+    #[error("cannot start group epoch {new} over epoch {current}: {why}")]
+    Epoch {
+        current: u64,
+        new: u64,
+        why: &'static str,
+    },
     #[error("{dir} holds a room in storage format {found}, and this build reads format {FORMAT}: move the directory aside (the room's peers and repository still hold its messages) and start again")]
     Format { dir: String, found: u32 },
 }
@@ -253,6 +291,12 @@ impl RoomDb {
         }
     }
 
+    /// The raft group this state belongs to (epoch 0, base 0, seeded when
+    /// the database has never switched groups).
+    pub fn group(&self) -> Result<GroupRecord, StorageError> {
+        Ok(self.get_decoded(CF_GROUP, KEY_GROUP)?.unwrap_or_default())
+    }
+
     /// Makes every write so far durable, from inside blocking work (a
     /// snapshot): the WAL's fsync, and the disk told of it.
     pub(crate) fn sync_wal(&self) -> Result<(), StorageError> {
@@ -266,6 +310,67 @@ impl RoomDb {
     pub(crate) async fn sync_wal_async(&self) -> Result<bool, StorageError> {
         self.disk.sync_wal(&self.db).await
     }
+}
+
+/// The one write that moves a room's state into a new raft group (see
+/// `RoomStorage::begin_group`).
+pub(crate) fn begin_group(
+    db: &RoomDb,
+    next: GroupStart,
+    role: crate::GroupRole,
+) -> Result<(), StorageError> {
+    let current = db.group()?;
+    let refuse = |why| StorageError::Epoch {
+        current: current.start.epoch,
+        new: next.epoch,
+        why,
+    };
+    if next.epoch <= current.start.epoch {
+        return Err(refuse("epochs only increase"));
+    }
+    let applied: Option<skygit_consensus::types::LogId> =
+        db.get_decoded(CF_SM_META, crate::state_machine::KEY_LAST_APPLIED)?;
+    let applied_room = current
+        .start
+        .room_index(applied.map_or(0, |l| l.index))
+        .ok_or(StorageError::BadKey("applied index"))?;
+    if role == crate::GroupRole::Founder && next.base < applied_room {
+        return Err(refuse("the base is below the room index this node applied"));
+    }
+    // The snapshot file is derived from the state the batch keeps; removed
+    // first, so no crash leaves the old group's snapshot beside the new
+    // group's empty log.
+    match std::fs::remove_file(db.dir.join(crate::state_machine::SNAPSHOT_FILE)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.delete_range_cf(db.cf(CF_LOG)?, index_key(0), index_key(u64::MAX));
+    let raft_meta = db.cf(CF_RAFT_META)?;
+    for key in crate::log_store::GROUP_KEYS {
+        batch.delete_cf(raft_meta, key);
+    }
+    let sm_meta = db.cf(CF_SM_META)?;
+    batch.delete_cf(sm_meta, crate::state_machine::KEY_LAST_APPLIED);
+    batch.delete_cf(sm_meta, crate::state_machine::KEY_MEMBERSHIP);
+    let record = GroupRecord {
+        start: next,
+        seeded: role == crate::GroupRole::Founder,
+    };
+    batch.put_cf(db.cf(CF_GROUP)?, KEY_GROUP, codec::to_bytes(&record)?);
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(db.fsync_writes());
+    db.db.write_opt(batch, &opts)?;
+    db.synced_write();
+    tracing::info!(
+        from = current.start.epoch,
+        epoch = next.epoch,
+        base = next.base,
+        ?role,
+        "the room's state moved to a new raft group"
+    );
+    Ok(())
 }
 
 pub(crate) fn index_key(index: u64) -> [u8; 8] {

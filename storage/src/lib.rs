@@ -15,7 +15,7 @@ mod sim_disk;
 mod snapshot;
 mod state_machine;
 
-pub use db::{RoomDb, StorageError};
+pub use db::{GroupRecord, RoomDb, StorageError};
 pub use disk::{Disk, RealDisk};
 pub use log_store::{Durability, LogStore};
 pub use outbox::{Outbox, MAX_OUTBOX};
@@ -24,6 +24,8 @@ pub use sim_disk::{recover, SimDisk};
 pub use state_machine::{AppliedEvent, ApplyMode, StateMachine, EVENT_CAPACITY};
 
 use std::path::Path;
+
+use skygit_consensus::model::GroupStart;
 
 /// Fault injection switches (off in every real node).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,6 +42,17 @@ pub struct RoomStorage {
     pub state_machine: StateMachine,
     pub outbox: Outbox,
     pub reader: ChatReader,
+    faults: Faults,
+}
+
+/// How this node enters a new raft group of its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupRole {
+    /// It founded the group: its chat state is the group's seed.
+    Founder,
+    /// It joins a group someone else founded: its chat state stays only
+    /// until the group's snapshot replaces it.
+    Joiner,
 }
 
 impl RoomStorage {
@@ -63,12 +76,42 @@ impl RoomStorage {
     }
 
     fn from_db(db: RoomDb, faults: Faults) -> Result<Self, StorageError> {
+        let group = db.group()?;
         Ok(Self {
             log: log_store::log_store(&db, faults.durability)?,
-            state_machine: StateMachine::new(db.clone(), faults.apply),
+            state_machine: StateMachine::new(db.clone(), faults.apply, group),
             outbox: Outbox::open(db.clone())?,
             reader: ChatReader::new(db.clone()),
             db,
+            faults,
         })
+    }
+
+    /// The raft group this room's state belongs to.
+    pub fn group(&self) -> GroupRecord {
+        self.state_machine.group()
+    }
+
+    /// Moves the room's state into a new raft group: the old group's log,
+    /// vote and applied position are forgotten, the chat state, outbox and
+    /// applied-request ids are kept, in one synced write (a crash leaves
+    /// the old group or the new one, never a mix). The old group's raft
+    /// must be shut down, and this storage's log and state machine dropped
+    /// by everyone who held them: the returned storage replaces them.
+    ///
+    /// A founder's `next.base` must not be below the last room index it
+    /// applied (room indices never repeat).
+    pub async fn begin_group(
+        self,
+        next: GroupStart,
+        role: GroupRole,
+    ) -> Result<Self, StorageError> {
+        let db = self.db.clone();
+        let faults = self.faults;
+        drop(self);
+        let on = db.clone();
+        db.blocking(move || db::begin_group(&on, next, role))
+            .await?;
+        Self::from_db(db, faults)
     }
 }

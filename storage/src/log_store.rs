@@ -25,6 +25,8 @@ use crate::db::{index_from_key, index_key, RoomDb, StorageError, CF_LOG, CF_RAFT
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_COMMITTED: &[u8] = b"committed";
+/// The raft group's own records in `raft_meta` (not the format marker).
+pub(crate) const GROUP_KEYS: [&[u8]; 3] = [KEY_VOTE, KEY_LAST_PURGED, KEY_COMMITTED];
 
 /// Entries a single read returns at most (bounds memory per read).
 const MAX_ENTRIES_PER_READ: usize = 4096;

@@ -27,15 +27,15 @@ use tokio::sync::{broadcast, watch};
 use ulid::Ulid;
 
 use crate::db::{
-    index_from_key, index_key, message_key, RoomDb, StorageError, CF_CONVERSATIONS, CF_JOURNAL,
-    CF_MESSAGES, CF_MESSAGE_IDS, CF_REQUESTS, CF_SETTINGS, CF_SM_META, CF_SYNCED,
-    KEY_ROOM_SETTINGS, SNAPSHOT_CFS,
+    index_from_key, index_key, message_key, GroupRecord, RoomDb, StorageError, CF_CONVERSATIONS,
+    CF_GROUP, CF_JOURNAL, CF_MESSAGES, CF_MESSAGE_IDS, CF_REQUESTS, CF_SETTINGS, CF_SM_META,
+    CF_SYNCED, KEY_GROUP, KEY_ROOM_SETTINGS, SNAPSHOT_CFS,
 };
 use crate::snapshot::{self, SnapshotWriter};
 
 pub(crate) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
-const KEY_MEMBERSHIP: &[u8] = b"last_membership";
-const SNAPSHOT_FILE: &str = "snapshot.bin";
+pub(crate) const KEY_MEMBERSHIP: &[u8] = b"last_membership";
+pub(crate) const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 /// Applied events buffered for live subscribers; a subscriber that falls
 /// further behind is told it lagged and re-reads from storage.
@@ -44,6 +44,7 @@ pub const EVENT_CAPACITY: usize = 64 * 1024;
 /// One request applied to the state machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedEvent {
+    /// The room index the request was applied at.
     pub index: u64,
     pub request: Ulid,
     pub outcome: ApplyOutcome,
@@ -75,10 +76,12 @@ pub struct StateMachine {
     messages_applied: Arc<AtomicU64>,
     /// The room's settings as applied so far.
     settings: Arc<watch::Sender<RoomSettings>>,
+    /// The raft group the state belongs to (changed by a snapshot).
+    group: Arc<watch::Sender<GroupRecord>>,
 }
 
 impl StateMachine {
-    pub(crate) fn new(db: RoomDb, mode: ApplyMode) -> Self {
+    pub(crate) fn new(db: RoomDb, mode: ApplyMode, group: GroupRecord) -> Self {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let settings = read_settings(&db).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot read the room's settings; using the defaults");
@@ -91,7 +94,13 @@ impl StateMachine {
             snapshot_file: Arc::new(std::sync::Mutex::new(())),
             messages_applied: Arc::new(AtomicU64::new(0)),
             settings: Arc::new(watch::Sender::new(settings)),
+            group: Arc::new(watch::Sender::new(group)),
         }
+    }
+
+    /// The raft group this state belongs to.
+    pub fn group(&self) -> GroupRecord {
+        *self.group.borrow()
     }
 
     /// The room's settings as applied so far, and every later change (a
@@ -316,9 +325,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut membership = None;
         let mut replies = Vec::new();
         let mut events = Vec::new();
+        let group = self.group();
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
-            let index = log_id.index();
+            let index = group
+                .start
+                .room_index(log_id.index())
+                .ok_or(StorageError::BadKey(
+                    "raft index past the end of the room's sequence",
+                ))?;
             let outcome = match entry.payload {
                 EntryPayload::Blank => ApplyOutcome::Applied { index },
                 EntryPayload::Membership(m) => {
@@ -326,6 +341,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     ApplyOutcome::Applied { index }
                 }
                 EntryPayload::Normal(req) => {
+                    if !group.seeded {
+                        // Applying the group's entries on the old group's
+                        // state would diverge from every other member.
+                        return Err(std::io::Error::other(format!(
+                            "entry {log_id} of group epoch {} reached a state machine that \
+                             has not received the group's snapshot",
+                            group.start.epoch
+                        )));
+                    }
                     view.term = log_id.leader_id.term;
                     let (effects, outcome) = chat::apply(&mut view, index, &req)?;
                     for e in effects {
@@ -406,9 +430,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         db.clone()
             .blocking(move || install(&db, &meta, &bytes, &file))
             .await?;
-        // The snapshot brought the settings as of its last entry.
+        // The snapshot brought the settings as of its last entry, and the
+        // group's record (seeded).
         self.settings
             .send_replace(read_settings(&self.db).map_err(std::io::Error::from)?);
+        self.group
+            .send_replace(self.db.group().map_err(std::io::Error::from)?);
         Ok(())
     }
 
@@ -509,6 +536,22 @@ fn install(
         return Err(StorageError::BadSnapshot(
             "metadata differs from the announced one".into(),
         ));
+    }
+    // A snapshot of another group's state would mix two histories.
+    let theirs: GroupRecord = match parsed
+        .records
+        .iter()
+        .find(|r| r.cf == CF_GROUP && r.key == KEY_GROUP)
+    {
+        Some(r) => codec::from_bytes(r.value)?,
+        None => GroupRecord::default(),
+    };
+    let ours = db.group()?;
+    if theirs.start != ours.start || !theirs.seeded {
+        return Err(StorageError::BadSnapshot(format!(
+            "it holds group epoch {} (base {}), this node is in epoch {} (base {})",
+            theirs.start.epoch, theirs.start.base, ours.start.epoch, ours.start.base
+        )));
     }
     let mut batch = WriteBatch::default();
     for (_, name) in SNAPSHOT_CFS {
