@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::NodeId;
 
-/// The wire version this build speaks (2: requests and changes carry
-/// their author's signature; a node of version 1 cannot decode them).
-pub const WIRE_VERSION: u8 = 2;
+/// The wire version this build speaks (3: envelopes name their raft
+/// group's epoch; 2: requests and changes carry their author's signature).
+pub const WIRE_VERSION: u8 = 3;
 /// Largest frame (version byte plus encoded envelope) a node sends or
 /// accepts. The WebRTC transport fragments frames into data-channel
 /// messages of at most 64 KiB; this bounds what a peer can make us buffer.
@@ -50,6 +50,11 @@ pub struct Envelope {
     pub kind: EnvelopeKind,
     pub from: NodeId,
     pub to: NodeId,
+    /// The epoch of the sender's raft group: raft and chat traffic of
+    /// another group is not delivered (a re-formed group is a new raft
+    /// cluster, so a node's raft identity is its epoch and its id).
+    /// Signalling, outside any group, carries 0.
+    pub epoch: u64,
     /// Sender's wall clock, milliseconds since the Unix epoch (informative).
     pub timestamp: i64,
     #[serde(with = "serde_bytes")]
@@ -153,6 +158,7 @@ mod tests {
             kind: EnvelopeKind::Raft,
             from: 1,
             to: 2,
+            epoch: 0,
             timestamp: 1_700_000_000_000,
             payload,
         }
@@ -249,12 +255,12 @@ mod tests {
 
         #[test]
         fn encoded_envelopes_round_trip(
-            kind in 0u8..5, from: u64, to: u64, ts: i64,
+            kind in 0u8..5, from: u64, to: u64, epoch: u64, ts: i64,
             payload in proptest::collection::vec(any::<u8>(), 0..1024),
         ) {
             let kind = [EnvelopeKind::Chat, EnvelopeKind::Presence, EnvelopeKind::Signal,
                         EnvelopeKind::Raft, EnvelopeKind::Custom][kind as usize];
-            let e = Envelope { kind, from, to, timestamp: ts, payload };
+            let e = Envelope { kind, from, to, epoch, timestamp: ts, payload };
             prop_assert_eq!(decode_frame(&encode_frame(&e).unwrap()).unwrap(), e);
         }
     }
@@ -272,6 +278,7 @@ mod tests {
                 kind,
                 from: 300,
                 to: 7,
+                epoch: 0,
                 timestamp: 1,
                 payload: vec![1, 2, 3],
             })

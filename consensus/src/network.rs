@@ -181,6 +181,7 @@ pub fn frame_len(req: &RaftRequest) -> Result<usize, codec::CodecError> {
         kind: EnvelopeKind::Raft,
         from: u64::MAX,
         to: u64::MAX,
+        epoch: u64::MAX,
         timestamp: i64::MIN,
         payload: codec::to_bytes(&rpc)?,
     })?

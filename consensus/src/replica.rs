@@ -2,13 +2,14 @@
 //! network over a peer link, the loop that serves incoming frames, and
 //! proposals (written locally on the leader, forwarded to it otherwise).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -16,7 +17,7 @@ use crate::codec::{self, EnvelopeKind};
 use crate::model::{ApplyOutcome, ChatRequest, GroupStart};
 use crate::network::{PeerNetworkFactory, RaftService};
 use crate::ports::{IncomingFrame, PeerLink, WallClock};
-use crate::rpc::{IncomingRequest, RpcError, RpcMux};
+use crate::rpc::{FrameError, IncomingRequest, RpcError, RpcMux};
 use crate::types::{NodeId, Raft, SnapshotData, TypeConfig};
 
 /// Most incoming requests served at once; further frames wait in the link.
@@ -29,6 +30,10 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Forwarding hops before a proposal gives up (leadership moving under it).
 const MAX_FORWARD_HOPS: usize = 3;
+/// How often a peer still in an older group epoch is told of ours.
+const EPOCH_NOTICE_EVERY: Duration = Duration::from_secs(1);
+/// Peers whose last notice time is kept (then the table starts over).
+const MAX_NOTIFIED_PEERS: usize = 1024;
 
 /// A proposal forwarded to the leader.
 #[derive(Debug, Serialize, Deserialize)]
@@ -136,6 +141,9 @@ where
 {
     id: NodeId,
     group: GroupStart,
+    /// The newest epoch a peer's frame named, when newer than ours (a hint:
+    /// whoever acts on it checks the repository first).
+    newer_epoch: watch::Sender<Option<u64>>,
     raft: Raft<SM>,
     mux: Arc<RpcMux>,
     service: RaftService<SM>,
@@ -179,7 +187,7 @@ where
         LS: RaftLogStorage<TypeConfig>,
     {
         let config = Arc::new(config.validate()?);
-        let mux = Arc::new(RpcMux::new(link, clock));
+        let mux = Arc::new(RpcMux::in_epoch(link, clock, group.epoch));
         let network = PeerNetworkFactory::new(mux.clone());
         let raft = Raft::new(id, config, network, log_store, state_machine)
             .await
@@ -187,6 +195,7 @@ where
         let inner = Arc::new(Inner {
             id,
             group,
+            newer_epoch: watch::Sender::new(None),
             service: RaftService::new(raft.clone()),
             raft,
             mux,
@@ -212,6 +221,13 @@ where
     /// The raft group this replica runs: its epoch and base.
     pub fn group(&self) -> GroupStart {
         self.inner.group
+    }
+
+    /// The newest group epoch a peer's frame has named, when it is newer
+    /// than this replica's: a hint that the room re-formed without this
+    /// node (frames of other epochs are never delivered).
+    pub fn newer_epoch_seen(&self) -> watch::Receiver<Option<u64>> {
+        self.inner.newer_epoch.subscribe()
     }
 
     /// Waits until this node has applied room index `index`, at most
@@ -494,11 +510,54 @@ where
     SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
 {
     let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    let mut notified: BTreeMap<NodeId, tokio::time::Instant> = BTreeMap::new();
     while let Some(frame) = incoming.recv().await {
         let peer = frame.peer;
         let req = match inner.mux.on_frame(frame) {
             Ok(Some(req)) => req,
             Ok(None) => continue,
+            Err(FrameError::OtherEpoch {
+                from,
+                theirs,
+                ours,
+                kind,
+                call,
+            }) => {
+                if theirs > ours {
+                    inner.newer_epoch.send_if_modified(|seen| {
+                        let newer = seen.is_none_or(|s| theirs > s);
+                        if newer {
+                            tracing::info!(
+                                node = inner.id,
+                                peer = from,
+                                epoch = theirs,
+                                "a peer is in a newer group epoch"
+                            );
+                            *seen = Some(theirs);
+                        }
+                        newer
+                    });
+                } else if let Some(id) = call {
+                    // Tell a caller still in an older group, at most once
+                    // a second: the answer carries this node's epoch.
+                    let now = tokio::time::Instant::now();
+                    if notified.len() >= MAX_NOTIFIED_PEERS {
+                        notified.clear();
+                    }
+                    let due = notified
+                        .get(&from)
+                        .is_none_or(|t| now.duration_since(*t) >= EPOCH_NOTICE_EVERY);
+                    if due {
+                        notified.insert(from, now);
+                        let mux = inner.mux.clone();
+                        tokio::spawn(async move {
+                            // Best effort: the caller times out either way.
+                            let _ = mux.respond(kind, from, id, Vec::new()).await;
+                        });
+                    }
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(node = inner.id, peer, error = %e, "dropped a bad frame");
                 continue;

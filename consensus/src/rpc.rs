@@ -65,6 +65,16 @@ pub enum FrameError {
     Spoofed { claimed: NodeId, peer: NodeId },
     #[error("frame addressed to node {to}, this is node {local}")]
     Misrouted { to: NodeId, local: NodeId },
+    #[error("frame of group epoch {theirs} from node {from}, this node is in epoch {ours}")]
+    OtherEpoch {
+        from: NodeId,
+        theirs: u64,
+        ours: u64,
+        kind: EnvelopeKind,
+        /// The call id when the frame was a call (it may be answered with a
+        /// notice of this node's epoch), `None` for an answer.
+        call: Option<u64>,
+    },
 }
 
 type Pending = BTreeMap<u64, (NodeId, oneshot::Sender<Result<Vec<u8>, RpcError>>)>;
@@ -73,6 +83,9 @@ type Pending = BTreeMap<u64, (NodeId, oneshot::Sender<Result<Vec<u8>, RpcError>>
 pub struct RpcMux {
     link: Arc<dyn PeerLink>,
     clock: Arc<dyn WallClock>,
+    /// The raft group epoch stamped on every frame and required of every
+    /// frame taken.
+    epoch: u64,
     next_id: AtomicU64,
     pending: Mutex<Pending>,
 }
@@ -91,9 +104,15 @@ impl Drop for PendingGuard<'_> {
 
 impl RpcMux {
     pub fn new(link: Arc<dyn PeerLink>, clock: Arc<dyn WallClock>) -> Self {
+        Self::in_epoch(link, clock, 0)
+    }
+
+    /// A multiplexer for the raft group of `epoch`.
+    pub fn in_epoch(link: Arc<dyn PeerLink>, clock: Arc<dyn WallClock>, epoch: u64) -> Self {
         Self {
             link,
             clock,
+            epoch,
             next_id: AtomicU64::new(1),
             pending: Mutex::new(BTreeMap::new()),
         }
@@ -120,6 +139,7 @@ impl RpcMux {
             kind,
             from: self.local_id(),
             to,
+            epoch: self.epoch,
             timestamp: self.clock.now_ms(),
             payload: codec::to_bytes(rpc)?,
         })
@@ -220,6 +240,15 @@ impl RpcMux {
             return Err(FrameError::Misrouted { to: env.to, local });
         }
         let rpc: RpcFrame = codec::from_bytes(&env.payload)?;
+        if env.epoch != self.epoch {
+            return Err(FrameError::OtherEpoch {
+                from: env.from,
+                theirs: env.epoch,
+                ours: self.epoch,
+                kind: env.kind,
+                call: (!rpc.response).then_some(rpc.id),
+            });
+        }
         if rpc.response {
             let mut pending = self.lock_pending();
             // Only the node we called may answer a call.
@@ -353,6 +382,67 @@ mod tests {
         assert_eq!(a.pending_calls(), 0);
     }
 
+    /// Raft and chat traffic of another group epoch is never delivered;
+    /// the refusal says which epochs, and whether it was a call.
+    #[tokio::test(start_paused = true)]
+    async fn frames_of_another_epoch_are_refused_and_named() {
+        let net = InProcNet::new();
+        let (tx_a, mut rx_a) = mpsc::channel(64);
+        net.0.lock().unwrap().insert(1, tx_a);
+        let old = Arc::new(RpcMux::in_epoch(
+            Arc::new(Link(1, net.clone())),
+            Arc::new(SystemClock),
+            4,
+        ));
+        let (tx_b, mut rx_b) = mpsc::channel(64);
+        net.0.lock().unwrap().insert(2, tx_b);
+        let new = RpcMux::in_epoch(Arc::new(Link(2, net.clone())), Arc::new(SystemClock), 5);
+        let caller = {
+            let old = old.clone();
+            tokio::spawn(async move {
+                old.call(
+                    EnvelopeKind::Raft,
+                    2,
+                    b"vote".to_vec(),
+                    Duration::from_secs(1),
+                )
+                .await
+            })
+        };
+        let e = new.on_frame(rx_b.recv().await.unwrap()).unwrap_err();
+        let FrameError::OtherEpoch {
+            from: 1,
+            theirs: 4,
+            ours: 5,
+            kind: EnvelopeKind::Raft,
+            call: Some(id),
+        } = e
+        else {
+            panic!("{e}");
+        };
+        // The notice: an answer stamped with the newer epoch, which the
+        // older node reads as a hint and does not deliver.
+        new.respond(EnvelopeKind::Raft, 1, id, Vec::new())
+            .await
+            .unwrap();
+        let e = old.on_frame(rx_a.recv().await.unwrap()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FrameError::OtherEpoch {
+                    from: 2,
+                    theirs: 5,
+                    ours: 4,
+                    call: None,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let r = caller.await.unwrap();
+        assert!(matches!(r, Err(RpcError::Timeout { .. })), "{r:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_unanswered_call_times_out_and_is_forgotten() {
         let net = InProcNet::new();
@@ -387,6 +477,7 @@ mod tests {
                 kind: EnvelopeKind::Raft,
                 from,
                 to,
+                epoch: 0,
                 timestamp: 0,
                 payload: codec::to_bytes(&RpcFrame {
                     id: 1,
@@ -442,6 +533,7 @@ mod tests {
             kind: EnvelopeKind::Chat,
             from: 3,
             to: 1,
+            epoch: 0,
             timestamp: 0,
             payload: codec::to_bytes(&RpcFrame {
                 id: 1,

@@ -46,6 +46,7 @@ fn seeds() -> Vec<Vec<u8>> {
         kind: EnvelopeKind::Chat,
         from: 1,
         to: 2,
+        epoch: 0,
         timestamp: 5,
         payload: rpc.clone(),
     })

@@ -342,6 +342,7 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
         kind: EnvelopeKind::Chat,
         from: other.node_id,
         to: lead.node_id,
+        epoch: 0,
         timestamp: 1,
         payload: codec::to_bytes(&RpcFrame {
             id: u64::MAX - 1,

@@ -419,6 +419,7 @@ impl MeshActor {
                     kind: EnvelopeKind::Signal,
                     from: me,
                     to,
+                    epoch: 0,
                     timestamp: now,
                     payload: payload.clone(),
                 })
