@@ -185,29 +185,47 @@ impl Actor for ConsensusActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let _e = self.span.enter();
         tracing::info!("consensus actor started");
-        // Leader changes come from raft's metrics channel.
-        let mut metrics = self.replica.raft().metrics();
+        // Leader changes come from raft's metrics channel, of each raft
+        // group the node runs in turn (a re-formed room starts a new one).
+        let replica = self.replica.clone();
         let me = self.replica.id();
         let addr = ctx.address();
         let watch = async move {
+            let mut groups = replica.group_changes();
             // Metrics change with every applied entry; only a new leader or
             // term is news. Start from the actor's initial view (no leader).
             let mut last = Some((None, 0));
             loop {
-                let seen = {
-                    let m = metrics.borrow_watched();
-                    (m.current_leader, m.current_term)
-                };
-                if last != Some(seen) {
-                    last = Some(seen);
-                    let (leader, term) = seen;
+                groups.borrow_and_update();
+                let mut metrics = replica.raft().metrics();
+                loop {
+                    let seen = {
+                        let m = metrics.borrow_watched();
+                        (m.current_leader, m.current_term)
+                    };
+                    if last != Some(seen) {
+                        last = Some(seen);
+                        let (leader, term) = seen;
+                        addr.do_send(LeaderChanged {
+                            leader,
+                            term,
+                            is_self: leader == Some(me),
+                        });
+                    }
+                    if metrics.changed().await.is_err() {
+                        break;
+                    }
+                }
+                // This group's raft stopped: no leader until the next.
+                if last != Some((None, 0)) {
+                    last = Some((None, 0));
                     addr.do_send(LeaderChanged {
-                        leader,
-                        term,
-                        is_self: leader == Some(me),
+                        leader: None,
+                        term: 0,
+                        is_self: false,
                     });
                 }
-                if metrics.changed().await.is_err() {
+                if groups.changed().await.is_err() {
                     return;
                 }
             }

@@ -462,15 +462,15 @@ pub async fn claim_founding(
     // epoch's founding keeps the branch's watermark.
     let epoch = 0;
     let message = match founder {
-        None => layout::founding_message(me, epoch, w),
+        None => layout::founding_message(me, epoch, 0, w),
         Some(ours) => {
-            let claim = skygit_ports::identity::founding_claim(epoch, me, &ours.user);
+            let claim = skygit_ports::identity::founding_claim(epoch, 0, me, &ours.user);
             let sig = ours
                 .identity
                 .key
                 .sign(&claim)
                 .map_err(|e| RepoError::Invalid(e.to_string()))?;
-            layout::signed_founding_message(me, epoch, w, &ours.user, &sig)
+            layout::signed_founding_message(me, epoch, 0, w, &ours.user, &sig)
         }
     };
     repo.commit(CommitRequest {
@@ -500,7 +500,12 @@ async fn verify_founding(
         .keys_of(user)
         .await
         .map_err(|e| RepoError::Unavailable(e.to_string()))?;
-    let claim = skygit_ports::identity::founding_claim(layout::group_epoch(message), node, user);
+    let claim = skygit_ports::identity::founding_claim(
+        layout::group_epoch(message),
+        layout::group_base(message),
+        node,
+        user,
+    );
     Ok(
         skygit_ports::identity::verify(user, keys.as_deref(), &claim, Some(&sig))
             .map_err(|e| format!("{user}: {e}")),

@@ -300,6 +300,35 @@ pub struct Change {
     pub signature: Option<String>,
 }
 
+impl Change {
+    /// The request that made this change (same id, sender, time and
+    /// signature): proposing it again is deduplicated by id.
+    pub fn request(&self) -> ChatRequest {
+        let command = match &self.kind {
+            ChangeKind::Post { content, .. } => Command::Post {
+                conversation: self.conversation.clone(),
+                content: content.clone(),
+            },
+            ChangeKind::Edit { message, content } => Command::Edit {
+                message: *message,
+                content: content.clone(),
+            },
+            ChangeKind::Delete { message } => Command::Delete { message: *message },
+            ChangeKind::CreateConversation { title } => Command::CreateConversation {
+                conversation: self.conversation.clone(),
+                title: title.clone(),
+            },
+        };
+        ChatRequest {
+            id: self.request,
+            sender: self.sender.clone(),
+            at: self.at,
+            command,
+            signature: self.signature.clone(),
+        }
+    }
+}
+
 /// What a [`Change`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChangeKind {

@@ -141,27 +141,40 @@ where
 {
     id: NodeId,
     group: GroupStart,
-    /// The newest epoch a peer's frame named, when newer than ours (a hint:
-    /// whoever acts on it checks the repository first).
-    newer_epoch: watch::Sender<Option<u64>>,
+    /// What every group of this replica shares.
+    shared: Arc<Shared>,
     raft: Raft<SM>,
     mux: Arc<RpcMux>,
     service: RaftService<SM>,
     /// Nodes that asked this node, as leader, to take them out of the
     /// voters (read by the membership controller).
     leaving: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
+}
+
+/// What a replica keeps from one raft group to the next.
+struct Shared {
+    config: Arc<openraft::Config>,
+    link: Arc<dyn PeerLink>,
+    clock: Arc<dyn WallClock>,
+    /// The newest epoch a peer's frame named, when newer than ours (a hint:
+    /// whoever acts on it checks the repository first).
+    newer_epoch: watch::Sender<Option<u64>>,
+    /// The group running now.
+    group: watch::Sender<GroupStart>,
     /// How this node flushes when a follower asks it to.
     flush: std::sync::Mutex<Option<FlushHook>>,
     /// Who may propose what through a peer link.
     senders: std::sync::Mutex<Option<RequestCheck>>,
 }
 
-/// A running member of a room's raft group.
+/// A running member of a room's raft group. The group can be replaced
+/// in place ([`Replica::stop_group`], then [`Replica::start_group`]): the
+/// room re-formed, and everyone holding the replica follows.
 pub struct Replica<SM>
 where
     SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
 {
-    inner: Arc<Inner<SM>>,
+    current: watch::Sender<Arc<Inner<SM>>>,
     serve: JoinHandle<()>,
 }
 
@@ -186,48 +199,85 @@ where
     where
         LS: RaftLogStorage<TypeConfig>,
     {
-        let config = Arc::new(config.validate()?);
-        let mux = Arc::new(RpcMux::in_epoch(link, clock, group.epoch));
-        let network = PeerNetworkFactory::new(mux.clone());
-        let raft = Raft::new(id, config, network, log_store, state_machine)
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
-        let inner = Arc::new(Inner {
-            id,
-            group,
+        let shared = Arc::new(Shared {
+            config: Arc::new(config.validate()?),
+            link,
+            clock,
             newer_epoch: watch::Sender::new(None),
-            service: RaftService::new(raft.clone()),
-            raft,
-            mux,
-            leaving: Default::default(),
+            group: watch::Sender::new(group),
             flush: Default::default(),
             senders: Default::default(),
         });
-        let serve = tokio::spawn(serve(inner.clone(), incoming));
-        Ok(Self { inner, serve })
+        let inner = Inner::start(id, group, shared, log_store, state_machine).await?;
+        let current = watch::Sender::new(inner);
+        let serve = tokio::spawn(serve(current.subscribe(), incoming));
+        Ok(Self { current, serve })
+    }
+
+    /// The group running now.
+    fn inner(&self) -> Arc<Inner<SM>> {
+        self.current.borrow().clone()
+    }
+
+    /// Shuts the current group's raft down (its log and state machine are
+    /// released once every call on it ended); until [`Self::start_group`]
+    /// this node proposes and serves nothing (callers queue).
+    pub async fn stop_group(&self) {
+        let inner = self.inner();
+        if let Err(e) = inner.raft.shutdown().await {
+            tracing::warn!(node = inner.id, error = %e, "raft shutdown");
+        }
+    }
+
+    /// Starts raft for the group `group` on `log_store` and
+    /// `state_machine` (empty of any earlier group's log), in place of the
+    /// stopped one: hooks stay, leave requests and epoch hints are
+    /// forgotten.
+    pub async fn start_group<LS>(
+        &self,
+        group: GroupStart,
+        log_store: LS,
+        state_machine: SM,
+    ) -> Result<(), StartError>
+    where
+        LS: RaftLogStorage<TypeConfig>,
+    {
+        let old = self.inner();
+        old.shared.newer_epoch.send_replace(None);
+        let inner =
+            Inner::start(old.id, group, old.shared.clone(), log_store, state_machine).await?;
+        self.current.send_replace(inner);
+        old.shared.group.send_replace(group);
+        Ok(())
+    }
+
+    /// The running group, and each change of it (a new raft after a
+    /// re-formation: watchers of raft's metrics subscribe again on each).
+    pub fn group_changes(&self) -> watch::Receiver<GroupStart> {
+        self.inner().shared.group.subscribe()
     }
 
     /// This node's id.
     pub fn id(&self) -> NodeId {
-        self.inner.id
+        self.inner().id
     }
 
     /// A copy of raft's current metrics.
     pub fn metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
         use openraft::async_runtime::WatchReceiver;
-        self.inner.raft.metrics().borrow_watched().clone()
+        self.inner().raft.metrics().borrow_watched().clone()
     }
 
     /// The raft group this replica runs: its epoch and base.
     pub fn group(&self) -> GroupStart {
-        self.inner.group
+        self.inner().group
     }
 
     /// The newest group epoch a peer's frame has named, when it is newer
     /// than this replica's: a hint that the room re-formed without this
     /// node (frames of other epochs are never delivered).
     pub fn newer_epoch_seen(&self) -> watch::Receiver<Option<u64>> {
-        self.inner.newer_epoch.subscribe()
+        self.inner().shared.newer_epoch.subscribe()
     }
 
     /// Waits until this node has applied room index `index`, at most
@@ -236,10 +286,11 @@ where
     /// goes out as soon as the entry is applied here.
     pub async fn wait_applied(&self, index: u64, timeout: std::time::Duration) -> bool {
         use openraft::async_runtime::WatchReceiver;
-        let Some(index) = self.inner.group.raft_index(index) else {
+        let inner = self.inner();
+        let Some(index) = inner.group.raft_index(index) else {
             return true;
         };
-        let mut rx = self.inner.raft.data_metrics();
+        let mut rx = inner.raft.data_metrics();
         let applied = |rx: &openraft::type_config::alias::WatchReceiverOf<
             TypeConfig,
             openraft::metrics::RaftDataMetrics<TypeConfig>,
@@ -266,10 +317,11 @@ where
     /// forwarded post, a flush request, raft's own) fail now instead of
     /// waiting out their timeouts.
     pub fn link_down(&self, peer: NodeId) {
-        let failed = self.inner.mux.link_down(peer);
+        let inner = self.inner();
+        let failed = inner.mux.link_down(peer);
         if failed > 0 {
             tracing::info!(
-                node = self.inner.id,
+                node = inner.id,
                 peer,
                 failed,
                 "failed the calls waiting on a lost link"
@@ -286,16 +338,17 @@ where
             .collect()
     }
 
-    /// The openraft handle (metrics, membership, initialization).
-    pub fn raft(&self) -> &Raft<SM> {
-        &self.inner.raft
+    /// The openraft handle of the running group (metrics, membership,
+    /// initialization).
+    pub fn raft(&self) -> Raft<SM> {
+        self.inner().raft.clone()
     }
 
     /// Proposes `req`: on the leader it is written here, otherwise it is
     /// forwarded to the leader. Returns when it is applied on the leader.
     pub async fn propose(&self, req: ChatRequest) -> Result<ApplyOutcome, ProposeError> {
         req.validate()?;
-        let leader = match write_local(&self.inner.raft, req.clone()).await {
+        let leader = match write_local(&self.inner().raft, req.clone()).await {
             Ok(outcome) => return Ok(outcome),
             Err(Local::NotLeader(l)) => l,
             Err(Local::Timeout(e)) => return Err(ProposeError::Timeout(e)),
@@ -329,14 +382,14 @@ where
         ask: &ChatRpcRequest,
         timeout: Duration,
     ) -> Result<(NodeId, ChatRpcResponse), LeaderCallError> {
+        let inner = self.inner();
         for _ in 0..MAX_FORWARD_HOPS {
-            let Some(to) = leader.filter(|l| *l != self.inner.id) else {
+            let Some(to) = leader.filter(|l| *l != inner.id) else {
                 return Err(LeaderCallError::NoLeader);
             };
             let call = async {
                 let body = codec::to_bytes(ask)?;
-                let answer = self
-                    .inner
+                let answer = inner
                     .mux
                     .call(EnvelopeKind::Chat, to, body, timeout)
                     .await?;
@@ -353,13 +406,23 @@ where
 
     /// Sets how this node flushes when, as leader, a follower asks it to.
     pub fn set_flush_hook(&self, hook: FlushHook) {
-        *self.inner.flush.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+        *self
+            .inner()
+            .shared
+            .flush
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 
     /// Checks every request proposed through a peer with `check` before it
     /// reaches the log.
     pub fn set_request_check(&self, check: RequestCheck) {
-        *self.inner.senders.lock().unwrap_or_else(|e| e.into_inner()) = Some(check);
+        *self
+            .inner()
+            .shared
+            .senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(check);
     }
 
     /// Asks the leader (another node) to flush to the repository now and
@@ -392,19 +455,19 @@ where
     /// Nodes that asked to leave the voters (this node included when it
     /// asked while leading).
     pub fn leaving(&self) -> std::collections::BTreeSet<NodeId> {
-        self.inner.lock_leaving().clone()
+        self.inner().lock_leaving().clone()
     }
 
     /// Forgets a leave request (the node came back or left the membership).
     pub fn forget_leaving(&self, id: NodeId) {
-        self.inner.lock_leaving().remove(&id);
+        self.inner().lock_leaving().remove(&id);
     }
 
     /// Asks the leader to take this node out of the voters and waits until
     /// the membership no longer lists it as a voter, or `wait` passes.
     /// Returns whether it left the voters.
     pub async fn leave_voters(&self, wait: Duration) -> bool {
-        let me = self.inner.id;
+        let me = self.id();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if !self.voters().contains(&me) {
@@ -413,13 +476,13 @@ where
             let leader = self.metrics().current_leader;
             match leader {
                 Some(l) if l == me => {
-                    self.inner.lock_leaving().insert(me);
+                    self.inner().lock_leaving().insert(me);
                 }
                 Some(l) => {
                     let ask = async {
                         let body = codec::to_bytes(&ChatRpcRequest::Leave)?;
                         let answer = self
-                            .inner
+                            .inner()
                             .mux
                             .call(EnvelopeKind::Chat, l, body, Duration::from_secs(2))
                             .await?;
@@ -441,9 +504,7 @@ where
     /// Stops serving and shuts raft down.
     pub async fn shutdown(&self) {
         self.serve.abort();
-        if let Err(e) = self.inner.raft.shutdown().await {
-            tracing::warn!(node = self.inner.id, error = %e, "raft shutdown");
-        }
+        self.stop_group().await;
     }
 }
 
@@ -460,6 +521,36 @@ impl<SM> Inner<SM>
 where
     SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
 {
+    async fn start<LS>(
+        id: NodeId,
+        group: GroupStart,
+        shared: Arc<Shared>,
+        log_store: LS,
+        state_machine: SM,
+    ) -> Result<Arc<Self>, StartError>
+    where
+        LS: RaftLogStorage<TypeConfig>,
+    {
+        let mux = Arc::new(RpcMux::in_epoch(
+            shared.link.clone(),
+            shared.clock.clone(),
+            group.epoch,
+        ));
+        let network = PeerNetworkFactory::new(mux.clone());
+        let raft = Raft::new(id, shared.config.clone(), network, log_store, state_machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        Ok(Arc::new(Self {
+            id,
+            group,
+            shared,
+            service: RaftService::new(raft.clone()),
+            raft,
+            mux,
+            leaving: Default::default(),
+        }))
+    }
+
     fn lock_leaving(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<NodeId>> {
         self.leaving.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -467,6 +558,7 @@ where
     /// Whether `peer` may propose `request`.
     async fn check_request(&self, peer: NodeId, request: &ChatRequest) -> Result<(), String> {
         let check = self
+            .shared
             .senders
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -505,13 +597,16 @@ where
     }
 }
 
-async fn serve<SM>(inner: Arc<Inner<SM>>, mut incoming: mpsc::Receiver<IncomingFrame>)
-where
+async fn serve<SM>(
+    current: watch::Receiver<Arc<Inner<SM>>>,
+    mut incoming: mpsc::Receiver<IncomingFrame>,
+) where
     SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
 {
     let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
     let mut notified: BTreeMap<NodeId, tokio::time::Instant> = BTreeMap::new();
     while let Some(frame) = incoming.recv().await {
+        let inner = current.borrow().clone();
         let peer = frame.peer;
         let req = match inner.mux.on_frame(frame) {
             Ok(Some(req)) => req,
@@ -524,7 +619,7 @@ where
                 call,
             }) => {
                 if theirs > ours {
-                    inner.newer_epoch.send_if_modified(|seen| {
+                    inner.shared.newer_epoch.send_if_modified(|seen| {
                         let newer = seen.is_none_or(|s| theirs > s);
                         if newer {
                             tracing::info!(
@@ -612,6 +707,7 @@ where
                     use openraft::async_runtime::WatchReceiver;
                     let leader = inner.raft.metrics().borrow_watched().current_leader;
                     let hook = inner
+                        .shared
                         .flush
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

@@ -189,7 +189,7 @@ fn a_members_commit_keeps_the_group_epoch_of_the_head() {
         assert!(out.status.success(), "git {args:?}: {}", said(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
-    let founding = skygit_actors::layout::founding_message(7, 1, 0);
+    let founding = skygit_actors::layout::founding_message(7, 1, 0, 0);
     let sha = git(&["commit-tree", "main^{tree}", "-p", "main", "-m", &founding]);
     git(&["update-ref", "refs/heads/main", &sha]);
     let alice = room.keygen("alice");

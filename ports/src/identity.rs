@@ -100,11 +100,12 @@ pub fn presence_claim(record: &PresenceRecord) -> Vec<u8> {
 /// epoch does not count for another). The first group's (epoch 0) is the
 /// claim rooms were founded with before epochs, so their foundings still
 /// verify.
-pub fn founding_claim(epoch: u64, node: u64, user: &str) -> Vec<u8> {
+pub fn founding_claim(epoch: u64, base: u64, node: u64, user: &str) -> Vec<u8> {
     if epoch == 0 {
         format!("skygit founding 1\nnode {node}\nuser {user}\n").into_bytes()
     } else {
-        format!("skygit founding 2\nepoch {epoch}\nnode {node}\nuser {user}\n").into_bytes()
+        format!("skygit founding 2\nepoch {epoch}\nbase {base}\nnode {node}\nuser {user}\n")
+            .into_bytes()
     }
 }
 
@@ -779,12 +780,13 @@ mod tests {
     #[test]
     fn a_signature_survives_a_commit_trailer() {
         let alice = SigningKey::from_ed25519_seed([1; 32]);
-        let claim = founding_claim(2, 5, "alice");
+        let claim = founding_claim(2, 9, 5, "alice");
         let armored = alice.sign(&claim).expect("signs");
-        let message = crate::layout::signed_founding_message(5, 2, 40, "alice", &armored);
+        let message = crate::layout::signed_founding_message(5, 2, 9, 40, "alice", &armored);
         assert_eq!(crate::layout::founder(&message), Some(5));
         assert_eq!(crate::layout::group_epoch(&message), 2);
         assert_eq!(crate::layout::watermark(&message), Some(40));
+        assert_eq!(crate::layout::group_base(&message), 9);
         let (user, sig) = crate::layout::founder_signature(&message).expect("signed");
         assert_eq!(user, "alice");
         assert_eq!(sig, armored);
@@ -793,7 +795,15 @@ mod tests {
         assert!(verify(
             "alice",
             Some(&keys),
-            &founding_claim(2, 6, "alice"),
+            &founding_claim(2, 9, 6, "alice"),
+            Some(&sig)
+        )
+        .is_err());
+        // Signed for one base, it does not start another.
+        assert!(verify(
+            "alice",
+            Some(&keys),
+            &founding_claim(2, 10, 5, "alice"),
             Some(&sig)
         )
         .is_err());
@@ -802,14 +812,14 @@ mod tests {
             assert!(verify(
                 "alice",
                 Some(&keys),
-                &founding_claim(other, 5, "alice"),
+                &founding_claim(other, 9, 5, "alice"),
                 Some(&sig)
             )
             .is_err());
         }
         // Epoch 0 signs what foundings signed before epochs.
         assert_eq!(
-            founding_claim(0, 5, "alice"),
+            founding_claim(0, 0, 5, "alice"),
             b"skygit founding 1\nnode 5\nuser alice\n"
         );
         // Junk in the trailer is a bad signature, not a panic.

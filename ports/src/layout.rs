@@ -469,15 +469,29 @@ pub fn init_message() -> String {
 
 /// The message of the commit by which node `id` claims the founding of
 /// the room's raft group of `epoch` (it changes no file), on a branch
-/// whose log reaches `watermark` (kept, so watermarks never fall).
-pub fn founding_message(id: u64, epoch: u64, watermark: u64) -> String {
-    with_epoch(
+/// whose log reaches `watermark` (kept, so watermarks never fall). A
+/// later epoch's founding also names the group's `base`: its entries are
+/// numbered from `base + 1` in the room's sequence.
+pub fn founding_message(id: u64, epoch: u64, base: u64, watermark: u64) -> String {
+    let mut message = with_epoch(
         format!(
             "skygit: node {id} starts the room's raft group\n\n\
              Raft-Last-Index: {watermark}\nGroup-Founder: {id}\n"
         ),
         epoch,
-    )
+    );
+    if epoch > 0 {
+        message.push_str(&format!("Group-Base: {base}\n"));
+    }
+    message
+}
+
+/// The base a founding commit names (0 for the first group's, or when it
+/// names none).
+pub fn group_base(message: &str) -> u64 {
+    trailer(message, "Group-Base")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The founding message of a room that verifies identities: also names
@@ -486,13 +500,14 @@ pub fn founding_message(id: u64, epoch: u64, watermark: u64) -> String {
 pub fn signed_founding_message(
     id: u64,
     epoch: u64,
+    base: u64,
     watermark: u64,
     user: &str,
     signature: &str,
 ) -> String {
     format!(
         "{}Group-Founder-User: {user}\nGroup-Founder-Signature: {}\n",
-        founding_message(id, epoch, watermark),
+        founding_message(id, epoch, base, watermark),
         crate::identity::unarmor(signature)
     )
 }

@@ -252,17 +252,18 @@ fn settings_from_the_log_replace_only_what_they_set_and_record_their_index() {
 fn a_commit_names_the_epoch_of_the_group_that_made_it() {
     // The first group's commits carry no trailer: epoch 0, as before.
     assert_eq!(
-        founding_message(7, 0, 0),
+        founding_message(7, 0, 0, 0),
         "skygit: node 7 starts the room's raft group\n\nRaft-Last-Index: 0\nGroup-Founder: 7\n"
     );
-    assert_eq!(group_epoch(&founding_message(7, 0, 0)), 0);
+    assert_eq!(group_epoch(&founding_message(7, 0, 0, 0)), 0);
     assert_eq!(group_epoch(&init_message()), 0);
     // A later group's founding keeps the branch's watermark.
-    let m = founding_message(9, 3, 120);
+    let m = founding_message(9, 3, 130, 120);
     assert_eq!(
-        (founder(&m), group_epoch(&m), watermark(&m)),
-        (Some(9), 3, Some(120))
+        (founder(&m), group_epoch(&m), group_base(&m), watermark(&m)),
+        (Some(9), 3, 130, Some(120))
     );
+    assert_eq!(group_base(&founding_message(7, 0, 5, 0)), 0);
     let marked = with_epoch(settings_message(&RoomConfig::default(), 120, 4), 3);
     assert_eq!(group_epoch(&marked), 3);
     assert_eq!(watermark(&marked), Some(120));

@@ -17,9 +17,7 @@
 use std::collections::BTreeMap;
 
 use skygit_consensus::chat::MemChat;
-use skygit_consensus::model::{
-    ApplyOutcome, Change, ChangeKind, ChatRequest, Command, Conversation, MessageRecord,
-};
+use skygit_consensus::model::{ApplyOutcome, Change, ChatRequest, Conversation, MessageRecord};
 
 use crate::layout::{self, LayoutError, RoomConfig};
 use crate::{EntryKind, RepoError, RepoHead, RepoRemote};
@@ -88,28 +86,7 @@ pub struct History {
 }
 
 fn request_of(c: &Change) -> ChatRequest {
-    let command = match &c.kind {
-        ChangeKind::Post { content, .. } => Command::Post {
-            conversation: c.conversation.clone(),
-            content: content.clone(),
-        },
-        ChangeKind::Edit { message, content } => Command::Edit {
-            message: *message,
-            content: content.clone(),
-        },
-        ChangeKind::Delete { message } => Command::Delete { message: *message },
-        ChangeKind::CreateConversation { title } => Command::CreateConversation {
-            conversation: c.conversation.clone(),
-            title: title.clone(),
-        },
-    };
-    ChatRequest {
-        id: c.request,
-        sender: c.sender.clone(),
-        at: c.at,
-        command,
-        signature: c.signature.clone(),
-    }
+    c.request()
 }
 
 /// Loads the history of the room whose repository is `remote`.

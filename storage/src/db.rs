@@ -32,7 +32,7 @@ use crate::disk::{Disk, RealDisk};
 use crate::sim_disk::SimDisk;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 use skygit_consensus::codec::{self, CodecError};
-use skygit_consensus::model::GroupStart;
+use skygit_consensus::model::{Change, ChatRequest, Command, GroupStart};
 
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
@@ -318,7 +318,8 @@ pub(crate) fn begin_group(
     db: &RoomDb,
     next: GroupStart,
     role: crate::GroupRole,
-) -> Result<(), StorageError> {
+    watermark: u64,
+) -> Result<(GroupRecord, usize), StorageError> {
     let current = db.group()?;
     let refuse = |why| StorageError::Epoch {
         current: current.start.epoch,
@@ -346,6 +347,41 @@ pub(crate) fn begin_group(
         Err(e) => return Err(e.into()),
     }
     let mut batch = rocksdb::WriteBatch::default();
+    // What may be nowhere else goes to the outbox.
+    let mut carry: Vec<ChatRequest> = Vec::new();
+    let applied_raft = applied.map_or(0, |l| l.index);
+    for item in db.db.iterator_cf(
+        db.cf(CF_LOG)?,
+        rocksdb::IteratorMode::From(
+            &index_key(applied_raft.saturating_add(1)),
+            rocksdb::Direction::Forward,
+        ),
+    ) {
+        let (_, v) = item?;
+        let entry: skygit_consensus::types::Entry = codec::from_bytes(&v)?;
+        if let openraft::EntryPayload::Normal(req) = entry.payload {
+            if !matches!(req.command, Command::Synced { .. }) {
+                carry.push(req);
+            }
+        }
+    }
+    if role == crate::GroupRole::Joiner {
+        for item in db.db.iterator_cf(
+            db.cf(CF_JOURNAL)?,
+            rocksdb::IteratorMode::From(
+                &index_key(watermark.saturating_add(1)),
+                rocksdb::Direction::Forward,
+            ),
+        ) {
+            let (_, v) = item?;
+            let change: Change = codec::from_bytes(&v)?;
+            carry.push(change.request());
+        }
+    }
+    let outbox = db.cf(CF_OUTBOX)?;
+    for req in &carry {
+        batch.put_cf(outbox, req.id.to_bytes(), codec::to_bytes(req)?);
+    }
     batch.delete_range_cf(db.cf(CF_LOG)?, index_key(0), index_key(u64::MAX));
     let raft_meta = db.cf(CF_RAFT_META)?;
     for key in crate::log_store::GROUP_KEYS {
@@ -368,9 +404,10 @@ pub(crate) fn begin_group(
         epoch = next.epoch,
         base = next.base,
         ?role,
+        carried = carry.len(),
         "the room's state moved to a new raft group"
     );
-    Ok(())
+    Ok((record, carry.len()))
 }
 
 pub(crate) fn index_key(index: u64) -> [u8; 8] {

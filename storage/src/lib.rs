@@ -92,26 +92,44 @@ impl RoomStorage {
         self.state_machine.group()
     }
 
-    /// Moves the room's state into a new raft group: the old group's log,
-    /// vote and applied position are forgotten, the chat state, outbox and
-    /// applied-request ids are kept, in one synced write (a crash leaves
-    /// the old group or the new one, never a mix). The old group's raft
-    /// must be shut down, and this storage's log and state machine dropped
-    /// by everyone who held them: the returned storage replaces them.
+    /// Moves the room's state into a new raft group, in one synced write
+    /// (a crash leaves the old group or the new one, never a mix):
     ///
-    /// A founder's `next.base` must not be below the last room index it
-    /// applied (room indices never repeat).
+    /// - the old group's log, vote and applied position are forgotten;
+    /// - the chat state, the outbox and the applied request ids are kept;
+    /// - what this node holds that the new group may not have is carried
+    ///   into the outbox, to be proposed again (deduplicated by id): the
+    ///   requests in its log above what it applied (not yet known to be
+    ///   committed), and for a joiner, whose chat state the group's
+    ///   snapshot replaces, every journaled change above `watermark` (the
+    ///   repository's).
+    ///
+    /// The old group's raft must be shut down first. `self.log` is then a
+    /// fresh log store for the new group (raft's log and the state machine
+    /// are handed to the new raft). A founder's `next.base` must not be
+    /// below the last room index it applied (room indices never repeat).
+    /// Returns how many requests were carried.
     pub async fn begin_group(
-        self,
+        &mut self,
         next: GroupStart,
         role: GroupRole,
-    ) -> Result<Self, StorageError> {
-        let db = self.db.clone();
-        let faults = self.faults;
-        drop(self);
-        let on = db.clone();
-        db.blocking(move || db::begin_group(&on, next, role))
+        watermark: u64,
+    ) -> Result<usize, StorageError> {
+        let on = self.db.clone();
+        let (record, carried) = self
+            .db
+            .blocking(move || db::begin_group(&on, next, role, watermark))
             .await?;
-        Self::from_db(db, faults)
+        self.outbox.recount()?;
+        self.state_machine.set_group(record);
+        self.log = log_store::log_store(&self.db, self.faults.durability)?;
+        Ok(carried)
+    }
+
+    /// A new log store on the room's log, for a raft started again in the
+    /// same group (the old raft shut down).
+    pub fn reopen_log(&mut self) -> Result<(), StorageError> {
+        self.log = log_store::log_store(&self.db, self.faults.durability)?;
+        Ok(())
     }
 }

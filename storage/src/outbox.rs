@@ -77,6 +77,22 @@ impl Outbox {
             .await
     }
 
+    /// Counts the requests again (after a write that bypassed [`Self::put`]).
+    pub(crate) fn recount(&self) -> Result<(), StorageError> {
+        let mut len = self.lock();
+        let mut n = 0;
+        for item in self
+            .db
+            .db
+            .iterator_cf(self.db.cf(CF_OUTBOX)?, IteratorMode::Start)
+        {
+            item?;
+            n += 1;
+        }
+        *len = n;
+        Ok(())
+    }
+
     /// Forgets a request that committed (or was refused for good).
     pub fn remove(&self, id: Ulid) -> Result<bool, StorageError> {
         let mut len = self.lock();

@@ -31,6 +31,11 @@ impl ChatReader {
         self.db.get_decoded(CF_SM_META, KEY_LAST_APPLIED)
     }
 
+    /// The raft group the state belongs to.
+    pub fn group(&self) -> Result<crate::GroupRecord, StorageError> {
+        self.db.group()
+    }
+
     /// The room's settings as the log has set them.
     pub fn settings(&self) -> Result<RoomSettings, StorageError> {
         read_settings(&self.db)

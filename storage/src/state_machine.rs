@@ -103,6 +103,10 @@ impl StateMachine {
         *self.group.borrow()
     }
 
+    pub(crate) fn set_group(&self, group: GroupRecord) {
+        self.group.send_replace(group);
+    }
+
     /// The room's settings as applied so far, and every later change (a
     /// watch: a slow reader sees the latest, never a backlog).
     pub fn watch_settings(&self) -> watch::Receiver<RoomSettings> {

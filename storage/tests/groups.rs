@@ -54,6 +54,18 @@ async fn append_and_apply(s: &mut RoomStorage, term: u64, first: u64, reqs: Vec<
     s.state_machine.apply(stream).await.expect("apply");
 }
 
+/// Opens the room again once the closed one's background tasks let go
+/// of its database.
+async fn reopen(dir: &std::path::Path) -> RoomStorage {
+    for _ in 0..100 {
+        match RoomStorage::open(dir) {
+            Ok(s) => return s,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    RoomStorage::open(dir).expect("reopen")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_group_keeps_the_chat_state_and_numbers_on_from_its_base() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -66,11 +78,15 @@ async fn a_new_group_keeps_the_chat_state_and_numbers_on_from_its_base() {
     append_and_apply(&mut s, 1, 1, (1..=5).map(|n| post(n, "old")).collect()).await;
     let queued = post(99, "waiting");
     s.outbox.put(&queued).await.expect("outbox");
+    // In the log, never known to be committed: carried.
+    s.log
+        .blocking_append([Entry::new_normal(log_id(1, 6), post(50, "tail"))])
+        .await
+        .expect("append");
 
     // A founder may not start below what it applied.
     let refused = s
-        .clone()
-        .begin_group(GroupStart { epoch: 1, base: 4 }, GroupRole::Founder)
+        .begin_group(GroupStart { epoch: 1, base: 4 }, GroupRole::Founder, 0)
         .await;
     assert!(
         matches!(refused, Err(StorageError::Epoch { .. })),
@@ -84,10 +100,11 @@ async fn a_new_group_keeps_the_chat_state_and_numbers_on_from_its_base() {
         epoch: 1,
         base: 1000,
     };
-    let mut s = s
-        .begin_group(next, GroupRole::Founder)
+    let carried = s
+        .begin_group(next, GroupRole::Founder, 0)
         .await
         .expect("switch");
+    assert_eq!(carried, 1, "the log's unapplied tail is carried");
     assert_eq!(s.group().start, next);
     assert!(s.group().seeded);
     // The old group's raft state is gone...
@@ -100,7 +117,15 @@ async fn a_new_group_keeps_the_chat_state_and_numbers_on_from_its_base() {
     let general = ConversationId::new("general").expect("conversation");
     let kept = s.reader.messages(&general, None, None, 100).expect("read");
     assert_eq!(kept.len(), 5);
-    assert_eq!(s.outbox.len(), 1);
+    assert_eq!(s.outbox.len(), 2);
+    let waiting: Vec<Ulid> = s
+        .outbox
+        .list(10)
+        .expect("list")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(waiting, [Ulid(50), Ulid(99)]);
 
     // The new group's entries take room indices from the base on, and a
     // repeated request id is still a duplicate.
@@ -132,12 +157,12 @@ async fn a_new_group_keeps_the_chat_state_and_numbers_on_from_its_base() {
     // Reopened, the group and the room indices are as they were.
     drop(events);
     drop(s);
-    let s = RoomStorage::open(dir.path()).expect("reopen");
+    let mut s = reopen(dir.path()).await;
     assert_eq!(s.group().start, next);
     let all = s.reader.messages(&general, None, None, 100).expect("read");
     assert_eq!(all.last().map(|m| m.index), Some(1001));
     // Epochs only increase.
-    let again = s.begin_group(next, GroupRole::Founder).await;
+    let again = s.begin_group(next, GroupRole::Founder, 0).await;
     assert!(
         matches!(again, Err(StorageError::Epoch { .. })),
         "{:?}",
@@ -149,13 +174,17 @@ async fn a_new_group_keeps_the_chat_state_and_numbers_on_from_its_base() {
 async fn a_joiner_applies_nothing_before_the_groups_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = RoomStorage::open(dir.path()).expect("open");
-    append_and_apply(&mut s, 1, 1, vec![post(1, "old")]).await;
-    let mut s = s
-        .begin_group(GroupStart { epoch: 2, base: 7 }, GroupRole::Joiner)
+    append_and_apply(&mut s, 1, 1, vec![post(1, "old"), post(2, "newer")]).await;
+    // The repository holds index 1: only the journal above it is carried
+    // (the group's snapshot will replace this node's chat state).
+    let carried = s
+        .begin_group(GroupStart { epoch: 2, base: 7 }, GroupRole::Joiner, 1)
         .await
         .expect("switch");
+    assert_eq!(carried, 1);
+    assert_eq!(s.outbox.list(10).expect("list"), [post(2, "newer")]);
     assert!(!s.group().seeded);
-    let entry = Entry::new_normal(log_id(1, 1), post(2, "new"));
+    let entry = Entry::new_normal(log_id(1, 1), post(3, "new"));
     let stream = futures::stream::iter([Ok((entry, None))]);
     let e = s
         .state_machine
@@ -169,7 +198,7 @@ async fn a_joiner_applies_nothing_before_the_groups_snapshot() {
             .messages(&general, None, None, 10)
             .expect("read")
             .len(),
-        1
+        2
     );
 }
 
@@ -186,8 +215,8 @@ async fn a_snapshot_seeds_only_a_joiner_of_its_own_group() {
     let group = GroupStart { epoch: 3, base: 2 };
     let mut founder = RoomStorage::open(founder_dir.path()).expect("open");
     append_and_apply(&mut founder, 1, 1, vec![post(1, "a"), post(2, "b")]).await;
-    let mut founder = founder
-        .begin_group(group, GroupRole::Founder)
+    founder
+        .begin_group(group, GroupRole::Founder, 0)
         .await
         .expect("found");
     append_and_apply(&mut founder, 1, 1, vec![post(3, "c")]).await;
@@ -197,9 +226,9 @@ async fn a_snapshot_seeds_only_a_joiner_of_its_own_group() {
         .await
         .expect("snapshot");
 
-    let mut joiner = RoomStorage::open(joiner_dir.path())
-        .expect("open")
-        .begin_group(group, GroupRole::Joiner)
+    let mut joiner = RoomStorage::open(joiner_dir.path()).expect("open");
+    joiner
+        .begin_group(group, GroupRole::Joiner, 0)
         .await
         .expect("join");
     joiner
@@ -215,9 +244,9 @@ async fn a_snapshot_seeds_only_a_joiner_of_its_own_group() {
         .expect("read");
     assert_eq!(got.iter().map(|m| m.index).collect::<Vec<_>>(), [1, 2, 3]);
 
-    let mut stranger = RoomStorage::open(stranger_dir.path())
-        .expect("open")
-        .begin_group(GroupStart { epoch: 4, base: 2 }, GroupRole::Joiner)
+    let mut stranger = RoomStorage::open(stranger_dir.path()).expect("open");
+    stranger
+        .begin_group(GroupStart { epoch: 4, base: 2 }, GroupRole::Joiner, 0)
         .await
         .expect("join");
     let e = stranger

@@ -910,7 +910,7 @@ async fn a_committer_of_a_superseded_group_writes_nothing_after_the_newer_foundi
         .commit(CommitRequest {
             expected_head: Some(head.commit_sha),
             files: Vec::new(),
-            message: skygit_actors::layout::founding_message(99, 1, first),
+            message: skygit_actors::layout::founding_message(99, 1, first, first),
             time_secs: 0,
         })
         .await

@@ -20,8 +20,9 @@ pub struct Flusher {
     /// is known to hold; 0 until looked at on a head this committer did not
     /// write (which includes the first flush after [`Self::forget_head`]).
     config_written: std::sync::Mutex<u64>,
-    /// The epoch of this node's raft group.
-    epoch: u64,
+    /// The epoch of this node's raft group, when set by hand (tests);
+    /// otherwise the group the room's state belongs to now.
+    epoch: Option<u64>,
 }
 
 impl Flusher {
@@ -41,13 +42,13 @@ impl Flusher {
             running: tokio::sync::Mutex::new(()),
             known: std::sync::Mutex::new(None),
             config_written: std::sync::Mutex::new(0),
-            epoch: 0,
+            epoch: None,
         }
     }
 
     /// A committer of the group of `epoch` (0: the room's first group).
     pub fn at_epoch(mut self, epoch: u64) -> Self {
-        self.epoch = epoch;
+        self.epoch = Some(epoch);
         self
     }
 
@@ -165,6 +166,16 @@ impl Flusher {
     /// repository holds every applied change.
     pub async fn flush(&self, config: &RoomConfig) -> Result<FlushReport, CommitterError> {
         let _one = self.running.lock().await;
+        let epoch = match self.epoch {
+            Some(e) => e,
+            None => {
+                self.reader
+                    .group()
+                    .map_err(|e| CommitterError::Storage(e.to_string()))?
+                    .start
+                    .epoch
+            }
+        };
         let calls_before = self.remote.calls();
         let mut report = FlushReport::default();
         let mut rounds = 0;
@@ -180,8 +191,7 @@ impl Flusher {
                 None => match self.timed(self.remote.head()).await? {
                     Some(head) => {
                         let head_epoch = layout::group_epoch(&head.message);
-                        if let Some(plan::Plan::Fail(e)) = plan::check_epoch(head_epoch, self.epoch)
-                        {
+                        if let Some(plan::Plan::Fail(e)) = plan::check_epoch(head_epoch, epoch) {
                             tracing::error!(error = %e, "the room's group was re-formed without this node");
                             return Err(e);
                         }
@@ -220,7 +230,7 @@ impl Flusher {
                 watermark,
                 from_cache,
                 synced,
-                epoch: self.epoch,
+                epoch,
                 changes: &changes,
                 settings: &settings,
                 new_config: new_config.as_ref(),

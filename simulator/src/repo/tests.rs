@@ -91,11 +91,11 @@ async fn a_commit_of_an_older_group_after_a_newer_founding_is_reported() {
     let h = host(4, RepoFaults::none());
     let c = h.client(1);
     let base = c
-        .commit(req(None, &[("x", "0")], &founding_message(1, 0, 0)))
+        .commit(req(None, &[("x", "0")], &founding_message(1, 0, 0, 0)))
         .await
         .unwrap();
     let later = c
-        .commit(req(Some(&base), &[], &founding_message(2, 1, 0)))
+        .commit(req(Some(&base), &[], &founding_message(2, 1, 0, 0)))
         .await
         .unwrap();
     let same = with_epoch("batch\n\nRaft-Last-Index: 3\n".into(), 1);
