@@ -18,6 +18,7 @@ pub mod membership;
 pub mod mesh;
 pub mod peer;
 pub mod presence;
+pub mod reform;
 pub mod room;
 
 // The ports, the repository layout and read-back live in `skygit-ports`;

@@ -62,6 +62,8 @@ pub struct LocalOptions {
     /// Verify identities: each node signs with a key of its own (made from
     /// its id), and every node knows every node's user and key.
     pub sign: bool,
+    /// Re-form the group when its majority is gone (with a repository).
+    pub reform: Option<skygit_consensus::reform::ReformPolicy>,
 }
 
 /// Makes node `id`'s repository remote.
@@ -81,6 +83,7 @@ impl LocalOptions {
             repo: None,
             committer: CommitterOptions::default(),
             sign: false,
+            reform: None,
         }
     }
 }
@@ -239,6 +242,7 @@ impl LocalCluster {
                 bootstrap,
                 rng: seeded(1 << 32),
                 identity,
+                reform: self.opts.reform,
             },
         };
         let handle = start_room(spec, ports).await?;

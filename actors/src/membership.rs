@@ -23,6 +23,8 @@ use crate::layout;
 use crate::mesh::LinkChanged;
 use crate::ports::{CommitRequest, RepoError, RepoHead, RepoRemote, WallClock};
 use crate::presence::{PossiblePeers, PresenceActor, SetInGroup};
+use crate::reform::{Moved, Reformer};
+use skygit_consensus::reform::{self, ReformDecision, ReformPolicy, ReformView};
 
 /// A membership change that has not committed by then is abandoned (and
 /// planned again).
@@ -58,7 +60,25 @@ pub struct MembershipStatus {
     pub leaving: Vec<NodeId>,
     pub last_step: Option<String>,
     pub waiting: Option<String>,
+    /// The raft group this node is in.
+    pub epoch: u64,
+    pub base: u64,
+    /// Why the group is not re-formed, while no leader is reachable.
+    pub reform_waiting: Option<String>,
+    /// This node's last move into a new group.
+    pub reformed: Option<Reformed>,
 }
+
+/// A move of this node into a new group of its room.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Reformed {
+    pub at_ms: i64,
+    pub reason: String,
+    pub moved: Moved,
+}
+
+/// How long a failed join waits before the repository is read again.
+const JOIN_RETRY: Duration = Duration::from_secs(5);
 
 pub struct MembershipActor {
     /// The room's name, the `room` label of this actor's metrics.
@@ -81,6 +101,17 @@ pub struct MembershipActor {
     /// Set on a room that verifies identities.
     verified: Option<VerifiedPeers>,
     founder: Option<Founder>,
+    /// Re-forming the group (a node with a repository).
+    reform: Option<(Reformer, ReformPolicy)>,
+    /// Since when no leader has been reachable.
+    leaderless_since: Option<Instant>,
+    /// This node founded the group it is in and has not seeded it yet:
+    /// nobody is added before the seed snapshot exists.
+    seed_pending: bool,
+    reform_waiting: Option<String>,
+    reformed: Option<Reformed>,
+    /// No join is tried before this (after one failed).
+    join_after: Option<Instant>,
     span: tracing::Span,
 }
 
@@ -111,8 +142,168 @@ impl MembershipActor {
             waiting: None,
             verified: None,
             founder: None,
+            reform: None,
+            leaderless_since: None,
+            seed_pending: false,
+            reform_waiting: None,
+            reformed: None,
+            join_after: None,
             span,
         }
+    }
+
+    /// Re-forms the room's group when its majority is gone for good
+    /// (`policy`), and joins a newer group a peer names, with `reformer`.
+    pub fn reforming(mut self, reformer: Reformer, policy: ReformPolicy) -> Self {
+        self.reform = Some((reformer, policy));
+        self
+    }
+
+    /// Tracks since when no leader has been reachable, and answers for how
+    /// long.
+    fn leaderless_for(&mut self, initialized: bool) -> Duration {
+        let m = self.replica.metrics();
+        let me = self.replica.id();
+        let reachable = m
+            .current_leader
+            .is_some_and(|l| l == me || self.online.contains(&l));
+        if reachable || !initialized {
+            self.leaderless_since = None;
+            return Duration::ZERO;
+        }
+        let since = *self.leaderless_since.get_or_insert_with(Instant::now);
+        since.elapsed()
+    }
+
+    /// Joins a newer group a peer's frames named, after the repository
+    /// confirms it. Returns whether it started.
+    fn try_join(&mut self, ctx: &mut Context<Self>) -> bool {
+        let Some((reformer, _)) = &self.reform else {
+            return false;
+        };
+        let hint = *self.replica.newer_epoch_seen().borrow();
+        let current = self.replica.group().epoch;
+        if hint.is_none_or(|e| e <= current) {
+            return false;
+        }
+        if self.join_after.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        self.busy = true;
+        let mut reformer = reformer.clone();
+        ctx.spawn(
+            async move { reformer.join().await }
+                .instrument(self.span.clone())
+                .into_actor(self)
+                .map(|joined, act, _| {
+                    act.busy = false;
+                    match joined {
+                        Ok(moved) => act.moved(moved, "a peer is in a newer group of the room"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "did not join the newer group");
+                            act.join_after = Some(Instant::now() + JOIN_RETRY);
+                        }
+                    }
+                }),
+        );
+        true
+    }
+
+    /// Founds a new group when [`reform::decide`] says so. Returns whether
+    /// it started.
+    fn try_reform(&mut self, ctx: &mut Context<Self>, leaderless_for: Duration) -> bool {
+        let Some((reformer, policy)) = &self.reform else {
+            return false;
+        };
+        let m = self.replica.metrics();
+        let membership = m.membership_config.membership();
+        let view = ReformView {
+            me: self.replica.id(),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            reachable: self.online.clone(),
+            leaderless_for,
+        };
+        match reform::decide(&view, policy) {
+            ReformDecision::Healthy => {
+                self.reform_waiting = None;
+                false
+            }
+            ReformDecision::Wait(why) => {
+                if self.reform_waiting.as_ref() != Some(&why) {
+                    tracing::info!(reason = %why, "not re-forming the group");
+                    self.reform_waiting = Some(why);
+                }
+                false
+            }
+            ReformDecision::Found => {
+                self.busy = true;
+                let mut reformer = reformer.clone();
+                ctx.spawn(
+                    async move { reformer.found().await }
+                        .instrument(self.span.clone())
+                        .into_actor(self)
+                        .map(|founded, act, _| {
+                            act.busy = false;
+                            match founded {
+                                Ok(moved) => act.moved(
+                                    moved,
+                                    "no leader was reachable and a majority of voters was gone",
+                                ),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "did not re-form the group");
+                                    act.reform_waiting = Some(e.to_string());
+                                }
+                            }
+                        }),
+                );
+                true
+            }
+        }
+    }
+
+    /// This node is in a new group now.
+    fn moved(&mut self, moved: Moved, reason: &str) {
+        metrics::counter!(
+            "skygit_reformations_total",
+            "room" => self.room.clone(),
+            "role" => if moved.founded { "founded" } else { "joined" }
+        )
+        .increment(1);
+        metrics::counter!("skygit_reform_carried_requests_total", "room" => self.room.clone())
+            .increment(moved.carried as u64);
+        self.leaderless_since = None;
+        self.reform_waiting = None;
+        self.join_after = None;
+        self.seed_pending = moved.founded;
+        let at_ms = self.reform.as_ref().map_or(0, |(r, _)| r.clock.now_ms());
+        self.reformed = Some(Reformed {
+            at_ms,
+            reason: reason.to_owned(),
+            moved,
+        });
+    }
+
+    /// Seeds the group this node founded (see [`Reformer::seed`]).
+    fn try_seed(&mut self, ctx: &mut Context<Self>) {
+        let Some((reformer, _)) = &self.reform else {
+            self.seed_pending = false;
+            return;
+        };
+        self.busy = true;
+        let reformer = reformer.clone();
+        ctx.spawn(
+            async move { reformer.seed().await }
+                .instrument(self.span.clone())
+                .into_actor(self)
+                .map(|seeded, act, _| {
+                    act.busy = false;
+                    match seeded {
+                        Ok(()) => act.seed_pending = false,
+                        Err(e) => tracing::warn!(error = %e, "the new group is not seeded yet"),
+                    }
+                }),
+        );
     }
 
     /// On a room that verifies identities: only verified peers count when
@@ -180,8 +371,25 @@ impl MembershipActor {
             self.in_group = initialized;
             self.presence.do_send(SetInGroup(initialized));
         }
+        metrics::gauge!("skygit_group_epoch", "room" => self.room.clone())
+            .set(self.replica.group().epoch as f64);
+        if self.try_join(ctx) {
+            return;
+        }
+        if self.seed_pending {
+            self.try_seed(ctx);
+            return;
+        }
+        let leaderless_for = self.leaderless_for(initialized);
         if !initialized {
-            self.try_bootstrap(ctx);
+            if self.replica.group().epoch > 0 {
+                self.waiting = Some("waiting to be added to the room's group".into());
+            } else {
+                self.try_bootstrap(ctx);
+            }
+            return;
+        }
+        if self.try_reform(ctx, leaderless_for) {
             return;
         }
         self.waiting = None;
@@ -486,7 +694,7 @@ pub async fn claim_founding(
 
 /// Checks founding commit `message` of node `node` against its user's
 /// keys. The outer error: the keys could not be read (undecided).
-async fn verify_founding(
+pub(crate) async fn verify_founding(
     ours: &Founder,
     node: NodeId,
     message: &str,
@@ -590,6 +798,10 @@ impl Handler<GetMembershipStatus> for MembershipActor {
             leaving: self.replica.leaving().into_iter().collect(),
             last_step: self.last_step.clone(),
             waiting: self.waiting.clone(),
+            epoch: self.replica.group().epoch,
+            base: self.replica.group().base,
+            reform_waiting: self.reform_waiting.clone(),
+            reformed: self.reformed.clone(),
         })
     }
 }

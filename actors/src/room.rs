@@ -83,6 +83,9 @@ pub struct MeshPorts {
     pub rng: Box<dyn RandomSource>,
     /// Set on a room that verifies identities.
     pub identity: Option<RoomIdentity>,
+    /// Re-form the group when its majority is gone for good (with a
+    /// repository only: the founding is a commit on its branch).
+    pub reform: Option<skygit_consensus::reform::ReformPolicy>,
 }
 
 /// How a room that verifies identities signs this node's presence and
@@ -230,6 +233,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     }
     .start();
     let repo_for_bootstrap = ports.repo.clone().map(|r| (r, ports.clock.clone()));
+    let repo_for_reform = ports.repo.clone();
     let flusher = ports.repo.map(|remote| {
         Arc::new(Flusher::new(
             remote,
@@ -264,15 +268,29 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         m.bootstrap,
         repo_for_bootstrap,
     );
-    let membership = match &m.identity {
-        Some(identity) => membership.verifying(
-            verified.clone(),
-            crate::membership::Founder {
-                user: spec.user.to_string(),
-                identity: identity.clone(),
-            },
-        ),
+    let founder = m
+        .identity
+        .as_ref()
+        .map(|identity| crate::membership::Founder {
+            user: spec.user.to_string(),
+            identity: identity.clone(),
+        });
+    let membership = match &founder {
+        Some(f) => membership.verifying(verified.clone(), f.clone()),
         None => membership,
+    };
+    let membership = match (m.reform, repo_for_reform) {
+        (Some(policy), Some(repo)) => membership.reforming(
+            crate::reform::Reformer {
+                replica: replica.clone(),
+                storage: storage.clone(),
+                repo,
+                clock: ports.clock.clone(),
+                founder,
+            },
+            policy,
+        ),
+        _ => membership,
     }
     .start();
     mesh.do_send(SubscribeLinks(membership.clone().recipient()));
@@ -325,8 +343,14 @@ fn request_check(
                 Err(reason)
             };
             let sender = request.sender.as_str();
+            let signed = skygit_ports::identity::request_statement(&request).is_some()
+                && request.signature.is_some();
             match user {
                 Some(u) if u == sender => {}
+                // A request its author signed may come through anyone: a
+                // node carrying what a re-formed group may not have
+                // proposes its peers' requests again, unchanged.
+                Some(_) if signed => {}
                 Some(u) => {
                     return refused(format!(
                         "node {peer} is {u}'s; it cannot propose as {sender}"

@@ -111,6 +111,32 @@ pub struct Membership {
     pub leaving: Vec<u64>,
     pub last_step: Option<String>,
     pub waiting: Option<String>,
+    /// The epoch of the raft group this node is in (0: the room's first).
+    pub epoch: u64,
+    /// The room index the group's log numbers on from.
+    pub base: u64,
+    /// Why the group is not re-formed yet, while no leader is reachable.
+    pub reform_waiting: Option<String>,
+    /// The last time this node moved into a new group.
+    pub reformed: Option<Reformation>,
+}
+
+/// A node's move into a new raft group of its room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reformation {
+    /// When (this node's clock, milliseconds since the Unix epoch).
+    pub at_ms: i64,
+    pub epoch: u64,
+    pub base: u64,
+    /// The node whose founding commit won the epoch.
+    pub founder: u64,
+    /// Whether this node founded it (otherwise it joined).
+    pub founded: bool,
+    /// Why: the old group's majority was gone, or a newer group was found.
+    pub reason: String,
+    /// Requests this node carried over to be proposed again.
+    pub carried: u64,
 }
 
 /// The presence actor: this node's record in the room and what it sees.

@@ -14,6 +14,7 @@ pub mod membership;
 pub mod model;
 pub mod network;
 pub mod ports;
+pub mod reform;
 pub mod replica;
 pub mod rpc;
 pub mod rt;

@@ -20,6 +20,7 @@ use skygit_actors::room::{start_room, MeshPorts, RoomIdentity, RoomPorts, RoomSp
 use skygit_consensus::membership::{MembershipPolicy, MAX_VOTERS};
 use skygit_consensus::model::RoomId;
 use skygit_consensus::ports::{PeerLink, SystemClock};
+use skygit_consensus::reform::ReformPolicy;
 use skygit_consensus::NodeId;
 use skygit_mesh::{Mesh, MeshConfig};
 use skygit_storage::Faults;
@@ -62,6 +63,14 @@ pub struct MeshArgs {
     #[arg(long, env = "SKYGIT_VOTERS",
           value_parser = clap::value_parser!(u64).range(1..=MAX_VOTERS as u64))]
     pub voters: Option<u64>,
+    /// Seconds without a reachable leader, while a majority of the voters
+    /// is unreachable and at least half of the members are, before the
+    /// survivors re-form the room's group (a new epoch, founded by a
+    /// compare-and-swap commit on the branch). 0 never re-forms: the
+    /// survivors then queue until the old voters return.
+    #[arg(long, env = "SKYGIT_REFORM_AFTER_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub reform_after_secs: u64,
     /// Test fault: publish a certificate fingerprint that is not this
     /// node's (its peers must refuse it).
     #[arg(long, hide = true)]
@@ -259,6 +268,9 @@ pub async fn open_room(
                 bootstrap,
                 rng: Box::new(SeededRng::from_os()),
                 identity,
+                reform: (args.reform_after_secs > 0).then(|| ReformPolicy {
+                    after: Duration::from_secs(args.reform_after_secs),
+                }),
             },
         },
     )

@@ -21,7 +21,7 @@ use skygit_actors::presence::{GetPresenceStatus, PresenceStatus};
 use skygit_api::{
     CatchUp, Committer, Consensus, ErrorBody, FlushInfo, FlushList, Gathered, Ice, Identity,
     LinkPath, Membership, NewRepository, NewSettings, NodeOverrides, Peer, PeerList, PeerState,
-    Presence, Pushed, RefusedPeer, Replication, RepoApi, Repository, RepositoryAdded,
+    Presence, Pushed, Reformation, RefusedPeer, Replication, RepoApi, Repository, RepositoryAdded,
     RepositoryList, Role, RoomSettings, Settings, Signals, Status, Success,
 };
 use skygit_consensus::model::Command;
@@ -458,6 +458,18 @@ fn membership_view(m: MembershipStatus) -> Membership {
         leaving: m.leaving,
         last_step: m.last_step,
         waiting: m.waiting,
+        epoch: m.epoch,
+        base: m.base,
+        reform_waiting: m.reform_waiting,
+        reformed: m.reformed.map(|r| Reformation {
+            at_ms: r.at_ms,
+            epoch: r.moved.group.epoch,
+            base: r.moved.group.base,
+            founder: r.moved.founder,
+            founded: r.moved.founded,
+            reason: r.reason,
+            carried: r.moved.carried as u64,
+        }),
     }
 }
 

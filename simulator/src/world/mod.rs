@@ -259,6 +259,8 @@ impl World {
                     &format!("mesh-{id}-{incarnation}"),
                 ))),
                 identity: None,
+                // Re-forming is not simulated yet (issue 15).
+                reform: None,
             },
         };
         let handle = start_room(spec, ports)

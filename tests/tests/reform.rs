@@ -1,0 +1,209 @@
+//! Re-forming a room's raft group (issue 15) with in-process nodes and a
+//! real `git daemon`: the survivors of a lost majority found a new epoch
+//! by a compare-and-swap commit and keep committing; a node of the old
+//! group that comes back joins the new one and carries what it held; the
+//! repository ends with every acknowledged message exactly once.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skygit_actors::consensus::Proposed;
+use skygit_actors::layout;
+use skygit_actors::local::{LocalCluster, RepoFactory};
+use skygit_actors::ports::RepoRemote;
+use skygit_consensus::model::{ApplyOutcome, ChangeKind};
+use skygit_consensus::reform::ReformPolicy;
+use skygit_consensus::NodeId;
+use skygit_remotes::git::GitRemote;
+use skygit_tests::committing::*;
+use skygit_tests::git_server::{clone_and_read, git, GitDaemon};
+use skygit_tests::*;
+use ulid::Ulid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn git_factory(url: String, caches: &Path) -> RepoFactory {
+    let caches = caches.to_owned();
+    Arc::new(move |id: NodeId| {
+        Arc::new(
+            GitRemote::open(&url, "main", &caches.join(format!("cache-{id}"))).expect("git remote"),
+        ) as Arc<dyn RepoRemote>
+    })
+}
+
+/// A two-node room on a fresh repository that re-forms after 2 s.
+async fn reforming_room(dir: &Path) -> (GitDaemon, String, LocalCluster) {
+    let daemon = GitDaemon::start(&dir.join("srv")).expect("git daemon");
+    let url = daemon.create("room.git").expect("repository");
+    let mut opts = committing_options(git_factory(url.clone(), dir));
+    opts.reform = Some(ReformPolicy {
+        after: Duration::from_secs(2),
+    });
+    let c = cluster(dir, 2, Some(opts)).await;
+    (daemon, url, c)
+}
+
+/// Waits until node `id` runs in group `epoch` or a newer one.
+async fn wait_epoch(c: &LocalCluster, id: NodeId, epoch: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c.handle(id).is_none_or(|h| h.replica.group().epoch < epoch) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {id} never reached group epoch {epoch}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every post in the repository, by request id, checking that none is
+/// there twice.
+fn posts_in_repo(url: &str, into: &Path) -> BTreeSet<Ulid> {
+    let cloned = clone_and_read(url, into);
+    let mut seen = BTreeSet::new();
+    for ch in &cloned.changes {
+        if matches!(ch.kind, ChangeKind::Post { .. }) {
+            assert!(
+                seen.insert(ch.request),
+                "request {} is in the repository twice",
+                ch.request
+            );
+        }
+    }
+    seen
+}
+
+/// The branch's group epochs along first parents, oldest first.
+fn epochs_in_repo(url: &str, into: &Path) -> Vec<u64> {
+    let _ = std::fs::remove_dir_all(into);
+    git(&["clone", "--quiet", "--bare", url, &into.to_string_lossy()]);
+    let log = git(&[
+        "-C",
+        &into.to_string_lossy(),
+        "log",
+        "--first-parent",
+        "--reverse",
+        "--format=%B%x00",
+        "main",
+    ]);
+    log.split('\0')
+        .filter(|m| !m.trim().is_empty())
+        .map(layout::group_epoch)
+        .collect()
+}
+
+/// A partition of a two-node room: the leader, cut off, can only queue;
+/// the other node re-forms the group alone (epoch 1, won on the branch)
+/// and commits. Healed, the old leader joins epoch 1 and carries what it
+/// queued and held; the repository has every acknowledged post once.
+#[actix_rt::test]
+async fn a_cut_off_majority_is_re_formed_and_the_old_leader_rejoins_with_what_it_held() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_daemon, url, mut c) = reforming_room(dir.path()).await;
+    let leader = c.wait_leader(WAIT).await.expect("leader");
+    let other = *c.ids().iter().find(|id| **id != leader).expect("two nodes");
+    let mut acked = BTreeSet::new();
+    for i in 0..5 {
+        let (req, _) = post_committed(&c, leader, "ana", format!("before {i}")).await;
+        acked.insert(req.id);
+    }
+    flush(&c).await;
+    for i in 0..3 {
+        let (req, _) = post_committed(&c, leader, "ana", format!("unflushed {i}")).await;
+        acked.insert(req.id);
+    }
+
+    c.isolate(leader, true);
+    // The cut-off leader cannot commit: its posts are queued, acknowledged.
+    for i in 0..2 {
+        let (req, proposed) = post(&c, leader, "ana", format!("queued {i}"))
+            .await
+            .expect("submitted");
+        assert!(matches!(proposed, Proposed::Queued { .. }), "{proposed:?}");
+        acked.insert(req.id);
+    }
+    wait_epoch(&c, other, 1).await;
+    let group = c.handle(other).expect("runs").replica.group();
+    assert_eq!(group.epoch, 1);
+    for i in 0..3 {
+        let (req, outcome) = commit(&c, other, "bo", post_command(format!("after {i}"))).await;
+        assert!(
+            matches!(outcome, ApplyOutcome::Applied { index } if index > group.base),
+            "{outcome:?}"
+        );
+        acked.insert(req.id);
+    }
+    assert_eq!(
+        c.handle(leader).expect("runs").replica.group().epoch,
+        0,
+        "the cut-off side cannot see the new group"
+    );
+
+    c.isolate(leader, false);
+    wait_epoch(&c, leader, 1).await;
+    // What the old leader carried commits in the new group.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !c.handle(leader).expect("runs").storage.outbox.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old leader's carried requests never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    flush(&c).await;
+    let in_repo = posts_in_repo(&url, &dir.path().join("clone"));
+    let missing: Vec<_> = acked.difference(&in_repo).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not in the repository: {missing:?}"
+    );
+    assert_eq!(in_repo.len(), acked.len());
+    let epochs = epochs_in_repo(&url, &dir.path().join("bare"));
+    assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "{epochs:?}");
+    assert_eq!(epochs.last(), Some(&1));
+    // Both nodes hold every message.
+    for id in c.ids() {
+        let ids: BTreeSet<Ulid> = message_ids(&c, id).into_iter().collect();
+        assert_eq!(ids, acked, "node {id}");
+    }
+    c.stop_node(leader).await;
+    c.shutdown().await;
+}
+
+/// The survivor of a two-node room whose other node is killed keeps
+/// committing alone; the killed node, restarted, joins the new group.
+#[actix_rt::test]
+async fn the_survivor_of_a_two_node_room_keeps_committing_alone() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_daemon, url, mut c) = reforming_room(dir.path()).await;
+    let leader = c.wait_leader(WAIT).await.expect("leader");
+    let other = *c.ids().iter().find(|id| **id != leader).expect("two nodes");
+    let mut acked = BTreeSet::new();
+    for i in 0..4 {
+        let (req, _) = post_committed(&c, other, "bo", format!("before {i}")).await;
+        acked.insert(req.id);
+    }
+    c.stop_node(leader).await;
+    let started = tokio::time::Instant::now();
+    let (req, outcome) = commit(&c, other, "bo", post_command("alone".into())).await;
+    assert!(outcome.is_settled(), "{outcome:?}");
+    acked.insert(req.id);
+    eprintln!(
+        "the survivor committed {:.1} s after losing its peer",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(c.handle(other).expect("runs").replica.group().epoch, 1);
+    flush(&c).await;
+
+    c.start_node(leader).await.expect("restarts");
+    wait_epoch(&c, leader, 1).await;
+    let (req, _) = post_committed(&c, leader, "ana", "back".into()).await;
+    acked.insert(req.id);
+    flush(&c).await;
+    let in_repo = posts_in_repo(&url, &dir.path().join("clone"));
+    assert_eq!(in_repo, acked);
+    c.shutdown().await;
+}
