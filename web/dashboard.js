@@ -71,6 +71,10 @@
       (s.leader_reachable === false ? ' (unreachable)' : ''));
     $('no-leader').hidden = c.leader != null && s.leader_reachable !== false;
     txt('term', c.term);
+    const m = s.membership || {};
+    txt('epoch', m.epoch);
+    txt('reformed', m.reformed ? '(' + (m.reformed.founded ? 'founded' : 'joined') + ', ' +
+      m.reformed.carried + ' carried)' : (m.reform_waiting || ''));
     txt('state', c.state);
     txt('last-log-index', c.last_log_index);
     txt('commit-index', c.committed_index);

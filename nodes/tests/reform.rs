@@ -1,0 +1,166 @@
+//! Real `skygit node` processes over WebRTC re-forming their room's group
+//! (issue 15): five nodes, three voters; the leader and another voter are
+//! killed (SIGKILL) and stay down; the three survivors found the next
+//! epoch on the branch and commit again; the killed voters come back, join
+//! it, and every acknowledged message is on every node and in the
+//! repository exactly once.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use skygit_harness::{converged, post_round, wait_for, wait_leader, wait_members, NodeProc, NodeSpec};
+use skygit_tests::git_server::{clone_and_read, git};
+
+const SETTLE: Duration = Duration::from_secs(90);
+/// The survivors re-form after this long without a reachable leader.
+const REFORM_AFTER_SECS: &str = "5";
+
+fn spec(dir: &Path, repo: &Path, user: &str) -> NodeSpec {
+    NodeSpec::for_test(
+        Path::new(env!("CARGO_BIN_EXE_skygit")),
+        dir,
+        repo,
+        user,
+        &["--commit-interval", "1", "--reform-after-secs", REFORM_AFTER_SECS],
+    )
+}
+
+fn bare_repo(dir: &Path) -> PathBuf {
+    let repo = dir.join("room.git");
+    git(&["init", "--quiet", "--bare", &repo.to_string_lossy()]);
+    repo
+}
+
+/// Every post in the repository, read with the real git.
+fn repo_posts(repo: &Path, scratch: &Path) -> Vec<String> {
+    let cloned = clone_and_read(&format!("file://{}", repo.display()), scratch);
+    cloned
+        .changes
+        .iter()
+        .filter_map(|c| match &c.kind {
+            skygit_consensus::model::ChangeKind::Post { content, .. } => Some(content.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn epoch_of(n: &NodeProc) -> Option<u64> {
+    Some(n.status().await.ok()?.membership?.epoch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_processes_re_form_after_losing_two_voters_and_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = bare_repo(dir.path());
+    let users = ["ana", "bo", "cy", "dee", "eli"];
+    let mut nodes = Vec::new();
+    for u in users {
+        nodes.push(
+            NodeProc::start(spec(dir.path(), &repo, u))
+                .await
+                .expect("node starts"),
+        );
+    }
+    let all: Vec<&NodeProc> = nodes.iter().collect();
+    wait_members(&all, 3, SETTLE)
+        .await
+        .expect("three voters, two learners");
+    let mut acked = BTreeSet::new();
+    post_round(&all, "before", 1, &mut acked)
+        .await
+        .expect("posts acknowledged");
+    converged(&all, &acked, SETTLE).await.expect("converged");
+
+    // The leader and one more voter die without a goodbye.
+    let leader = wait_leader(&all, SETTLE).await.expect("leader");
+    let voters = all
+        .iter()
+        .find(|n| n.node_id == leader)
+        .expect("leader runs")
+        .status()
+        .await
+        .expect("status")
+        .membership
+        .expect("membership")
+        .voters;
+    let other_voter = voters
+        .iter()
+        .copied()
+        .find(|v| *v != leader)
+        .expect("three voters");
+    let mut killed = Vec::new();
+    let mut i = 0;
+    while i < nodes.len() {
+        if [leader, other_voter].contains(&nodes[i].node_id) {
+            let mut n = nodes.remove(i);
+            n.kill().await.expect("killed");
+            killed.push(n);
+        } else {
+            i += 1;
+        }
+    }
+    let lost_at = Instant::now();
+    let survivors: Vec<&NodeProc> = nodes.iter().collect();
+
+    // The survivors post on: queued while leaderless, committed once the
+    // group is re-formed.
+    let mut round = 0;
+    let committed_after = loop {
+        round += 1;
+        let answers = post_round(&survivors, &format!("survivors {round}"), 1, &mut acked)
+            .await
+            .expect("posts acknowledged");
+        if answers.iter().any(|(_, _, p)| p.index.is_some()) {
+            break lost_at.elapsed();
+        }
+        assert!(
+            lost_at.elapsed() < SETTLE,
+            "no survivor committed a post in {SETTLE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "reform: first committed post {:.1} s after the majority was lost",
+        committed_after.as_secs_f64()
+    );
+    for n in &survivors {
+        assert_eq!(epoch_of(n).await, Some(1), "{} is in epoch 1", n.spec.user);
+    }
+    converged(&survivors, &acked, SETTLE)
+        .await
+        .expect("the survivors converge");
+
+    // The killed voters come back with their data and join epoch 1.
+    for k in &killed {
+        nodes.push(NodeProc::start(k.spec.clone()).await.expect("restarts"));
+    }
+    let all: Vec<&NodeProc> = nodes.iter().collect();
+    for n in &all {
+        wait_for(SETTLE, "every node in epoch 1", || async {
+            (epoch_of(n).await? == 1).then_some(())
+        })
+        .await
+        .expect("joined");
+    }
+    post_round(&all, "back", 1, &mut acked)
+        .await
+        .expect("posts acknowledged");
+    converged(&all, &acked, SETTLE)
+        .await
+        .expect("every node holds every message once");
+    // The repository too, once the leader committed.
+    let scratch = dir.path().join("clone");
+    let in_repo = wait_for(SETTLE, "the repository to hold every message", || async {
+        let posts = repo_posts(&repo, &scratch);
+        (posts.len() >= acked.len()).then_some(posts)
+    })
+    .await
+    .expect("committed");
+    let unique: BTreeSet<String> = in_repo.iter().cloned().collect();
+    assert_eq!(unique.len(), in_repo.len(), "a message is in the repository twice");
+    assert_eq!(unique, acked);
+    for n in &mut nodes {
+        n.stop(Duration::from_secs(30)).await.expect("stops");
+    }
+}
