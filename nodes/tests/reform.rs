@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use skygit_harness::{converged, post_round, wait_for, wait_leader, wait_members, NodeProc, NodeSpec};
+use skygit_harness::{
+    converged, post_round, wait_for, wait_leader, wait_members, NodeProc, NodeSpec,
+};
 use skygit_tests::git_server::{clone_and_read, git};
 
 const SETTLE: Duration = Duration::from_secs(90);
@@ -22,7 +24,12 @@ fn spec(dir: &Path, repo: &Path, user: &str) -> NodeSpec {
         dir,
         repo,
         user,
-        &["--commit-interval", "1", "--reform-after-secs", REFORM_AFTER_SECS],
+        &[
+            "--commit-interval",
+            "1",
+            "--reform-after-secs",
+            REFORM_AFTER_SECS,
+        ],
     )
 }
 
@@ -125,7 +132,11 @@ async fn five_processes_re_form_after_losing_two_voters_and_lose_nothing() {
         committed_after.as_secs_f64()
     );
     for n in &survivors {
-        assert_eq!(epoch_of(n).await, Some(1), "{} is in epoch 1", n.spec.user);
+        wait_for(SETTLE, "every survivor in epoch 1", || async {
+            (epoch_of(n).await? == 1).then_some(())
+        })
+        .await
+        .expect("the survivors re-formed");
     }
     converged(&survivors, &acked, SETTLE)
         .await
@@ -158,7 +169,11 @@ async fn five_processes_re_form_after_losing_two_voters_and_lose_nothing() {
     .await
     .expect("committed");
     let unique: BTreeSet<String> = in_repo.iter().cloned().collect();
-    assert_eq!(unique.len(), in_repo.len(), "a message is in the repository twice");
+    assert_eq!(
+        unique.len(),
+        in_repo.len(),
+        "a message is in the repository twice"
+    );
     assert_eq!(unique, acked);
     for n in &mut nodes {
         n.stop(Duration::from_secs(30)).await.expect("stops");
