@@ -317,6 +317,7 @@ fn only_message_changes_that_took_effect_are_counted() -> anyhow::Result<()> {
         last_change_index: 3,
     };
     let event = |outcome, message| AppliedEvent {
+        epoch: 0,
         index: 5,
         request: id,
         outcome,

@@ -207,7 +207,7 @@ fn single(args: SimArgs) -> anyhow::Result<()> {
         r.workload.unanswered
     );
     println!(
-        "  faults: {} crashes, {} power losses ({} unsynced WAL bytes lost), {} graceful leaves, {} partitions (+{} one-way), {} link failures, {} repository outages, clock skew up to {} ms",
+        "  faults: {} crashes, {} power losses ({} unsynced WAL bytes lost), {} graceful leaves, {} partitions (+{} one-way), {} link failures, {} repository outages, {} majority losses, clock skew up to {} ms",
         r.faults.crashes,
         r.faults.power_losses,
         r.faults.lost_wal_bytes,
@@ -216,6 +216,7 @@ fn single(args: SimArgs) -> anyhow::Result<()> {
         r.faults.asymmetric_partitions,
         r.faults.link_failures,
         r.faults.repo_outages,
+        r.faults.majority_losses,
         r.faults.max_clock_skew_ms
     );
     println!(
@@ -253,6 +254,11 @@ struct SweepReport {
     wall_seconds: f64,
     speedup: f64,
     canary: Option<Canary>,
+    /// Majority losses injected over the sweep.
+    majority_losses: u64,
+    /// Seconds from a majority loss to a leader of a newer group, for
+    /// each one the survivors re-formed after.
+    reform_seconds: Vec<f64>,
 }
 
 fn sweep(args: SimArgs, k: u64) -> anyhow::Result<()> {
@@ -317,8 +323,16 @@ fn sweep(args: SimArgs, k: u64) -> anyhow::Result<()> {
         wall_seconds: wall.elapsed().as_secs_f64(),
         speedup: 0.0,
         canary: args.canary,
+        majority_losses: 0,
+        reform_seconds: Vec::new(),
     };
     for (seed, res) in results {
+        if let Ok(r) = &res {
+            report.majority_losses += r.faults.majority_losses;
+            report
+                .reform_seconds
+                .extend(r.faults.reform_seconds.iter().copied());
+        }
         match res {
             Ok(r) if r.ok => {
                 report.ok += 1;
@@ -354,6 +368,22 @@ fn sweep(args: SimArgs, k: u64) -> anyhow::Result<()> {
         report.sim_seconds,
         report.wall_seconds
     );
+    if report.majority_losses > 0 {
+        let mut t = report.reform_seconds.clone();
+        t.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            t.get(((t.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+        };
+        println!(
+            "  re-forming: {} majority losses, {} re-formed; seconds to a new group's leader: p50 {}, p90 {}, max {}",
+            report.majority_losses,
+            t.len(),
+            at(0.5).map_or("-".into(), |v| format!("{v:.1}")),
+            at(0.9).map_or("-".into(), |v| format!("{v:.1}")),
+            t.last().map_or("-".into(), |v| format!("{v:.1}")),
+        );
+    }
     for f in &report.failures {
         println!("  FAILED seed {}: replay with: {}", f.seed, f.replay);
     }

@@ -366,10 +366,14 @@ pub(crate) fn begin_group(
         }
     }
     if role == crate::GroupRole::Joiner {
+        // Above the new group's base the repository's indices are the new
+        // group's, not this node's old changes at the same numbers: only
+        // below both is a change known to be in the repository.
+        let known = watermark.min(next.base);
         for item in db.db.iterator_cf(
             db.cf(CF_JOURNAL)?,
             rocksdb::IteratorMode::From(
-                &index_key(watermark.saturating_add(1)),
+                &index_key(known.saturating_add(1)),
                 rocksdb::Direction::Forward,
             ),
         ) {

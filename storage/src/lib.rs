@@ -102,7 +102,8 @@ impl RoomStorage {
     ///   requests in its log above what it applied (not yet known to be
     ///   committed), and for a joiner, whose chat state the group's
     ///   snapshot replaces, every journaled change above `watermark` (the
-    ///   repository's).
+    ///   repository's) or above the new group's base, whichever is lower
+    ///   (the repository's indices above the base are the new group's).
     ///
     /// The old group's raft must be shut down first. `self.log` is then a
     /// fresh log store for the new group (raft's log and the state machine

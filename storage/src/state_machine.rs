@@ -44,6 +44,8 @@ pub const EVENT_CAPACITY: usize = 64 * 1024;
 /// One request applied to the state machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedEvent {
+    /// The epoch of the raft group that applied it.
+    pub epoch: u64,
     /// The room index the request was applied at.
     pub index: u64,
     pub request: Ulid,
@@ -366,6 +368,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         _ => None,
                     };
                     events.push(AppliedEvent {
+                        epoch: group.start.epoch,
                         index,
                         request: req.id,
                         outcome: outcome.clone(),

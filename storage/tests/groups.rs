@@ -256,3 +256,34 @@ async fn a_snapshot_seeds_only_a_joiner_of_its_own_group() {
         .expect_err("another group's snapshot");
     assert!(e.to_string().contains("epoch 3"), "{e}");
 }
+
+/// Above the new group's base the repository's indices are the new
+/// group's: a joiner's old change at such an index is carried even when
+/// the repository's watermark is past it (found by the simulator: a
+/// change committed by the old majority, never flushed, was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_carries_its_changes_above_the_new_groups_base() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = RoomStorage::open(dir.path()).expect("open");
+    append_and_apply(
+        &mut s,
+        1,
+        1,
+        vec![post(1, "flushed"), post(2, "mine"), post(3, "mine too")],
+    )
+    .await;
+    // The new group started at base 1 and has written up to index 5.
+    let carried = s
+        .begin_group(GroupStart { epoch: 1, base: 1 }, GroupRole::Joiner, 5)
+        .await
+        .expect("switch");
+    assert_eq!(carried, 2);
+    let ids: Vec<Ulid> = s
+        .outbox
+        .list(10)
+        .expect("list")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, [Ulid(2), Ulid(3)]);
+}

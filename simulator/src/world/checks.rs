@@ -92,6 +92,23 @@ pub(super) async fn check_end(world: &World) -> u64 {
             }
         }
     }
+    // After the faults, every live node is in one group: the newest
+    // epoch the branch names.
+    let head_epoch = world
+        .host
+        .head()
+        .map_or(0, |(_, message)| layout::group_epoch(&message));
+    for id in world.up_nodes() {
+        let Some(h) = world.handle(id) else { continue };
+        let epoch = h.replica.group().epoch;
+        if epoch != head_epoch {
+            world.violation(
+                "one-group-newest-epoch",
+                format!("node {id} is in group epoch {epoch}; the branch's newest is {head_epoch}"),
+                Some(&format!("n{id} ")),
+            );
+        }
+    }
     // Every live node: every acknowledged message once, same order, same
     // final text as the repository, synced records that match it.
     let commits = match world.host.head() {

@@ -144,6 +144,72 @@ pub(super) async fn faults(world: World, until: tokio::time::Instant) {
                     }
                 });
             }
+            // A majority of the voters, the leader among them, crash at
+            // once: for good, or back after 60 to 180 s (the survivors
+            // re-form meanwhile when they are enough).
+            78..=84 => {
+                let Some((leader, _)) = world.leader() else {
+                    continue;
+                };
+                if !world.lock().down_until.is_empty() {
+                    continue;
+                }
+                // The handle is not held across the crash below: the
+                // crash waits for every handle on the node's storage.
+                let Some(all_voters) = world.handle(leader).map(|h| h.replica.voters()) else {
+                    continue;
+                };
+                let need = all_voters.len() / 2;
+                let mut voters: Vec<NodeId> =
+                    all_voters.into_iter().filter(|v| *v != leader).collect();
+                if voters.len() < need || need == 0 {
+                    continue;
+                }
+                let mut victims = vec![leader];
+                while victims.len() < need + 1 {
+                    let v = voters.remove(rng.random_range(0..voters.len()));
+                    victims.push(v);
+                }
+                let for_good = rng.random_bool(0.5);
+                let back_after = Duration::from_millis(rng.random_range(60_000..180_000));
+                let epoch = world.handle(leader).map_or(0, |h| h.replica.group().epoch);
+                {
+                    let mut g = world.lock();
+                    g.majority_lost = Some((now, epoch));
+                    g.faults.majority_losses += 1;
+                    g.faults.crashes += victims.len() as u64;
+                    for v in &victims {
+                        g.down_until.insert(*v, now + back_after);
+                    }
+                }
+                world.trace.event(
+                    0,
+                    "fault.majority_loss",
+                    format!(
+                        "{victims:?} {}",
+                        if for_good {
+                            "for good".to_owned()
+                        } else {
+                            format!("for {}ms", back_after.as_millis())
+                        }
+                    ),
+                );
+                for v in &victims {
+                    world.stop_node(*v, false, false).await;
+                }
+                if !for_good {
+                    let w = world.clone();
+                    actix_rt::spawn(async move {
+                        tokio::time::sleep(back_after).await;
+                        for v in victims {
+                            if let Err(e) = w.start_node(v).await {
+                                w.violation("restart", e, None);
+                            }
+                            w.lock().down_until.remove(&v);
+                        }
+                    });
+                }
+            }
             // The repository host is down for a while.
             _ => {
                 world.lock().faults.repo_outages += 1;

@@ -84,7 +84,8 @@ struct State {
     /// Each user's acknowledged posts, in acknowledgement order.
     posts_by: BTreeMap<UserId, Vec<Ulid>>,
     /// The first request seen applied at each index, by any node.
-    applied: BTreeMap<u64, (Ulid, NodeId)>,
+    /// What each (group epoch, room index) applied, and where first.
+    applied: BTreeMap<(u64, u64), (Ulid, NodeId)>,
     violations: Vec<Violation>,
     workload: WorkloadStats,
     faults: FaultStats,
@@ -92,6 +93,9 @@ struct State {
     last_leader: Option<(NodeId, u64)>,
     /// Nodes some fault took down, and when they come back.
     down_until: BTreeMap<NodeId, tokio::time::Instant>,
+    /// The last majority loss not yet recovered from: when, and the
+    /// newest group epoch then.
+    majority_lost: Option<(tokio::time::Instant, u64)>,
 }
 
 /// The shared world of a run.
@@ -259,8 +263,9 @@ impl World {
                     &format!("mesh-{id}-{incarnation}"),
                 ))),
                 identity: None,
-                // Re-forming is not simulated yet (issue 15).
-                reform: None,
+                reform: Some(skygit_consensus::reform::ReformPolicy {
+                    after: Duration::from_secs(15),
+                }),
             },
         };
         let handle = start_room(spec, ports)
@@ -289,11 +294,12 @@ impl World {
                             .event(id, "apply", format!("{} {}", ev.index, ev.request));
                         let clash = {
                             let mut g = world.lock();
-                            match g.applied.get(&ev.index) {
+                            let at = (ev.epoch, ev.index);
+                            match g.applied.get(&at) {
                                 Some((req, by)) if *req != ev.request => Some((*req, *by)),
                                 Some(_) => None,
                                 None => {
-                                    g.applied.insert(ev.index, (ev.request, id));
+                                    g.applied.insert(at, (ev.request, id));
                                     None
                                 }
                             }
@@ -302,8 +308,8 @@ impl World {
                             world.violation(
                                 "committed-order",
                                 format!(
-                                    "node {id} applied {} at index {}, node {by} applied {req} there",
-                                    ev.request, ev.index
+                                    "node {id} applied {} at index {} of epoch {}, node {by} applied {req} there",
+                                    ev.request, ev.index, ev.epoch
                                 ),
                                 Some(&format!("apply {} ", ev.index)),
                             );
@@ -416,7 +422,13 @@ impl World {
         }
         for id in self.up_nodes() {
             if let Some(h) = self.handle(id) {
-                if let Err(fatal) = h.replica.metrics().running_state {
+                // A raft stopped on purpose (the node is moving into a
+                // new group) is not a failure.
+                let fatal = match h.replica.metrics().running_state {
+                    Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+                    Err(f) => Some(f),
+                };
+                if let Some(fatal) = fatal {
                     self.violation(
                         "no-panic",
                         format!("node {id}: raft stopped: {fatal}"),
@@ -431,6 +443,20 @@ impl World {
             }
         }
         let now = self.leader();
+        if let Some((l, _)) = now {
+            let epoch = self.handle(l).map_or(0, |h| h.replica.group().epoch);
+            let mut g = self.lock();
+            if let Some((at, before)) = g.majority_lost {
+                if epoch > before {
+                    let secs = at.elapsed().as_secs_f64();
+                    g.faults.reform_seconds.push(secs);
+                    g.majority_lost = None;
+                    drop(g);
+                    self.trace
+                        .event(l, "reformed", format!("epoch {epoch} after {secs:.1}s"));
+                }
+            }
+        }
         let changed = {
             let mut g = self.lock();
             if now.is_some() && now != g.last_leader {

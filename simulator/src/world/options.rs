@@ -71,10 +71,14 @@ pub enum FaultClass {
     RepoOutage,
     /// Every node loses power at once.
     PowerCut,
+    /// The leader and more voters, a majority, crash at once: for good
+    /// (until the faults stop) or back only after the survivors had time
+    /// to re-form the group.
+    MajorityLoss,
 }
 
 impl FaultClass {
-    pub const ALL: [FaultClass; 7] = [
+    pub const ALL: [FaultClass; 8] = [
         FaultClass::Crash,
         FaultClass::PowerLoss,
         FaultClass::Leave,
@@ -82,6 +86,7 @@ impl FaultClass {
         FaultClass::LinkFailure,
         FaultClass::RepoOutage,
         FaultClass::PowerCut,
+        FaultClass::MajorityLoss,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +98,7 @@ impl FaultClass {
             FaultClass::LinkFailure => "link-failure",
             FaultClass::RepoOutage => "repo-outage",
             FaultClass::PowerCut => "power-cut",
+            FaultClass::MajorityLoss => "majority-loss",
         }
     }
 
@@ -104,6 +110,7 @@ impl FaultClass {
             34..=39 => FaultClass::Leave,
             40..=64 => FaultClass::Partition,
             65..=77 => FaultClass::LinkFailure,
+            78..=84 => FaultClass::MajorityLoss,
             94..=99 => FaultClass::PowerCut,
             _ => FaultClass::RepoOutage,
         }
@@ -206,6 +213,11 @@ pub struct FaultStats {
     pub asymmetric_partitions: u64,
     pub link_failures: u64,
     pub repo_outages: u64,
+    /// A majority of the voters crashed at once.
+    pub majority_losses: u64,
+    /// Seconds from each majority loss until a leader of a newer group
+    /// epoch ran (the survivors re-formed), for the losses they did.
+    pub reform_seconds: Vec<f64>,
     pub max_clock_skew_ms: i64,
 }
 

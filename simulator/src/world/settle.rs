@@ -99,8 +99,11 @@ pub(super) async fn settle(world: &World) {
         let everywhere = world.up_nodes().iter().all(|id| {
             world
                 .handle(*id)
-                .and_then(|h| h.replica.metrics().last_applied)
-                .is_some_and(|l| l.index >= probe)
+                .and_then(|h| {
+                    let applied = h.replica.metrics().last_applied?;
+                    h.replica.group().room_index(applied.index)
+                })
+                .is_some_and(|i| i >= probe)
         });
         if in_repo && everywhere {
             world.trace.event(0, "settled", format!("probe {probe}"));
