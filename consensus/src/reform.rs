@@ -34,12 +34,16 @@ pub const FALLBACK_FACTOR: u32 = 3;
 pub struct ReformPolicy {
     /// How long without a reachable leader before the survivors re-form.
     pub after: Duration,
+    /// A planted bug for the simulator's canary: the founder starts the
+    /// new group without winning the founding commit. Off in every node.
+    pub skip_founding_commit: bool,
 }
 
 impl Default for ReformPolicy {
     fn default() -> Self {
         Self {
             after: Duration::from_secs(15),
+            skip_founding_commit: false,
         }
     }
 }
@@ -127,9 +131,7 @@ mod tests {
     }
 
     fn policy() -> ReformPolicy {
-        ReformPolicy {
-            after: Duration::from_secs(15),
-        }
+        ReformPolicy::default()
     }
 
     #[test]

@@ -270,6 +270,7 @@ pub async fn open_room(
                 identity,
                 reform: (args.reform_after_secs > 0).then(|| ReformPolicy {
                     after: Duration::from_secs(args.reform_after_secs),
+                    ..Default::default()
                 }),
             },
         },

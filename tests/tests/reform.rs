@@ -40,6 +40,7 @@ async fn reforming_room(dir: &Path) -> (GitDaemon, String, LocalCluster) {
     let mut opts = committing_options(git_factory(url.clone(), dir));
     opts.reform = Some(ReformPolicy {
         after: Duration::from_secs(2),
+        ..Default::default()
     });
     let c = cluster(dir, 2, Some(opts)).await;
     (daemon, url, c)

@@ -265,6 +265,7 @@ impl World {
                 identity: None,
                 reform: Some(skygit_consensus::reform::ReformPolicy {
                     after: Duration::from_secs(15),
+                    skip_founding_commit: self.opts.canary == Some(Canary::FounderSkipsCas),
                 }),
             },
         };

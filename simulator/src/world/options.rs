@@ -13,13 +13,17 @@ pub enum Canary {
     DuplicateApply,
     /// The raft log acknowledges an append before it is durable.
     AckBeforeDurable,
+    /// A survivor re-forms the group without winning the founding
+    /// compare-and-swap on the branch.
+    FounderSkipsCas,
 }
 
 impl Canary {
-    pub const ALL: [Canary; 3] = [
+    pub const ALL: [Canary; 4] = [
         Canary::CommitterIgnoresCas,
         Canary::DuplicateApply,
         Canary::AckBeforeDurable,
+        Canary::FounderSkipsCas,
     ];
 
     pub fn name(self) -> &'static str {
@@ -27,6 +31,7 @@ impl Canary {
             Canary::CommitterIgnoresCas => "committer-ignores-cas",
             Canary::DuplicateApply => "duplicate-apply",
             Canary::AckBeforeDurable => "ack-before-durable",
+            Canary::FounderSkipsCas => "founder-skips-cas",
         }
     }
 }
