@@ -64,6 +64,8 @@ pub enum ReformError {
     NotNewer(u64),
     #[error("no verified founding of group epoch {0} in the repository's recent history")]
     NoFounding(u64),
+    #[error("the room's members would not accept this node's founding: {0}")]
+    NotMember(String),
     #[error("storage: {0}")]
     Storage(#[from] skygit_storage::StorageError),
     #[error("raft: {0}")]
@@ -163,7 +165,15 @@ impl Reformer {
                     .key
                     .sign(&claim)
                     .map_err(|e| RepoError::Invalid(e.to_string()))?;
-                layout::signed_founding_message(me, epoch, base, watermark, &ours.user, &sig)
+                let message =
+                    layout::signed_founding_message(me, epoch, base, watermark, &ours.user, &sig);
+                // A founding the members would pass over (this node's user
+                // was removed, say) is not made: it would only stop their
+                // committers.
+                if let Err(why) = verify_founding(ours, me, &message).await? {
+                    return Err(ReformError::NotMember(why));
+                }
+                message
             }
         };
         let committed = self

@@ -11,6 +11,7 @@ mod bench_api;
 mod bench_commit;
 mod bench_mesh;
 mod bench_nat;
+mod bench_reform;
 mod bench_verify;
 mod demo;
 mod demo_procs;
@@ -61,6 +62,9 @@ enum BenchCommand {
     Nat(bench_nat::NatBenchArgs),
     /// `skygit verify` on a room of many signed messages.
     Verify(bench_verify::VerifyBenchArgs),
+    /// Five node processes lose two of three voters: time from the loss to
+    /// the survivors' first committed post, over several runs.
+    Reform(bench_reform::ReformBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Api(a)) => bench_api::api(a).await,
             Command::Bench(BenchCommand::Nat(a)) => bench_nat::nat(a).await,
             Command::Bench(BenchCommand::Verify(a)) => bench_verify::verify(a).await,
+            Command::Bench(BenchCommand::Reform(a)) => bench_reform::reform(a).await,
         }
     })
 }
