@@ -88,14 +88,37 @@ impl Reformer {
     /// not happen after its raft was stopped).
     async fn resume(&mut self) -> Result<(), ReformError> {
         self.storage.reopen_log()?;
-        self.replica
-            .start_group(
-                self.storage.group().start,
-                self.storage.log.clone(),
-                self.storage.state_machine.clone(),
-            )
-            .await
-            .map_err(|e| ReformError::Raft(e.to_string()))
+        self.start(self.storage.group().start).await
+    }
+
+    /// Moves the stopped node into `group` (see
+    /// [`RoomStorage::begin_group`]) and starts its raft there; a founder
+    /// initialises it as the one voter. Answers how many requests were
+    /// carried. If the storage cannot move, the old group runs again.
+    async fn enter(
+        &mut self,
+        group: GroupStart,
+        role: GroupRole,
+        watermark: u64,
+    ) -> Result<usize, ReformError> {
+        let carried = match self.storage.begin_group(group, role, watermark).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.resume().await?;
+                return Err(e.into());
+            }
+        };
+        self.start(group).await?;
+        if role == GroupRole::Founder {
+            let me = self.me();
+            let members = BTreeMap::from([(me, BasicNode::new(format!("node:{me}")))]);
+            self.replica
+                .raft()
+                .initialize(members)
+                .await
+                .map_err(|e| ReformError::Raft(e.to_string()))?;
+        }
+        Ok(carried)
     }
 
     /// Founds a new group: a compare-and-swap founding commit of the next
@@ -120,17 +143,7 @@ impl Reformer {
             }
         };
         let group = GroupStart { epoch, base };
-        let carried = self
-            .storage
-            .begin_group(group, GroupRole::Founder, watermark)
-            .await?;
-        self.start(group).await?;
-        let members = BTreeMap::from([(me, BasicNode::new(format!("node:{me}")))]);
-        self.replica
-            .raft()
-            .initialize(members)
-            .await
-            .map_err(|e| ReformError::Raft(e.to_string()))?;
+        let carried = self.enter(group, GroupRole::Founder, watermark).await?;
         tracing::warn!(
             epoch,
             base,
@@ -239,22 +252,7 @@ impl Reformer {
         };
         self.replica.stop_group().await;
         let group = GroupStart { epoch, base };
-        let carried = match self.storage.begin_group(group, role, watermark).await {
-            Ok(n) => n,
-            Err(e) => {
-                self.resume().await?;
-                return Err(e.into());
-            }
-        };
-        self.start(group).await?;
-        if role == GroupRole::Founder {
-            let members = BTreeMap::from([(me, BasicNode::new(format!("node:{me}")))]);
-            self.replica
-                .raft()
-                .initialize(members)
-                .await
-                .map_err(|e| ReformError::Raft(e.to_string()))?;
-        }
+        let carried = self.enter(group, role, watermark).await?;
         tracing::warn!(
             epoch,
             base,

@@ -12,7 +12,7 @@ use skygit_harness::{
     converged, link_phase, peer_entry, post_round, wait_for, wait_leader, wait_members, NodeProc,
     NodeSpec,
 };
-use skygit_tests::git_server::{clone_and_read, git};
+use skygit_tests::git_server::{git, repo_posts};
 
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -64,20 +64,6 @@ async fn post_all(nodes: &[&NodeProc], round: &str, each: u64, acked: &mut BTree
         .expect("posts acknowledged");
 }
 
-/// The repository's messages (contents), read with the real git.
-fn repo_contents(repo: &Path, scratch: &Path) -> Vec<String> {
-    let url = format!("file://{}", repo.display());
-    let cloned = clone_and_read(&url, scratch);
-    cloned
-        .changes
-        .iter()
-        .filter_map(|c| match &c.kind {
-            skygit_consensus::model::ChangeKind::Post { content, .. } => Some(content.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_form_a_room_commit_and_survive_a_killed_leader() {
     let _one = ONE_ROOM_AT_A_TIME.lock().await;
@@ -98,7 +84,7 @@ async fn three_processes_form_a_room_commit_and_survive_a_killed_leader() {
         SETTLE,
         "the repository to hold the first messages",
         || async {
-            let mut got = repo_contents(&repo, &scratch);
+            let mut got = repo_posts(&repo, &scratch);
             got.sort();
             (got.len() == acked.len()).then_some(())
         },
@@ -127,7 +113,7 @@ async fn three_processes_form_a_room_commit_and_survive_a_killed_leader() {
     post_all(&survivors, "after", 5, &mut acked).await;
     wait_converged(&survivors, &acked).await;
     wait_for(SETTLE, "the new leader to commit the rest", || async {
-        let got = repo_contents(&repo, &scratch);
+        let got = repo_posts(&repo, &scratch);
         let set: BTreeSet<String> = got.iter().cloned().collect();
         (got.len() == acked.len() && set == acked).then_some(())
     })

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use skygit_harness::{
     converged, post_round, wait_for, wait_leader, wait_members, NodeProc, NodeSpec,
 };
-use skygit_tests::git_server::{clone_and_read, git};
+use skygit_tests::git_server::{git, repo_posts};
 
 const SETTLE: Duration = Duration::from_secs(90);
 /// The survivors re-form after this long without a reachable leader.
@@ -37,19 +37,6 @@ fn bare_repo(dir: &Path) -> PathBuf {
     let repo = dir.join("room.git");
     git(&["init", "--quiet", "--bare", &repo.to_string_lossy()]);
     repo
-}
-
-/// Every post in the repository, read with the real git.
-fn repo_posts(repo: &Path, scratch: &Path) -> Vec<String> {
-    let cloned = clone_and_read(&format!("file://{}", repo.display()), scratch);
-    cloned
-        .changes
-        .iter()
-        .filter_map(|c| match &c.kind {
-            skygit_consensus::model::ChangeKind::Post { content, .. } => Some(content.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 async fn epoch_of(n: &NodeProc) -> Option<u64> {

@@ -20,6 +20,18 @@ use crate::{commit, message_ids, post_committed};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Each node of a room gets its own git adapter (and cache repository,
+/// under `caches`) for `url`.
+pub fn git_factory(url: String, caches: &std::path::Path) -> RepoFactory {
+    let caches = caches.to_owned();
+    std::sync::Arc::new(move |id: NodeId| {
+        std::sync::Arc::new(
+            skygit_remotes::git::GitRemote::open(&url, "main", &caches.join(format!("cache-{id}")))
+                .expect("git remote"),
+        ) as std::sync::Arc<dyn skygit_actors::ports::RepoRemote>
+    })
+}
+
 /// One on-demand flush through `node`'s committer, whatever it answers.
 pub async fn flush_once(c: &LocalCluster, node: NodeId) -> Result<FlushReport, CommitterError> {
     c.handle(node)

@@ -21,6 +21,19 @@ pub fn git(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The text of every post in the bare repository at `repo`, in the
+/// order of the batch files, read with the real git (cloned to `scratch`).
+pub fn repo_posts(repo: &Path, scratch: &Path) -> Vec<String> {
+    clone_and_read(&format!("file://{}", repo.display()), scratch)
+        .changes
+        .into_iter()
+        .filter_map(|c| match c.kind {
+            skygit_consensus::model::ChangeKind::Post { content, .. } => Some(content),
+            _ => None,
+        })
+        .collect()
+}
+
 /// What a clone of the room's repository holds.
 pub struct Cloned {
     pub dir: PathBuf,

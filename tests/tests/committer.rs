@@ -24,16 +24,6 @@ use ulid::Ulid;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Each node gets its own adapter (and cache repository) for `url`.
-fn git_factory(url: String, caches: &Path) -> RepoFactory {
-    let caches = caches.to_owned();
-    Arc::new(move |id: NodeId| {
-        Arc::new(
-            GitRemote::open(&url, "main", &caches.join(format!("cache-{id}"))).expect("git remote"),
-        ) as Arc<dyn RepoRemote>
-    })
-}
-
 /// A room of `n` nodes committing to a fresh repository served by a
 /// `git daemon` (which lives as long as the returned handle).
 async fn git_room(dir: &Path, n: u64) -> (GitDaemon, String, LocalCluster) {

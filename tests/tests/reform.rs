@@ -6,32 +6,20 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use skygit_actors::consensus::Proposed;
 use skygit_actors::layout;
-use skygit_actors::local::{LocalCluster, RepoFactory};
-use skygit_actors::ports::RepoRemote;
+use skygit_actors::local::LocalCluster;
 use skygit_consensus::model::{ApplyOutcome, ChangeKind};
 use skygit_consensus::reform::ReformPolicy;
 use skygit_consensus::NodeId;
-use skygit_remotes::git::GitRemote;
 use skygit_tests::committing::*;
 use skygit_tests::git_server::{clone_and_read, git, GitDaemon};
 use skygit_tests::*;
 use ulid::Ulid;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn git_factory(url: String, caches: &Path) -> RepoFactory {
-    let caches = caches.to_owned();
-    Arc::new(move |id: NodeId| {
-        Arc::new(
-            GitRemote::open(&url, "main", &caches.join(format!("cache-{id}"))).expect("git remote"),
-        ) as Arc<dyn RepoRemote>
-    })
-}
 
 /// A two-node room on a fresh repository that re-forms after 2 s.
 async fn reforming_room(dir: &Path) -> (GitDaemon, String, LocalCluster) {
