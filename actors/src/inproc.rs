@@ -65,6 +65,8 @@ struct Hub {
     /// `(me, peer)`: my end of the link to `peer`.
     ends: BTreeMap<(NodeId, NodeId), End>,
     isolated: BTreeSet<NodeId>,
+    /// Pairs that cannot reach each other (a partition), both ways.
+    cut: BTreeSet<(NodeId, NodeId)>,
     next_generation: u64,
     next_incarnation: u64,
 }
@@ -126,7 +128,7 @@ impl Hub {
     }
 
     fn blocked(&self, a: NodeId, b: NodeId) -> bool {
-        self.isolated.contains(&a) || self.isolated.contains(&b)
+        self.isolated.contains(&a) || self.isolated.contains(&b) || self.cut.contains(&(a, b))
     }
 }
 
@@ -209,6 +211,32 @@ impl InProcNet {
             hub.fail_all(id, "the peer is cut off");
         } else {
             hub.isolated.remove(&id);
+        }
+    }
+
+    /// Splits the room: the nodes in `side` reach each other, the others
+    /// reach each other, and no link crosses (their links fail, none
+    /// opens). An empty `side` heals every such split.
+    pub fn split(&self, side: &[NodeId]) {
+        let mut hub = self.hub();
+        if side.is_empty() {
+            hub.cut.clear();
+            return;
+        }
+        let others: Vec<NodeId> = hub
+            .nodes
+            .keys()
+            .copied()
+            .filter(|id| !side.contains(id))
+            .collect();
+        for a in side {
+            for b in &others {
+                hub.cut.insert((*a, *b));
+                hub.cut.insert((*b, *a));
+                hub.fail(*a, *b, "the peer is on the other side of a partition");
+                hub.ends.remove(&(*a, *b));
+                hub.ends.remove(&(*b, *a));
+            }
         }
     }
 

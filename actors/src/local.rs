@@ -64,6 +64,8 @@ pub struct LocalOptions {
     pub sign: bool,
     /// Re-form the group when its majority is gone (with a repository).
     pub reform: Option<skygit_consensus::reform::ReformPolicy>,
+    /// The room's voter count (default: every node, at most five).
+    pub voters: Option<usize>,
 }
 
 /// Makes node `id`'s repository remote.
@@ -84,6 +86,7 @@ impl LocalOptions {
             committer: CommitterOptions::default(),
             sign: false,
             reform: None,
+            voters: None,
         }
     }
 }
@@ -123,6 +126,7 @@ impl LocalCluster {
         n: u64,
         opts: LocalOptions,
     ) -> Result<Self, RoomError> {
+        let voters = opts.voters.unwrap_or(n as usize).clamp(1, MAX_VOTERS);
         let mut c = Self {
             room,
             base: base.into(),
@@ -130,7 +134,7 @@ impl LocalCluster {
             presence: Arc::new(LocalPresence::default()),
             opts,
             nodes: BTreeMap::new(),
-            voters: (n as usize).clamp(1, MAX_VOTERS),
+            voters,
             refused: None,
         };
         for id in 1..=n {
@@ -270,6 +274,12 @@ impl LocalCluster {
     /// The room's in-process network (tests join it as other peers).
     pub fn net(&self) -> &InProcNet {
         &self.net
+    }
+
+    /// Splits the room in two: `side` and the rest (see
+    /// [`InProcNet::split`]); an empty `side` heals.
+    pub fn split(&self, side: &[NodeId]) {
+        self.net.split(side);
     }
 
     /// Cuts node `id` off from the others, or heals it.

@@ -56,8 +56,12 @@ pub enum ReformError {
     Repo(#[from] RepoError),
     #[error("the repository's branch is empty")]
     NoBranch,
-    #[error("the repository holds the log up to index {watermark}, this node only up to {applied}: a member that holds it founds")]
-    Behind { watermark: u64, applied: u64 },
+    #[error("the repository holds the log up to index {watermark}, this node only up to {applied}, and it could not catch up: {why}")]
+    Behind {
+        watermark: u64,
+        applied: u64,
+        why: String,
+    },
     #[error("another node founded group epoch {0} first")]
     Lost(u64),
     #[error("the repository names no group newer than epoch {0}")]
@@ -134,7 +138,10 @@ impl Reformer {
         let watermark = crate::readback::watermark_of(self.repo.as_ref(), &head).await?;
         // Stop this group's raft, so what it applied is final.
         self.replica.stop_group().await;
-        let outcome = self.claim(&head, epoch, watermark).await;
+        let outcome = match self.catch_up(&head, watermark).await {
+            Ok(applied) => self.claim(&head, epoch, watermark, applied).await,
+            Err(e) => Err(e),
+        };
         let base = match outcome {
             Ok(base) => base,
             Err(e) => {
@@ -158,14 +165,55 @@ impl Reformer {
         })
     }
 
-    /// Commits the founding of `epoch` on `head`; answers the group's base.
-    async fn claim(&self, head: &RepoHead, epoch: u64, watermark: u64) -> Result<u64, ReformError> {
-        let me = self.me();
+    /// Brings the stopped node's state up to the repository's `watermark`
+    /// when it is behind (the rest of the room committed and wrote what it
+    /// never received: a partition's other side, say), from the batch
+    /// files at `head`. Answers the room index it has applied then.
+    async fn catch_up(&self, head: &RepoHead, watermark: u64) -> Result<u64, ReformError> {
         let applied = self.applied()?;
-        if watermark > applied {
-            return Err(ReformError::Behind { watermark, applied });
+        if watermark <= applied {
+            return Ok(applied);
         }
-        let base = applied;
+        let behind = |why: String| ReformError::Behind {
+            watermark,
+            applied,
+            why,
+        };
+        let changes = crate::readback::changes_between(
+            self.repo.as_ref(),
+            head,
+            applied,
+            watermark,
+            crate::readback::ReadbackLimits::default(),
+        )
+        .await
+        .map_err(|e| behind(e.to_string()))?;
+        let n = self
+            .storage
+            .state_machine
+            .catch_up(changes, watermark, head.commit_sha.clone())
+            .await
+            .map_err(|e| behind(e.to_string()))?;
+        tracing::info!(
+            from = applied,
+            to = watermark,
+            changes = n,
+            "caught up from the repository before founding"
+        );
+        Ok(watermark)
+    }
+
+    /// Commits the founding of `epoch` on `head` with this node's state
+    /// at room index `applied`; answers the group's base.
+    async fn claim(
+        &self,
+        head: &RepoHead,
+        epoch: u64,
+        watermark: u64,
+        applied: u64,
+    ) -> Result<u64, ReformError> {
+        let me = self.me();
+        let base = applied.max(watermark);
         if self.skip_founding_commit {
             return Ok(base);
         }

@@ -248,6 +248,59 @@ pub async fn load(
     })
 }
 
+/// The changes with index in `(after, upto]` in the batch files at
+/// `head`, in index order: what a node that applied up to `after` is
+/// missing of the repository's log up to its watermark `upto`. Only files
+/// whose index range reaches above `after` are read; each is bounded and
+/// checked as [`load`] checks it, and an index twice is an error.
+pub async fn changes_between(
+    remote: &dyn RepoRemote,
+    head: &RepoHead,
+    after: u64,
+    upto: u64,
+    limits: ReadbackLimits,
+) -> Result<Vec<Change>, ReadbackError> {
+    let mut by_index: BTreeMap<u64, Change> = BTreeMap::new();
+    if upto <= after {
+        return Ok(Vec::new());
+    }
+    let entries = remote
+        .list(&head.commit_sha, layout::MESSAGES_DIR, limits.max_files)
+        .await?;
+    for e in entries {
+        let Ok(range) = layout::parse_batch_path(&e.path) else {
+            continue;
+        };
+        if range.last <= after || range.first > upto {
+            continue;
+        }
+        if e.kind != EntryKind::File {
+            return Err(ReadbackError::Layout(vec![LayoutError::BadFile {
+                path: e.path.clone(),
+                reason: "not a regular file (a link or submodule)".into(),
+            }]));
+        }
+        let bytes = read_bounded(remote, &e.id, &e.path, layout::MAX_BATCH_FILE_BYTES)
+            .await?
+            .map_err(|err| ReadbackError::Layout(vec![err]))?;
+        let changes =
+            layout::parse_batch(&e.path, &bytes).map_err(|err| ReadbackError::Layout(vec![err]))?;
+        for c in changes {
+            if c.index <= after || c.index > upto {
+                continue;
+            }
+            if by_index.contains_key(&c.index) {
+                return Err(ReadbackError::Inconsistent(format!(
+                    "index {} appears in two files",
+                    c.index
+                )));
+            }
+            by_index.insert(c.index, c);
+        }
+    }
+    Ok(by_index.into_values().collect())
+}
+
 /// Commits searched for a watermark when the head was not made by skygit.
 pub const MAX_WATERMARK_SEARCH: usize = 1000;
 

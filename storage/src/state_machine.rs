@@ -300,6 +300,95 @@ fn message_id_of(req: &ChatRequest) -> Option<Ulid> {
     }
 }
 
+impl StateMachine {
+    /// Applies what the repository holds and this state does not:
+    /// `changes` (in index order, read from the batch files, each at its
+    /// room index), then records that everything up to `watermark` is in
+    /// the repository as `commit_sha`. For a node about to found a group
+    /// whose state is behind the repository; its raft must be stopped. A
+    /// change already applied here (same request id) is skipped; one the
+    /// chat logic refuses means the repository and this state disagree.
+    /// Answers how many changes took effect.
+    pub async fn catch_up(
+        &self,
+        changes: Vec<skygit_consensus::model::Change>,
+        watermark: u64,
+        commit_sha: String,
+    ) -> Result<usize, StorageError> {
+        let db = self.db.clone();
+        let (events, settings) = self
+            .db
+            .blocking(move || {
+                let mut batch = WriteBatch::default();
+                let mut view = View {
+                    db: &db,
+                    mode: ApplyMode::Correct,
+                    messages: BTreeMap::new(),
+                    conversations: BTreeSet::new(),
+                    requests: BTreeMap::new(),
+                    synced: None,
+                    settings: None,
+                    term: 0,
+                };
+                let mut events = Vec::new();
+                let epoch = db.group()?.start.epoch;
+                for change in changes {
+                    view.term = change.term;
+                    let req = change.request();
+                    let (effects, outcome) = chat::apply(&mut view, change.index, &req)?;
+                    match &outcome {
+                        ApplyOutcome::Applied { .. } => {}
+                        ApplyOutcome::Duplicate { .. } => continue,
+                        ApplyOutcome::Rejected { reason, .. } => {
+                            return Err(StorageError::BadSnapshot(format!(
+                                "the repository's change at index {} does not apply here: {reason}",
+                                change.index
+                            )))
+                        }
+                    }
+                    for e in effects {
+                        view.stage(&mut batch, e)?;
+                    }
+                    let message =
+                        message_id_of(&req).and_then(|id| view.messages.get(&id).cloned());
+                    events.push(AppliedEvent {
+                        epoch,
+                        index: change.index,
+                        request: req.id,
+                        outcome,
+                        message,
+                        settings: None,
+                    });
+                }
+                view.stage(
+                    &mut batch,
+                    Effect::Synced {
+                        up_to_index: watermark,
+                        commit_sha,
+                    },
+                )?;
+                let mut opts = WriteOptions::default();
+                opts.set_sync(db.fsync_writes());
+                db.db.write_opt(batch, &opts)?;
+                db.synced_write();
+                Ok((events, view.settings))
+            })
+            .await?;
+        if let Some(s) = settings {
+            self.settings.send_replace(s);
+        }
+        let n = events.len();
+        self.messages_applied.fetch_add(
+            events.iter().filter(|e| e.message.is_some()).count() as u64,
+            Ordering::Relaxed,
+        );
+        for e in events {
+            let _ = self.events.send(Arc::new(e));
+        }
+        Ok(n)
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;

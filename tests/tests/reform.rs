@@ -196,3 +196,100 @@ async fn the_survivor_of_a_two_node_room_keeps_committing_alone() {
     assert_eq!(in_repo, acked);
     c.shutdown().await;
 }
+
+/// A 2|3 split of a five-node room whose two-node side holds two of the
+/// three voters: that side keeps committing and writes to the repository;
+/// the three-node side re-forms, first catching up from the repository
+/// with what the other side wrote. Healed, every node is in the new group
+/// and the repository has every acknowledged post once.
+#[actix_rt::test]
+async fn a_side_without_a_voter_majority_catches_up_from_the_repository_and_re_forms() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = GitDaemon::start(&dir.path().join("srv")).expect("git daemon");
+    let url = daemon.create("room.git").expect("repository");
+    let mut opts = committing_options(git_factory(url.clone(), dir.path()));
+    opts.voters = Some(3);
+    opts.reform = Some(ReformPolicy {
+        after: Duration::from_secs(4),
+        ..Default::default()
+    });
+    let c = cluster(dir.path(), 5, Some(opts)).await;
+    let leader = c.wait_leader(WAIT).await.expect("leader");
+    let voters = c.handle(leader).expect("runs").replica.voters();
+    let partner = *voters.iter().find(|v| **v != leader).expect("three voters");
+    let side_a = [leader, partner];
+    let side_b: Vec<NodeId> = c
+        .ids()
+        .into_iter()
+        .filter(|id| !side_a.contains(id))
+        .collect();
+    let mut acked = BTreeSet::new();
+    for i in 0..3 {
+        let (req, _) = post_committed(&c, side_b[0], "cy", format!("together {i}")).await;
+        acked.insert(req.id);
+    }
+    flush(&c).await;
+
+    c.split(&side_a);
+    // The side with the voter majority goes on and writes at once.
+    let mut written_by_a = BTreeSet::new();
+    for i in 0..3 {
+        let (req, outcome) = commit(&c, leader, "ana", post_command(format!("side a {i}"))).await;
+        assert!(outcome.is_settled(), "{outcome:?}");
+        acked.insert(req.id);
+        written_by_a.insert(req.id);
+    }
+    flush_once(&c, leader)
+        .await
+        .expect("side a writes to the repository");
+
+    // The other side re-forms from what it holds and what the repository
+    // holds.
+    for id in &side_b {
+        wait_epoch(&c, *id, 1).await;
+    }
+    let (req, outcome) = commit(&c, side_b[1], "dee", post_command("side b".into())).await;
+    assert!(outcome.is_settled(), "{outcome:?}");
+    acked.insert(req.id);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let held: BTreeSet<Ulid> = message_ids(&c, side_b[0]).into_iter().collect();
+        if written_by_a.is_subset(&held) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "side b never held what side a wrote to the repository"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Side a still commits, in its own group.
+    let (req, outcome) = commit(&c, partner, "bo", post_command("side a later".into())).await;
+    assert!(outcome.is_settled(), "{outcome:?}");
+    acked.insert(req.id);
+
+    c.split(&[]);
+    for id in side_a {
+        wait_epoch(&c, id, 1).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c
+        .ids()
+        .iter()
+        .any(|id| !c.handle(*id).expect("runs").storage.outbox.is_empty())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "carried requests never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    flush(&c).await;
+    assert_eq!(posts_in_repo(&url, &dir.path().join("clone")), acked);
+    for id in c.ids() {
+        let ids: BTreeSet<Ulid> = message_ids(&c, id).into_iter().collect();
+        assert_eq!(ids, acked, "node {id}");
+    }
+    c.shutdown().await;
+}
