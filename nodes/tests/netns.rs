@@ -1,8 +1,11 @@
-//! Three `skygit node` processes in separate network namespaces joined by
-//! a bridge, as three hosts on one LAN. One namespace is cut off from the
-//! bridge while the others keep posting, then healed: the isolated node
-//! reconnects over WebRTC and catches up. The repository (a path every
-//! namespace sees) stays reachable, as GitHub would from every host.
+//! `skygit node` processes in separate network namespaces joined by a
+//! bridge, as hosts on one LAN. One namespace is cut off from the bridge
+//! while the others keep posting, then healed: the isolated node
+//! reconnects over WebRTC and catches up. Five hosts split 2|3, the two
+//! holding the voter majority: both sides keep taking posts, the three
+//! re-form the group, and once healed every node is in one group with
+//! every message once. The repository (a path every namespace sees) stays
+//! reachable, as GitHub would from every host.
 //!
 //! Needs root (network namespaces). Elsewhere the test says why it
 //! skipped; under CI, which runs as root, it fails instead.
@@ -16,9 +19,13 @@ use skygit_harness::{
     converged, link_phase, post_round, skip_unless_required, wait_for, wait_leader, wait_members,
     NodeProc, NodeSpec,
 };
-use skygit_tests::git_server::git;
+use skygit_tests::git_server::{git, repo_posts};
 
 const SETTLE: Duration = Duration::from_secs(120);
+
+/// One LAN at a time: the namespaces' names and addresses derive from the
+/// process id.
+static ONE_LAN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let mut all = vec!["ip"];
@@ -113,6 +120,29 @@ impl Lan {
         Ok(lan)
     }
 
+    /// Hosts `side` and the others stop reaching each other (packets
+    /// between their LAN addresses are dropped in every namespace); an
+    /// empty `side` heals.
+    fn split(&self, side: &[usize]) {
+        for i in 1..=self.hosts {
+            ip(&["netns", "exec", &self.ns(i), "iptables", "-F"]).expect("iptables -F");
+        }
+        for a in side {
+            for b in (1..=self.hosts).filter(|b| !side.contains(b)) {
+                for (me, other) in [(*a, b), (b, *a)] {
+                    let ns = self.ns(me);
+                    let addr = self.addr(other);
+                    for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+                        ip(&[
+                            "netns", "exec", &ns, "iptables", "-A", chain, dir, &addr, "-j", "DROP",
+                        ])
+                        .expect("iptables -A");
+                    }
+                }
+            }
+        }
+    }
+
     fn cut(&self, i: usize, off: bool) {
         ip(&[
             "link",
@@ -135,8 +165,9 @@ impl Drop for Lan {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_isolated_host_catches_up_after_the_partition_heals() {
+/// A LAN of `hosts` namespaces, or `None` (and a skip, which fails under
+/// CI) where this process may not build one.
+fn lan(hosts: usize) -> Option<Lan> {
     // Only root may create namespaces.
     let uid = Command::new("id")
         .arg("-u")
@@ -147,15 +178,21 @@ async fn an_isolated_host_catches_up_after_the_partition_heals() {
         skip_unless_required(&format!(
             "network namespaces need root (running as uid {uid:?})"
         ));
-        return;
+        return None;
     }
-    let lan = match Lan::build(3) {
-        Ok(l) => l,
+    match Lan::build(hosts) {
+        Ok(l) => Some(l),
         Err(e) => {
             skip_unless_required(&format!("cannot build network namespaces here: {e}"));
-            return;
+            None
         }
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_host_catches_up_after_the_partition_heals() {
+    let _one = ONE_LAN.lock().await;
+    let Some(lan) = lan(3) else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = dir.path().join("room.git");
     git(&["init", "--quiet", "--bare", &repo.to_string_lossy()]);
@@ -228,6 +265,133 @@ async fn an_isolated_host_catches_up_after_the_partition_heals() {
     converged(&refs, &sent, SETTLE)
         .await
         .expect("the isolated node caught up");
+    for n in &mut nodes {
+        n.stop(Duration::from_secs(30)).await.expect("stops");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_three_split_re_forms_the_minority_of_voters_and_heals_into_one_group() {
+    let _one = ONE_LAN.lock().await;
+    let Some(lan) = lan(5) else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("room.git");
+    git(&["init", "--quiet", "--bare", &repo.to_string_lossy()]);
+    let users = ["ana", "bo", "cy", "dee", "eli"];
+    let mut nodes = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let host = i + 1;
+        let spec = NodeSpec::in_netns(
+            Path::new(env!("CARGO_BIN_EXE_skygit")),
+            dir.path(),
+            &repo,
+            user,
+            &lan.ns(host),
+            &lan.addr(host),
+            &lan.api(host),
+            &["--reform-after-secs".to_owned(), "5".to_owned()],
+        );
+        nodes.push(
+            NodeProc::start(spec)
+                .await
+                .expect("node starts in its namespace"),
+        );
+    }
+    let all: Vec<&NodeProc> = nodes.iter().collect();
+    wait_members(&all, 3, SETTLE)
+        .await
+        .expect("three voters, two learners");
+    let mut sent = BTreeSet::new();
+    post_round(&all, "together", 1, &mut sent)
+        .await
+        .expect("posted");
+    converged(&all, &sent, SETTLE).await.expect("converged");
+
+    // The leader and another voter on one side, the rest on the other.
+    let leader = wait_leader(&all, SETTLE).await.expect("leader");
+    let voters = all
+        .iter()
+        .find(|n| n.node_id == leader)
+        .expect("leader runs")
+        .status()
+        .await
+        .expect("status")
+        .membership
+        .expect("membership")
+        .voters;
+    let partner = voters
+        .iter()
+        .copied()
+        .find(|v| *v != leader)
+        .expect("three voters");
+    let hosts_a: Vec<usize> = (0..nodes.len())
+        .filter(|i| [leader, partner].contains(&nodes[*i].node_id))
+        .map(|i| i + 1)
+        .collect();
+    let side_a: Vec<&NodeProc> = hosts_a.iter().map(|h| &nodes[h - 1]).collect();
+    let side_b: Vec<&NodeProc> = (1..=nodes.len())
+        .filter(|h| !hosts_a.contains(h))
+        .map(|h| &nodes[h - 1])
+        .collect();
+    lan.split(&hosts_a);
+
+    // Both sides take posts: the voter majority commits at once, the
+    // other side queues, then re-forms and commits.
+    post_round(&side_a, "side a", 2, &mut sent)
+        .await
+        .expect("posted on side a");
+    let mut round = 0;
+    loop {
+        round += 1;
+        let answers = post_round(&side_b, &format!("side b {round}"), 1, &mut sent)
+            .await
+            .expect("posted on side b");
+        if answers.iter().any(|(_, _, p)| p.index.is_some()) {
+            break;
+        }
+        assert!(round < 240, "side b never committed");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for n in &side_b {
+        wait_for(SETTLE, "side b in epoch 1", || async {
+            (n.status().await.ok()?.membership?.epoch >= 1).then_some(())
+        })
+        .await
+        .expect("side b re-formed");
+    }
+    post_round(&side_a, "side a later", 1, &mut sent)
+        .await
+        .expect("side a still takes posts");
+
+    // Healed: one group, the newest, and every message once everywhere.
+    lan.split(&[]);
+    for n in &all {
+        wait_for(SETTLE, "every node in the newest group", || async {
+            (n.status().await.ok()?.membership?.epoch >= 1).then_some(())
+        })
+        .await
+        .expect("joined");
+    }
+    post_round(&all, "healed", 1, &mut sent)
+        .await
+        .expect("posted");
+    converged(&all, &sent, SETTLE)
+        .await
+        .expect("every node holds every message once");
+    let scratch = dir.path().join("clone");
+    let in_repo = wait_for(SETTLE, "the repository to hold every message", || async {
+        let posts = repo_posts(&repo, &scratch);
+        (posts.len() >= sent.len()).then_some(posts)
+    })
+    .await
+    .expect("committed");
+    let unique: BTreeSet<String> = in_repo.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        in_repo.len(),
+        "a message is in the repository twice"
+    );
+    assert_eq!(unique, sent);
     for n in &mut nodes {
         n.stop(Duration::from_secs(30)).await.expect("stops");
     }
