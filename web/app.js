@@ -89,6 +89,16 @@
       cs.title = '';
       cs.className = 'msg';
     }
+    // The room's group re-formed in the last ten minutes: messages held
+    // apart meanwhile were proposed again and may have moved later.
+    const rf = s.membership && s.membership.reformed;
+    const recent = rf && Date.now() - rf.at_ms < 600000;
+    $('reformed').hidden = !recent;
+    if (recent) {
+      $('reformed').textContent = 'The room re-formed its group (epoch ' + rf.epoch + ') after ' +
+        'losing touch with some of its nodes. Nothing was lost: messages sent meanwhile may ' +
+        'appear later in the conversation than where they were first shown.';
+    }
     const cu = s.catch_up;
     const catching = cu && cu.done === false;
     $('catchup').hidden = !catching;

@@ -39,6 +39,9 @@ pub struct SettingsChanged {
 }
 
 /// The client fell behind and missed events: re-read what it shows.
+/// `missed` is 0 when the node's state was replaced in bulk (a snapshot
+/// from the leader, a catch-up from the repository when the room's group
+/// re-formed), with no event per change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Lagged {

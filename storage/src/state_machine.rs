@@ -80,6 +80,10 @@ pub struct StateMachine {
     settings: Arc<watch::Sender<RoomSettings>>,
     /// The raft group the state belongs to (changed by a snapshot).
     group: Arc<watch::Sender<GroupRecord>>,
+    /// How many times the state was replaced or changed in bulk, without
+    /// an applied event per change (a snapshot installed, a catch-up from
+    /// the repository): readers re-read.
+    replaced: Arc<watch::Sender<u64>>,
 }
 
 impl StateMachine {
@@ -97,7 +101,15 @@ impl StateMachine {
             messages_applied: Arc::new(AtomicU64::new(0)),
             settings: Arc::new(watch::Sender::new(settings)),
             group: Arc::new(watch::Sender::new(group)),
+            replaced: Arc::new(watch::Sender::new(0)),
         }
+    }
+
+    /// Changes each time the state is replaced or changed in bulk (a
+    /// snapshot installed, a catch-up from the repository): what a reader
+    /// shows may be stale, and the applied events do not tell what.
+    pub fn watch_replaced(&self) -> watch::Receiver<u64> {
+        self.replaced.subscribe()
     }
 
     /// The raft group this state belongs to.
@@ -385,6 +397,7 @@ impl StateMachine {
         for e in events {
             let _ = self.events.send(Arc::new(e));
         }
+        self.replaced.send_modify(|n| *n += 1);
         Ok(n)
     }
 }
@@ -532,6 +545,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .send_replace(read_settings(&self.db).map_err(std::io::Error::from)?);
         self.group
             .send_replace(self.db.group().map_err(std::io::Error::from)?);
+        self.replaced.send_modify(|n| *n += 1);
         Ok(())
     }
 

@@ -130,6 +130,13 @@ async fn a_cut_off_majority_is_re_formed_and_the_old_leader_rejoins_with_what_it
         "the cut-off side cannot see the new group"
     );
 
+    let mut replaced = c
+        .handle(leader)
+        .expect("runs")
+        .storage
+        .state_machine
+        .watch_replaced();
+    replaced.borrow_and_update();
     c.isolate(leader, false);
     wait_epoch(&c, leader, 1).await;
     // What the old leader carried commits in the new group.
@@ -152,6 +159,9 @@ async fn a_cut_off_majority_is_re_formed_and_the_old_leader_rejoins_with_what_it
     let epochs = epochs_in_repo(&url, &dir.path().join("bare"));
     assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "{epochs:?}");
     assert_eq!(epochs.last(), Some(&1));
+    // The old leader's state was replaced by the new group's snapshot,
+    // and its readers (the event stream) were told to re-read.
+    assert!(replaced.has_changed().expect("the state machine lives"));
     // Both nodes hold every message.
     for id in c.ids() {
         let ids: BTreeSet<Ulid> = message_ids(&c, id).into_iter().collect();

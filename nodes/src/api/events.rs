@@ -50,6 +50,8 @@ impl Drop for Slot {
 struct Stream {
     _slot: Slot,
     rx: Receiver<Arc<AppliedEvent>>,
+    /// The state replaced in bulk (a snapshot, a re-formed group).
+    replaced: tokio::sync::watch::Receiver<u64>,
     room: Arc<Served>,
     synced: u64,
     conversations: BTreeSet<String>,
@@ -168,6 +170,8 @@ pub async fn events(
         )
     })?;
     let rx = room.handle.storage.state_machine.subscribe();
+    let mut replaced = room.handle.storage.state_machine.watch_replaced();
+    replaced.borrow_and_update();
     let reader = room.handle.storage.reader.clone();
     let (synced, known) = super::blocking(move || {
         Ok((
@@ -189,6 +193,7 @@ pub async fn events(
     let state = Stream {
         _slot: slot,
         rx,
+        replaced,
         room,
         synced,
         conversations: known,
@@ -196,12 +201,15 @@ pub async fn events(
     let first = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(hello) });
     let rest = futures::stream::unfold(state, |mut st| async move {
         loop {
-            let next = tokio::time::timeout(KEEP_ALIVE, st.rx.recv()).await;
-            let bytes = match next {
-                Err(_) => b": keep-alive\n\n".to_vec(),
-                Ok(Ok(e)) => st.frames(&e).await,
-                Ok(Err(RecvError::Lagged(n))) => Event::Lagged(Lagged { missed: n }).frame(),
-                Ok(Err(RecvError::Closed)) => return None,
+            let bytes = tokio::select! {
+                next = tokio::time::timeout(KEEP_ALIVE, st.rx.recv()) => match next {
+                    Err(_) => b": keep-alive\n\n".to_vec(),
+                    Ok(Ok(e)) => st.frames(&e).await,
+                    Ok(Err(RecvError::Lagged(n))) => Event::Lagged(Lagged { missed: n }).frame(),
+                    Ok(Err(RecvError::Closed)) => return None,
+                },
+                // The state was replaced: the client re-reads everything.
+                Ok(()) = st.replaced.changed() => Event::Lagged(Lagged { missed: 0 }).frame(),
             };
             if !bytes.is_empty() {
                 return Some((Ok(bytes), st));
