@@ -77,7 +77,8 @@ pub struct Reformed {
     pub moved: Moved,
 }
 
-/// How long a failed join waits before the repository is read again.
+/// How long a failed join or founding waits before the repository is
+/// read again.
 const JOIN_RETRY: Duration = Duration::from_secs(5);
 
 pub struct MembershipActor {
@@ -112,6 +113,9 @@ pub struct MembershipActor {
     reformed: Option<Reformed>,
     /// No join is tried before this (after one failed).
     join_after: Option<Instant>,
+    /// No founding is tried before this (after one failed: each attempt
+    /// stops and restarts raft and reads the repository).
+    found_after: Option<Instant>,
     span: tracing::Span,
 }
 
@@ -148,6 +152,7 @@ impl MembershipActor {
             reform_waiting: None,
             reformed: None,
             join_after: None,
+            found_after: None,
             span,
         }
     }
@@ -236,6 +241,7 @@ impl MembershipActor {
                 }
                 false
             }
+            ReformDecision::Found if self.found_after.is_some_and(|t| Instant::now() < t) => false,
             ReformDecision::Found => {
                 self.busy = true;
                 let mut reformer = reformer.clone();
@@ -253,6 +259,7 @@ impl MembershipActor {
                                 Err(e) => {
                                     tracing::warn!(error = %e, "did not re-form the group");
                                     act.reform_waiting = Some(e.to_string());
+                                    act.found_after = Some(Instant::now() + JOIN_RETRY);
                                 }
                             }
                         }),
@@ -275,6 +282,7 @@ impl MembershipActor {
         self.leaderless_since = None;
         self.reform_waiting = None;
         self.join_after = None;
+        self.found_after = None;
         self.seed_pending = moved.founded;
         let at_ms = self.reform.as_ref().map_or(0, |(r, _)| r.clock.now_ms());
         self.reformed = Some(Reformed {
