@@ -165,13 +165,19 @@ impl MembershipActor {
     }
 
     /// Tracks since when no leader has been reachable, and answers for how
-    /// long.
+    /// long. A leader that reaches no majority of its voters counts as
+    /// none: it can commit nothing (raft keeps it leading).
     fn leaderless_for(&mut self, initialized: bool) -> Duration {
         let m = self.replica.metrics();
         let me = self.replica.id();
-        let reachable = m
-            .current_leader
-            .is_some_and(|l| l == me || self.online.contains(&l));
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let voters_up = voters
+            .iter()
+            .filter(|v| **v == me || self.online.contains(v))
+            .count();
+        let reachable = m.current_leader.is_some_and(|l| {
+            (l == me && voters_up * 2 > voters.len()) || (l != me && self.online.contains(&l))
+        });
         if reachable || !initialized {
             self.leaderless_since = None;
             return Duration::ZERO;

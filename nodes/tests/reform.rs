@@ -4,6 +4,8 @@
 //! epoch on the branch and commit again; the killed voters come back, join
 //! it, and every acknowledged message is on every node and in the
 //! repository exactly once.
+//! And a two-node room whose other node is killed: the survivor commits
+//! alone.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -148,6 +150,80 @@ async fn five_processes_re_form_after_losing_two_voters_and_lose_nothing() {
         .await
         .expect("every node holds every message once");
     // The repository too, once the leader committed.
+    let scratch = dir.path().join("clone");
+    let in_repo = wait_for(SETTLE, "the repository to hold every message", || async {
+        let posts = repo_posts(&repo, &scratch);
+        (posts.len() >= acked.len()).then_some(posts)
+    })
+    .await
+    .expect("committed");
+    let unique: BTreeSet<String> = in_repo.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        in_repo.len(),
+        "a message is in the repository twice"
+    );
+    assert_eq!(unique, acked);
+    for n in &mut nodes {
+        n.stop(Duration::from_secs(30)).await.expect("stops");
+    }
+}
+
+/// A two-node room over WebRTC whose other node is killed: the survivor
+/// re-forms alone and keeps committing; the killed node, restarted, joins
+/// its group, and every message is on both and in the repository once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_survivor_of_a_two_node_room_keeps_committing_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = bare_repo(dir.path());
+    let mut nodes = Vec::new();
+    for u in ["ana", "bo"] {
+        nodes.push(
+            NodeProc::start(spec(dir.path(), &repo, u))
+                .await
+                .expect("node starts"),
+        );
+    }
+    let both: Vec<&NodeProc> = nodes.iter().collect();
+    wait_members(&both, 2, SETTLE).await.expect("two voters");
+    let mut acked = BTreeSet::new();
+    post_round(&both, "before", 1, &mut acked)
+        .await
+        .expect("posts acknowledged");
+    converged(&both, &acked, SETTLE).await.expect("converged");
+
+    let mut gone = nodes.remove(0);
+    gone.kill().await.expect("killed");
+    let survivor = [&nodes[0]];
+    let mut round = 0;
+    loop {
+        round += 1;
+        let answers = post_round(&survivor, &format!("alone {round}"), 1, &mut acked)
+            .await
+            .expect("posts acknowledged");
+        if answers.iter().any(|(_, _, p)| p.index.is_some()) {
+            break;
+        }
+        assert!(round < 240, "the survivor never committed alone");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(epoch_of(&nodes[0]).await, Some(1), "the survivor re-formed");
+
+    nodes.push(NodeProc::start(gone.spec.clone()).await.expect("restarts"));
+    let both: Vec<&NodeProc> = nodes.iter().collect();
+    for n in &both {
+        wait_for(SETTLE, "both nodes in epoch 1", || async {
+            (epoch_of(n).await? == 1).then_some(())
+        })
+        .await
+        .expect("joined");
+    }
+    post_round(&both, "back", 1, &mut acked)
+        .await
+        .expect("posts acknowledged");
+    converged(&both, &acked, SETTLE)
+        .await
+        .expect("both hold every message once");
     let scratch = dir.path().join("clone");
     let in_repo = wait_for(SETTLE, "the repository to hold every message", || async {
         let posts = repo_posts(&repo, &scratch);
