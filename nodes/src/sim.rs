@@ -220,8 +220,8 @@ fn single(args: SimArgs) -> anyhow::Result<()> {
         r.faults.max_clock_skew_ms
     );
     println!(
-        "  room: {} leader changes, {} commits on the branch",
-        r.leader_changes, r.repo_commits
+        "  room: {} leader changes, {} commits on the branch, group epoch {} at the end",
+        r.leader_changes, r.repo_commits, r.group_epoch
     );
     print_violations(&r);
     if !r.ok {
@@ -256,6 +256,8 @@ struct SweepReport {
     canary: Option<Canary>,
     /// Majority losses injected over the sweep.
     majority_losses: u64,
+    /// The newest group epoch any run ended in.
+    max_group_epoch: u64,
     /// Seconds from a majority loss to a leader of a newer group, for
     /// each one the survivors re-formed after.
     reform_seconds: Vec<f64>,
@@ -324,11 +326,13 @@ fn sweep(args: SimArgs, k: u64) -> anyhow::Result<()> {
         speedup: 0.0,
         canary: args.canary,
         majority_losses: 0,
+        max_group_epoch: 0,
         reform_seconds: Vec::new(),
     };
     for (seed, res) in results {
         if let Ok(r) = &res {
             report.majority_losses += r.faults.majority_losses;
+            report.max_group_epoch = report.max_group_epoch.max(r.group_epoch);
             report
                 .reform_seconds
                 .extend(r.faults.reform_seconds.iter().copied());

@@ -133,6 +133,31 @@ fn a_sweep_with_majority_losses_re_forms_and_passes() {
     );
 }
 
+/// Both halves of a split two-node room re-form (neither reaches a
+/// majority of the two voters), each in its own epoch, and merge when the
+/// network heals: nothing acknowledged is lost or doubled.
+#[test]
+fn split_two_node_rooms_re_form_on_both_sides_and_merge() {
+    let (ok, j, out) = sim(&[
+        "--nodes",
+        "2",
+        "--duration",
+        "120s",
+        "--fault-classes",
+        "partition,crash,link-failure",
+        "--sweep",
+        "30",
+        "--seed",
+        "4000",
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(j["ok"], 30, "{j}");
+    assert!(
+        j["max_group_epoch"].as_u64().unwrap_or(0) >= 2,
+        "no run re-formed on both sides: {j}"
+    );
+}
+
 #[test]
 fn a_sweep_of_200_seeds_without_canaries_passes() {
     let (ok, j, out) = sim(&[&SHORT[..], &["--sweep", "200", "--seed", "1000"]].concat());

@@ -540,6 +540,7 @@ pub fn run(opts: SimOptions) -> Result<Report, SimError> {
         canary: opts.canary,
         leader_changes: st.leader_changes,
         repo_commits: st.repo_commits,
+        group_epoch: st.group_epoch,
         workload: st.workload,
         faults: st.faults,
         net: st.net,
@@ -554,6 +555,7 @@ struct Finished {
     faults: FaultStats,
     leader_changes: u64,
     repo_commits: u64,
+    group_epoch: u64,
     net: crate::net::NetStats,
     repo: crate::repo::RepoStats,
 }
@@ -679,6 +681,10 @@ async fn simulate(opts: Arc<SimOptions>) -> Result<(Finished, Trace, Duration), 
     }
     settle(&world).await;
     let repo_commits = check_end(&world).await;
+    let group_epoch = world
+        .host
+        .head()
+        .map_or(0, |(_, message)| layout::group_epoch(&message));
     world.observe();
     writeback.abort();
     observer.abort();
@@ -708,6 +714,7 @@ async fn simulate(opts: Arc<SimOptions>) -> Result<(Finished, Trace, Duration), 
             faults: g.faults,
             leader_changes: g.leader_changes,
             repo_commits,
+            group_epoch,
             net,
             repo,
         },

@@ -242,6 +242,9 @@ pub struct Report {
     pub canary: Option<Canary>,
     pub leader_changes: u64,
     pub repo_commits: u64,
+    /// The branch's newest group epoch at the end (how many times the
+    /// room's group was re-formed, at least).
+    pub group_epoch: u64,
     pub workload: WorkloadStats,
     pub faults: FaultStats,
     pub net: crate::net::NetStats,

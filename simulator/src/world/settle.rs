@@ -129,6 +129,40 @@ pub(super) async fn settle(world: &World) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // A group re-formed while the network healed (its founder had been
+    // leaderless long enough, and its links were not back yet) is newer
+    // than the probe's: every live node must join it within the bound.
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let newest = world
+            .host
+            .head()
+            .map_or(0, |(_, message)| layout::group_epoch(&message));
+        let behind: Vec<NodeId> = world
+            .up_nodes()
+            .into_iter()
+            .filter(|id| {
+                world
+                    .handle(*id)
+                    .is_some_and(|h| h.replica.group().epoch < newest)
+            })
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            world.violation(
+                "one-group-newest-epoch",
+                format!(
+                    "nodes {behind:?} did not join the branch's newest group (epoch {newest}) within {}s",
+                    bound.as_secs()
+                ),
+                None,
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     // Requests still in flight settle (a forward to a dead leader waits
     // out its timeout, then goes to the outbox), outboxes drain, and a
     // last flush writes what they added.
