@@ -16,10 +16,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use skygit_harness::{
-    converged, link_phase, post_round, skip_unless_required, wait_for, wait_leader, wait_members,
-    NodeProc, NodeSpec,
+    converged, link_phase, post_round, skip_unless_required, wait_epoch, wait_for, wait_leader,
+    wait_members, NodeProc, NodeSpec,
 };
-use skygit_tests::git_server::{git, repo_posts};
+use skygit_tests::git_server::{assert_repo_holds_each_once, git};
 
 const SETTLE: Duration = Duration::from_secs(120);
 
@@ -352,46 +352,23 @@ async fn a_two_three_split_re_forms_the_minority_of_voters_and_heals_into_one_gr
         assert!(round < 240, "side b never committed");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for n in &side_b {
-        wait_for(SETTLE, "side b in epoch 1", || async {
-            (n.status().await.ok()?.membership?.epoch >= 1).then_some(())
-        })
+    wait_epoch(&side_b, 1, SETTLE)
         .await
         .expect("side b re-formed");
-    }
     post_round(&side_a, "side a later", 1, &mut sent)
         .await
         .expect("side a still takes posts");
 
     // Healed: one group, the newest, and every message once everywhere.
     lan.split(&[]);
-    for n in &all {
-        wait_for(SETTLE, "every node in the newest group", || async {
-            (n.status().await.ok()?.membership?.epoch >= 1).then_some(())
-        })
-        .await
-        .expect("joined");
-    }
+    wait_epoch(&all, 1, SETTLE).await.expect("joined");
     post_round(&all, "healed", 1, &mut sent)
         .await
         .expect("posted");
     converged(&all, &sent, SETTLE)
         .await
         .expect("every node holds every message once");
-    let scratch = dir.path().join("clone");
-    let in_repo = wait_for(SETTLE, "the repository to hold every message", || async {
-        let posts = repo_posts(&repo, &scratch);
-        (posts.len() >= sent.len()).then_some(posts)
-    })
-    .await
-    .expect("committed");
-    let unique: BTreeSet<String> = in_repo.iter().cloned().collect();
-    assert_eq!(
-        unique.len(),
-        in_repo.len(),
-        "a message is in the repository twice"
-    );
-    assert_eq!(unique, sent);
+    assert_repo_holds_each_once(&repo, &dir.path().join("clone"), &sent, SETTLE).await;
     for n in &mut nodes {
         n.stop(Duration::from_secs(30)).await.expect("stops");
     }

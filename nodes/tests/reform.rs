@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use skygit_harness::{
-    converged, post_round, wait_for, wait_leader, wait_members, NodeProc, NodeSpec,
+    converged, post_round, wait_epoch, wait_leader, wait_members, NodeProc, NodeSpec,
 };
-use skygit_tests::git_server::{git, repo_posts};
+use skygit_tests::git_server::{assert_repo_holds_each_once, git};
 
 const SETTLE: Duration = Duration::from_secs(90);
 /// The survivors re-form after this long without a reachable leader.
@@ -120,13 +120,9 @@ async fn five_processes_re_form_after_losing_two_voters_and_lose_nothing() {
         "reform: first committed post {:.1} s after the majority was lost",
         committed_after.as_secs_f64()
     );
-    for n in &survivors {
-        wait_for(SETTLE, "every survivor in epoch 1", || async {
-            (epoch_of(n).await? == 1).then_some(())
-        })
+    wait_epoch(&survivors, 1, SETTLE)
         .await
         .expect("the survivors re-formed");
-    }
     converged(&survivors, &acked, SETTLE)
         .await
         .expect("the survivors converge");
@@ -135,36 +131,29 @@ async fn five_processes_re_form_after_losing_two_voters_and_lose_nothing() {
     for k in &killed {
         nodes.push(NodeProc::start(k.spec.clone()).await.expect("restarts"));
     }
+    rejoin_and_settle(&mut nodes, &mut acked, &repo, dir.path()).await;
+}
+
+/// Every node joins epoch 1 and posts once more; then every node holds
+/// every acknowledged message once, in one order, and so does the
+/// repository. The nodes stop.
+async fn rejoin_and_settle(
+    nodes: &mut [NodeProc],
+    acked: &mut BTreeSet<String>,
+    repo: &Path,
+    dir: &Path,
+) {
     let all: Vec<&NodeProc> = nodes.iter().collect();
-    for n in &all {
-        wait_for(SETTLE, "every node in epoch 1", || async {
-            (epoch_of(n).await? == 1).then_some(())
-        })
-        .await
-        .expect("joined");
-    }
-    post_round(&all, "back", 1, &mut acked)
+    wait_epoch(&all, 1, SETTLE).await.expect("joined");
+    post_round(&all, "back", 1, acked)
         .await
         .expect("posts acknowledged");
-    converged(&all, &acked, SETTLE)
+    converged(&all, acked, SETTLE)
         .await
         .expect("every node holds every message once");
     // The repository too, once the leader committed.
-    let scratch = dir.path().join("clone");
-    let in_repo = wait_for(SETTLE, "the repository to hold every message", || async {
-        let posts = repo_posts(&repo, &scratch);
-        (posts.len() >= acked.len()).then_some(posts)
-    })
-    .await
-    .expect("committed");
-    let unique: BTreeSet<String> = in_repo.iter().cloned().collect();
-    assert_eq!(
-        unique.len(),
-        in_repo.len(),
-        "a message is in the repository twice"
-    );
-    assert_eq!(unique, acked);
-    for n in &mut nodes {
+    assert_repo_holds_each_once(repo, &dir.join("clone"), acked, SETTLE).await;
+    for n in nodes {
         n.stop(Duration::from_secs(30)).await.expect("stops");
     }
 }
@@ -210,35 +199,5 @@ async fn the_survivor_of_a_two_node_room_keeps_committing_alone() {
     assert_eq!(epoch_of(&nodes[0]).await, Some(1), "the survivor re-formed");
 
     nodes.push(NodeProc::start(gone.spec.clone()).await.expect("restarts"));
-    let both: Vec<&NodeProc> = nodes.iter().collect();
-    for n in &both {
-        wait_for(SETTLE, "both nodes in epoch 1", || async {
-            (epoch_of(n).await? == 1).then_some(())
-        })
-        .await
-        .expect("joined");
-    }
-    post_round(&both, "back", 1, &mut acked)
-        .await
-        .expect("posts acknowledged");
-    converged(&both, &acked, SETTLE)
-        .await
-        .expect("both hold every message once");
-    let scratch = dir.path().join("clone");
-    let in_repo = wait_for(SETTLE, "the repository to hold every message", || async {
-        let posts = repo_posts(&repo, &scratch);
-        (posts.len() >= acked.len()).then_some(posts)
-    })
-    .await
-    .expect("committed");
-    let unique: BTreeSet<String> = in_repo.iter().cloned().collect();
-    assert_eq!(
-        unique.len(),
-        in_repo.len(),
-        "a message is in the repository twice"
-    );
-    assert_eq!(unique, acked);
-    for n in &mut nodes {
-        n.stop(Duration::from_secs(30)).await.expect("stops");
-    }
+    rejoin_and_settle(&mut nodes, &mut acked, &repo, dir.path()).await;
 }

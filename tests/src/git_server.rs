@@ -34,6 +34,35 @@ pub fn repo_posts(repo: &Path, scratch: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the bare repository at `repo` holds as many posts as
+/// `sent` (polling with the real git, cloning to `scratch`), then checks
+/// it holds each of them exactly once.
+pub async fn assert_repo_holds_each_once(
+    repo: &Path,
+    scratch: &Path,
+    sent: &std::collections::BTreeSet<String>,
+    timeout: std::time::Duration,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let posts = loop {
+        let posts = repo_posts(repo, scratch);
+        if posts.len() >= sent.len() || tokio::time::Instant::now() >= deadline {
+            break posts;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let unique: std::collections::BTreeSet<String> = posts.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        posts.len(),
+        "a message is in the repository twice"
+    );
+    assert_eq!(
+        &unique, sent,
+        "the repository's messages are not the ones acknowledged"
+    );
+}
+
 /// What a clone of the room's repository holds.
 pub struct Cloned {
     pub dir: PathBuf,

@@ -465,6 +465,20 @@ pub async fn wait_leader(nodes: &[&NodeProc], timeout: Duration) -> anyhow::Resu
     .await
 }
 
+/// Waits until every node in `nodes` runs in the room's raft group of
+/// `epoch` or a newer one (a re-formed group).
+pub async fn wait_epoch(nodes: &[&NodeProc], epoch: u64, timeout: Duration) -> anyhow::Result<()> {
+    for n in nodes {
+        wait_for(
+            timeout,
+            &format!("{} in group epoch {epoch}", n.spec.user),
+            || async { (n.status().await.ok()?.membership?.epoch >= epoch).then_some(()) },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Waits until the room's voters are exactly `count` nodes as the leader
 /// sees them, and every node in `nodes` is a member.
 pub async fn wait_members(
