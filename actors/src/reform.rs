@@ -64,6 +64,8 @@ pub enum ReformError {
     },
     #[error("another node founded group epoch {0} first")]
     Lost(u64),
+    #[error("the room's group was re-formed without this node (epoch {0}): it joins when it meets a member")]
+    Superseded(u64),
     #[error("the repository names no group newer than epoch {0}")]
     NotNewer(u64),
     #[error("no verified founding of group epoch {0} in the repository's recent history")]
@@ -99,13 +101,8 @@ impl Reformer {
     /// [`RoomStorage::begin_group`]) and starts its raft there; a founder
     /// initialises it as the one voter. Answers how many requests were
     /// carried. If the storage cannot move, the old group runs again.
-    async fn enter(
-        &mut self,
-        group: GroupStart,
-        role: GroupRole,
-        watermark: u64,
-    ) -> Result<usize, ReformError> {
-        let carried = match self.storage.begin_group(group, role, watermark).await {
+    async fn enter(&mut self, group: GroupStart, role: GroupRole) -> Result<usize, ReformError> {
+        let carried = match self.storage.begin_group(group, role).await {
             Ok(n) => n,
             Err(e) => {
                 self.resume().await?;
@@ -134,7 +131,13 @@ impl Reformer {
         let current = self.storage.group().start;
         let head = self.repo.head().await?.ok_or(ReformError::NoBranch)?;
         let head_epoch = layout::group_epoch(&head.message);
-        let epoch = head_epoch.max(current.epoch) + 1;
+        if head_epoch > current.epoch {
+            // Above the newer group's base this node's state is another
+            // history than the one the branch continues: it may only join
+            // that group (when it meets one of its members).
+            return Err(ReformError::Superseded(head_epoch));
+        }
+        let epoch = current.epoch + 1;
         let watermark = crate::readback::watermark_of(self.repo.as_ref(), &head).await?;
         // Stop this group's raft, so what it applied is final.
         self.replica.stop_group().await;
@@ -150,7 +153,7 @@ impl Reformer {
             }
         };
         let group = GroupStart { epoch, base };
-        let carried = self.enter(group, GroupRole::Founder, watermark).await?;
+        let carried = self.enter(group, GroupRole::Founder).await?;
         tracing::warn!(
             epoch,
             base,
@@ -278,8 +281,8 @@ impl Reformer {
     }
 
     /// Joins the newest group the repository names, when it is newer than
-    /// this node's: carries into the outbox what this node holds above the
-    /// repository's watermark, and waits (uninitialised) for that group's
+    /// this node's: carries into the outbox what the new group may not
+    /// have (its journal, its unapplied log), and waits (uninitialised) for that group's
     /// leader to add it and send it the group's snapshot. A founding of
     /// this node's own (its founder stopped before it switched) makes it
     /// the founder again.
@@ -292,7 +295,6 @@ impl Reformer {
             return Err(ReformError::NotNewer(current.epoch));
         }
         let (founder, base) = self.founding_of(&head, epoch).await?;
-        let watermark = crate::readback::watermark_of(self.repo.as_ref(), &head).await?;
         let role = if founder == me {
             GroupRole::Founder
         } else {
@@ -300,7 +302,7 @@ impl Reformer {
         };
         self.replica.stop_group().await;
         let group = GroupStart { epoch, base };
-        let carried = self.enter(group, role, watermark).await?;
+        let carried = self.enter(group, role).await?;
         tracing::warn!(
             epoch,
             base,

@@ -133,11 +133,11 @@ fn a_sweep_with_majority_losses_re_forms_and_passes() {
     );
 }
 
-/// Both halves of a split two-node room re-form (neither reaches a
-/// majority of the two voters), each in its own epoch, and merge when the
-/// network heals: nothing acknowledged is lost or doubled.
+/// Split two-node rooms re-form (neither half reaches a majority of the
+/// two voters; the branch lets one found) and merge when the network
+/// heals: nothing acknowledged is lost or doubled.
 #[test]
-fn split_two_node_rooms_re_form_on_both_sides_and_merge() {
+fn split_two_node_rooms_re_form_and_merge() {
     let (ok, j, out) = sim(&[
         "--nodes",
         "2",
@@ -153,8 +153,8 @@ fn split_two_node_rooms_re_form_on_both_sides_and_merge() {
     assert!(ok, "{out}");
     assert_eq!(j["ok"], 30, "{j}");
     assert!(
-        j["max_group_epoch"].as_u64().unwrap_or(0) >= 2,
-        "no run re-formed on both sides: {j}"
+        j["max_group_epoch"].as_u64().unwrap_or(0) >= 1,
+        "no run re-formed: {j}"
     );
 }
 

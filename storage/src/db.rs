@@ -318,7 +318,6 @@ pub(crate) fn begin_group(
     db: &RoomDb,
     next: GroupStart,
     role: crate::GroupRole,
-    watermark: u64,
 ) -> Result<(GroupRecord, usize), StorageError> {
     let current = db.group()?;
     let refuse = |why| StorageError::Epoch {
@@ -366,17 +365,14 @@ pub(crate) fn begin_group(
         }
     }
     if role == crate::GroupRole::Joiner {
-        // Above the new group's base the repository's indices are the new
-        // group's, not this node's old changes at the same numbers: only
-        // below both is a change known to be in the repository.
-        let known = watermark.min(next.base);
-        for item in db.db.iterator_cf(
-            db.cf(CF_JOURNAL)?,
-            rocksdb::IteratorMode::From(
-                &index_key(known.saturating_add(1)),
-                rocksdb::Direction::Forward,
-            ),
-        ) {
+        // The whole journal: no index proves a change is in the
+        // repository, which may hold another group's changes at the same
+        // numbers (a group founded on top of a newer one than its own). A
+        // change the new group has is a duplicate there, by id.
+        for item in db
+            .db
+            .iterator_cf(db.cf(CF_JOURNAL)?, rocksdb::IteratorMode::Start)
+        {
             let (_, v) = item?;
             let change: Change = codec::from_bytes(&v)?;
             carry.push(change.request());

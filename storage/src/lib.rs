@@ -101,9 +101,8 @@ impl RoomStorage {
     ///   into the outbox, to be proposed again (deduplicated by id): the
     ///   requests in its log above what it applied (not yet known to be
     ///   committed), and for a joiner, whose chat state the group's
-    ///   snapshot replaces, every journaled change above `watermark` (the
-    ///   repository's) or above the new group's base, whichever is lower
-    ///   (the repository's indices above the base are the new group's).
+    ///   snapshot replaces, every journaled change (not yet known to be in
+    ///   the repository; one the new group has is a duplicate there).
     ///
     /// The old group's raft must be shut down first. `self.log` is then a
     /// fresh log store for the new group (raft's log and the state machine
@@ -114,12 +113,11 @@ impl RoomStorage {
         &mut self,
         next: GroupStart,
         role: GroupRole,
-        watermark: u64,
     ) -> Result<usize, StorageError> {
         let on = self.db.clone();
         let (record, carried) = self
             .db
-            .blocking(move || db::begin_group(&on, next, role, watermark))
+            .blocking(move || db::begin_group(&on, next, role))
             .await?;
         self.outbox.recount()?;
         self.state_machine.set_group(record);
