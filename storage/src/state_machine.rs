@@ -244,7 +244,21 @@ pub(crate) fn synced_up_to(db: &RoomDb) -> Result<u64, StorageError> {
     }
 }
 
-impl View<'_> {
+impl<'a> View<'a> {
+    /// The database's state, with no batch effects yet.
+    fn over(db: &'a RoomDb, mode: ApplyMode) -> Self {
+        Self {
+            db,
+            mode,
+            messages: BTreeMap::new(),
+            conversations: BTreeSet::new(),
+            requests: BTreeMap::new(),
+            synced: None,
+            settings: None,
+            term: 0,
+        }
+    }
+
     fn stage(&mut self, batch: &mut WriteBatch, effect: Effect) -> Result<(), StorageError> {
         match effect {
             Effect::PutMessage(rec) => {
@@ -332,16 +346,7 @@ impl StateMachine {
             .db
             .blocking(move || {
                 let mut batch = WriteBatch::default();
-                let mut view = View {
-                    db: &db,
-                    mode: ApplyMode::Correct,
-                    messages: BTreeMap::new(),
-                    conversations: BTreeSet::new(),
-                    requests: BTreeMap::new(),
-                    synced: None,
-                    settings: None,
-                    term: 0,
-                };
+                let mut view = View::over(&db, ApplyMode::Correct);
                 let mut events = Vec::new();
                 let epoch = db.group()?.start.epoch;
                 for change in changes {
@@ -419,16 +424,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             + OptionalSend,
     {
         let mut batch = WriteBatch::default();
-        let mut view = View {
-            db: &self.db,
-            mode: self.mode,
-            messages: BTreeMap::new(),
-            conversations: BTreeSet::new(),
-            requests: BTreeMap::new(),
-            synced: None,
-            settings: None,
-            term: 0,
-        };
+        let mut view = View::over(&self.db, self.mode);
         let mut last_applied = None;
         let mut membership = None;
         let mut replies = Vec::new();

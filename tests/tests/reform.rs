@@ -46,6 +46,23 @@ async fn wait_epoch(c: &LocalCluster, id: NodeId, epoch: u64) {
     }
 }
 
+/// Waits until every node's outbox is empty: what the nodes carried or
+/// queued committed.
+async fn wait_outboxes_empty(c: &LocalCluster) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c
+        .ids()
+        .iter()
+        .any(|id| !c.handle(*id).expect("runs").storage.outbox.is_empty())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "carried requests never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Every post in the repository, by request id, checking that none is
 /// there twice.
 fn posts_in_repo(url: &str, into: &Path) -> BTreeSet<Ulid> {
@@ -154,18 +171,7 @@ async fn one_side_of_a_split_two_node_room_re_forms_and_the_other_joins_when_hea
     c.isolate(leader, false);
     wait_epoch(&c, loser, 1).await;
     // What the other side carried commits in the new group.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while c
-        .ids()
-        .iter()
-        .any(|id| !c.handle(*id).expect("runs").storage.outbox.is_empty())
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "carried requests never committed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_outboxes_empty(&c).await;
     flush(&c).await;
     let in_repo = posts_in_repo(&url, &dir.path().join("clone"));
     let missing: Vec<_> = acked.difference(&in_repo).collect();
@@ -299,18 +305,7 @@ async fn a_side_without_a_voter_majority_catches_up_from_the_repository_and_re_f
     for id in side_a {
         wait_epoch(&c, id, 1).await;
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while c
-        .ids()
-        .iter()
-        .any(|id| !c.handle(*id).expect("runs").storage.outbox.is_empty())
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "carried requests never committed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_outboxes_empty(&c).await;
     flush(&c).await;
     assert_eq!(posts_in_repo(&url, &dir.path().join("clone")), acked);
     for id in c.ids() {
