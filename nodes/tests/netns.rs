@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use skygit_harness::{
-    converged, link_phase, post_round, skip_unless_required, wait_epoch, wait_for, wait_leader,
-    wait_members, NodeProc, NodeSpec,
+    converged, leader_and_another_voter, link_phase, post_round, skip_unless_required, wait_epoch,
+    wait_for, wait_leader, wait_members, NodeProc, NodeSpec,
 };
 use skygit_tests::git_server::{assert_repo_holds_each_once, git};
 
@@ -308,22 +308,9 @@ async fn a_two_three_split_re_forms_the_minority_of_voters_and_heals_into_one_gr
     converged(&all, &sent, SETTLE).await.expect("converged");
 
     // The leader and another voter on one side, the rest on the other.
-    let leader = wait_leader(&all, SETTLE).await.expect("leader");
-    let voters = all
-        .iter()
-        .find(|n| n.node_id == leader)
-        .expect("leader runs")
-        .status()
+    let (leader, partner) = leader_and_another_voter(&all, SETTLE)
         .await
-        .expect("status")
-        .membership
-        .expect("membership")
-        .voters;
-    let partner = voters
-        .iter()
-        .copied()
-        .find(|v| *v != leader)
-        .expect("three voters");
+        .expect("a leader and another voter");
     let hosts_a: Vec<usize> = (0..nodes.len())
         .filter(|i| [leader, partner].contains(&nodes[*i].node_id))
         .map(|i| i + 1)

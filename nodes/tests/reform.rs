@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use skygit_harness::{
-    converged, post_round, wait_epoch, wait_leader, wait_members, NodeProc, NodeSpec,
+    converged, leader_and_another_voter, post_round, wait_epoch, wait_members, NodeProc, NodeSpec,
 };
 use skygit_tests::git_server::{assert_repo_holds_each_once, git};
 
@@ -69,22 +69,9 @@ async fn five_processes_re_form_after_losing_two_voters_and_lose_nothing() {
     converged(&all, &acked, SETTLE).await.expect("converged");
 
     // The leader and one more voter die without a goodbye.
-    let leader = wait_leader(&all, SETTLE).await.expect("leader");
-    let voters = all
-        .iter()
-        .find(|n| n.node_id == leader)
-        .expect("leader runs")
-        .status()
+    let (leader, other_voter) = leader_and_another_voter(&all, SETTLE)
         .await
-        .expect("status")
-        .membership
-        .expect("membership")
-        .voters;
-    let other_voter = voters
-        .iter()
-        .copied()
-        .find(|v| *v != leader)
-        .expect("three voters");
+        .expect("a leader and another voter");
     let mut killed = Vec::new();
     let mut i = 0;
     while i < nodes.len() {

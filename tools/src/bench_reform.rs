@@ -11,9 +11,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
-use skygit_harness::{post_to, wait_leader, wait_members, NodeProc, NodeSpec};
+use skygit_harness::{leader_and_another_voter, post_to, wait_members, NodeProc, NodeSpec};
 
 #[derive(Args)]
 pub struct ReformBenchArgs {
@@ -54,20 +53,7 @@ async fn run(dir: &std::path::Path, bin: &std::path::Path, after: u64) -> anyhow
     }
     let refs: Vec<&NodeProc> = nodes.iter().collect();
     wait_members(&refs, 3, SETTLE).await?;
-    let leader = wait_leader(&refs, SETTLE).await?;
-    let voters = refs
-        .iter()
-        .find(|n| n.node_id == leader)
-        .context("the leader runs")?
-        .status()
-        .await?
-        .membership
-        .context("no membership status")?
-        .voters;
-    let other = voters
-        .into_iter()
-        .find(|v| *v != leader)
-        .context("a second voter")?;
+    let (leader, other) = leader_and_another_voter(&refs, SETTLE).await?;
     let (mut doomed, survivors): (Vec<NodeProc>, Vec<NodeProc>) = nodes
         .into_iter()
         .partition(|n| n.node_id == leader || n.node_id == other);

@@ -465,6 +465,29 @@ pub async fn wait_leader(nodes: &[&NodeProc], timeout: Duration) -> anyhow::Resu
     .await
 }
 
+/// The leader every node of `nodes` knows, and another voter of its
+/// membership (a room of at least two voters).
+pub async fn leader_and_another_voter(
+    nodes: &[&NodeProc],
+    timeout: Duration,
+) -> anyhow::Result<(u64, u64)> {
+    let leader = wait_leader(nodes, timeout).await?;
+    let voters = nodes
+        .iter()
+        .find(|n| n.node_id == leader)
+        .context("the leader is not one of the nodes")?
+        .status()
+        .await?
+        .membership
+        .context("the leader reports no membership")?
+        .voters;
+    let other = voters
+        .into_iter()
+        .find(|v| *v != leader)
+        .context("the leader is the only voter")?;
+    Ok((leader, other))
+}
+
 /// Waits until every node in `nodes` runs in the room's raft group of
 /// `epoch` or a newer one (a re-formed group).
 pub async fn wait_epoch(nodes: &[&NodeProc], epoch: u64, timeout: Duration) -> anyhow::Result<()> {
