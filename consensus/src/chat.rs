@@ -93,6 +93,7 @@ pub fn apply<V: ChatView>(
         Command::Post {
             conversation,
             content,
+            attachments,
         } => {
             if !view.conversation_exists(conversation)? {
                 effects.push(Effect::PutConversation(Conversation {
@@ -110,6 +111,7 @@ pub fn apply<V: ChatView>(
                 ChangeKind::Post {
                     message: req.id,
                     content: content.clone(),
+                    attachments: attachments.clone(),
                 },
             ));
         }
@@ -313,6 +315,7 @@ mod tests {
             Command::Post {
                 conversation: ConversationId::general(),
                 content: text.into(),
+                attachments: Vec::new(),
             },
         )
     }

@@ -7,6 +7,7 @@
 //! [`network`] and [`replica`] (raft over peer links, proposals forwarded to
 //! the leader).
 
+pub mod attachment;
 pub mod chat;
 pub mod codec;
 pub mod config;

@@ -16,6 +16,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
+pub use crate::attachment::{Attachment, ContentHash};
+
 /// Largest message text, in bytes of UTF-8: room for the API's 16384
 /// characters of at most 4 bytes each.
 pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
@@ -229,6 +231,9 @@ pub struct Message {
     /// author's signature: on a room that verifies identities the leader
     /// checked it against the author's keys before it entered the log.
     pub signed: bool,
+    /// The files posted with it (metadata only; the bytes move over the
+    /// mesh and into the room's attachment storage).
+    pub attachments: Vec<Attachment>,
 }
 
 /// A message with its place in the room's log.
@@ -248,6 +253,7 @@ impl MessageRecord {
         let Command::Post {
             conversation,
             content,
+            attachments,
         } = &req.command
         else {
             return None;
@@ -262,6 +268,7 @@ impl MessageRecord {
                 edited_at: None,
                 deleted: false,
                 signed: req.signature.is_some(),
+                attachments: attachments.clone(),
             },
             index,
             last_change_index: index,
@@ -305,9 +312,14 @@ impl Change {
     /// signature): proposing it again is deduplicated by id.
     pub fn request(&self) -> ChatRequest {
         let command = match &self.kind {
-            ChangeKind::Post { content, .. } => Command::Post {
+            ChangeKind::Post {
+                content,
+                attachments,
+                ..
+            } => Command::Post {
                 conversation: self.conversation.clone(),
                 content: content.clone(),
+                attachments: attachments.clone(),
             },
             ChangeKind::Edit { message, content } => Command::Edit {
                 message: *message,
@@ -333,7 +345,11 @@ impl Change {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChangeKind {
     /// A new message (its id is the request id).
-    Post { message: Ulid, content: String },
+    Post {
+        message: Ulid,
+        content: String,
+        attachments: Vec<Attachment>,
+    },
     /// New text for a message.
     Edit { message: Ulid, content: String },
     /// A message marked deleted.
@@ -350,6 +366,8 @@ pub enum Command {
     Post {
         conversation: ConversationId,
         content: String,
+        /// Files posted with it: their metadata only.
+        attachments: Vec<Attachment>,
     },
     /// Replace the text of a message (author only).
     Edit { message: Ulid, content: String },
@@ -422,6 +440,13 @@ impl fmt::Display for ChatRequest {
     }
 }
 
+fn check_content(content: &str) -> Result<(), ValidationError> {
+    if content.trim().is_empty() {
+        return Err(ValidationError::Empty { field: "content" });
+    }
+    check_len("content", content, MAX_CONTENT_BYTES)
+}
+
 fn check_len(field: &'static str, s: &str, max: usize) -> Result<(), ValidationError> {
     if s.len() > max {
         return Err(ValidationError::TooLong {
@@ -470,12 +495,15 @@ impl Command {
     /// Checks every size bound and range (see [`ChatRequest::validate`]).
     pub fn validate(&self) -> Result<(), ValidationError> {
         match self {
-            Command::Post { content, .. } | Command::Edit { content, .. } => {
-                if content.trim().is_empty() {
-                    return Err(ValidationError::Empty { field: "content" });
-                }
-                check_len("content", content, MAX_CONTENT_BYTES)
+            Command::Post {
+                content,
+                attachments,
+                ..
+            } => {
+                crate::attachment::validate_all(attachments)?;
+                check_content(content)
             }
+            Command::Edit { content, .. } => check_content(content),
             Command::Delete { .. } => Ok(()),
             Command::CreateConversation { title, .. } => check_len("title", title, MAX_TITLE_BYTES),
             Command::Synced { commit_sha, .. } => {
@@ -666,6 +694,7 @@ mod tests {
             command: Command::Post {
                 conversation: ConversationId::general(),
                 content,
+                attachments: Vec::new(),
             },
             signature: None,
         };

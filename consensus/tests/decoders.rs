@@ -28,6 +28,7 @@ fn sample_request() -> ChatRequest {
         command: Command::Post {
             conversation: ConversationId::general(),
             content: "hello, room".into(),
+            attachments: Vec::new(),
         },
         signature: None,
     }

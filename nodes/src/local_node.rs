@@ -191,6 +191,7 @@ pub fn terminal(me: &RoomHandle) -> anyhow::Result<Terminal> {
                 command: Command::Post {
                     conversation: ConversationId::general(),
                     content: line,
+                    attachments: Vec::new(),
                 },
             };
             match consensus.send(submit).await {

@@ -312,6 +312,7 @@ fn only_message_changes_that_took_effect_are_counted() -> anyhow::Result<()> {
             edited_at: None,
             deleted: false,
             signed: false,
+            attachments: Vec::new(),
         },
         index: 3,
         last_change_index: 3,
@@ -480,6 +481,7 @@ async fn the_sampler_follows_a_running_room_and_ends_with_it() -> anyhow::Result
             Command::Post {
                 conversation: general.clone(),
                 content: format!("hello {i}"),
+                attachments: Vec::new(),
             },
         )
         .await?;

@@ -335,6 +335,7 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
         command: ChatCommand::Post {
             conversation: ConversationId::new("general").expect("conversation"),
             content: forged_text.into(),
+            attachments: Vec::new(),
         },
         signature: None,
     };

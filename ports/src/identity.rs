@@ -19,7 +19,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
-use skygit_consensus::model::{Change, ChangeKind, ChatRequest, Command};
+use skygit_consensus::model::{Attachment, Change, ChangeKind, ChatRequest, Command};
 
 use crate::members::SIGNATURE_NAMESPACE;
 use crate::PresenceRecord;
@@ -160,6 +160,10 @@ struct Statement<'a> {
     content: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     title: Option<&'a str>,
+    /// A post's files (absent when it has none, so the statements of
+    /// posts without files are what they were before attachments).
+    #[serde(skip_serializing_if = "<[Attachment]>::is_empty")]
+    attachments: &'a [Attachment],
 }
 
 impl Statement<'_> {
@@ -180,14 +184,17 @@ pub fn request_statement(req: &ChatRequest) -> Option<Vec<u8>> {
         at: req.at,
         content: None,
         title: None,
+        attachments: &[],
     };
     let s = match &req.command {
         Command::Post {
             conversation,
             content,
+            attachments,
         } => Statement {
             conversation: Some(conversation.as_str()),
             content: Some(content),
+            attachments,
             ..base("post")
         },
         Command::Edit { message, content } => Statement {
@@ -223,11 +230,17 @@ pub fn change_statement(c: &Change) -> Vec<u8> {
         at: c.at,
         content: None,
         title: None,
+        attachments: &[],
     };
     match &c.kind {
-        ChangeKind::Post { content, .. } => Statement {
+        ChangeKind::Post {
+            content,
+            attachments,
+            ..
+        } => Statement {
             conversation: Some(c.conversation.as_str()),
             content: Some(content),
+            attachments,
             ..base("post")
         },
         ChangeKind::Edit { message, content } => Statement {
@@ -840,6 +853,7 @@ mod tests {
             Command::Post {
                 conversation: general.clone(),
                 content: "héllo \"world\"\n\tbye".into(),
+                attachments: Vec::new(),
             },
             Command::Edit {
                 message: target,
@@ -849,6 +863,16 @@ mod tests {
             Command::CreateConversation {
                 conversation: ConversationId::new("ops").expect("name"),
                 title: "Ops & <friends>".into(),
+            },
+            Command::Post {
+                conversation: general.clone(),
+                content: "a file".into(),
+                attachments: vec![skygit_consensus::model::Attachment {
+                    sha256: skygit_consensus::model::ContentHash::from_digest([9; 32]),
+                    size: 5,
+                    name: "log.txt".into(),
+                    media_type: "text/plain".into(),
+                }],
             },
         ];
         for (i, command) in commands.into_iter().enumerate() {
@@ -864,9 +888,14 @@ mod tests {
             // The change the state machine journals for it (as chat::apply
             // makes it), through a batch file and back.
             let kind = match command.clone() {
-                Command::Post { content, .. } => ChangeKind::Post {
+                Command::Post {
+                    content,
+                    attachments,
+                    ..
+                } => ChangeKind::Post {
                     message: req.id,
                     content,
+                    attachments,
                 },
                 Command::Edit { message, content } => ChangeKind::Edit { message, content },
                 Command::Delete { message } => ChangeKind::Delete { message },
@@ -901,6 +930,21 @@ mod tests {
                 verify_change(Some(&keys), &bad),
                 Err(Refusal::BadSignature(_))
             ));
+            // Another file under the same text: refused.
+            if let ChangeKind::Post { attachments, .. } = &read[0].kind {
+                if let Some(first) = attachments.first() {
+                    let mut swapped = read[0].clone();
+                    if let ChangeKind::Post { attachments, .. } = &mut swapped.kind {
+                        attachments[0].sha256 =
+                            skygit_consensus::model::ContentHash::from_digest([8; 32]);
+                        assert_ne!(attachments[0], *first);
+                    }
+                    assert!(matches!(
+                        verify_change(Some(&keys), &swapped),
+                        Err(Refusal::BadSignature(_))
+                    ));
+                }
+            }
             let mut unsigned = read[0].clone();
             unsigned.signature = None;
             assert_eq!(

@@ -24,7 +24,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use skygit_consensus::model::{
-    Change, ChangeKind, ConversationId, UserId, ValidationError, MAX_CONTENT_BYTES, MAX_TITLE_BYTES,
+    Attachment, Change, ChangeKind, ConversationId, UserId, ValidationError, MAX_CONTENT_BYTES,
+    MAX_TITLE_BYTES,
 };
 use ulid::Ulid;
 
@@ -227,6 +228,10 @@ struct Line {
     content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     title: Option<String>,
+    /// A post's files (metadata; the bytes are in the room's attachment
+    /// storage, named by their SHA-256).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    attachments: Vec<Attachment>,
     /// The author's SSH signature of the change (base64, one line): see
     /// [`crate::identity::change_statement`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,8 +248,14 @@ enum LineKind {
 }
 
 fn to_line(c: &Change) -> Line {
+    let mut attachments = Vec::new();
     let (kind, message, content, title) = match &c.kind {
-        ChangeKind::Post { message, content } => {
+        ChangeKind::Post {
+            message,
+            content,
+            attachments: files,
+        } => {
+            attachments = files.clone();
             (LineKind::Post, Some(*message), Some(content.clone()), None)
         }
         ChangeKind::Edit { message, content } => {
@@ -267,6 +278,7 @@ fn to_line(c: &Change) -> Line {
         time: utc(c.at).to_rfc3339_opts(SecondsFormat::Millis, true),
         content,
         title,
+        attachments,
         signature: c.signature.clone(),
     }
 }
@@ -295,9 +307,12 @@ fn from_line(l: Line) -> Result<Change, String> {
             if message != l.request {
                 return Err("a post's message id must be its request id".into());
             }
+            skygit_consensus::attachment::validate_all(&l.attachments)
+                .map_err(|e| e.to_string())?;
             ChangeKind::Post {
                 message,
                 content: need_content()?,
+                attachments: l.attachments.clone(),
             }
         }
         LineKind::Edit => ChangeKind::Edit {

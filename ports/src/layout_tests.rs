@@ -23,11 +23,13 @@ fn post(index: u64, conv: &str, sender: &str, at: i64, text: &str) -> Change {
         ChangeKind::Post {
             message: Ulid::nil(),
             content: text.into(),
+            attachments: Vec::new(),
         },
     );
     c.kind = ChangeKind::Post {
         message: c.request,
         content: text.into(),
+        attachments: Vec::new(),
     };
     c
 }
@@ -279,4 +281,43 @@ fn a_commit_names_the_epoch_of_the_group_that_made_it() {
     );
     // Only the trailer paragraph counts.
     assert_eq!(group_epoch("Group-Epoch: 5\n\nRaft-Last-Index: 1\n"), 0);
+}
+
+#[test]
+fn a_posts_attachments_round_trip_and_bad_ones_are_refused() {
+    let path = ".messages/general/2025/11/22/000000000003-000000000003.jsonl";
+    let mut p = post(3, "general", "ana", DAY1, "see file");
+    let file = skygit_consensus::model::Attachment {
+        sha256: skygit_consensus::model::ContentHash::from_digest([0xab; 32]),
+        size: 1234,
+        name: "<img src=x onerror=alert(1)>.png".into(),
+        media_type: "image/png".into(),
+    };
+    if let ChangeKind::Post { attachments, .. } = &mut p.kind {
+        attachments.push(file.clone());
+    }
+    let bytes = render(std::slice::from_ref(&p)).unwrap().files.remove(0).1;
+    assert_eq!(parse_batch(path, &bytes).unwrap(), vec![p]);
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text.contains("\"attachments\":[{\"sha256\":\"abab"));
+    // A line without files has no `attachments` field at all.
+    let plain = render(&[post(3, "general", "ana", DAY1, "x")])
+        .unwrap()
+        .files;
+    assert!(!String::from_utf8_lossy(&plain[0].1).contains("attachments"));
+    let hash = file.sha256.as_str();
+    let cases = [
+        (text.replace(hash, &hash.to_uppercase()), "sha256"),
+        (text.replace(hash, &hash[..60]), "sha256"),
+        (
+            text.replace("\"size\":1234", "\"size\":99999999999999"),
+            "attachment size",
+        ),
+        (text.replace("image/png", "image"), "media type"),
+        (text.replace("\"size\":1234", "\"size\":-1"), ":1:"),
+    ];
+    for (bad, want) in cases {
+        let err = parse_batch(path, bad.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains(want), "{err:?} does not mention {want:?}");
+    }
 }

@@ -24,6 +24,7 @@ fn post(n: u128, text: &str) -> ChatRequest {
         command: Command::Post {
             conversation: ConversationId::new("general").expect("conversation"),
             content: text.into(),
+            attachments: Vec::new(),
         },
         signature: None,
     }

@@ -150,6 +150,7 @@ pub async fn post_every_kind(c: &LocalCluster, node: NodeId, ops_text: &str) -> 
     let post = Command::Post {
         conversation: ops,
         content: ops_text.into(),
+        attachments: Vec::new(),
     };
     commit(c, node, "bob", post).await;
     let target = first.expect("30 posts");

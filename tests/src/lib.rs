@@ -40,6 +40,7 @@ pub fn post_command(text: String) -> Command {
     Command::Post {
         conversation: ConversationId::general(),
         content: text,
+        attachments: Vec::new(),
     }
 }
 

@@ -549,6 +549,7 @@ async fn edits_deletes_and_conversations_replicate() {
             Command::Post {
                 conversation: ops.clone(),
                 content: format!("ops note {i}"),
+                attachments: Vec::new(),
             },
         )
         .await;

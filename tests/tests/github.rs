@@ -308,6 +308,7 @@ fn post(index: u64, conv: &str, sender: &str, at: i64, text: &str) -> Change {
         ChangeKind::Post {
             message: request,
             content: text.into(),
+            attachments: Vec::new(),
         },
     )
 }

@@ -105,6 +105,7 @@ pub async fn raft(args: RaftBenchArgs) -> anyhow::Result<()> {
                     command: Command::Post {
                         conversation: ConversationId::general(),
                         content: content.to_string(),
+                        attachments: Vec::new(),
                     },
                 };
                 let (req, p) = addr.send(submit).await??;

@@ -165,6 +165,7 @@ async fn load(handle: &RoomHandle, from: u64, n: u64) -> anyhow::Result<f64> {
                         command: Command::Post {
                             conversation: ConversationId::general(),
                             content: content(from + i),
+                            attachments: Vec::new(),
                         },
                     };
                     let (_, p) = addr.send(submit).await??;

@@ -69,6 +69,7 @@ async fn fill(c: &LocalCluster, messages: u64, size: u64) -> anyhow::Result<()> 
                     command: Command::Post {
                         conversation: conversation.clone(),
                         content: text.clone(),
+                        attachments: Vec::new(),
                     },
                 };
                 match consensus.send(submit).await?? {

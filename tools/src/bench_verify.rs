@@ -109,6 +109,7 @@ pub async fn verify(args: VerifyBenchArgs) -> anyhow::Result<()> {
             kind: ChangeKind::Post {
                 message: request,
                 content: format!("{i} {text}"),
+                attachments: Vec::new(),
             },
             signature: None,
         };

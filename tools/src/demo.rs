@@ -59,6 +59,7 @@ async fn post_round(
                 command: Command::Post {
                     conversation: ConversationId::general(),
                     content: format!("{round} #{i} from node {id}"),
+                    attachments: Vec::new(),
                 },
             };
             let (req, p) = h.consensus.send(submit).await??;

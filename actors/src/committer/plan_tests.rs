@@ -18,6 +18,7 @@ fn post(index: u64, conversation: &str) -> Change {
         kind: ChangeKind::Post {
             message: Ulid::from_parts(index, 1),
             content: format!("message {index}"),
+            attachments: Vec::new(),
         },
         signature: None,
     }

@@ -333,6 +333,7 @@ pub async fn post(
     let command = Command::Post {
         conversation,
         content: body.content,
+        attachments: Vec::new(),
     };
     match submit(&room, command).await? {
         Submitted::Applied(req, index) => {
@@ -468,6 +469,7 @@ pub async fn outbox(
                 Command::Post {
                     conversation,
                     content,
+                    ..
                 } => (RequestKind::Post, Some(conversation), Some(content), None),
                 Command::Edit { message, content } => {
                     (RequestKind::Edit, None, Some(content), Some(message))

@@ -32,7 +32,9 @@ pub(super) fn repo_view(world: &World) -> Result<RepoView, String> {
             }
         }
         match c.kind {
-            ChangeKind::Post { message, content } => {
+            ChangeKind::Post {
+                message, content, ..
+            } => {
                 v.posts.entry(message).or_default().push(c.index);
                 v.state.insert(message, (content, false));
             }

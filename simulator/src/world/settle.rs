@@ -54,6 +54,7 @@ pub(super) async fn settle(world: &World) {
                         Err(_) => return,
                     },
                     content: "liveness probe".into(),
+                    attachments: Vec::new(),
                 },
             }),
         )

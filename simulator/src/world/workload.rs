@@ -92,6 +92,7 @@ pub(super) async fn workload(world: World, until: tokio::time::Instant) {
                 Command::Post {
                     conversation,
                     content: format!("message {n} from {}", h.user),
+                    attachments: Vec::new(),
                 }
             }
         };
