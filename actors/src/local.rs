@@ -214,16 +214,20 @@ impl LocalCluster {
         if let Bootstrap::Refuse(reason) = &bootstrap {
             self.refused = Some(reason.clone());
         }
+        let data_dir = self.base.join(format!("node-{id}"));
+        let attachments = crate::media::BlobStore::open(data_dir.join("attachments"))
+            .map_err(RoomError::Attachments)?;
         let spec = RoomSpec {
             room: self.room.clone(),
             node_id: id,
             user,
-            data_dir: self.base.join(format!("node-{id}")),
+            data_dir,
             raft: self.opts.raft.clone(),
             faults: self.opts.faults,
             committer: self.opts.committer,
             disk: None,
             room_config: None,
+            attachments: Some(attachments),
         };
         let ports = RoomPorts {
             link: joined.link,

@@ -53,6 +53,9 @@ pub struct RoomSpec {
     /// The room's `config.json` when the caller has read it already;
     /// `None`: the committer reads it when it starts.
     pub room_config: Option<crate::layout::RoomConfig>,
+    /// The node's attachment store; `None` keeps no attachments (the
+    /// simulator): media frames from peers are dropped.
+    pub attachments: Option<crate::media::BlobStore>,
 }
 
 /// The ports a room talks through.
@@ -111,6 +114,8 @@ pub enum RoomError {
     User(skygit_consensus::model::ValidationError),
     #[error("the room did not form: {0}")]
     NotFormed(String),
+    #[error(transparent)]
+    Attachments(#[from] crate::media::StoreError),
 }
 
 /// A room running on this node.
@@ -123,6 +128,8 @@ pub struct RoomHandle {
     pub presence: Addr<PresenceActor>,
     pub committer: Addr<CommitterActor>,
     pub media: Addr<MediaActor>,
+    /// Attachments' bytes between this node and its peers.
+    pub attachments: Option<crate::media::Transfers>,
     pub mesh: Addr<MeshActor>,
     pub membership: Addr<MembershipActor>,
     pub replica: Arc<Replica<StateMachine>>,
@@ -210,7 +217,21 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     .start();
     presence.do_send(SubscribePeers(mesh.clone().recipient()));
     presence.do_send(SubscribeSignals(mesh.clone().recipient()));
-    let incoming = demux(spec.node_id, ports.incoming, mesh.clone());
+    let transfers = spec.attachments.clone().map(|store| {
+        crate::media::Transfers::new(
+            room,
+            spec.node_id,
+            ports.link.clone(),
+            ports.clock.clone(),
+            store,
+        )
+    });
+    let incoming = demux(
+        spec.node_id,
+        ports.incoming,
+        mesh.clone(),
+        transfers.clone(),
+    );
     pump_events(m.events, mesh.clone());
     let replica = Arc::new(
         Replica::start(
@@ -304,7 +325,14 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         ],
         spec.node_id,
     );
-    let media = MediaActor::new(room, spec.node_id).start();
+    let media = MediaActor::new(
+        room,
+        spec.node_id,
+        transfers.clone(),
+        storage.state_machine.subscribe(),
+    )
+    .start();
+    mesh.do_send(SubscribeLinks(media.clone().recipient()));
     Ok(RoomHandle {
         room: spec.room,
         node_id: spec.node_id,
@@ -313,6 +341,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         presence,
         committer,
         media,
+        attachments: transfers,
         mesh,
         membership,
         replica,
@@ -394,15 +423,39 @@ fn flush_hook(committer: Addr<CommitterActor>) -> skygit_consensus::replica::Flu
     })
 }
 
-/// Routes signalling frames to the mesh actor and everything else to raft.
+/// Routes signalling frames to the mesh actor, media frames to the
+/// attachment transfers and everything else to raft.
 fn demux(
     me: NodeId,
     mut incoming: mpsc::Receiver<IncomingFrame>,
     mesh: Addr<MeshActor>,
+    media: Option<crate::media::Transfers>,
 ) -> mpsc::Receiver<IncomingFrame> {
     let (tx, rx) = mpsc::channel(DEMUX_CAPACITY);
     let task = async move {
         while let Some(f) = incoming.recv().await {
+            if skygit_consensus::codec::peek_kind(&f.frame)
+                == Some(skygit_consensus::codec::EnvelopeKind::Media)
+            {
+                match (skygit_consensus::codec::decode_frame(&f.frame), &media) {
+                    (Ok(env), Some(m)) if env.from == f.peer && env.to == me => {
+                        m.on_envelope(f.peer, &env)
+                    }
+                    (Ok(_), None) => {
+                        tracing::debug!(peer = f.peer, "dropped a media frame: no attachments here")
+                    }
+                    (Ok(env), Some(_)) => tracing::warn!(
+                        peer = f.peer,
+                        claimed = env.from,
+                        to = env.to,
+                        "dropped a misaddressed media frame"
+                    ),
+                    (Err(e), _) => {
+                        tracing::warn!(peer = f.peer, error = %e, "dropped a bad media frame")
+                    }
+                }
+                continue;
+            }
             if skygit_consensus::codec::peek_kind(&f.frame)
                 == Some(skygit_consensus::codec::EnvelopeKind::Signal)
             {

@@ -41,8 +41,9 @@ pub enum EnvelopeKind {
     Signal,
     /// Raft RPCs.
     Raft,
-    /// Extensions (media, calls).
-    Custom,
+    /// Media: attachments' bytes moved between peers (and, later, call
+    /// signalling). Outside any raft group: the epoch is 0.
+    Media,
 }
 
 /// The versioned unit of peer-link traffic.
@@ -129,7 +130,7 @@ pub fn peek_kind(frame: &[u8]) -> Option<EnvelopeKind> {
         [WIRE_VERSION, 1, ..] => Some(EnvelopeKind::Presence),
         [WIRE_VERSION, 2, ..] => Some(EnvelopeKind::Signal),
         [WIRE_VERSION, 3, ..] => Some(EnvelopeKind::Raft),
-        [WIRE_VERSION, 4, ..] => Some(EnvelopeKind::Custom),
+        [WIRE_VERSION, 4, ..] => Some(EnvelopeKind::Media),
         _ => None,
     }
 }
@@ -260,7 +261,7 @@ mod tests {
             payload in proptest::collection::vec(any::<u8>(), 0..1024),
         ) {
             let kind = [EnvelopeKind::Chat, EnvelopeKind::Presence, EnvelopeKind::Signal,
-                        EnvelopeKind::Raft, EnvelopeKind::Custom][kind as usize];
+                        EnvelopeKind::Raft, EnvelopeKind::Media][kind as usize];
             let e = Envelope { kind, from, to, epoch, timestamp: ts, payload };
             prop_assert_eq!(decode_frame(&encode_frame(&e).unwrap()).unwrap(), e);
         }
@@ -273,7 +274,7 @@ mod tests {
             EnvelopeKind::Presence,
             EnvelopeKind::Signal,
             EnvelopeKind::Raft,
-            EnvelopeKind::Custom,
+            EnvelopeKind::Media,
         ] {
             let frame = encode_frame(&Envelope {
                 kind,
