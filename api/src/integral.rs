@@ -20,13 +20,26 @@ where
     D: Deserializer<'de>,
     T: TryFrom<u64>,
 {
-    let Some(n) = Option::<Number>::deserialize(d)? else {
-        return Ok(None);
-    };
+    match Option::<Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => whole_of::<D::Error, T>(n).map(Some),
+    }
+}
+
+/// Deserializes an integer field, accepting `3.0` for `3`.
+pub fn whole<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    whole_of::<D::Error, T>(Number::deserialize(d)?)
+}
+
+fn whole_of<E: Error, T: TryFrom<u64>>(n: Number) -> Result<T, E> {
     let whole = match n {
         Number::Whole(u) => u,
         Number::Negative(i) => {
-            return Err(D::Error::invalid_value(
+            return Err(E::invalid_value(
                 Unexpected::Signed(i),
                 &"a whole number from 0",
             ))
@@ -34,16 +47,10 @@ where
         // Whole and within u64: exact, as f64 holds every such integer
         // below 2^53 and the range check below catches the rest.
         Number::Real(f) if f.fract() == 0.0 && (0.0..1.8e19).contains(&f) => f as u64,
-        Number::Real(f) => {
-            return Err(D::Error::invalid_value(
-                Unexpected::Float(f),
-                &"a whole number",
-            ))
-        }
+        Number::Real(f) => return Err(E::invalid_value(Unexpected::Float(f), &"a whole number")),
     };
     T::try_from(whole)
-        .map(Some)
-        .map_err(|_| D::Error::invalid_value(Unexpected::Unsigned(whole), &"a smaller number"))
+        .map_err(|_| E::invalid_value(Unexpected::Unsigned(whole), &"a smaller number"))
 }
 
 #[cfg(test)]

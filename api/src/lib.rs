@@ -11,11 +11,13 @@
 //! milliseconds; message ids are ULIDs; node ids are raft's `u64`s.
 //!
 //! - [`messages`]: messages, the outbox and conversations.
+//! - [`attachments`]: files uploaded, named in posts and downloaded.
 //! - [`rooms`]: repositories, push, flushes and settings.
 //! - [`status`]: `GET /status` and `GET /peers`.
 //! - [`events`]: the server-sent event stream and its parser.
 //! - [`error`]: the body of every refusal.
 
+pub mod attachments;
 pub mod error;
 pub mod events;
 mod integral;
@@ -23,6 +25,7 @@ pub mod messages;
 pub mod rooms;
 pub mod status;
 
+pub use attachments::*;
 pub use error::{ErrorBody, ErrorStatus};
 pub use events::Event;
 pub use messages::*;
@@ -56,6 +59,15 @@ pub mod limits {
     pub const MAX_COMMIT_INTERVAL_SECS: u64 = 7 * 24 * 3600;
     /// The voter counts a room may ask for.
     pub const VOTER_COUNTS: [u8; 3] = [1, 3, 5];
+    /// Longest attachment name, in characters.
+    pub const MAX_ATTACHMENT_NAME_CHARS: usize = 255;
+    /// The log's own bound on attachment names: every character in 4 bytes.
+    pub const MAX_ATTACHMENT_NAME_BYTES: usize = 4 * MAX_ATTACHMENT_NAME_CHARS;
+    /// Most files one message carries.
+    pub const MAX_ATTACHMENTS: usize = 10;
+    /// The largest upload a room accepts unless its `config.json` says
+    /// otherwise (`media.max_bytes`).
+    pub const DEFAULT_MAX_ATTACHMENT_BYTES: u64 = 100 * 1024 * 1024;
 }
 
 /// `"success"`: the first field of every answer that changed something.

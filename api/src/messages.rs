@@ -47,6 +47,9 @@ pub struct Message {
     pub git_hash: Option<String>,
     /// That commit's web page, where the host has one.
     pub commit_url: Option<String>,
+    /// Its files (none: the field is absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<crate::attachments::AttachmentView>,
     /// Only in the `message` event: when this node applied it
     /// (microseconds since the Unix epoch, this node's clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,6 +103,11 @@ pub struct NewMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = r"^[a-z0-9_-][a-z0-9._-]{0,63}$")]
     pub conversation: Option<String>,
+    /// Files uploaded to this node with `POST /attachments`, as it
+    /// answered them (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 10)]
+    pub attachments: Vec<crate::attachments::Attachment>,
 }
 
 /// `PATCH /messages/{id}`.

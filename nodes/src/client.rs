@@ -11,12 +11,14 @@ use clap::Args;
 use serde::de::DeserializeOwned;
 use skygit_api::events::{Event, EventReader};
 use skygit_api::{
-    ErrorBody, ErrorStatus, Message, MessageChanged, MessagePage, NewMessage, Pushed, Status,
-    SyncState,
+    Attachment, ErrorBody, ErrorStatus, Message, MessageChanged, MessagePage, NewMessage, Pushed,
+    Status, SyncState,
 };
 
 /// One call's timeout (a push may take as long as the repository does).
 const CALL_TIMEOUT: Duration = Duration::from_secs(180);
+/// Longest an upload may take (a 100 MiB file over a slow disk).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(900);
 /// Longest line of the event stream the CLI buffers.
 const MAX_EVENT_LINE: usize = 1 << 20;
 
@@ -102,6 +104,36 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
+        self.answer(path, req).await
+    }
+
+    /// Uploads a file (streamed) to `POST /attachments`.
+    async fn upload(&self, file: &std::path::Path) -> anyhow::Result<Result<Attachment, Refused>> {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
+        let media_type = mime_guess::from_path(file).first_or_octet_stream();
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("cannot open {}", file.display()))?;
+        let len = f.metadata().await?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
+        let req = self
+            .http
+            .post(self.endpoint("/attachments", &[("name", name)])?)
+            .timeout(UPLOAD_TIMEOUT)
+            .header(reqwest::header::CONTENT_TYPE, media_type.essence_str())
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body);
+        self.answer("/attachments", req).await
+    }
+
+    async fn answer<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<Result<T, Refused>> {
         let r = req
             .send()
             .await
@@ -163,13 +195,35 @@ pub struct SendArgs {
     /// The conversation (default `general`).
     #[arg(long, short)]
     conversation: Option<String>,
+    /// Attach a file (repeatable, at most 10): uploaded to the node first.
+    /// Without text, the message is the files' names.
+    #[arg(long = "attach", value_name = "FILE")]
+    attach: Vec<std::path::PathBuf>,
     /// The message; `-` or nothing reads it from standard input.
     text: Vec<String>,
 }
 
 pub async fn send(a: SendArgs) -> anyhow::Result<()> {
     let c = Client::new(&a.client)?;
+    if a.attach.len() > skygit_api::limits::MAX_ATTACHMENTS {
+        bail!(
+            "at most {} files per message",
+            skygit_api::limits::MAX_ATTACHMENTS
+        );
+    }
+    let mut attachments = Vec::with_capacity(a.attach.len());
+    for file in &a.attach {
+        match c.upload(file).await? {
+            Ok(att) => attachments.push(att),
+            Err(e) => bail!("{} was not uploaded {e}", file.display()),
+        }
+    }
     let text = match a.text.as_slice() {
+        [] if !attachments.is_empty() => attachments
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         [] => read_stdin()?,
         [one] if one == "-" => read_stdin()?,
         words => words.join(" "),
@@ -177,6 +231,7 @@ pub async fn send(a: SendArgs) -> anyhow::Result<()> {
     let body = NewMessage {
         content: text,
         conversation: a.conversation,
+        attachments,
     };
     let sent: Result<MessageChanged, Refused> = c
         .call(reqwest::Method::POST, "/messages", &[], Some(&body))
@@ -468,6 +523,7 @@ mod tests {
             git_hash: None,
             commit_url: None,
             applied_at_us: None,
+            attachments: Vec::new(),
         }
     }
 

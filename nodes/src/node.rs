@@ -246,7 +246,13 @@ pub async fn open_room(
                 ..Default::default()
             },
             disk: None,
-            room_config: config,
+            room_config: config.clone(),
+            attachments: Some(
+                skygit_actors::media::BlobStore::open(
+                    cfg.data_dir.join("attachments").join(room.storage_key()),
+                )
+                .context("cannot open the attachment store")?,
+            ),
         },
         RoomPorts {
             link,
@@ -277,7 +283,8 @@ pub async fn open_room(
     )
     .await
     .with_context(|| format!("cannot start room {room} in {}", cfg.data_dir.display()))?;
-    let served = Served::new(handle, Some(mesh), Some(remote));
+    let served = Served::new(handle, Some(mesh), Some(remote))
+        .with_media(config.map(|c| c.media).unwrap_or_default());
     // The label every actor of the room uses too.
     crate::metrics::spawn_room_sampler(served.handle.clone(), served.spec.clone());
     Ok(served)

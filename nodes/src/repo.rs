@@ -104,6 +104,8 @@ pub struct InitArgs {
     /// `skygit node`).
     #[arg(long = "ice-server", value_delimiter = ',')]
     ice_servers: Vec<String>,
+    #[command(flatten)]
+    media: MediaArgs,
     /// Replace a different `config.json`. (In a running room, change the
     /// settings with `PUT /settings` or the UI instead: settings changed
     /// there are the room's, and its leader writes them back.)
@@ -114,6 +116,73 @@ pub struct InitArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     remote: RemoteArgs,
+}
+
+/// Where `skygit init` says the room keeps its attachments
+/// (`config.json`'s `media`). S3 credentials are never among them: each
+/// node takes them from its environment or config file.
+#[derive(Args)]
+pub struct MediaArgs {
+    /// Where files go: `git` (blobs in the commit), `git-lfs`, `external`
+    /// (S3-compatible storage) or `disabled`.
+    #[arg(long, default_value = "git-lfs")]
+    media_storage: String,
+    /// Where files up to `--media-small-max-bytes` go instead (default:
+    /// `--media-storage`).
+    #[arg(long)]
+    media_small_storage: Option<String>,
+    #[arg(long, default_value_t = layout::DEFAULT_SMALL_MAX_BYTES)]
+    media_small_max_bytes: u64,
+    /// The largest file the room accepts.
+    #[arg(long, default_value_t = layout::DEFAULT_MAX_ATTACHMENT_BYTES)]
+    media_max_bytes: u64,
+    /// The Git LFS endpoint (default: derived from the remote's URL).
+    #[arg(long)]
+    lfs_url: Option<String>,
+    /// The S3-compatible service (`external`): its URL.
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    #[arg(long)]
+    s3_bucket: Option<String>,
+    #[arg(long, default_value = "")]
+    s3_prefix: String,
+    #[arg(long, default_value = "us-east-1")]
+    s3_region: String,
+}
+
+fn media_storage(s: &str) -> anyhow::Result<layout::MediaStorage> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+        anyhow::anyhow!("media storage {s:?} is not one of git, git-lfs, external, disabled")
+    })
+}
+
+impl MediaArgs {
+    fn config(&self) -> anyhow::Result<layout::MediaConfig> {
+        let s3 = match (&self.s3_endpoint, &self.s3_bucket) {
+            (Some(endpoint), Some(bucket)) => Some(layout::S3Location {
+                endpoint: endpoint.clone(),
+                bucket: bucket.clone(),
+                prefix: self.s3_prefix.clone(),
+                region: self.s3_region.clone(),
+            }),
+            (None, None) => None,
+            _ => bail!("--s3-endpoint and --s3-bucket go together"),
+        };
+        let c = layout::MediaConfig {
+            storage: media_storage(&self.media_storage)?,
+            small_storage: self
+                .media_small_storage
+                .as_deref()
+                .map(media_storage)
+                .transpose()?,
+            small_max_bytes: self.media_small_max_bytes,
+            max_bytes: self.media_max_bytes,
+            s3,
+            lfs_url: self.lfs_url.clone(),
+        };
+        c.validate().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(c)
+    }
 }
 
 /// `skygit init`: writes `.messages/config.json`.
@@ -130,6 +199,7 @@ pub async fn init(a: InitArgs) -> anyhow::Result<()> {
         commit_interval_secs: a.commit_interval,
         voters: a.voters,
         ice_servers,
+        media: a.media.config()?,
         ..RoomConfig::default()
     };
     want.validate().context("invalid room settings")?;
@@ -300,6 +370,7 @@ pub async fn history(a: HistoryArgs) -> anyhow::Result<()> {
                 Some(m.git_hash.clone()),
                 SyncState::Synchronized,
                 |h| web.as_ref().map(|w| format!("{w}/commit/{h}")),
+                |_| false,
             );
             println!("{}", serde_json::to_string(&view)?);
         } else {

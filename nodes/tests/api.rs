@@ -578,6 +578,8 @@ const API_ROUTES: &[(&str, &str)] = &[
     ("patch", "/messages/{id}"),
     ("delete", "/messages/{id}"),
     ("get", "/outbox"),
+    ("post", "/attachments"),
+    ("get", "/attachments/{sha256}"),
     ("get", "/conversations"),
     ("post", "/conversations"),
     ("get", "/repositories"),
@@ -895,7 +897,9 @@ async fn access_is_guarded_and_the_openapi_description_matches_the_routes() {
                 PAGES.contains(&path.as_str()),
                 "{method} {path}: only pages are public"
             );
-            let mut concrete = path.replace("{file}", "app.js");
+            let mut concrete = path
+                .replace("{file}", "app.js")
+                .replace("{sha256}", &"0".repeat(64));
             if concrete.contains("{id}") {
                 let m = post_message(n, None, &format!("for {method} {path}")).await;
                 concrete = concrete.replace("{id}", m["id"].as_str().expect("id"));

@@ -71,19 +71,165 @@ pub enum LayoutError {
     BadConfig(String),
 }
 
-/// Where attachments are kept.
+/// Where a room keeps its attachments' bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum MediaStorage {
+    /// Ordinary blobs in the commit, under `.messages/attachments/`.
+    Git,
+    /// Git LFS: a pointer file in the tree, the object on the LFS server
+    /// (the batch API; git-lfs's standalone layout for a local path).
     #[default]
     GitLfs,
+    /// An S3-compatible store (`media.s3`).
     External,
+    /// No attachments: uploads are refused.
     Disabled,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// Where in an S3-compatible store a room keeps its files. Credentials
+/// never come from the repository: only from the node's environment or
+/// config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Location {
+    /// The service's URL (`https://s3.eu-west-1.amazonaws.com`,
+    /// `http://127.0.0.1:9000`).
+    pub endpoint: String,
+    pub bucket: String,
+    /// Key prefix; objects are `<prefix><sha256>`.
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+/// Default of `media.small_max_bytes`: 1 MiB.
+pub const DEFAULT_SMALL_MAX_BYTES: u64 = 1024 * 1024;
+/// Default of `media.max_bytes`: 100 MiB.
+pub const DEFAULT_MAX_ATTACHMENT_BYTES: u64 = 100 * 1024 * 1024;
+
+/// `config.json`'s `media`: where attachments go, by size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MediaConfig {
+    /// Where files larger than `small_max_bytes` go.
     pub storage: MediaStorage,
+    /// Where files up to `small_max_bytes` go (absent: `storage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub small_storage: Option<MediaStorage>,
+    #[serde(default = "default_small_max")]
+    pub small_max_bytes: u64,
+    /// The largest upload the room accepts.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// The S3-compatible store, for `external`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Location>,
+    /// The Git LFS endpoint (absent: derived from the remote's URL, as
+    /// git-lfs does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lfs_url: Option<String>,
+}
+
+fn default_small_max() -> u64 {
+    DEFAULT_SMALL_MAX_BYTES
+}
+
+fn default_max_bytes() -> u64 {
+    DEFAULT_MAX_ATTACHMENT_BYTES
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            storage: MediaStorage::default(),
+            small_storage: None,
+            small_max_bytes: DEFAULT_SMALL_MAX_BYTES,
+            max_bytes: DEFAULT_MAX_ATTACHMENT_BYTES,
+            s3: None,
+            lfs_url: None,
+        }
+    }
+}
+
+impl MediaConfig {
+    /// Where a file of `size` bytes goes.
+    pub fn storage_for(&self, size: u64) -> MediaStorage {
+        if size <= self.small_max_bytes {
+            self.small_storage.unwrap_or(self.storage)
+        } else {
+            self.storage
+        }
+    }
+
+    /// Whether the room takes attachments at all.
+    pub fn enabled(&self) -> bool {
+        self.storage != MediaStorage::Disabled
+    }
+
+    /// Checks the values are ones this build can honour.
+    pub fn validate(&self) -> Result<(), String> {
+        let max = skygit_consensus::attachment::MAX_ATTACHMENT_SIZE;
+        if self.max_bytes == 0 || self.max_bytes > max {
+            return Err(format!("media.max_bytes must be 1 to {max}"));
+        }
+        if self.small_max_bytes > self.max_bytes {
+            return Err("media.small_max_bytes must not exceed media.max_bytes".into());
+        }
+        let uses = |k| self.storage == k || self.small_storage == Some(k);
+        if self.small_storage == Some(MediaStorage::Disabled) && self.enabled() {
+            return Err("media.small_storage cannot be disabled alone".into());
+        }
+        if uses(MediaStorage::External) && self.s3.is_none() {
+            return Err("media storage \"external\" needs media.s3".into());
+        }
+        if let Some(s3) = &self.s3 {
+            s3.validate()?;
+        }
+        if let Some(url) = &self.lfs_url {
+            if url.len() > 1024 || !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err("media.lfs_url must be an http(s) URL of at most 1024 bytes".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl S3Location {
+    fn validate(&self) -> Result<(), String> {
+        let e = &self.endpoint;
+        if e.len() > 1024 || !(e.starts_with("https://") || e.starts_with("http://")) {
+            return Err("media.s3.endpoint must be an http(s) URL of at most 1024 bytes".into());
+        }
+        let b = &self.bucket;
+        let bucket_ok = (3..=63).contains(&b.len())
+            && b.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
+            && !b.starts_with(['-', '.'])
+            && !b.ends_with(['-', '.']);
+        if !bucket_ok {
+            return Err(format!("media.s3.bucket {b:?} is not a valid bucket name"));
+        }
+        let p = &self.prefix;
+        if p.len() > 512
+            || p.starts_with('/')
+            || p.split('/').any(|seg| seg == ".." || seg == ".")
+            || p.chars().any(|c| c.is_control() || c == '\\')
+        {
+            return Err(format!("media.s3.prefix {p:?} is not a safe key prefix"));
+        }
+        let r = &self.region;
+        if r.is_empty() || r.len() > 64 || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(format!("media.s3.region {r:?} is not a region name"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -199,6 +345,7 @@ impl RoomConfig {
             crate::ice::validate(servers)
                 .map_err(|e| LayoutError::BadConfig(format!("ice_servers: {e}")))?;
         }
+        self.media.validate().map_err(LayoutError::BadConfig)?;
         if !skygit_consensus::model::VOTER_COUNTS.contains(&self.voters) {
             return Err(LayoutError::BadConfig(format!(
                 "voters {} must be 1, 3 or 5",

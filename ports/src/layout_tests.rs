@@ -321,3 +321,58 @@ fn a_posts_attachments_round_trip_and_bad_ones_are_refused() {
         assert!(err.contains(want), "{err:?} does not mention {want:?}");
     }
 }
+
+#[test]
+fn media_settings_pick_a_store_by_size_and_are_checked() {
+    let old = br#"{"version":1,"commit_interval_secs":600,"voters":3,
+        "media":{"storage":"git-lfs"},"encryption":{"enabled":false}}"#;
+    let c = RoomConfig::from_bytes(old).expect("a config without the new fields reads");
+    assert_eq!(c.media, MediaConfig::default());
+    assert_eq!(c.media.storage_for(10), MediaStorage::GitLfs);
+    let mut m = MediaConfig {
+        storage: MediaStorage::External,
+        small_storage: Some(MediaStorage::Git),
+        small_max_bytes: 1000,
+        s3: Some(S3Location {
+            endpoint: "http://127.0.0.1:9000".into(),
+            bucket: "team-files".into(),
+            prefix: "room/".into(),
+            region: "eu-west-1".into(),
+        }),
+        ..MediaConfig::default()
+    };
+    assert_eq!(m.validate(), Ok(()));
+    assert_eq!(m.storage_for(1000), MediaStorage::Git);
+    assert_eq!(m.storage_for(1001), MediaStorage::External);
+    let with = RoomConfig {
+        media: m.clone(),
+        ..RoomConfig::default()
+    };
+    assert_eq!(
+        RoomConfig::from_bytes(&with.to_bytes()).expect("reads"),
+        with
+    );
+    let bad = |f: &dyn Fn(&mut MediaConfig)| {
+        let mut b = m.clone();
+        f(&mut b);
+        b.validate().expect_err("refused")
+    };
+    assert!(bad(&|b| b.s3 = None).contains("needs media.s3"));
+    assert!(bad(&|b| b.small_max_bytes = b.max_bytes + 1).contains("small_max_bytes"));
+    assert!(bad(&|b| b.max_bytes = 0).contains("max_bytes"));
+    let s3 = |f: &dyn Fn(&mut S3Location)| bad(&|b| f(b.s3.as_mut().expect("s3")));
+    assert!(s3(&|l| l.bucket = "UPPER".into()).contains("bucket"));
+    assert!(s3(&|l| l.prefix = "../up".into()).contains("prefix"));
+    assert!(s3(&|l| l.endpoint = "file:///etc".into()).contains("endpoint"));
+    assert!(s3(&|l| l.region = "a b".into()).contains("region"));
+    m.s3 = None;
+    m.storage = MediaStorage::GitLfs;
+    m.lfs_url = Some("ftp://x".into());
+    assert!(m.validate().expect_err("refused").contains("lfs_url"));
+    let unknown = br#"{"version":1,"commit_interval_secs":600,"voters":3,
+        "media":{"storage":"git-lfs","secret_key":"x"},"encryption":{"enabled":false}}"#;
+    assert!(
+        RoomConfig::from_bytes(unknown).is_err(),
+        "no credentials in the repository"
+    );
+}

@@ -189,3 +189,17 @@ pub fn check_same_log(c: &LocalCluster) -> Result<Vec<Ulid>, String> {
 pub fn assert_same_log(c: &LocalCluster) -> Vec<Ulid> {
     check_same_log(c).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// `len` bytes that do not compress (xorshift from `seed`): file contents
+/// for the attachment tests.
+pub fn noise(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}

@@ -17,18 +17,6 @@ fn transfers(c: &skygit_actors::local::LocalCluster, id: NodeId) -> Transfers {
         .expect("the node keeps attachments")
 }
 
-fn noise(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 async fn wait_linked(t: &Transfers, peers: &[NodeId]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !peers.iter().all(|p| t.peers().contains(p)) {
@@ -64,15 +52,25 @@ async fn a_file_moves_between_nodes_and_forged_bytes_are_refused() {
 
     let t2 = transfers(&c, 2);
     wait_linked(&t2, &[1, 3]).await;
-    t2.fetch(&h, n).await.expect("fetched from node 3");
+    t2.fetch(&h, Some(n)).await.expect("fetched from node 3");
     assert_eq!(std::fs::read(t2.store().path(&h)).expect("reads"), bytes);
     let stats = t2.stats();
     assert_eq!(stats.bad_bytes, 1, "node 1's bytes were refused: {stats:?}");
     assert_eq!(stats.bytes_received, 2 * n, "{stats:?}");
 
+    // By hash alone: the first answer tells the size.
+    let small = noise(150_000, 5);
+    let src = dir.path().join("small.bin");
+    std::fs::write(&src, &small).expect("writes");
+    let (hs, _) = t2.store().put_file(&src, 1 << 30).await.expect("stores");
+    let t3 = transfers(&c, 3);
+    wait_linked(&t3, &[2]).await;
+    t3.fetch(&hs, None).await.expect("fetched by hash alone");
+    assert_eq!(std::fs::read(t3.store().path(&hs)).expect("reads"), small);
+
     let nobody = ContentHash::from_digest([3; 32]);
     assert_eq!(
-        t2.fetch(&nobody, 10).await,
+        t2.fetch(&nobody, Some(10)).await,
         Err(FetchError::NotFound { tried: 2 })
     );
     assert_eq!(t2.store().size(&nobody).await, None);

@@ -93,7 +93,7 @@ impl Actor for MediaActor {
                         let (hash, size) = (a.sha256.clone(), a.size);
                         tokio::spawn(
                             async move {
-                                if let Err(e) = t.fetch(&hash, size).await {
+                                if let Err(e) = t.fetch(&hash, Some(size)).await {
                                     tracing::debug!(%hash, error = %e, "eager fetch did not succeed; fetched on demand");
                                 }
                             }

@@ -37,6 +37,8 @@ pub const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVE_QUEUE: usize = 4 * WINDOW;
 /// A peer's server stops after this long without a request.
 const SERVE_IDLE: Duration = Duration::from_secs(60);
+/// The largest blob fetched by hash alone until the room says otherwise.
+const DEFAULT_MAX_BYTES: u64 = 100 * 1024 * 1024;
 /// Most transfers this node runs at once; the others wait their turn.
 const MAX_FETCHES: usize = 4;
 
@@ -51,10 +53,11 @@ pub enum MediaFrame {
         offset: u64,
         len: u32,
     },
-    /// Bytes of the blob a `Want` asked for.
+    /// Bytes of the blob a `Want` asked for, and the blob's whole size.
     Chunk {
         req: u64,
         offset: u64,
+        total: u64,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
@@ -130,6 +133,7 @@ struct Inner {
     fetching: Mutex<HashMap<ContentHash, watch::Receiver<FetchResult>>>,
     servers: Mutex<HashMap<NodeId, mpsc::Sender<ServeRequest>>>,
     slots: tokio::sync::Semaphore,
+    max_bytes: AtomicU64,
     stats: Mutex<TransferStats>,
 }
 
@@ -160,6 +164,7 @@ impl Transfers {
                 fetching: Mutex::new(HashMap::new()),
                 servers: Mutex::new(HashMap::new()),
                 slots: tokio::sync::Semaphore::new(MAX_FETCHES),
+                max_bytes: AtomicU64::new(DEFAULT_MAX_BYTES),
                 stats: Mutex::new(TransferStats::default()),
             }),
         }
@@ -258,9 +263,17 @@ impl Transfers {
                         break;
                     };
                     let len = (len as usize).min(CHUNK_BYTES);
-                    let answer = match this.inner.store.read(&hash, offset, len).await {
-                        Ok(data) => MediaFrame::Chunk { req, offset, data },
-                        Err(_) => MediaFrame::Missing { req },
+                    let answer = match this.inner.store.size(&hash).await {
+                        Some(total) => match this.inner.store.read(&hash, offset, len).await {
+                            Ok(data) => MediaFrame::Chunk {
+                                req,
+                                offset,
+                                total,
+                                data,
+                            },
+                            Err(_) => MediaFrame::Missing { req },
+                        },
+                        None => MediaFrame::Missing { req },
                     };
                     let sent = match &answer {
                         MediaFrame::Chunk { data, .. } => data.len() as u64,
@@ -304,10 +317,14 @@ impl Transfers {
 
     /// Makes sure the store has the blob: fetched from the linked peers
     /// one after another until one delivers bytes that match. Concurrent
-    /// calls for one blob share one transfer.
-    pub async fn fetch(&self, hash: &ContentHash, size: u64) -> Result<(), FetchError> {
-        if self.inner.store.size(hash).await == Some(size) {
-            return Ok(());
+    /// calls for one blob share one transfer. Without its `size` (a
+    /// download by hash alone), the first peer's answer tells it, bounded
+    /// by the room's largest upload.
+    pub async fn fetch(&self, hash: &ContentHash, size: Option<u64>) -> Result<(), FetchError> {
+        match (self.inner.store.size(hash).await, size) {
+            (Some(have), Some(want)) if have == want => return Ok(()),
+            (Some(_), None) => return Ok(()),
+            _ => {}
         }
         let (mine, mut rx) = {
             let mut fetching = lock(&self.inner.fetching);
@@ -338,7 +355,11 @@ impl Transfers {
         result
     }
 
-    async fn fetch_from_peers(&self, hash: &ContentHash, size: u64) -> Result<(), FetchError> {
+    async fn fetch_from_peers(
+        &self,
+        hash: &ContentHash,
+        size: Option<u64>,
+    ) -> Result<(), FetchError> {
         let _slot = self
             .inner
             .slots
@@ -350,7 +371,7 @@ impl Transfers {
             match self.fetch_one(peer, hash, size).await {
                 Ok(()) => {
                     lock(&self.inner.stats).fetched += 1;
-                    tracing::info!(peer, %hash, size, "fetched an attachment");
+                    tracing::info!(peer, %hash, ?size, "fetched an attachment");
                     return Ok(());
                 }
                 Err(PeerFailure::Store(e)) => return Err(FetchError::Store(e.to_string())),
@@ -379,7 +400,7 @@ impl Transfers {
         &self,
         peer: NodeId,
         hash: &ContentHash,
-        size: u64,
+        known: Option<u64>,
     ) -> Result<(), PeerFailure> {
         let req = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel(2 * WINDOW);
@@ -388,17 +409,21 @@ impl Transfers {
             inner: &self.inner,
             req,
         };
+        let max = self.max_bytes();
         let mut w = self
             .inner
             .store
-            .writer(size)
+            .writer(known.unwrap_or(max))
             .await
             .map_err(PeerFailure::Store)?;
+        // Unknown size: one chunk first, whose answer tells the size.
+        let mut size = known;
         let mut next = 0u64;
         let mut outstanding: VecDeque<(u64, usize)> = VecDeque::new();
         loop {
-            while outstanding.len() < WINDOW && next < size {
-                let len = (size - next).min(CHUNK_BYTES as u64) as usize;
+            let end = size.unwrap_or(CHUNK_BYTES as u64);
+            while outstanding.len() < WINDOW && next < end {
+                let len = (end - next).min(CHUNK_BYTES as u64) as usize;
                 let want = MediaFrame::Want {
                     req,
                     hash: hash.clone(),
@@ -419,13 +444,34 @@ impl Transfers {
             match answer {
                 MediaFrame::Missing { .. } => return Err(PeerFailure::Missing),
                 MediaFrame::Chunk {
-                    offset: got, data, ..
+                    offset: got,
+                    total,
+                    data,
+                    ..
                 } => {
-                    if got != offset || data.len() != len {
+                    match size {
+                        Some(s) if s != total => {
+                            return Err(PeerFailure::Protocol(format!(
+                                "a blob of {total} bytes, not {s}"
+                            )))
+                        }
+                        None if total > max || total == 0 => {
+                            return Err(PeerFailure::Protocol(format!(
+                                "a blob of {total} bytes (this room takes 1 to {max})"
+                            )))
+                        }
+                        _ => {}
+                    }
+                    let want = (len as u64).min(total.saturating_sub(offset)) as usize;
+                    if got != offset || data.len() != want {
                         return Err(PeerFailure::Protocol(format!(
-                            "{} bytes at {got}, asked for {len} at {offset}",
+                            "{} bytes at {got}, asked for {want} at {offset}",
                             data.len()
                         )));
+                    }
+                    if size.is_none() {
+                        size = Some(total);
+                        next = data.len() as u64;
                     }
                     w.write(&data).await.map_err(PeerFailure::Store)?;
                     outstanding.pop_front();
@@ -438,6 +484,7 @@ impl Transfers {
                 }
             }
         }
+        let size = size.unwrap_or(0);
         match w.finish(Some((hash, size))).await {
             Ok(_) => Ok(()),
             Err(e @ (StoreError::HashMismatch { .. } | StoreError::SizeMismatch { .. })) => {
@@ -445,6 +492,16 @@ impl Transfers {
             }
             Err(e) => Err(PeerFailure::Store(e)),
         }
+    }
+
+    /// The largest blob a download by hash alone accepts.
+    pub fn max_bytes(&self) -> u64 {
+        self.inner.max_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Sets the room's largest upload (`config.json`'s `media.max_bytes`).
+    pub fn set_max_bytes(&self, max: u64) {
+        self.inner.max_bytes.store(max, Ordering::Relaxed);
     }
 }
 

@@ -76,7 +76,13 @@ pub fn message_view(
     git_hash: Option<String>,
     unsynced: SyncState,
 ) -> Message {
-    message_of(rec, git_hash, unsynced, |h| room.commit_url(h))
+    message_of(
+        rec,
+        git_hash,
+        unsynced,
+        |h| room.commit_url(h),
+        |a| super::attachments::is_local(room, a),
+    )
 }
 
 /// [`message_view`] with the commit's web page from `commit_url`.
@@ -85,6 +91,7 @@ pub fn message_of(
     git_hash: Option<String>,
     unsynced: SyncState,
     commit_url: impl Fn(&str) -> Option<String>,
+    local: impl Fn(&skygit_consensus::model::Attachment) -> bool,
 ) -> Message {
     let m = &rec.message;
     let created = rfc3339(m.created_at).unwrap_or_default();
@@ -111,6 +118,22 @@ pub fn message_of(
             unsynced
         },
         commit_url: git_hash.as_deref().and_then(commit_url),
+        attachments: if m.deleted {
+            Vec::new()
+        } else {
+            m.attachments
+                .iter()
+                .map(|a| skygit_api::AttachmentView {
+                    sha256: a.sha256.to_string(),
+                    size: a.size,
+                    name: a.name.clone(),
+                    media_type: a.media_type.clone(),
+                    url: format!("/attachments/{}", a.sha256),
+                    local: local(a),
+                    stored: git_hash.is_some(),
+                })
+                .collect()
+        },
         git_hash,
         applied_at_us: None,
     }
@@ -317,7 +340,9 @@ fn fresh_post(room: &Served, req: &ChatRequest, index: u64, state: SyncState) ->
 
 #[utoipa::path(post, path = "/messages", tag = "messages", params(RepoQuery), request_body = NewMessage,
     responses((status = 201, description = "committed, and applied on this node", body = MessageChanged),
-              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "a file it names was not uploaded to this node", body = ErrorBody),
+              (status = 413, body = ErrorBody),
               (status = 503, description = "queued in the outbox (`status: queued`), or the room is stopping", body = ErrorBody)))]
 /// Posts a message.
 pub async fn post(
@@ -330,10 +355,11 @@ pub async fn post(
     let room = s.room(q.repo.as_deref()).await?;
     check_content(&body.content)?;
     let conversation = conversation_of(body.conversation)?;
+    let attachments = super::attachments::posted(&room, body.attachments).await?;
     let command = Command::Post {
         conversation,
         content: body.content,
-        attachments: Vec::new(),
+        attachments,
     };
     match submit(&room, command).await? {
         Submitted::Applied(req, index) => {

@@ -9,11 +9,13 @@
 //! stays closed), and security headers are set.
 //!
 //! - `messages`: messages, the outbox and conversations.
+//! - `attachments`: files uploaded into the node's store and read back.
 //! - `rooms`: repositories, push, flushes, settings, status and peers.
 //! - `events`: the server-sent event stream.
 //! - `secret`: the per-node secret and the endpoint file the CLI reads.
 //! - `ui`: the embedded web pages.
 
+pub mod attachments;
 mod events;
 mod faults;
 pub mod messages;
@@ -49,6 +51,13 @@ const _: () = {
     assert!(api::MAX_CONTENT_BYTES == m::MAX_CONTENT_BYTES);
     assert!(api::MAX_CONVERSATION_BYTES == m::MAX_CONVERSATION_BYTES);
     assert!(api::MAX_TITLE_BYTES == m::MAX_TITLE_BYTES);
+    assert!(api::MAX_ATTACHMENTS == skygit_consensus::attachment::MAX_ATTACHMENTS);
+    assert!(
+        api::MAX_ATTACHMENT_NAME_BYTES == skygit_consensus::attachment::MAX_ATTACHMENT_NAME_BYTES
+    );
+    assert!(
+        api::DEFAULT_MAX_ATTACHMENT_BYTES == skygit_actors::layout::DEFAULT_MAX_ATTACHMENT_BYTES
+    );
     assert!(api::MIN_COMMIT_INTERVAL_SECS == m::MIN_COMMIT_INTERVAL_SECS);
     assert!(api::MAX_COMMIT_INTERVAL_SECS == m::MAX_COMMIT_INTERVAL_SECS);
     assert!(api::VOTER_COUNTS.len() == m::VOTER_COUNTS.len());
@@ -61,8 +70,9 @@ const _: () = {
 
 /// The content security policy of every answer: scripts, styles and
 /// connections only from the node itself, nothing inline.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+                   media-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+                   frame-ancestors 'none'";
 
 /// One room this node serves.
 pub struct Served {
@@ -77,6 +87,8 @@ pub struct Served {
     pub remote: Option<Arc<dyn RepoRemote>>,
     /// The repository's web page (GitHub rooms), for commit and issue links.
     pub web_url: Option<String>,
+    /// The room's attachment settings (`config.json`'s `media`).
+    pub media: skygit_actors::layout::MediaConfig,
 }
 
 impl Served {
@@ -94,7 +106,17 @@ impl Served {
             mesh,
             remote,
             web_url,
+            media: Default::default(),
         }
+    }
+
+    /// With the room's attachment settings.
+    pub fn with_media(mut self, media: skygit_actors::layout::MediaConfig) -> Self {
+        if let Some(t) = &self.handle.attachments {
+            t.set_max_bytes(media.max_bytes);
+        }
+        self.media = media;
+        self
     }
 
     /// The web address of a commit, when the host has web pages.
@@ -345,10 +367,9 @@ async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
     };
     let status = resp.status();
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    // A handler's own, stricter policy stays (a file's bytes: sandboxed).
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CSP));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -424,6 +445,8 @@ pub fn router(state: Shared) -> Router {
                 .delete(messages::delete),
         )
         .route("/outbox", get(messages::outbox))
+        .route("/attachments", post(attachments::upload))
+        .route("/attachments/{sha256}", get(attachments::download))
         .route(
             "/conversations",
             get(messages::conversations).post(messages::create_conversation),

@@ -9,7 +9,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{events, messages, rooms, ui};
+use super::{attachments, events, messages, rooms, ui};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,7 @@ use super::{events, messages, rooms, ui};
         rooms::status, rooms::peers,
         messages::list, messages::post, messages::get_one, messages::edit, messages::delete,
         messages::outbox, messages::conversations, messages::create_conversation,
+        attachments::upload, attachments::download,
         rooms::repositories, rooms::add_repository, rooms::push, rooms::flushes,
         rooms::settings, rooms::put_settings,
         events::events, super::prometheus, super::openapi,
@@ -37,6 +38,7 @@ use super::{events, messages, rooms, ui};
     security(("bearer" = [])),
     tags(
         (name = "messages", description = "Messages, the outbox and conversations"),
+        (name = "attachments", description = "Files: uploaded, named in posts, read back"),
         (name = "rooms", description = "Repositories, push, flushes and settings"),
         (name = "status", description = "How this node and its room stand"),
         (name = "node", description = "The node's own endpoints"),

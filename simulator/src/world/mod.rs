@@ -232,6 +232,7 @@ impl World {
             },
             disk: Some(disk),
             room_config: None,
+            attachments: None,
         };
         let seed = self.opts.seed;
         let ports = RoomPorts {

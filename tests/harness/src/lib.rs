@@ -267,6 +267,75 @@ impl NodeProc {
         post_to(&self.http, &self.api, content).await
     }
 
+    /// `POST /attachments`: the bytes as one file.
+    pub async fn upload(
+        &self,
+        bytes: Vec<u8>,
+        name: &str,
+        media_type: &str,
+    ) -> anyhow::Result<skygit_api::Attachment> {
+        let r = self
+            .http
+            .post(format!(
+                "{}/attachments?name={}",
+                self.api,
+                url_escape(name)
+            ))
+            .header(reqwest::header::CONTENT_TYPE, media_type)
+            .body(bytes)
+            .send()
+            .await?;
+        let status = r.status();
+        let text = r.text().await?;
+        if status != reqwest::StatusCode::CREATED {
+            bail!("upload answered {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Posts `content` with files uploaded to this node.
+    pub async fn post_files(
+        &self,
+        content: &str,
+        attachments: Vec<skygit_api::Attachment>,
+    ) -> anyhow::Result<MessageChanged> {
+        let r = self
+            .http
+            .post(format!("{}/messages", self.api))
+            .json(&NewMessage {
+                content: content.to_owned(),
+                conversation: None,
+                attachments,
+            })
+            .send()
+            .await?;
+        let status = r.status();
+        let text = r.text().await?;
+        if status != reqwest::StatusCode::CREATED {
+            bail!("post answered {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// `GET /attachments/{sha256}` (with `range`, a `Range` header): the
+    /// status and the bytes.
+    pub async fn download(
+        &self,
+        sha256: &str,
+        range: Option<&str>,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let mut req = self
+            .http
+            .get(format!("{}/attachments/{sha256}", self.api))
+            .timeout(Duration::from_secs(300));
+        if let Some(r) = range {
+            req = req.header(reqwest::header::RANGE, r);
+        }
+        let r = req.send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.bytes().await?.to_vec()))
+    }
+
     /// The general conversation's message contents in log order.
     pub async fn contents(&self) -> anyhow::Result<Vec<String>> {
         let mut out = Vec::new();
@@ -423,6 +492,7 @@ pub async fn post_to(http: &reqwest::Client, api: &str, content: &str) -> anyhow
         .json(&NewMessage {
             content: content.to_owned(),
             conversation: None,
+            attachments: Vec::new(),
         })
         .send()
         .await?;
@@ -603,10 +673,14 @@ pub fn check_answer(method: &str, path: &str, status: u16, body: &str) -> anyhow
     use skygit_api::*;
     let path = path.split('?').next().unwrap_or(path);
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = method.to_ascii_uppercase();
+    // A range outside a file: the answer has no body.
+    if status == 416 && method == "GET" && matches!(segments.as_slice(), ["attachments", _]) {
+        return Ok(());
+    }
     if status >= 400 {
         return de::<ErrorBody>(body);
     }
-    let method = method.to_ascii_uppercase();
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["status"]) => de::<Status>(body),
         ("GET", ["peers"]) => de::<PeerList>(body),
@@ -615,6 +689,9 @@ pub fn check_answer(method: &str, path: &str, status: u16, body: &str) -> anyhow
         ("GET", ["messages", _]) => de::<Message>(body),
         ("PATCH" | "DELETE", ["messages", _]) => de::<MessageChanged>(body),
         ("GET", ["outbox"]) => de::<Outbox>(body),
+        ("POST", ["attachments"]) => de::<Attachment>(body),
+        // A file's bytes.
+        ("GET", ["attachments", _]) => Ok(()),
         ("GET", ["conversations"]) => de::<ConversationList>(body),
         ("POST", ["conversations"]) => de::<ConversationCreated>(body),
         ("GET", ["repositories"]) => de::<RepositoryList>(body),
@@ -628,4 +705,17 @@ pub fn check_answer(method: &str, path: &str, status: u16, body: &str) -> anyhow
         | ("GET", ["ui", _]) => Ok(()),
         _ => bail!("{method} {path} answered {status}, but the contract has no such route"),
     }
+}
+
+/// Percent-encodes everything but unreserved characters (a query value).
+pub fn url_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
