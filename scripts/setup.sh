@@ -11,9 +11,13 @@
 # lines as a reader would (scripts/verify-line.sh, nodes/tests/identity.rs).
 # schemathesis (from PyPI, pinned, in its own virtual environment) fuzzes
 # a live node's API from its OpenAPI description (nodes/tests/fuzz_api.rs).
+# git-lfs is the real LFS client the attachment tests check the repository
+# with; giftless (a Git LFS server) and moto (an S3-compatible server),
+# from PyPI, pinned, in their own virtual environment, are what the room
+# stores its files in during those tests (nodes/tests/attachments.rs).
 set -euo pipefail
 
-packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git openssh-client jq iproute2 iptables procps coturn chromium chromium-driver python3 python3-venv)
+packages=(librocksdb-dev libclang-dev clang pkg-config libssl-dev zlib1g-dev git openssh-client jq iproute2 iptables procps coturn chromium chromium-driver python3 python3-venv git-lfs)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -41,3 +45,19 @@ if [[ ! -x "$st_env/bin/st" ]]; then
     "$st_env/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 "$st_env/bin/st" --version
+
+# The attachment stores. giftless 0.6.2's wheel declares no dependencies:
+# they are listed here (PyJWT before 2.10, which refuses giftless's own
+# tokens).
+MEDIA_ENV_VERSION=1
+media_env="${SKYGIT_TOOLS_DIR:-$HOME/.cache/skygit}/media-servers-$MEDIA_ENV_VERSION"
+if [[ ! -x "$media_env/bin/moto_server" || ! -x "$media_env/bin/gunicorn" ]]; then
+    echo "installing giftless and moto into $media_env"
+    python3 -m venv "$media_env"
+    "$media_env/bin/pip" install -q 'giftless==0.6.2' 'flask==2.3.3' 'werkzeug==3.1.3' \
+        'figcan==0.0.4' 'flask-marshmallow==0.15.0' 'marshmallow==3.26.1' 'webargs==8.7.0' \
+        'pyyaml==6.0.2' 'PyJWT==2.8.0' 'python-dotenv==1.1.0' 'python-dateutil==2.9.0.post0' \
+        'typing-extensions==4.14.0' 'flask-classful==0.16.0' 'cachetools==5.5.2' \
+        'importlib-metadata==8.7.0' 'gunicorn==23.0.0' 'moto[s3]==5.1.6' 'flask-cors==6.0.1'
+fi
+"$media_env/bin/python" -c 'import giftless, moto; print("giftless and moto", moto.__version__)'

@@ -252,6 +252,7 @@ impl LocalCluster {
                 identity,
                 reform: self.opts.reform,
             },
+            media_stores: None,
         };
         let handle = start_room(spec, ports).await?;
         self.nodes.insert(id, handle);

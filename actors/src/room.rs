@@ -67,6 +67,10 @@ pub struct RoomPorts {
     pub presence: Arc<dyn PresenceChannel>,
     /// The room's repository; `None` runs the room without committing.
     pub repo: Option<Arc<dyn RepoRemote>>,
+    /// Opens the stores of attachments outside git (Git LFS, S3) for the
+    /// committer; `None`: files stored as git blobs only, the others are
+    /// refused by the committer (the flush fails and is retried).
+    pub media_stores: Option<crate::committer::media::StoreFactory>,
     /// The peer transport with its event stream, for the mesh and
     /// membership actors: every room forms and grows its group through
     /// them.
@@ -255,14 +259,29 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
     .start();
     let repo_for_bootstrap = ports.repo.clone().map(|r| (r, ports.clock.clone()));
     let repo_for_reform = ports.repo.clone();
+    let no_stores: crate::committer::media::StoreFactory =
+        Arc::new(|_, kind| Err(format!("this node has no {kind:?} store")));
+    let staging = transfers.clone().map(|t| {
+        let clock = ports.clock.clone();
+        Arc::new(crate::committer::media::MediaStaging::new(
+            room,
+            t,
+            ports.media_stores.clone().unwrap_or(no_stores),
+            Arc::new(move || clock.now_ms()),
+        ))
+    });
     let flusher = ports.repo.map(|remote| {
-        Arc::new(Flusher::new(
+        let f = Flusher::new(
             remote,
             storage.reader.clone(),
             consensus.clone(),
             spec.user.clone(),
             spec.committer.call_timeout,
-        ))
+        );
+        Arc::new(match staging {
+            Some(m) => f.with_media(m),
+            None => f,
+        })
     });
     let committer = CommitterActor::new(
         room,

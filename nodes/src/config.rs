@@ -41,6 +41,11 @@ pub struct FileConfig {
     /// TURN REST-API shared secret (coturn's `static-auth-secret`):
     /// time-limited credentials for TURN servers named without any.
     pub turn_secret: Option<String>,
+    /// Credentials for the room's S3-compatible attachment storage
+    /// (`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` override them). Never
+    /// in the repository. Keep the file private.
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
     #[serde(default)]
     pub raft: RaftFileConfig,
 }
@@ -200,6 +205,8 @@ pub struct NodeConfig {
     pub commit_interval: Option<std::time::Duration>,
     /// STUN and TURN (its `Debug` hides the credentials).
     pub ice: NodeIce,
+    /// S3 credentials for attachments (its `Debug` hides the secret).
+    pub s3: Option<skygit_remotes::media::s3::S3Credentials>,
 }
 
 impl FileConfig {
@@ -291,6 +298,7 @@ pub fn resolve_remote(
 /// Merges file and overrides over the defaults and checks the result.
 pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<NodeConfig> {
     let file_remote = file_remote(&file);
+    let s3 = resolve_s3(&file)?;
     let ice = resolve_ice(&file, over.ice)?;
     let user_given = over.user.is_some() || file.user.is_some();
     let ssh_key = over.ssh_key.or(file.ssh_key);
@@ -340,7 +348,29 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<NodeConfig> 
         remote,
         commit_interval,
         ice,
+        s3,
     })
+}
+
+/// S3 credentials: the environment's (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) over the file's.
+fn resolve_s3(
+    file: &FileConfig,
+) -> anyhow::Result<Option<skygit_remotes::media::s3::S3Credentials>> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let id = env("AWS_ACCESS_KEY_ID").or_else(|| file.s3_access_key_id.clone());
+    let secret = env("AWS_SECRET_ACCESS_KEY").or_else(|| file.s3_secret_access_key.clone());
+    match (id, secret) {
+        (Some(access_key_id), Some(secret_access_key)) => {
+            Ok(Some(skygit_remotes::media::s3::S3Credentials {
+                access_key_id,
+                secret_access_key,
+                session_token: env("AWS_SESSION_TOKEN"),
+            }))
+        }
+        (None, None) => Ok(None),
+        _ => bail!("S3 credentials need both an access key id and a secret access key"),
+    }
 }
 
 #[cfg(test)]

@@ -279,6 +279,11 @@ pub async fn open_room(
                     ..Default::default()
                 }),
             },
+            media_stores: Some(media_stores(
+                spec.clone(),
+                cfg.remote.clone(),
+                cfg.s3.clone(),
+            )),
         },
     )
     .await
@@ -288,6 +293,69 @@ pub async fn open_room(
     // The label every actor of the room uses too.
     crate::metrics::spawn_room_sampler(served.handle.clone(), served.spec.clone());
     Ok(served)
+}
+
+/// Opens the room's attachment stores outside git as its `config.json`
+/// says: Git LFS (the `media.lfs_url`, else GitHub's endpoint for a GitHub
+/// room, git-lfs's standalone layout for a local path, or the endpoint
+/// derived from an http(s) remote), S3 (`media.s3` with this node's
+/// credentials). The GitHub token goes only to GitHub's own endpoint.
+fn media_stores(
+    spec: String,
+    remote: skygit_remotes::RemoteOptions,
+    s3: Option<skygit_remotes::media::s3::S3Credentials>,
+) -> skygit_actors::committer::media::StoreFactory {
+    use skygit_actors::layout::MediaStorage;
+    use skygit_remotes::media::{lfs, s3::S3Store};
+    Arc::new(move |config, kind| match kind {
+        MediaStorage::GitLfs => {
+            if let Some(url) = &config.lfs_url {
+                let store = lfs::LfsHttp::new(url, None).map_err(|e| e.to_string())?;
+                return Ok(Some(Arc::new(store)));
+            }
+            if let Some(parsed) = skygit_remotes::parse_github_spec(&spec) {
+                let (owner, name) = parsed.map_err(|e| e.to_string())?;
+                let web = match remote.github_api.as_deref() {
+                    None => "https://github.com".to_owned(),
+                    Some(api) => api
+                        .trim_end_matches('/')
+                        .trim_end_matches("/api/v3")
+                        .to_owned(),
+                };
+                let auth = remote
+                    .token
+                    .clone()
+                    .map(|t| ("x-access-token".to_owned(), t));
+                let store = lfs::LfsHttp::new(&format!("{web}/{owner}/{name}.git/info/lfs"), auth)
+                    .map_err(|e| e.to_string())?;
+                return Ok(Some(Arc::new(store)));
+            }
+            if let Some(local) = lfs::LfsLocal::for_path(std::path::Path::new(&spec)) {
+                return Ok(Some(Arc::new(local)));
+            }
+            match lfs::LfsHttp::derive_endpoint(&spec) {
+                Some(url) => Ok(Some(Arc::new(
+                    lfs::LfsHttp::new(&url, None).map_err(|e| e.to_string())?,
+                ))),
+                None => Err(format!(
+                    "no Git LFS endpoint for {spec}: set media.lfs_url in config.json"
+                )),
+            }
+        }
+        MediaStorage::External => {
+            let location = config
+                .s3
+                .as_ref()
+                .ok_or("config.json's media.s3 is missing")?;
+            let creds = s3.as_ref().ok_or(
+                "no S3 credentials on this node: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                 (or s3_access_key_id and s3_secret_access_key in its config file)",
+            )?;
+            let store = S3Store::new(location, creds).map_err(|e| e.to_string())?;
+            Ok(Some(Arc::new(store)))
+        }
+        MediaStorage::Git | MediaStorage::Disabled => Ok(None),
+    })
 }
 
 /// A plain git room verifies identities when its members file lists

@@ -1,7 +1,11 @@
 //! Attachments between real `skygit node` processes over WebRTC: a 20 MiB
 //! file uploaded to one node is served byte-identical by the other two
 //! (fetched over the mesh on demand) while chat keeps committing; ranges;
-//! hostile uploads and downloads refused with a clear error.
+//! hostile uploads and downloads refused with a clear error. Then where
+//! the room stores them, checked with the real `git lfs` client: git-lfs's
+//! standalone layout in a local bare repository and plain git blobs; a Git
+//! LFS server (giftless) and an S3-compatible server (moto) on loopback,
+//! through an outage of the S3 server.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -58,7 +62,16 @@ async fn a_20_mib_file_reaches_every_node_while_chat_keeps_committing() {
         bin(),
         &repo,
         &dir.path().join("init"),
-        &["--commit-interval", "1", "--media-max-bytes", "31457280"],
+        &[
+            "--commit-interval",
+            "1",
+            "--media-max-bytes",
+            "31457280",
+            "--media-small-storage",
+            "git",
+            "--media-small-max-bytes",
+            "1048576",
+        ],
     )
     .expect("init");
     let mut nodes = Vec::new();
@@ -180,7 +193,227 @@ async fn a_20_mib_file_reaches_every_node_while_chat_keeps_committing() {
         .await
         .expect_err("refused");
     assert!(bad_name.to_string().contains("400"), "{bad_name}");
+
+    // Stored: the big file in git-lfs's standalone layout of the bare
+    // repository, a small one as a blob.
+    let small = skygit_tests::noise(3000, 12);
+    let s = nodes[1]
+        .upload(small.clone(), "notes.txt", "text/plain")
+        .await
+        .expect("uploaded");
+    let posted_small = nodes[1]
+        .post_files("notes", vec![s.clone()])
+        .await
+        .expect("posted");
+    for id in [&posted.message_id, &posted_small.message_id] {
+        wait_stored(&nodes[0], id).await;
+    }
+    let clone = dir.path().join("clone");
+    git_lfs_clone(&repo.to_string_lossy(), &clone, None);
+    let lfs_file = clone.join(".messages/lfs").join(&a.sha256);
+    assert_eq!(
+        sha(&std::fs::read(&lfs_file).expect("git lfs pull wrote the file")),
+        a.sha256
+    );
+    let blob = clone.join(".messages/attachments").join(&s.sha256);
+    assert_eq!(
+        std::fs::read(&blob).expect("the blob is in the tree"),
+        small
+    );
     for n in &mut nodes {
         n.stop(Duration::from_secs(20)).await.expect("stops");
     }
+}
+
+/// Waits until `node` shows message `id` synchronized with every file
+/// stored.
+async fn wait_stored(node: &NodeProc, id: &str) {
+    skygit_harness::wait_for(SETTLE, &format!("message {id} stored"), || async {
+        let m: skygit_api::Message = node.get(&format!("/messages/{id}")).await.ok()?;
+        (m.sync_state == skygit_api::SyncState::Synchronized
+            && m.attachments.iter().all(|a| a.stored))
+        .then_some(())
+    })
+    .await
+    .expect("stored");
+}
+
+/// `git clone` without LFS, `git lfs install` in the clone, then `git lfs
+/// pull` (with `lfs_url` as the LFS endpoint): what a teammate without
+/// skygit does.
+fn git_lfs_clone(url: &str, into: &Path, lfs_url: Option<&str>) {
+    let run = |args: &[&str], cwd: &Path| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .env("GIT_LFS_SKIP_SMUDGE", "1")
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let parent = into.parent().expect("parent");
+    run(&["clone", "--quiet", url, &into.to_string_lossy()], parent);
+    run(&["lfs", "install", "--local"], into);
+    match lfs_url {
+        Some(u) => run(&["-c", &format!("lfs.url={u}"), "lfs", "pull"], into),
+        None => run(&["lfs", "pull"], into),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_go_to_a_git_lfs_server_and_to_s3_through_an_outage() {
+    let Some(env) = skygit_harness::media_servers::media_env() else {
+        skygit_harness::skip_unless_required(
+            "giftless and moto are not installed (bash scripts/setup.sh installs them)",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lfs = skygit_harness::media_servers::giftless(&env, &dir.path().join("giftless"))
+        .await
+        .expect("giftless starts");
+    let mut s3 = skygit_harness::media_servers::moto(&env, &dir.path().join("moto"))
+        .await
+        .expect("moto starts");
+    let bucket = "room-files";
+    let http = reqwest::Client::new();
+    let make_bucket = |url: String| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .put(format!("{url}/{bucket}"))
+                .send()
+                .await
+                .expect("moto answers");
+            assert!(r.status().is_success(), "bucket: {}", r.status());
+        }
+    };
+    make_bucket(s3.url.clone()).await;
+    let lfs_url = format!("{}/skygit/room.git/info/lfs", lfs.url);
+    let repo = dir.path().join("room.git");
+    init_repo(
+        bin(),
+        &repo,
+        &dir.path().join("init"),
+        &[
+            "--commit-interval",
+            "1",
+            "--voters",
+            "1",
+            "--media-storage",
+            "external",
+            "--media-small-storage",
+            "git-lfs",
+            "--media-small-max-bytes",
+            "1048576",
+            "--lfs-url",
+            &lfs_url,
+            "--s3-endpoint",
+            &s3.url,
+            "--s3-bucket",
+            bucket,
+            "--s3-prefix",
+            "files/",
+        ],
+    )
+    .expect("init");
+    let mut spec = NodeSpec::for_test(bin(), dir.path(), &repo, "ana", &[]);
+    spec.env
+        .push(("AWS_ACCESS_KEY_ID".into(), "testing".into()));
+    spec.env
+        .push(("AWS_SECRET_ACCESS_KEY".into(), "testing".into()));
+    let mut node = NodeProc::start(spec).await.expect("node starts");
+    wait_members(&[&node], 1, SETTLE)
+        .await
+        .expect("room formed");
+
+    // A small file to the LFS server.
+    let small = skygit_tests::noise(300_000, 21);
+    let a = node
+        .upload(small.clone(), "photo.jpg", "image/jpeg")
+        .await
+        .expect("uploaded");
+    let p = node
+        .post_files("photo", vec![a.clone()])
+        .await
+        .expect("posted");
+    wait_stored(&node, &p.message_id).await;
+    let clone = dir.path().join("clone");
+    git_lfs_clone(&repo.to_string_lossy(), &clone, Some(&lfs_url));
+    assert_eq!(
+        std::fs::read(clone.join(".messages/lfs").join(&a.sha256)).expect("pulled"),
+        small
+    );
+
+    // A large file while the S3 server is down: the commit waits.
+    s3.stop().await;
+    let big = skygit_tests::noise(6 * MIB + 5, 22);
+    let b = node
+        .upload(big.clone(), "trace.bin", "application/octet-stream")
+        .await
+        .expect("uploaded");
+    let q = node
+        .post_files("trace", vec![b.clone()])
+        .await
+        .expect("posted");
+    let err = skygit_harness::wait_for(SETTLE, "a flush failing on the S3 outage", || async {
+        let st = node.status().await.ok()?;
+        let f = st.committer?.last_flush?;
+        f.error.filter(|e| e.contains("attachments"))
+    })
+    .await
+    .expect("the outage is reported");
+    println!("during the outage: {err}");
+    let m: skygit_api::Message = node
+        .get(&format!("/messages/{}", q.message_id))
+        .await
+        .expect("message");
+    assert!(!m.attachments[0].stored, "stored during the outage");
+    assert_ne!(m.sync_state, skygit_api::SyncState::Synchronized);
+    s3.restart().await.expect("moto restarts");
+    make_bucket(s3.url.clone()).await;
+    wait_stored(&node, &q.message_id).await;
+    let objects = s3_objects(&s3.url, bucket).await;
+    let key = format!("files/{}", b.sha256);
+    assert_eq!(
+        objects.get(&key).map(|o| sha(o)),
+        Some(b.sha256.clone()),
+        "{:?}",
+        objects.keys()
+    );
+    lfs.stop().await;
+    node.stop(Duration::from_secs(20)).await.expect("stops");
+}
+
+/// Every object of the bucket with its bytes (signed with moto's
+/// test credentials).
+async fn s3_objects(url: &str, bucket: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use futures::TryStreamExt;
+    use object_store::{ObjectStore, ObjectStoreExt};
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(url)
+        .with_allow_http(true)
+        .with_bucket_name(bucket)
+        .with_region("us-east-1")
+        .with_access_key_id("testing")
+        .with_secret_access_key("testing")
+        .build()
+        .expect("client");
+    let list: Vec<_> = store.list(None).try_collect().await.expect("listed");
+    let mut out = std::collections::BTreeMap::new();
+    for meta in list {
+        let bytes = store
+            .get(&meta.location)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        out.insert(meta.location.to_string(), bytes.to_vec());
+    }
+    out
 }

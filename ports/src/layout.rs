@@ -72,7 +72,7 @@ pub enum LayoutError {
 }
 
 /// Where a room keeps its attachments' bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum MediaStorage {
     /// Ordinary blobs in the commit, under `.messages/attachments/`.

@@ -12,6 +12,7 @@
 pub mod ice;
 pub mod identity;
 pub mod layout;
+pub mod media;
 pub mod members;
 pub mod readback;
 

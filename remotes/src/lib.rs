@@ -16,6 +16,7 @@ pub mod git;
 pub mod git_presence;
 pub mod github;
 pub mod github_presence;
+pub mod media;
 
 pub use git_presence::GitPresence;
 pub use github_presence::GithubPresence;

@@ -23,6 +23,9 @@ pub struct Flusher {
     /// The epoch of this node's raft group, when set by hand (tests);
     /// otherwise the group the room's state belongs to now.
     epoch: Option<u64>,
+    /// Stores the files a batch names before it is committed; `None`
+    /// commits the lines alone (a room that keeps no attachments).
+    media: Option<Arc<super::media::MediaStaging>>,
 }
 
 impl Flusher {
@@ -43,7 +46,14 @@ impl Flusher {
             known: std::sync::Mutex::new(None),
             config_written: std::sync::Mutex::new(0),
             epoch: None,
+            media: None,
         }
+    }
+
+    /// Stores attachments with `media` before each commit.
+    pub fn with_media(mut self, media: Arc<super::media::MediaStaging>) -> Self {
+        self.media = Some(media);
+        self
     }
 
     /// A committer of the group of `epoch` (0: the room's first group).
@@ -235,7 +245,7 @@ impl Flusher {
                 settings: &settings,
                 new_config: new_config.as_ref(),
             };
-            let (req, first, last, n, with_settings, more) = match plan::plan_round(&round) {
+            let (mut req, first, last, n, with_settings, more) = match plan::plan_round(&round) {
                 plan::Plan::Reread => continue,
                 plan::Plan::Fail(e) => return Err(e),
                 plan::Plan::Done { record } => {
@@ -257,6 +267,15 @@ impl Flusher {
                     more,
                 } => (req, first, last, changes, settings, more),
             };
+            if let Some(media) = &self.media {
+                let staged = media.stage(&config.media, &changes).await?;
+                if !staged.files.is_empty() {
+                    req.files.extend(staged.files);
+                    req.files.sort_by(|x, y| x.0.cmp(&y.0));
+                    req.files.dedup_by(|x, y| x.0 == y.0);
+                }
+                report.attachments += staged.stored;
+            }
             let span =
                 tracing::info_span!("commit", first, last, changes = n, settings = with_settings);
             match self.timed(self.remote.commit(req)).instrument(span).await {

@@ -32,6 +32,7 @@ use crate::ports::{CommitRequest, RepoError, RepoHead, RepoRemote};
 use crate::readback;
 
 mod flusher;
+pub mod media;
 pub mod plan;
 
 pub use flusher::Flusher;
@@ -72,6 +73,9 @@ pub enum CommitterError {
     Contended(usize),
     #[error("the committer stopped")]
     Stopped,
+    /// A file a batch names could not be stored (retried next flush).
+    #[error("attachments: {0}")]
+    Media(String),
 }
 
 /// Why a flush was asked for.
@@ -99,6 +103,8 @@ pub struct FlushReport {
     pub commits: usize,
     /// Calls to the remote during this flush.
     pub remote_calls: u64,
+    /// Files stored outside git (Git LFS, S3) by this flush.
+    pub attachments: usize,
 }
 
 /// Flushes this node remembers for the dashboard.

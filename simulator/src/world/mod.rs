@@ -269,6 +269,7 @@ impl World {
                     skip_founding_commit: self.opts.canary == Some(Canary::FounderSkipsCas),
                 }),
             },
+            media_stores: None,
         };
         let handle = start_room(spec, ports)
             .await

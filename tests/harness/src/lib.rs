@@ -3,6 +3,7 @@
 //! it over that API. `skygit-tools demo`, `skygit-tools bench mesh` and the process
 //! tests share it, so they all exercise the binary a user runs.
 
+pub mod media_servers;
 pub mod nat;
 
 use skygit_api::events::{Event, EventReader};
