@@ -18,6 +18,8 @@
     fetchDown: false,
     streamDown: false,
     gen: 0, // bumped on every conversation switch or reload
+    staged: [], // files to send: {name, size, progress, att, error, li}
+    blobs: new Map(), // sha256 -> Promise of an object URL (previews)
   };
 
   // ---- connection state -------------------------------------------------
@@ -227,6 +229,145 @@
     return s;
   }
 
+  // ---- attachments ----------------------------------------------------
+  // Media types shown as a picture. Anything else is a file card with a
+  // download button; nothing from a file is ever run or parsed as markup.
+  const PREVIEW = new Set(['image/png', 'image/jpeg', 'image/gif', 'image/webp']);
+  const PREVIEW_MAX = 20 * 1024 * 1024;
+
+  function fmtSize(n) {
+    if (n < 1024) return n + ' B';
+    if (n < 1024 * 1024) return (n / 1024).toFixed(1) + ' KiB';
+    return (n / 1024 / 1024).toFixed(1) + ' MiB';
+  }
+
+  // The file's bytes as an object URL of type `type` (the node serves
+  // every file as application/octet-stream).
+  async function fileUrl(a, type) {
+    const r = await fetch(SG.url(a.url), {
+      headers: { Authorization: 'Bearer ' + SG.secret() },
+      cache: 'default',
+    });
+    if (!r.ok) throw new Error('HTTP ' + r.status);
+    const b = await r.blob();
+    return URL.createObjectURL(new Blob([b], { type }));
+  }
+
+  function preview(a) {
+    if (!S.blobs.has(a.sha256)) {
+      const p = fileUrl(a, a.media_type);
+      p.catch(() => S.blobs.delete(a.sha256));
+      S.blobs.set(a.sha256, p);
+    }
+    return S.blobs.get(a.sha256);
+  }
+
+  async function download(a, btn) {
+    btn.disabled = true;
+    btn.textContent = 'Downloading…';
+    try {
+      const u = await fileUrl(a, 'application/octet-stream');
+      const link = el('a', { href: u, download: a.name });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(u), 60000);
+      btn.textContent = 'Download';
+    } catch (e) {
+      btn.textContent = 'Download failed (' + e.message + ')';
+    } finally {
+      btn.disabled = false;
+    }
+  }
+
+  function fileCard(a) {
+    const where = a.stored ? 'stored in the room' : a.local ? 'on this node' : 'on a peer';
+    const card = el('div', { class: 'file-card', 'data-sha256': a.sha256 });
+    if (PREVIEW.has(a.media_type) && a.size <= PREVIEW_MAX) {
+      const img = el('img', { class: 'preview', alt: a.name });
+      card.append(img);
+      preview(a).then((u) => {
+        img.src = u;
+      }, () => {
+        img.replaceWith(el('div', { class: 'about', text: 'preview unavailable' }));
+      });
+    }
+    const btn = el('button', { type: 'button', class: 'download' }, 'Download');
+    btn.addEventListener('click', () => download(a, btn));
+    card.append(
+      el('div', { class: 'name', text: a.name }),
+      el('div', { class: 'about', text: fmtSize(a.size) + ' · ' + a.media_type + ' · ' + where }),
+      btn);
+    return card;
+  }
+
+  function renderStaged() {
+    const ul = $('staged');
+    ul.replaceChildren();
+    for (const f of S.staged) {
+      const li = el('li', { class: f.error ? 'error' : null });
+      li.append(el('span', { class: 'name', text: f.name }));
+      if (f.error) li.append(el('span', { text: f.error }));
+      else if (!f.att) li.append(el('progress', { max: String(f.size || 1), value: String(f.progress) }));
+      else li.append(el('span', { class: 'muted', text: fmtSize(f.size) }));
+      const rm = el('button', { type: 'button', 'aria-label': 'Remove ' + f.name }, '×');
+      rm.addEventListener('click', () => {
+        if (f.xhr) f.xhr.abort();
+        S.staged = S.staged.filter((x) => x !== f);
+        renderStaged();
+      });
+      li.append(rm);
+      ul.append(li);
+    }
+    ul.hidden = S.staged.length === 0;
+  }
+
+  // A media type the node accepts (type/subtype of token characters).
+  function mediaType(t) {
+    return /^[A-Za-z0-9!#$&^_.+-]+\/[A-Za-z0-9!#$&^_.+-]+$/.test(t || '') ? t : 'application/octet-stream';
+  }
+
+  // Uploads files at once (XHR: fetch reports no upload progress).
+  function addFiles(list) {
+    for (const file of list) {
+      if (S.staged.length >= 10) {
+        $('composer-status').textContent = 'At most 10 files per message.';
+        break;
+      }
+      const name = (file.name || 'pasted').slice(0, 255);
+      const f = { name, size: file.size, progress: 0, att: null, error: null, xhr: null };
+      S.staged.push(f);
+      const x = new XMLHttpRequest();
+      f.xhr = x;
+      x.open('POST', SG.url('/attachments?name=' + encodeURIComponent(name)));
+      x.setRequestHeader('Authorization', 'Bearer ' + SG.secret());
+      x.setRequestHeader('Content-Type', mediaType(file.type));
+      x.upload.onprogress = (e) => {
+        f.progress = e.loaded;
+        renderStaged();
+      };
+      x.onload = () => {
+        f.xhr = null;
+        let d = null;
+        try {
+          d = JSON.parse(x.responseText);
+        } catch (e) {
+          d = null;
+        }
+        if (x.status === 201 && d && d.sha256) f.att = d;
+        else f.error = (x.status === 413 ? 'too large: ' : 'not uploaded: ') + ((d && d.error) || 'HTTP ' + x.status);
+        renderStaged();
+      };
+      x.onerror = () => {
+        f.xhr = null;
+        f.error = 'not uploaded: the node cannot be reached';
+        renderStaged();
+      };
+      x.send(file);
+    }
+    renderStaged();
+  }
+
   function fill(li, m) {
     li.replaceChildren();
     li.dataset.index = m.index == null ? '' : String(m.index);
@@ -247,6 +388,8 @@
       content.classList.add('muted');
     } else linkify(content, String(m.content ?? ''));
     li.append(content);
+    if (!m.deleted && Array.isArray(m.attachments) && m.attachments.length)
+      li.append(el('div', { class: 'files' }, ...m.attachments.map(fileCard)));
     if (S.user != null && m.sender === S.user && !m.deleted && m.index != null) {
       li.append(el('div', { class: 'actions' },
         el('button', { type: 'button', class: 'edit', 'aria-label': 'Edit this message', onclick: () => startEdit(m.id) }, 'Edit'),
@@ -330,6 +473,12 @@
       Object.assign(m, { sync_state: 'synchronized', git_hash: d.git_hash, commit_url: d.commit_url });
       const old = x.li.querySelector('.sync');
       if (old) old.replaceWith(syncEl(m));
+      // The committer stores a batch's files before it commits the batch.
+      if (Array.isArray(m.attachments) && m.attachments.length) {
+        for (const a of m.attachments) a.stored = true;
+        const files = x.li.querySelector('.files');
+        if (files) files.replaceWith(el('div', { class: 'files' }, ...m.attachments.map(fileCard)));
+      }
     }
   }
 
@@ -382,7 +531,13 @@
     if (ev) ev.preventDefault();
     const box = $('composer');
     const status = $('composer-status');
-    const content = box.value;
+    if (S.staged.some((f) => !f.att && !f.error)) {
+      status.textContent = 'Wait for the files to finish uploading.';
+      return;
+    }
+    const files = S.staged.filter((f) => f.att);
+    const attachments = files.map((f) => f.att);
+    const content = box.value.trim() ? box.value : files.map((f) => f.name).join(', ');
     if (!content.trim()) return;
     const conv = S.conv;
     status.textContent = '';
@@ -392,7 +547,9 @@
     const slow = setTimeout(() => {
       status.textContent = 'Sending…';
     }, 500);
-    const r = await call('POST', '/messages', { content, conversation: conv });
+    const body = { content, conversation: conv };
+    if (attachments.length) body.attachments = attachments;
+    const r = await call('POST', '/messages', body);
     clearTimeout(slow);
     if (status.textContent === 'Sending…') status.textContent = '';
     if (!r) {
@@ -401,6 +558,10 @@
       return;
     }
     const d = r.data || {};
+    if (r.ok || (r.status === 503 && d.status === 'queued')) {
+      S.staged = S.staged.filter((f) => !files.includes(f));
+      renderStaged();
+    }
     if (r.ok) {
       if (box.value === content) box.value = '';
       if (d.message && conv === S.conv) {
@@ -633,6 +794,29 @@
         e.preventDefault();
         send();
       }
+    });
+    $('attach').addEventListener('click', () => $('attach-input').click());
+    $('attach-input').addEventListener('change', (e) => {
+      addFiles(Array.from(e.target.files || []));
+      e.target.value = '';
+    });
+    $('composer').addEventListener('paste', (e) => {
+      const files = Array.from((e.clipboardData && e.clipboardData.files) || []);
+      if (files.length) {
+        e.preventDefault();
+        addFiles(files);
+      }
+    });
+    const form = $('composer-form');
+    form.addEventListener('dragover', (e) => {
+      e.preventDefault();
+      form.classList.add('dropping');
+    });
+    form.addEventListener('dragleave', () => form.classList.remove('dropping'));
+    form.addEventListener('drop', (e) => {
+      e.preventDefault();
+      form.classList.remove('dropping');
+      addFiles(Array.from((e.dataTransfer && e.dataTransfer.files) || []));
     });
     $('load-older').addEventListener('click', loadOlder);
     $('new-conv').addEventListener('submit', createConv);

@@ -1566,3 +1566,107 @@ async fn load_older_shows_the_earlier_messages_in_order() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_pasted_on_one_node_shows_as_a_preview_on_the_other() {
+    with_room_and_browsers("attach", 2, |room, b| {
+        Box::pin(async move {
+            let (ua, ub) = (&b[0], &b[1]);
+            open_chat(ua, &room.ui(0)).await?;
+            open_chat(ub, &room.ui(1)).await?;
+            // A 40×30 PNG drawn in A's page, pasted into its composer
+            // under a name that is markup.
+            let name = "<img src=x onerror=alert(1)>.png";
+            let pasted = ua
+                .execute_async(
+                    "const [name, done] = arguments;
+                     const c = document.createElement('canvas');
+                     c.width = 40; c.height = 30;
+                     const g = c.getContext('2d');
+                     g.fillStyle = '#c33'; g.fillRect(0, 0, 40, 30);
+                     c.toBlob((b) => {
+                       const dt = new DataTransfer();
+                       dt.items.add(new File([b], name, { type: 'image/png' }));
+                       const ev = new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true });
+                       document.getElementById('composer').dispatchEvent(ev);
+                       done(ev.defaultPrevented);
+                     }, 'image/png');",
+                    vec![json!(name)],
+                )
+                .await?;
+            ensure!(pasted == json!(true), "the composer did not take the pasted file");
+            poll(
+                Duration::from_secs(20),
+                Duration::from_millis(50),
+                "the pasted file to upload",
+                || async move {
+                    let done: bool = js(
+                        ua,
+                        "const li = document.querySelectorAll('#staged li');
+                         return li.length === 1 && !li[0].querySelector('progress')
+                           && !li[0].classList.contains('error');",
+                        vec![],
+                    )
+                    .await?;
+                    Ok(done.then_some(()))
+                },
+            )
+            .await?;
+            let text = unique("a picture");
+            let composer = &ua.find(Locator::Css("#composer")).await?;
+            composer.send_keys(&text).await?;
+            composer.send_keys("\u{e007}").await?;
+            // B fetches the bytes from A over the mesh and shows them.
+            let shown: Value = poll(
+                Duration::from_secs(30),
+                Duration::from_millis(100),
+                "B to show the picture",
+                || {
+                    let text = text.clone();
+                    async move {
+                        let v: Value = js(
+                            ub,
+                            "for (const li of document.querySelectorAll('#messages .message')) {
+                               const c = li.querySelector('.content');
+                               if (!c || c.textContent !== arguments[0]) continue;
+                               const img = li.querySelector('.file-card img.preview');
+                               if (!img || !img.complete || img.naturalWidth === 0) return null;
+                               return { w: img.naturalWidth, h: img.naturalHeight,
+                                        src: img.getAttribute('src'),
+                                        name: li.querySelector('.file-card .name').textContent,
+                                        alt: img.getAttribute('alt') };
+                             }
+                             return null;",
+                            vec![json!(text)],
+                        )
+                        .await?;
+                        Ok((!v.is_null()).then_some(v))
+                    }
+                },
+            )
+            .await?;
+            ensure!(
+                shown["w"] == json!(40) && shown["h"] == json!(30),
+                "B shows another picture: {shown}"
+            );
+            ensure!(
+                shown["src"].as_str().is_some_and(|s| s.starts_with("blob:")),
+                "the picture is not the node's bytes: {shown}"
+            );
+            ensure!(shown["name"] == json!(name), "the name is not shown as text: {shown}");
+            for (who, c) in [("A", ua), ("B", ub)] {
+                let injected: u64 = js(
+                    c,
+                    "return document.querySelectorAll('img[src=\"x\"], img[onerror]').length;",
+                    vec![],
+                )
+                .await?;
+                ensure!(injected == 0, "{who}'s page built markup from the file name");
+                ensure!(alert(c).await?.is_none(), "{who}'s page ran the file name");
+            }
+            screenshot(ub, "attach-b").await?;
+            Ok(())
+        })
+    })
+    .await;
+}

@@ -8,6 +8,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_attach;
 mod bench_commit;
 mod bench_mesh;
 mod bench_nat;
@@ -65,6 +66,10 @@ enum BenchCommand {
     /// Five node processes lose two of three voters: time from the loss to
     /// the survivors' first committed post, over several runs.
     Reform(bench_reform::ReformBenchArgs),
+    /// A file posted on one of three node processes: time to every node
+    /// over the mesh, to the room's storage (Git LFS, S3), and chat latency
+    /// during the transfer.
+    Attach(bench_attach::AttachBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +85,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Nat(a)) => bench_nat::nat(a).await,
             Command::Bench(BenchCommand::Verify(a)) => bench_verify::verify(a).await,
             Command::Bench(BenchCommand::Reform(a)) => bench_reform::reform(a).await,
+            Command::Bench(BenchCommand::Attach(a)) => bench_attach::attach(a).await,
         }
     })
 }
