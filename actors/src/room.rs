@@ -134,6 +134,9 @@ pub struct RoomHandle {
     pub media: Addr<MediaActor>,
     /// Attachments' bytes between this node and its peers.
     pub attachments: Option<crate::media::Transfers>,
+    /// The room's attachment storage outside git, as the committer reaches
+    /// it (also read when no peer has a file).
+    pub media_staging: Option<Arc<crate::committer::media::MediaStaging>>,
     pub mesh: Addr<MeshActor>,
     pub membership: Addr<MembershipActor>,
     pub replica: Arc<Replica<StateMachine>>,
@@ -278,7 +281,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
             spec.user.clone(),
             spec.committer.call_timeout,
         );
-        Arc::new(match staging {
+        Arc::new(match staging.clone() {
             Some(m) => f.with_media(m),
             None => f,
         })
@@ -361,6 +364,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         committer,
         media,
         attachments: transfers,
+        media_staging: staging,
         mesh,
         membership,
         replica,

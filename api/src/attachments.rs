@@ -41,7 +41,8 @@ pub struct AttachmentView {
     pub name: String,
     pub media_type: String,
     /// Where to read it: `GET` this path on the node (it fetches the bytes
-    /// from a peer or the room's storage when it has not got them).
+    /// from a peer or the room's storage when it has not got them):
+    /// `/attachments/{sha256}?size={size}`.
     pub url: String,
     /// This node has the bytes.
     pub local: bool,
@@ -77,4 +78,8 @@ pub struct DownloadQuery {
     /// The room (its key or repository spec); default the primary room.
     #[param(max_length = 1024)]
     pub repo: Option<String>,
+    /// The file's size, as the message names it: a node that has to fetch
+    /// the file asks for exactly this many bytes.
+    #[param(minimum = 1, maximum = 4294967296_u64)]
+    pub size: Option<u64>,
 }

@@ -166,7 +166,10 @@ async fn a_20_mib_file_reaches_every_node_while_chat_keeps_committing() {
         .expect("the post reached bob");
     assert_eq!(m.attachments[0].sha256, a.sha256);
     assert!(m.attachments[0].local);
-    assert_eq!(m.attachments[0].url, format!("/attachments/{}", a.sha256));
+    assert_eq!(
+        m.attachments[0].url,
+        format!("/attachments/{}?size={}", a.sha256, a.size)
+    );
 
     // Hostile input: too large, unknown, malformed, never uploaded.
     // Refused on its declared length, before a byte of the body is sent.
@@ -385,8 +388,38 @@ async fn files_go_to_a_git_lfs_server_and_to_s3_through_an_outage() {
         "{:?}",
         objects.keys()
     );
+
+    // A node that lost its copies and has no peer reads them back from the
+    // room's storage.
+    for f in [&a, &b] {
+        let removed = remove_blob(&node.spec.data_dir.join("attachments"), &f.sha256);
+        assert!(removed, "the node kept no copy of {}", f.name);
+        let (status, got) = node
+            .download(&format!("{}?size={}", f.sha256, f.size), None)
+            .await
+            .expect("answered");
+        assert_eq!(status, 200, "{}", f.name);
+        assert_eq!(sha(&got), f.sha256, "{}", f.name);
+    }
     lfs.stop().await;
     node.stop(Duration::from_secs(20)).await.expect("stops");
+}
+
+/// Removes the file named `name` under `dir` (recursively).
+fn remove_blob(dir: &Path, name: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut removed = false;
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            removed |= remove_blob(&p, name);
+        } else if p.file_name().is_some_and(|n| n == name) {
+            removed |= std::fs::remove_file(&p).is_ok();
+        }
+    }
+    removed
 }
 
 /// Every object of the bucket with its bytes (signed with moto's

@@ -213,24 +213,73 @@ impl MediaStaging {
     }
 
     async fn read_back(&self, store: &dyn MediaStore, a: &Attachment) -> Result<(), String> {
-        let tmp = tempfile_in(self.transfers.store().path(&a.sha256))?;
-        let got = store.get(&a.sha256, a.size, &tmp).await;
-        let result = match got {
+        self.read_back_hash(store, &a.sha256, a.size, Some(a.size))
+            .await
+    }
+
+    /// Reads a file back from the store into this node's store, checked
+    /// against its hash (and size, when known).
+    async fn read_back_hash(
+        &self,
+        store: &dyn MediaStore,
+        hash: &skygit_consensus::model::ContentHash,
+        max_bytes: u64,
+        size: Option<u64>,
+    ) -> Result<(), String> {
+        let tmp = tempfile_in(self.transfers.store().path(hash))?;
+        let result = match store.get(hash, max_bytes, &tmp).await {
             Ok(()) => self
                 .transfers
                 .store()
-                .put_file(&tmp, a.size)
+                .put_file_checked(&tmp, hash, size, max_bytes)
                 .await
-                .map_err(|e| e.to_string())
-                .and_then(|(h, _)| {
-                    (h == a.sha256)
-                        .then_some(())
-                        .ok_or_else(|| format!("the store's bytes hash to {h}"))
-                }),
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         let _ = tokio::fs::remove_file(&tmp).await;
         result
+    }
+
+    /// Brings a file no peer has from the room's storage outside git (Git
+    /// LFS, S3) into this node's store.
+    pub async fn fetch_from_storage(
+        &self,
+        config: &MediaConfig,
+        hash: &skygit_consensus::model::ContentHash,
+        size: Option<u64>,
+    ) -> Result<(), String> {
+        let kinds: Vec<MediaStorage> = match size {
+            Some(s) => vec![config.storage_for(s)],
+            None => {
+                let mut k = vec![config.storage];
+                k.extend(config.small_storage.filter(|s| *s != config.storage));
+                k
+            }
+        };
+        let mut last = String::from("the room keeps its files in git only");
+        for kind in kinds {
+            if matches!(kind, MediaStorage::Git | MediaStorage::Disabled) {
+                continue;
+            }
+            let store = match self.store(config, kind) {
+                Ok(s) => s,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            match self
+                .read_back_hash(store.as_ref(), hash, size.unwrap_or(config.max_bytes), size)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(%hash, store = %store.describe(), "attachment read back from the room's storage");
+                    return Ok(());
+                }
+                Err(e) => last = format!("{}: {e}", store.describe()),
+            }
+        }
+        Err(last)
     }
 }
 

@@ -106,6 +106,40 @@ impl BlobStore {
     }
 }
 
+impl BlobStore {
+    /// Stores a file on disk only if its bytes hash to `hash` (and are
+    /// `size` long, when given): bytes from outside never land under
+    /// another name.
+    pub async fn put_file_checked(
+        &self,
+        src: &Path,
+        hash: &ContentHash,
+        size: Option<u64>,
+        max: u64,
+    ) -> Result<(), StoreError> {
+        let len = tokio::fs::metadata(src).await?.len();
+        if let Some(s) = size {
+            if s != len {
+                return Err(StoreError::SizeMismatch {
+                    expected: s,
+                    found: len,
+                });
+            }
+        }
+        let mut f = tokio::fs::File::open(src).await?;
+        let mut w = self.writer(max).await?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            w.write(&buf[..n]).await?;
+        }
+        w.finish(Some((hash, len))).await.map(drop)
+    }
+}
+
 /// Bytes on their way into the store.
 pub struct BlobWriter {
     store: BlobStore,

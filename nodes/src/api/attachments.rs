@@ -141,7 +141,8 @@ pub async fn upload(
               (status = 404, description = "neither this node nor a peer has it", body = ErrorBody),
               (status = 416, description = "a range outside the file"),
               (status = 503, body = ErrorBody)))]
-/// A file's bytes (fetched from a peer when this node has not got them).
+/// A file's bytes (fetched from a peer, or else from the room's storage,
+/// when this node has not got them).
 pub async fn download(
     State(s): State<Shared>,
     Path(hash): Path<String>,
@@ -152,13 +153,25 @@ pub async fn download(
     let room: Arc<Served> = s.room(q.repo.as_deref()).await?;
     let transfers = transfers(&room)?;
     let hash = ContentHash::new(hash).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    match tokio::time::timeout(FETCH_WAIT, transfers.fetch(&hash, None)).await {
+    if q.size
+        .is_some_and(|s| s == 0 || s > skygit_consensus::attachment::MAX_ATTACHMENT_SIZE)
+    {
+        return Err(ApiError::bad_request("size is outside 1 to 4 GiB"));
+    }
+    match tokio::time::timeout(FETCH_WAIT, transfers.fetch(&hash, q.size)).await {
         Ok(Ok(())) => {}
         Ok(Err(e @ FetchError::NotFound { .. })) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no attachment {hash} here: {e}"),
-            ))
+            // No peer has it: the room's storage may.
+            let from_storage = match &room.handle.media_staging {
+                Some(m) => m.fetch_from_storage(&room.media, &hash, q.size).await,
+                None => Err("this node reaches no attachment storage".into()),
+            };
+            if let Err(why) = from_storage {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no attachment {hash} here: {e}; from the room's storage: {why}"),
+                ));
+            }
         }
         Ok(Err(e)) => {
             return Err(ApiError::new(

@@ -128,7 +128,7 @@ pub fn message_of(
                     size: a.size,
                     name: a.name.clone(),
                     media_type: a.media_type.clone(),
-                    url: format!("/attachments/{}", a.sha256),
+                    url: format!("/attachments/{}?size={}", a.sha256, a.size),
                     local: local(a),
                     stored: git_hash.is_some(),
                 })
