@@ -182,6 +182,28 @@ async fn two_processes_meet_and_commit_through_the_github_api() {
         .expect("posted");
     converged(&refs, &sent, SETTLE).await.expect("converged");
 
+    // A file goes to the repository's Git LFS (the test server's, as
+    // GitHub's: Basic with the node's token on the batch call only).
+    let bytes = skygit_tests::noise(200_000, 31);
+    let a = nodes[0]
+        .upload(bytes.clone(), "design.png", "image/png")
+        .await
+        .expect("uploaded");
+    let posted = nodes[0]
+        .post_files("the design", vec![a.clone()])
+        .await
+        .expect("posted");
+    let id = posted.message_id.clone();
+    let node = &nodes[0];
+    wait_for(SETTLE, "the file in GitHub's LFS", || async {
+        let m: skygit_api::Message = node.get(&format!("/messages/{id}")).await.ok()?;
+        m.attachments.iter().all(|f| f.stored).then_some(())
+    })
+    .await
+    .expect("stored");
+    assert_eq!(server.lfs_object(&a.sha256), Some(bytes));
+    sent.insert("the design".to_owned());
+
     let url = format!("file://{}", bare.display());
     let scratch = dir.path().join("clone");
     wait_for(SETTLE, "the leader to commit through the API", || async {

@@ -37,6 +37,47 @@ pub fn lfs_path(h: &ContentHash) -> String {
     format!("{LFS_DIR}/{h}")
 }
 
+/// What a path under the attachment folders is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaPath {
+    /// A file stored as a blob (`git` storage).
+    Blob(ContentHash),
+    /// A Git LFS pointer file.
+    Pointer(ContentHash),
+    /// `.messages/lfs/.gitattributes`.
+    Attributes,
+}
+
+/// Reads a path of the tree (untrusted): `None` when it is outside the
+/// attachment folders, an error for a name there that skygit never writes.
+pub fn classify(path: &str) -> Option<Result<MediaPath, BadPointer>> {
+    if path == LFS_ATTRIBUTES_PATH {
+        return Some(Ok(MediaPath::Attributes));
+    }
+    let (name, pointer) =
+        if let Some(n) = path.strip_prefix(LFS_DIR).and_then(|r| r.strip_prefix('/')) {
+            (n, true)
+        } else if let Some(n) = path
+            .strip_prefix(ATTACHMENTS_DIR)
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            (n, false)
+        } else {
+            return None;
+        };
+    Some(
+        ContentHash::new(name)
+            .map(|h| {
+                if pointer {
+                    MediaPath::Pointer(h)
+                } else {
+                    MediaPath::Blob(h)
+                }
+            })
+            .map_err(|e| BadPointer(format!("{path}: the name is not a SHA-256: {e}"))),
+    )
+}
+
 /// A Git LFS pointer file (spec v1: version first, then the keys in
 /// order, each line ending in a newline).
 pub fn lfs_pointer(h: &ContentHash, size: u64) -> Vec<u8> {
@@ -156,6 +197,24 @@ mod tests {
         }
         assert!(parse_lfs_pointer(&[0xff, 0xfe]).is_err());
         assert_eq!(git_path(&h), format!(".messages/attachments/{h}"));
+        assert_eq!(
+            classify(&git_path(&h)),
+            Some(Ok(MediaPath::Blob(h.clone())))
+        );
+        assert_eq!(
+            classify(&lfs_path(&h)),
+            Some(Ok(MediaPath::Pointer(h.clone())))
+        );
+        assert_eq!(
+            classify(LFS_ATTRIBUTES_PATH),
+            Some(Ok(MediaPath::Attributes))
+        );
+        assert!(matches!(classify(".messages/lfs/evil.sh"), Some(Err(_))));
+        assert!(matches!(
+            classify(".messages/attachments/../x"),
+            Some(Err(_))
+        ));
+        assert_eq!(classify(".messages/general/2025/11/22/1-2.jsonl"), None);
         assert_eq!(lfs_path(&h), format!(".messages/lfs/{h}"));
     }
 }

@@ -120,6 +120,8 @@ pub async fn load(
     let mut config = None;
     let mut by_index: BTreeMap<u64, Change> = BTreeMap::new();
     let mut lines: BTreeMap<u64, (String, usize)> = BTreeMap::new();
+    let mut pointers: BTreeMap<skygit_consensus::model::ContentHash, (u64, String)> =
+        BTreeMap::new();
     for e in entries {
         if problems.len() >= MAX_REPORTED {
             break;
@@ -160,6 +162,31 @@ pub async fn load(
             }
             continue;
         }
+        match crate::media::classify(&e.path) {
+            None => {}
+            Some(Err(err)) => {
+                problems.push(bad_file(&err.to_string()));
+                continue;
+            }
+            Some(Ok(crate::media::MediaPath::Pointer(oid))) => {
+                // A pointer must name the object its path names; the
+                // sizes are checked against the lines below.
+                let bytes =
+                    read_bounded(remote, &e.id, &e.path, crate::media::MAX_POINTER_BYTES).await?;
+                match bytes.map(|b| crate::media::parse_lfs_pointer(&b)) {
+                    Ok(Ok((named, size))) if named == oid => {
+                        pointers.insert(oid, (size, e.path.clone()));
+                    }
+                    Ok(Ok((named, _))) => problems.push(bad_file(&format!(
+                        "the pointer names object {named}, not {oid}"
+                    ))),
+                    Ok(Err(err)) => problems.push(bad_file(&err.to_string())),
+                    Err(err) => problems.push(err),
+                }
+                continue;
+            }
+            Some(Ok(_)) => continue,
+        }
         if let Err(err) = layout::parse_batch_path(&e.path) {
             problems.push(err);
             continue;
@@ -194,6 +221,24 @@ pub async fn load(
                 }
             }
             Err(err) => problems.push(err),
+        }
+    }
+    // A pointer's size is the one its post names.
+    for c in by_index.values() {
+        if let skygit_consensus::model::ChangeKind::Post { attachments, .. } = &c.kind {
+            for a in attachments {
+                if let Some((size, path)) = pointers.get(&a.sha256) {
+                    if *size != a.size {
+                        problems.push(LayoutError::BadFile {
+                            path: path.clone(),
+                            reason: format!(
+                                "the pointer says {size} bytes; message {} names {} bytes",
+                                c.request, a.size
+                            ),
+                        });
+                    }
+                }
+            }
         }
     }
     if !problems.is_empty() {

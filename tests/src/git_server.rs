@@ -107,7 +107,10 @@ pub fn clone_and_read(url: &str, into: &Path) -> Cloned {
     let listed = git(&["-C", &dir, "ls-files", layout::MESSAGES_DIR]);
     let mut files = Vec::new();
     let mut changes = Vec::new();
-    for path in listed.lines().filter(|p| *p != layout::CONFIG_PATH) {
+    for path in listed
+        .lines()
+        .filter(|p| *p != layout::CONFIG_PATH && skygit_actors::ports::media::classify(p).is_none())
+    {
         let bytes = std::fs::read(into.join(path)).expect("file readable");
         changes.extend(layout::parse_batch(path, &bytes).expect("batch file parses"));
         files.push((path.to_owned(), bytes));

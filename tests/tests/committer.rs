@@ -520,10 +520,69 @@ async fn hostile_repository_files_fail_read_back_with_a_clear_error() {
             id = Ulid::from_parts(1, index as u128)
         )
     };
+    // A post naming a file of 10 bytes, and pointer files for it.
+    let oid = "ab".repeat(32);
+    let with_file = line(3).replace(
+        ",\"content\":\"hi\"}",
+        &format!(
+            ",\"content\":\"hi\",\"attachments\":[{{\"sha256\":\"{oid}\",\"size\":10,\"name\":\"a.png\",\"media_type\":\"image/png\"}}]}}"
+        ),
+    );
+    let pointer_path = format!(".messages/lfs/{oid}");
+    let pointer = |oid: &str, size: &str| {
+        format!("version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n")
+            .into_bytes()
+    };
+    let other = "cd".repeat(32);
     // The well-formed file loads, so the failures below are the hostile ones.
     type Case<'a> = (&'a str, Vec<(&'a str, Vec<u8>, bool)>, &'a str);
     let cases: Vec<Case> = vec![
         ("fine", vec![(good, line(3).into_bytes(), false)], ""),
+        (
+            "fine-with-a-file",
+            vec![
+                (good, with_file.clone().into_bytes(), false),
+                (&pointer_path, pointer(&oid, "10"), false),
+                (
+                    ".messages/lfs/.gitattributes",
+                    b"[0-9a-f]* filter=lfs diff=lfs merge=lfs -text\n".to_vec(),
+                    false,
+                ),
+            ],
+            "",
+        ),
+        (
+            "pointer-names-another-object",
+            vec![
+                (good, with_file.clone().into_bytes(), false),
+                (&pointer_path, pointer(&other, "10"), false),
+            ],
+            "names object",
+        ),
+        (
+            "pointer-with-a-bad-size",
+            vec![
+                (good, with_file.clone().into_bytes(), false),
+                (&pointer_path, pointer(&oid, "-1"), false),
+            ],
+            "not a Git LFS pointer",
+        ),
+        (
+            "pointer-size-disagrees",
+            vec![
+                (good, with_file.clone().into_bytes(), false),
+                (&pointer_path, pointer(&oid, "11"), false),
+            ],
+            "pointer says 11 bytes",
+        ),
+        (
+            "stray-name-among-files",
+            vec![
+                (good, line(3).into_bytes(), false),
+                (".messages/attachments/run.sh", b"echo".to_vec(), false),
+            ],
+            "not a SHA-256",
+        ),
         (
             "broken-json",
             vec![(good, b"{\"index\": 3,".to_vec(), false)],

@@ -585,6 +585,7 @@ impl Ctx<'_> {
             body: None,
             headers: Vec::new(),
             etag: false,
+            raw: None,
         })
     }
 

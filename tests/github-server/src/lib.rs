@@ -15,11 +15,15 @@
 //! (actix) and from other tokio runtimes alike. Dropping the
 //! [`GithubServer`] shuts it down.
 //!
+//! Git LFS is served as GitHub serves it (the batch API, transfers on
+//! another host name with their own credentials).
+//!
 //! [`git_daemon::GitDaemon`] is the plain-git counterpart: a real `git
 //! daemon` on loopback.
 
 mod api;
 pub mod git_daemon;
+mod lfs;
 mod oauth;
 mod server;
 mod util;
@@ -178,6 +182,11 @@ impl GithubServer {
     /// Path of the bare repository.
     pub fn repo_path(&self) -> PathBuf {
         self.shared.repo_path.clone()
+    }
+
+    /// The Git LFS object `oid`, when uploaded.
+    pub fn lfs_object(&self, oid: &str) -> Option<Vec<u8>> {
+        util::lock(&self.shared.lfs).get(oid).cloned()
     }
 
     /// Number of requests received (all, including 304 and errors).

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     /// `none`); otherwise the owner is `admin` and a user with a token
     /// `write` (`GET /repos/{o}/{r}/collaborators/{user}/permission`).
     pub permissions: Mutex<std::collections::BTreeMap<String, String>>,
+    /// Git LFS objects by oid.
+    pub lfs: Mutex<std::collections::BTreeMap<String, Vec<u8>>>,
 }
 
 impl Shared {
@@ -73,6 +75,7 @@ impl Shared {
             device: Mutex::new(Default::default()),
             ssh_keys: Mutex::new(Default::default()),
             permissions: Mutex::new(Default::default()),
+            lfs: Mutex::new(Default::default()),
         }
     }
 }
@@ -87,6 +90,8 @@ pub(crate) struct Reply {
     pub headers: Vec<(String, String)>,
     /// Whether the answer gets an ETag and honours `If-None-Match`.
     pub etag: bool,
+    /// Raw bytes instead of a JSON body (LFS downloads).
+    pub raw: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -96,7 +101,17 @@ impl Reply {
             body: Some(body),
             headers: Vec::new(),
             etag: false,
+            raw: None,
         }
+    }
+
+    /// Raw bytes of `content_type`.
+    pub fn raw(status: u16, bytes: Vec<u8>, content_type: &str) -> Reply {
+        Reply {
+            raw: Some(bytes),
+            ..Reply::json(status, Value::Null)
+        }
+        .with_header("content-type", content_type.to_owned())
     }
 
     pub fn message(status: u16, message: &str) -> Reply {
@@ -201,24 +216,28 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     response
 }
 
+/// The first queued fault this request matches, as its answer.
+pub(crate) fn take_fault(shared: &Shared, method: &str, path: &str) -> Option<Reply> {
+    let mut faults = lock(&shared.faults);
+    let hit = faults.iter().position(|f| {
+        f.method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && path.contains(&f.path_contains)
+    });
+    hit.and_then(|i| faults.remove(i)).map(|fault| Reply {
+        status: fault.status,
+        body: Some(json!({ "message": fault.message })),
+        headers: fault.headers,
+        etag: false,
+        raw: None,
+    })
+}
+
 /// Injected faults and authentication; `Some` answers the request.
 fn pre_checks(shared: &Shared, method: &str, path: &str, headers: &HeaderMap) -> Option<Reply> {
-    {
-        let mut faults = lock(&shared.faults);
-        let hit = faults.iter().position(|f| {
-            f.method
-                .as_deref()
-                .is_none_or(|m| m.eq_ignore_ascii_case(method))
-                && path.contains(&f.path_contains)
-        });
-        if let Some(fault) = hit.and_then(|i| faults.remove(i)) {
-            return Some(Reply {
-                status: fault.status,
-                body: Some(json!({ "message": fault.message })),
-                headers: fault.headers,
-                etag: false,
-            });
-        }
+    if let Some(f) = take_fault(shared, method, path) {
+        return Some(f);
     }
     if !authorized(shared, headers) {
         return Some(Reply::message(401, "Bad credentials"));
@@ -255,6 +274,10 @@ async fn serve(
     // The login host's endpoints take no token.
     if let Some(reply) = crate::oauth::answer(shared, method, path, &bytes) {
         return (reply, Value::Null);
+    }
+    // Git LFS authenticates its own way.
+    if let Some(answered) = crate::lfs::answer(shared, method, path, headers, &bytes) {
+        return answered;
     }
     let pre = pre_checks(shared, method, path, headers);
     let login = login_of(shared, headers);
@@ -333,9 +356,10 @@ fn user_keys(shared: &Shared, user: &str) -> Reply {
 fn finish(shared: &Shared, reply: Reply, request_headers: &HeaderMap) -> Response {
     let mut status =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut body = match &reply.body {
-        Some(v) => serde_json::to_vec(v).unwrap_or_default(),
-        None => Vec::new(),
+    let mut body = match (&reply.raw, &reply.body) {
+        (Some(raw), _) => raw.clone(),
+        (None, Some(v)) => serde_json::to_vec(v).unwrap_or_default(),
+        (None, None) => Vec::new(),
     };
     let mut headers = HeaderMap::new();
     if reply.etag && status == StatusCode::OK {
