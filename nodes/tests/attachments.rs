@@ -24,14 +24,6 @@ fn sha(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// Sends only the head of an upload declaring `len` bytes and reads the
 /// answer's head.
 async fn too_large_head(node: &NodeProc, len: u64) -> String {
@@ -97,55 +89,34 @@ async fn a_20_mib_file_reaches_every_node_while_chat_keeps_committing() {
     assert!(posted.message.attachments[0].local);
 
     // Chat through the third node while the other two fetch the file.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let chat = {
-        let http = nodes[2].http().clone();
-        let api = nodes[2].api.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut took = Vec::new();
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let t = Instant::now();
-                let p = skygit_harness::post_to(&http, &api, &format!("chat {i}"))
-                    .await
-                    .expect("chat post answered");
-                assert!(
-                    !p.queued,
-                    "chat {i} was queued: no leader during the transfer"
-                );
-                took.push(t.elapsed().as_secs_f64() * 1000.0);
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            took
-        })
-    };
+    let chat = skygit_harness::ChatProbe::start(&nodes[2]);
     let started = Instant::now();
     let (b, c) = tokio::join!(
         nodes[1].download(&a.sha256, None),
         nodes[2].download(&a.sha256, None)
     );
     let secs = started.elapsed().as_secs_f64();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut took = chat.await.expect("chat task");
+    let chat = chat.finish().await.expect("chat task");
+    assert_eq!(
+        (chat.queued, chat.failed),
+        (0, 0),
+        "chat stalled during the transfer"
+    );
     for (who, got) in [("bob", b), ("cy", c)] {
         let (status, got) = got.expect("download answered");
         assert_eq!(status, 200, "{who}");
         assert_eq!(got.len(), bytes.len(), "{who}");
         assert_eq!(sha(&got), a.sha256, "{who} served other bytes");
     }
-    took.sort_by(f64::total_cmp);
     println!(
-        "20 MiB to two nodes in {secs:.2} s ({:.1} MB/s each); chat during it: {} posts, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "20 MiB to two nodes in {secs:.2} s ({:.1} MB/s each); chat during it: {} posts, p50 {:.1} ms, p99 {:.1} ms",
         20.0 * 1.048_576 / secs,
-        took.len(),
-        percentile(&took, 0.5),
-        percentile(&took, 0.99),
-        took.last().copied().unwrap_or(0.0)
+        chat.took_ms.len(),
+        chat.quantile(0.5),
+        chat.quantile(0.99),
     );
     assert!(
-        !took.is_empty(),
+        !chat.took_ms.is_empty(),
         "no chat message committed during the transfer"
     );
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use skygit_harness::media_servers::{giftless, media_env, moto};
-use skygit_harness::{init_repo, post_to, wait_for, wait_members, NodeProc, NodeSpec};
+use skygit_harness::{init_repo, wait_for, wait_members, ChatProbe, NodeProc, NodeSpec};
 
 #[derive(Args)]
 pub struct AttachBenchArgs {
@@ -66,13 +66,6 @@ struct StoreRun {
     chat_posts: usize,
     chat_p50_ms: f64,
     chat_p99_ms: f64,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
 }
 
 /// `len` random bytes (xorshift; incompressible).
@@ -154,32 +147,14 @@ async fn one(
     let upload_s = t.elapsed().as_secs_f64();
     let posted = nodes[0].post_files("bench file", vec![a.clone()]).await?;
     let posted_at = Instant::now();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let chat = {
-        let (http, api) = (nodes[2].http().clone(), nodes[2].api.clone());
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut took = Vec::new();
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let t = Instant::now();
-                if post_to(&http, &api, &format!("chat {i}")).await.is_ok() {
-                    took.push(t.elapsed().as_secs_f64() * 1000.0);
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            took
-        })
-    };
+    let chat = ChatProbe::start(&nodes[2]);
     let t = Instant::now();
     let (b, c) = tokio::join!(
         nodes[1].download(&a.sha256, None),
         nodes[2].download(&a.sha256, None)
     );
     let on_every_node_s = t.elapsed().as_secs_f64();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut took = chat.await?;
+    let chat = chat.finish().await?;
     for got in [b?, c?] {
         anyhow::ensure!(
             got.0 == 200 && got.1.len() == bytes.len(),
@@ -196,7 +171,6 @@ async fn one(
     })
     .await?;
     let stored_s = posted_at.elapsed().as_secs_f64();
-    took.sort_by(f64::total_cmp);
     for mut n in nodes {
         n.kill().await?;
     }
@@ -207,9 +181,9 @@ async fn one(
         on_every_node_s,
         mesh_mb_per_s_per_node: bytes.len() as f64 / 1e6 / on_every_node_s,
         stored_s,
-        chat_posts: took.len(),
-        chat_p50_ms: percentile(&took, 0.5),
-        chat_p99_ms: percentile(&took, 0.99),
+        chat_posts: chat.took_ms.len(),
+        chat_p50_ms: chat.quantile(0.5),
+        chat_p99_ms: chat.quantile(0.99),
     })
 }
 

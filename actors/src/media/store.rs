@@ -92,6 +92,11 @@ impl BlobStore {
     /// Stores a file that is already on disk (`skygit send --attach`,
     /// tests), copying it through a writer.
     pub async fn put_file(&self, src: &Path, max: u64) -> Result<(ContentHash, u64), StoreError> {
+        self.copy_in(src, max).await?.finish(None).await
+    }
+
+    /// A writer holding a copy of the file at `src`.
+    async fn copy_in(&self, src: &Path, max: u64) -> Result<BlobWriter, StoreError> {
         let mut f = tokio::fs::File::open(src).await?;
         let mut w = self.writer(max).await?;
         let mut buf = vec![0u8; 256 * 1024];
@@ -102,7 +107,7 @@ impl BlobStore {
             }
             w.write(&buf[..n]).await?;
         }
-        w.finish(None).await
+        Ok(w)
     }
 }
 
@@ -126,17 +131,11 @@ impl BlobStore {
                 });
             }
         }
-        let mut f = tokio::fs::File::open(src).await?;
-        let mut w = self.writer(max).await?;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = f.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            w.write(&buf[..n]).await?;
-        }
-        w.finish(Some((hash, len))).await.map(drop)
+        self.copy_in(src, max)
+            .await?
+            .finish(Some((hash, len)))
+            .await
+            .map(drop)
     }
 }
 

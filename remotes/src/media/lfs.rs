@@ -248,14 +248,8 @@ impl LfsHttp {
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                 .header(reqwest::header::CONTENT_LENGTH, size)
                 .body(body);
-            let r = self
-                .with_auth(rb, &up.href, authenticated)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            let status = r.status();
-            let text = read_bounded(r, MAX_BATCH_ANSWER).await?;
-            check_status(status, &text, "the upload")?;
+            self.transfer(rb, &up.href, authenticated, "the upload")
+                .await?;
         }
         if let Some(v) = &actions.verify {
             let rb = Self::with_headers(self.http.post(&v.href), v)
@@ -268,16 +262,28 @@ impl LfsHttp {
                     })
                     .map_err(|e| MediaStoreError::Io(e.to_string()))?,
                 );
-            let r = self
-                .with_auth(rb, &v.href, authenticated)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            let status = r.status();
-            let text = read_bounded(r, MAX_BATCH_ANSWER).await?;
-            check_status(status, &text, "the verify call")?;
+            self.transfer(rb, &v.href, authenticated, "the verify call")
+                .await?;
         }
         Ok(())
+    }
+
+    /// Sends one action's request and checks its answer.
+    async fn transfer(
+        &self,
+        rb: reqwest::RequestBuilder,
+        href: &str,
+        authenticated: bool,
+        what: &str,
+    ) -> Result<(), MediaStoreError> {
+        let r = self
+            .with_auth(rb, href, authenticated)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let status = r.status();
+        let text = read_bounded(r, MAX_BATCH_ANSWER).await?;
+        check_status(status, &text, what)
     }
 
     async fn get_once(

@@ -720,3 +720,66 @@ pub fn url_escape(s: &str) -> String {
     }
     out
 }
+
+/// Chat posted through one node every 50 ms while something else happens
+/// (a transfer): each post's latency.
+pub struct ChatProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<ChatLatency>,
+}
+
+/// What a [`ChatProbe`] saw.
+#[derive(Debug, Default)]
+pub struct ChatLatency {
+    /// Milliseconds from each post to its answer (applied or queued),
+    /// sorted.
+    pub took_ms: Vec<f64>,
+    /// Posts kept in the outbox (no leader reachable).
+    pub queued: usize,
+    /// Posts that got no answer or an error.
+    pub failed: usize,
+}
+
+impl ChatLatency {
+    /// The `p` quantile (0 to 1) of the latencies; 0 without any.
+    pub fn quantile(&self, p: f64) -> f64 {
+        let t = &self.took_ms;
+        if t.is_empty() {
+            return 0.0;
+        }
+        t[(((t.len() - 1) as f64) * p.clamp(0.0, 1.0)).round() as usize]
+    }
+}
+
+impl ChatProbe {
+    /// Starts posting `chat N` through `node`.
+    pub fn start(node: &NodeProc) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (http, api, flag) = (node.http.clone(), node.api.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut seen = ChatLatency::default();
+            let mut i = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                match post_to(&http, &api, &format!("chat {i}")).await {
+                    Ok(p) => {
+                        seen.took_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                        seen.queued += usize::from(p.queued);
+                    }
+                    Err(_) => seen.failed += 1,
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen.took_ms.sort_by(f64::total_cmp);
+            seen
+        });
+        Self { stop, task }
+    }
+
+    /// Stops posting; what it saw.
+    pub async fn finish(self) -> anyhow::Result<ChatLatency> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(self.task.await?)
+    }
+}
