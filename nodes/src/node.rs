@@ -281,6 +281,7 @@ pub async fn open_room(
             },
             media_stores: Some(media_stores(
                 spec.clone(),
+                remote.clone(),
                 cfg.remote.clone(),
                 cfg.s3.clone(),
             )),
@@ -295,13 +296,14 @@ pub async fn open_room(
     Ok(served)
 }
 
-/// Opens the room's attachment stores outside git as its `config.json`
-/// says: Git LFS (the `media.lfs_url`, else GitHub's endpoint for a GitHub
+/// Opens the room's attachment stores as its `config.json` says: git
+/// blobs read back through the repository, Git LFS (the `media.lfs_url`, else GitHub's endpoint for a GitHub
 /// room, git-lfs's standalone layout for a local path, or the endpoint
 /// derived from an http(s) remote), S3 (`media.s3` with this node's
 /// credentials). The GitHub token goes only to GitHub's own endpoint.
 fn media_stores(
     spec: String,
+    repo: Arc<dyn RepoRemote>,
     remote: skygit_remotes::RemoteOptions,
     s3: Option<skygit_remotes::media::s3::S3Credentials>,
 ) -> skygit_actors::committer::media::StoreFactory {
@@ -354,7 +356,10 @@ fn media_stores(
             let store = S3Store::new(location, creds).map_err(|e| e.to_string())?;
             Ok(Some(Arc::new(store)))
         }
-        MediaStorage::Git | MediaStorage::Disabled => Ok(None),
+        MediaStorage::Git => Ok(Some(Arc::new(skygit_actors::ports::media::RepoBlobs::new(
+            repo.clone(),
+        )))),
+        MediaStorage::Disabled => Ok(None),
     })
 }
 

@@ -194,6 +194,21 @@ async fn a_20_mib_file_reaches_every_node_while_chat_keeps_committing() {
         std::fs::read(&blob).expect("the blob is in the tree"),
         small
     );
+
+    // Alone and without its copies, a node reads the blob back from the
+    // repository and the LFS object from the standalone layout.
+    for n in &mut nodes[1..] {
+        n.stop(Duration::from_secs(20)).await.expect("stops");
+    }
+    for f in [&s, &a] {
+        remove_blob(&nodes[0].spec.data_dir.join("attachments"), &f.sha256);
+        let (status, got) = nodes[0]
+            .download(&format!("{}?size={}", f.sha256, f.size), None)
+            .await
+            .expect("answered");
+        assert_eq!(status, 200, "{}", f.name);
+        assert_eq!(sha(&got), f.sha256, "{}", f.name);
+    }
     for n in &mut nodes {
         n.stop(Duration::from_secs(20)).await.expect("stops");
     }

@@ -166,6 +166,81 @@ pub trait MediaStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), MediaStoreError>>;
 }
 
+/// Most entries listed when looking a blob up in the attachments folder.
+const MAX_LISTED: usize = 100_000;
+
+/// The files of `git` storage, read back through the repository port
+/// (storing them is the commit itself: `put` has nothing to do).
+pub struct RepoBlobs {
+    remote: std::sync::Arc<dyn crate::RepoRemote>,
+}
+
+impl RepoBlobs {
+    pub fn new(remote: std::sync::Arc<dyn crate::RepoRemote>) -> Self {
+        Self { remote }
+    }
+}
+
+fn from_repo(e: crate::RepoError) -> MediaStoreError {
+    use crate::RepoError as E;
+    match e {
+        E::NotFound(m) => MediaStoreError::NotFound(m),
+        e @ (E::Unavailable(_) | E::RateLimited { .. } | E::Unknown(_) | E::Conflict) => {
+            MediaStoreError::Unavailable(e.to_string())
+        }
+        e => MediaStoreError::Refused(e.to_string()),
+    }
+}
+
+impl MediaStore for RepoBlobs {
+    fn describe(&self) -> String {
+        format!("git blobs in {}", self.remote.describe())
+    }
+
+    fn put<'a>(
+        &'a self,
+        _hash: &'a ContentHash,
+        _size: u64,
+        _path: &'a Path,
+    ) -> BoxFuture<'a, Result<(), MediaStoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn get<'a>(
+        &'a self,
+        hash: &'a ContentHash,
+        max_bytes: u64,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<(), MediaStoreError>> {
+        Box::pin(async move {
+            let head = self
+                .remote
+                .head()
+                .await
+                .map_err(from_repo)?
+                .ok_or_else(|| MediaStoreError::NotFound("an empty branch".into()))?;
+            let want = git_path(hash);
+            let entry = self
+                .remote
+                .list(&head.commit_sha, ATTACHMENTS_DIR, MAX_LISTED)
+                .await
+                .map_err(from_repo)?
+                .into_iter()
+                .find(|e| e.path == want && e.kind == crate::EntryKind::File)
+                .ok_or_else(|| MediaStoreError::NotFound(want.clone()))?;
+            let max = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+            let bytes = self
+                .remote
+                .read_blob(&entry.id, max)
+                .await
+                .map_err(from_repo)?;
+            tokio::fs::write(dest, bytes)
+                .await
+                .map_err(|e| MediaStoreError::Io(e.to_string()))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

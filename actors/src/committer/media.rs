@@ -190,7 +190,7 @@ impl MediaStaging {
             return Ok(Some(path));
         }
         // A predecessor may have stored it before it could commit.
-        if kind != MediaStorage::Git {
+        {
             if let Ok(store) = self.store(config, kind) {
                 if self.read_back(store.as_ref(), a).await.is_ok() {
                     return Ok(Some(path));
@@ -240,7 +240,7 @@ impl MediaStaging {
         result
     }
 
-    /// Brings a file no peer has from the room's storage outside git (Git
+    /// Brings a file no peer has from the room's storage (git blobs, Git
     /// LFS, S3) into this node's store.
     pub async fn fetch_from_storage(
         &self,
@@ -256,9 +256,9 @@ impl MediaStaging {
                 k
             }
         };
-        let mut last = String::from("the room keeps its files in git only");
+        let mut last = String::from("the room keeps no files");
         for kind in kinds {
-            if matches!(kind, MediaStorage::Git | MediaStorage::Disabled) {
+            if kind == MediaStorage::Disabled {
                 continue;
             }
             let store = match self.store(config, kind) {
