@@ -50,7 +50,6 @@ pub struct MediaStaging {
 pub struct Staged {
     pub files: Vec<(String, Vec<u8>)>,
     pub stored: usize,
-    pub missing: usize,
 }
 
 impl MediaStaging {
@@ -110,7 +109,6 @@ impl MediaStaging {
                     continue;
                 }
                 let Some(path) = self.local(config, kind, a, c.at).await? else {
-                    staged.missing += 1;
                     continue;
                 };
                 match kind {
@@ -190,11 +188,13 @@ impl MediaStaging {
             return Ok(Some(path));
         }
         // A predecessor may have stored it before it could commit.
-        {
-            if let Ok(store) = self.store(config, kind) {
-                if self.read_back(store.as_ref(), a).await.is_ok() {
-                    return Ok(Some(path));
-                }
+        if let Ok(store) = self.store(config, kind) {
+            if self
+                .read_back(store.as_ref(), &a.sha256, a.size, Some(a.size))
+                .await
+                .is_ok()
+            {
+                return Ok(Some(path));
             }
         }
         let age_ms = (self.wall_ms)().saturating_sub(posted_at_ms);
@@ -212,21 +212,16 @@ impl MediaStaging {
         )))
     }
 
-    async fn read_back(&self, store: &dyn MediaStore, a: &Attachment) -> Result<(), String> {
-        self.read_back_hash(store, &a.sha256, a.size, Some(a.size))
-            .await
-    }
-
     /// Reads a file back from the store into this node's store, checked
     /// against its hash (and size, when known).
-    async fn read_back_hash(
+    async fn read_back(
         &self,
         store: &dyn MediaStore,
         hash: &skygit_consensus::model::ContentHash,
         max_bytes: u64,
         size: Option<u64>,
     ) -> Result<(), String> {
-        let tmp = tempfile_in(self.transfers.store().path(hash))?;
+        let tmp = self.transfers.store().temp_path();
         let result = match store.get(hash, max_bytes, &tmp).await {
             Ok(()) => self
                 .transfers
@@ -269,7 +264,7 @@ impl MediaStaging {
                 }
             };
             match self
-                .read_back_hash(store.as_ref(), hash, size.unwrap_or(config.max_bytes), size)
+                .read_back(store.as_ref(), hash, size.unwrap_or(config.max_bytes), size)
                 .await
             {
                 Ok(()) => {
@@ -281,14 +276,4 @@ impl MediaStaging {
         }
         Err(last)
     }
-}
-
-/// A temporary file name next to the store (same file system).
-fn tempfile_in(blob: PathBuf) -> Result<PathBuf, String> {
-    let dir = blob
-        .ancestors()
-        .nth(3)
-        .map(|d| d.join("tmp"))
-        .ok_or("no store folder")?;
-    Ok(dir.join(format!("{}.download", ulid::Ulid::new())))
 }

@@ -65,10 +65,7 @@ impl BlobStore {
 
     /// Starts writing a blob of at most `max` bytes.
     pub async fn writer(&self, max: u64) -> Result<BlobWriter, StoreError> {
-        let tmp = self
-            .dir
-            .join("tmp")
-            .join(format!("{}.part", ulid::Ulid::new()));
+        let tmp = self.temp_path();
         let file = tokio::fs::File::create(&tmp).await?;
         Ok(BlobWriter {
             store: self.clone(),
@@ -80,13 +77,28 @@ impl BlobStore {
         })
     }
 
-    /// Up to `len` bytes of a blob from `offset` (fewer at its end).
-    pub async fn read(&self, h: &ContentHash, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    /// The blob's size and up to `len` of its bytes from `offset` (fewer
+    /// at its end).
+    pub async fn read(
+        &self,
+        h: &ContentHash,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<(u64, Vec<u8>)> {
         let mut f = tokio::fs::File::open(self.path(h)).await?;
+        let total = f.metadata().await?.len();
         f.seek(io::SeekFrom::Start(offset)).await?;
         let mut buf = Vec::with_capacity(len);
         f.take(len as u64).read_to_end(&mut buf).await?;
-        Ok(buf)
+        Ok((total, buf))
+    }
+
+    /// A new temporary file name in the store's folder (same file system
+    /// as the blobs; cleared when the store opens).
+    pub fn temp_path(&self) -> PathBuf {
+        self.dir
+            .join("tmp")
+            .join(format!("{}.part", ulid::Ulid::new()))
     }
 
     /// Stores a file that is already on disk (`skygit send --attach`,
@@ -265,11 +277,11 @@ mod tests {
         assert_eq!(store.size(&h).await, Some(n));
         assert_eq!(
             store.read(&h, 1000, 500).await.expect("reads"),
-            bytes[1000..1500]
+            (n, bytes[1000..1500].to_vec())
         );
         assert_eq!(
             store.read(&h, 199_990, 500).await.expect("reads"),
-            bytes[199_990..]
+            (n, bytes[199_990..].to_vec())
         );
         // Nothing is left in the temporary folder.
         assert_eq!(

@@ -228,12 +228,18 @@ impl Transfers {
     }
 
     fn serve(&self, peer: NodeId, req: u64, hash: ContentHash, offset: u64, len: u32) {
-        let mut servers = lock(&self.inner.servers);
-        let tx = servers
-            .entry(peer)
-            .or_insert_with(|| self.start_server(peer))
-            .clone();
-        drop(servers);
+        // A server that stopped (idle) is replaced before it is asked.
+        let tx = {
+            let mut servers = lock(&self.inner.servers);
+            match servers.get(&peer) {
+                Some(s) if !s.is_closed() => s.clone(),
+                _ => {
+                    let s = self.start_server(peer);
+                    servers.insert(peer, s.clone());
+                    s
+                }
+            }
+        };
         if tx.try_send((req, hash, offset, len)).is_err() {
             lock(&self.inner.stats).dropped_requests += 1;
             metrics::counter!("skygit_attachment_requests_dropped_total", "room" => self.inner.room.clone())
@@ -242,12 +248,6 @@ impl Transfers {
                 peer,
                 "dropped a chunk request: the peer asks faster than it reads"
             );
-            // A closed server (idle, or its peer went away) is replaced on
-            // the next request.
-            let mut servers = lock(&self.inner.servers);
-            if servers.get(&peer).is_some_and(|s| s.is_closed()) {
-                servers.remove(&peer);
-            }
         }
     }
 
@@ -263,17 +263,14 @@ impl Transfers {
                         break;
                     };
                     let len = (len as usize).min(CHUNK_BYTES);
-                    let answer = match this.inner.store.size(&hash).await {
-                        Some(total) => match this.inner.store.read(&hash, offset, len).await {
-                            Ok(data) => MediaFrame::Chunk {
-                                req,
-                                offset,
-                                total,
-                                data,
-                            },
-                            Err(_) => MediaFrame::Missing { req },
+                    let answer = match this.inner.store.read(&hash, offset, len).await {
+                        Ok((total, data)) => MediaFrame::Chunk {
+                            req,
+                            offset,
+                            total,
+                            data,
                         },
-                        None => MediaFrame::Missing { req },
+                        Err(_) => MediaFrame::Missing { req },
                     };
                     let sent = match &answer {
                         MediaFrame::Chunk { data, .. } => data.len() as u64,
