@@ -65,6 +65,9 @@ pub struct Propose(pub ChatRequest);
 pub struct Submit {
     pub sender: UserId,
     pub command: Command,
+    /// The request's id: `None` for a fresh one. A call's end has an id
+    /// every participant's node derives alike, so it applies once.
+    pub id: Option<ulid::Ulid>,
 }
 
 /// The room's leader changed as this node sees it.
@@ -313,7 +316,7 @@ impl Handler<Submit> for ConsensusActor {
 
     fn handle(&mut self, msg: Submit, _ctx: &mut Self::Context) -> Self::Result {
         let mut req = ChatRequest {
-            id: self.ids.next_id(),
+            id: msg.id.unwrap_or_else(|| self.ids.next_id()),
             sender: msg.sender,
             at: self.ids.now_ms(),
             command: msg.command,

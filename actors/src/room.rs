@@ -132,6 +132,8 @@ pub struct RoomHandle {
     pub presence: Addr<PresenceActor>,
     pub committer: Addr<CommitterActor>,
     pub media: Addr<MediaActor>,
+    /// Calls' changes and signals for this node's browser.
+    pub call_notices: tokio::sync::broadcast::Sender<crate::media::CallNotice>,
     /// Attachments' bytes between this node and its peers.
     pub attachments: Option<crate::media::Transfers>,
     /// The room's attachment storage outside git, as the committer reaches
@@ -347,11 +349,18 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         ],
         spec.node_id,
     );
+    let call_notices = crate::media::call_notices();
     let media = MediaActor::new(
         room,
         spec.node_id,
         transfers.clone(),
         storage.state_machine.subscribe(),
+        crate::media::CallPorts {
+            user: spec.user.clone(),
+            consensus: consensus.clone(),
+            clock: ports.clock.clone(),
+            notices: call_notices.clone(),
+        },
     )
     .start();
     mesh.do_send(SubscribeLinks(media.clone().recipient()));
@@ -363,6 +372,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
         presence,
         committer,
         media,
+        call_notices,
         attachments: transfers,
         media_staging: staging,
         mesh,

@@ -58,11 +58,14 @@ pub enum EventName {
     Conversation,
     Settings,
     Lagged,
+    Call,
+    CallSignal,
 }
 
 /// One event as any server-sent-events reader sees it: its name and its
 /// data, the JSON text of the type the name gives ([`Hello`], `Message`,
-/// [`Synced`], `ConversationInfo`, [`SettingsChanged`], [`Lagged`]).
+/// [`Synced`], `ConversationInfo`, [`SettingsChanged`], [`Lagged`], `CallView`,
+/// `CallSignal`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StreamEvent {
     pub event: EventName,
@@ -81,6 +84,10 @@ pub enum Event {
     Conversation(ConversationInfo),
     Settings(SettingsChanged),
     Lagged(Lagged),
+    /// A call this node knows changed (started, answered, left, ended).
+    Call(Box<crate::calls::CallView>),
+    /// Signalling for this node's browser from a peer's browser.
+    CallSignal(Box<crate::calls::CallSignal>),
 }
 
 /// An event a client could not read.
@@ -107,6 +114,8 @@ impl Event {
             Event::Conversation(_) => "conversation",
             Event::Settings(_) => "settings",
             Event::Lagged(_) => "lagged",
+            Event::Call(_) => "call",
+            Event::CallSignal(_) => "call_signal",
         }
     }
 
@@ -119,6 +128,8 @@ impl Event {
             Event::Conversation(e) => serde_json::to_string(e),
             Event::Settings(e) => serde_json::to_string(e),
             Event::Lagged(e) => serde_json::to_string(e),
+            Event::Call(e) => serde_json::to_string(e),
+            Event::CallSignal(e) => serde_json::to_string(e),
         }
         // These types serialize to JSON objects and cannot fail.
         .unwrap_or_else(|_| "null".to_owned());
@@ -138,6 +149,8 @@ impl Event {
             "message" => Event::Message(Box::new(de(name, data)?)),
             "synced" => Event::Synced(de(name, data)?),
             "conversation" => Event::Conversation(de(name, data)?),
+            "call" => Event::Call(Box::new(de(name, data)?)),
+            "call_signal" => Event::CallSignal(Box::new(de(name, data)?)),
             "settings" => Event::Settings(de(name, data)?),
             "lagged" => Event::Lagged(de(name, data)?),
             other => return Err(EventError::Unknown(other.to_owned())),

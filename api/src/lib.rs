@@ -12,12 +12,14 @@
 //!
 //! - [`messages`]: messages, the outbox and conversations.
 //! - [`attachments`]: files uploaded, named in posts and downloaded.
+//! - [`calls`]: calls, their signalling and their history lines.
 //! - [`rooms`]: repositories, push, flushes and settings.
 //! - [`status`]: `GET /status` and `GET /peers`.
 //! - [`events`]: the server-sent event stream and its parser.
 //! - [`error`]: the body of every refusal.
 
 pub mod attachments;
+pub mod calls;
 pub mod error;
 pub mod events;
 mod integral;
@@ -107,6 +109,14 @@ pub mod faults {
     #[serde(deny_unknown_fields)]
     pub struct Dropped {
         pub dropped: u64,
+    }
+
+    /// `POST /faults/block/{peer}`: the mesh never links to the peer
+    /// again (as if no path between the two existed).
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Blocked {
+        pub blocked: u64,
     }
 
     /// `POST /faults/send/{peer}/{layer}`: bytes sent.

@@ -50,6 +50,9 @@ pub struct Message {
     /// Its files (none: the field is absent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<crate::attachments::AttachmentView>,
+    /// Set on a call entry (whose `content` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<crate::calls::CallLine>,
     /// Only in the `message` event: when this node applied it
     /// (microseconds since the Unix epoch, this node's clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,6 +146,7 @@ pub enum RequestKind {
     CreateConversation,
     Synced,
     Settings,
+    Call,
 }
 
 /// A request this node keeps until a leader is reachable.

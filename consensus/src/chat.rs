@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use ulid::Ulid;
 
 use crate::model::{
-    ApplyOutcome, Change, ChangeKind, ChatRequest, Command, Conversation, ConversationId,
+    ApplyOutcome, Change, ChangeKind, ChatRequest, Command, Conversation, ConversationId, Message,
     MessageRecord, Rejection, RoomSettings,
 };
 
@@ -147,6 +147,43 @@ pub fn apply<V: ChatView>(
             ));
             effects.push(Effect::PutMessage(rec));
         }
+        Command::Call {
+            conversation,
+            entry,
+        } => {
+            if !view.conversation_exists(conversation)? {
+                effects.push(Effect::PutConversation(Conversation {
+                    id: conversation.clone(),
+                    title: conversation.to_string(),
+                    created_by: req.sender.clone(),
+                    created_at: req.at,
+                    created_index: index,
+                }));
+            }
+            effects.push(Effect::PutMessage(MessageRecord {
+                message: Message {
+                    id: req.id,
+                    conversation: conversation.clone(),
+                    sender: req.sender.clone(),
+                    content: String::new(),
+                    created_at: req.at,
+                    edited_at: None,
+                    deleted: false,
+                    signed: req.signature.is_some(),
+                    attachments: Vec::new(),
+                    call: Some(entry.clone()),
+                },
+                index,
+                last_change_index: index,
+            }));
+            effects.push(change(
+                conversation,
+                ChangeKind::Call {
+                    message: req.id,
+                    entry: entry.clone(),
+                },
+            ));
+        }
         Command::CreateConversation {
             conversation,
             title,
@@ -225,6 +262,9 @@ fn changeable<V: ChatView>(
     }
     if rec.message.deleted {
         return Ok(Err(Rejection::Deleted(id)));
+    }
+    if rec.message.call.is_some() {
+        return Ok(Err(Rejection::CallEntry(id)));
     }
     Ok(Ok(rec))
 }
@@ -453,6 +493,74 @@ mod tests {
             s.apply(6, &edit(6, "ana")),
             ApplyOutcome::Rejected {
                 reason: Rejection::Deleted(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_call_entry_is_a_message_its_end_applies_once_and_nobody_changes_it() {
+        use crate::call::{CallEntry, CallEvent};
+        let mut s = MemChat::default();
+        let call = Ulid(0xABCD_0000_0000_0000_0000_1234);
+        let ended = |sender: &str| ChatRequest {
+            id: CallEntry::end_request_id(call),
+            ..req(
+                0,
+                sender,
+                Command::Call {
+                    conversation: ConversationId::general(),
+                    entry: CallEntry {
+                        call,
+                        event: CallEvent::Ended,
+                        participants: vec![UserId::new("ana").expect("user")],
+                        duration_ms: 61_000,
+                    },
+                },
+            )
+        };
+        // Both participants' nodes propose the end; it applies once.
+        assert_eq!(
+            s.apply(1, &ended("ana")),
+            ApplyOutcome::Applied { index: 1 }
+        );
+        assert_eq!(
+            s.apply(2, &ended("bo")),
+            ApplyOutcome::Duplicate { original_index: 1 }
+        );
+        let rec = &s.messages[&CallEntry::end_request_id(call)];
+        assert_eq!(rec.message.content, "");
+        assert_eq!(rec.message.sender.as_str(), "ana");
+        assert_eq!(
+            rec.message.call.as_ref().map(|c| (c.event, c.duration_ms)),
+            Some((CallEvent::Ended, 61_000))
+        );
+        assert!(s.conversations.contains_key(&ConversationId::general()));
+        let edit = req(
+            3,
+            "ana",
+            Command::Edit {
+                message: CallEntry::end_request_id(call),
+                content: "no".into(),
+            },
+        );
+        assert!(matches!(
+            s.apply(3, &edit),
+            ApplyOutcome::Rejected {
+                reason: Rejection::CallEntry(_),
+                ..
+            }
+        ));
+        // Bounds are checked like every other request's.
+        let mut big = ended("ana");
+        big.id = Ulid(5);
+        if let Command::Call { entry, .. } = &mut big.command {
+            entry.duration_ms = crate::call::MAX_CALL_DURATION_MS + 1;
+        }
+        assert!(matches!(
+            s.apply(4, &big),
+            ApplyOutcome::Rejected {
+                reason: Rejection::Invalid(_),
                 ..
             }
         ));

@@ -15,10 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::NodeId;
 
-/// The wire version this build speaks (4: posts carry their attachments'
+/// The wire version this build speaks (5: call entries in the log and
+/// call signalling in media frames; 4: posts carry their attachments'
 /// metadata, and media frames move the bytes; 3: envelopes name their raft
 /// group's epoch; 2: requests and changes carry their author's signature).
-pub const WIRE_VERSION: u8 = 4;
+pub const WIRE_VERSION: u8 = 5;
 /// Largest frame (version byte plus encoded envelope) a node sends or
 /// accepts. The WebRTC transport fragments frames into data-channel
 /// messages of at most 64 KiB; this bounds what a peer can make us buffer.

@@ -8,6 +8,7 @@
 //! the leader).
 
 pub mod attachment;
+pub mod call;
 pub mod chat;
 pub mod codec;
 pub mod config;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
 pub use crate::attachment::{Attachment, ContentHash};
+pub use crate::call::{CallEntry, CallEvent};
 
 /// Largest message text, in bytes of UTF-8: room for the API's 16384
 /// characters of at most 4 bytes each.
@@ -234,6 +235,8 @@ pub struct Message {
     /// The files posted with it (metadata only; the bytes move over the
     /// mesh and into the room's attachment storage).
     pub attachments: Vec<Attachment>,
+    /// Set on a call entry (its content is empty).
+    pub call: Option<CallEntry>,
 }
 
 /// A message with its place in the room's log.
@@ -269,6 +272,7 @@ impl MessageRecord {
                 deleted: false,
                 signed: req.signature.is_some(),
                 attachments: attachments.clone(),
+                call: None,
             },
             index,
             last_change_index: index,
@@ -325,6 +329,10 @@ impl Change {
                 message: *message,
                 content: content.clone(),
             },
+            ChangeKind::Call { entry, .. } => Command::Call {
+                conversation: self.conversation.clone(),
+                entry: entry.clone(),
+            },
             ChangeKind::Delete { message } => Command::Delete { message: *message },
             ChangeKind::CreateConversation { title } => Command::CreateConversation {
                 conversation: self.conversation.clone(),
@@ -356,6 +364,8 @@ pub enum ChangeKind {
     Delete { message: Ulid },
     /// A conversation created explicitly.
     CreateConversation { title: String },
+    /// A call entry (its id is the request id).
+    Call { message: Ulid, entry: CallEntry },
 }
 
 /// What a request asks the room to do.
@@ -389,6 +399,14 @@ pub enum Command {
     Configure {
         commit_interval_secs: Option<u64>,
         voters: Option<u8>,
+    },
+    /// A call started, was joined or left, or ended: an entry of the
+    /// conversation whose id is the request id. Deduplicated by that id,
+    /// so an end every participant's node proposes (with
+    /// [`CallEntry::end_request_id`]) applies once.
+    Call {
+        conversation: ConversationId,
+        entry: CallEntry,
     },
 }
 
@@ -430,6 +448,10 @@ impl fmt::Display for ChatRequest {
             Command::CreateConversation { conversation, .. } => {
                 format!("create {conversation}")
             }
+            Command::Call {
+                conversation,
+                entry,
+            } => format!("call {} {:?} in {conversation}", entry.call, entry.event),
             Command::Synced { up_to_index, .. } => format!("synced up to {up_to_index}"),
             Command::Configure {
                 commit_interval_secs,
@@ -505,6 +527,7 @@ impl Command {
             }
             Command::Edit { content, .. } => check_content(content),
             Command::Delete { .. } => Ok(()),
+            Command::Call { entry, .. } => entry.validate(),
             Command::CreateConversation { title, .. } => check_len("title", title, MAX_TITLE_BYTES),
             Command::Synced { commit_sha, .. } => {
                 if commit_sha.is_empty() {
@@ -566,6 +589,8 @@ pub enum Rejection {
     NotAuthor(Ulid),
     #[error("message {0} is deleted")]
     Deleted(Ulid),
+    #[error("message {0} is a call entry: it is not edited or deleted")]
+    CallEntry(Ulid),
     #[error("conversation {0} already exists")]
     ConversationExists(ConversationId),
     #[error("synced watermark {requested} is behind the current one ({current})")]

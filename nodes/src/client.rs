@@ -524,6 +524,7 @@ mod tests {
             commit_url: None,
             applied_at_us: None,
             attachments: Vec::new(),
+            call: None,
         }
     }
 

@@ -193,6 +193,7 @@ pub fn terminal(me: &RoomHandle) -> anyhow::Result<Terminal> {
                     content: line,
                     attachments: Vec::new(),
                 },
+                id: None,
             };
             match consensus.send(submit).await {
                 Ok(Ok((_, Proposed::Queued { outbox_len, reason }))) => {

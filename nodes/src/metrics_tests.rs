@@ -313,6 +313,7 @@ fn only_message_changes_that_took_effect_are_counted() -> anyhow::Result<()> {
             deleted: false,
             signed: false,
             attachments: Vec::new(),
+            call: None,
         },
         index: 3,
         last_change_index: 3,
@@ -424,6 +425,7 @@ async fn submit(room: &RoomHandle, command: Command) -> anyhow::Result<(ulid::Ul
     let submit = Submit {
         sender: room.user.clone(),
         command,
+        id: None,
     };
     match room.consensus.send(submit).await?? {
         (req, Proposed::Committed(outcome)) => Ok((req.id, outcome)),

@@ -213,6 +213,10 @@ pub async fn open_room(
     let turn_rest = cfg.ice.turn_secret.as_ref().map(|s| {
         skygit_mesh::ice::TurnRest::new(s.clone(), cfg.user.as_str().to_owned(), TURN_REST_TTL)
     });
+    let browser_ice = crate::api::calls::BrowserIce {
+        servers: ice_servers.clone(),
+        rest: turn_rest.clone(),
+    };
     for why in skygit_mesh::ice::unusable(&ice_servers, turn_rest.as_ref()) {
         tracing::warn!(room = %spec, "ICE server {why}");
     }
@@ -290,7 +294,8 @@ pub async fn open_room(
     .await
     .with_context(|| format!("cannot start room {room} in {}", cfg.data_dir.display()))?;
     let served = Served::new(handle, Some(mesh), Some(remote))
-        .with_media(config.map(|c| c.media).unwrap_or_default());
+        .with_media(config.map(|c| c.media).unwrap_or_default())
+        .with_ice(browser_ice);
     // The label every actor of the room uses too.
     crate::metrics::spawn_room_sampler(served.handle.clone(), served.spec.clone());
     Ok(served)

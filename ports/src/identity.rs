@@ -19,7 +19,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
-use skygit_consensus::model::{Attachment, Change, ChangeKind, ChatRequest, Command};
+use skygit_consensus::model::{Attachment, CallEntry, Change, ChangeKind, ChatRequest, Command};
 
 use crate::members::SIGNATURE_NAMESPACE;
 use crate::PresenceRecord;
@@ -142,6 +142,7 @@ pub fn armor(base64: &str) -> String {
 /// | `edit` | `kind`, `message`, `request`, `sender`, `at`, `content` |
 /// | `delete` | `kind`, `message`, `request`, `sender`, `at` |
 /// | `conversation` | `kind`, `conversation`, `request`, `sender`, `at`, `title` |
+/// | `call` | `kind`, `conversation`, `request`, `sender`, `at`, `call` |
 ///
 /// so `jq -cj` can rebuild it from a line and `ssh-keygen -Y verify`
 /// check it (the README shows how). The raft index and term are not in
@@ -164,6 +165,9 @@ struct Statement<'a> {
     /// posts without files are what they were before attachments).
     #[serde(skip_serializing_if = "<[Attachment]>::is_empty")]
     attachments: &'a [Attachment],
+    /// A call entry (absent on every other kind).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call: Option<&'a CallEntry>,
 }
 
 impl Statement<'_> {
@@ -185,6 +189,7 @@ pub fn request_statement(req: &ChatRequest) -> Option<Vec<u8>> {
         content: None,
         title: None,
         attachments: &[],
+        call: None,
     };
     let s = match &req.command {
         Command::Post {
@@ -214,6 +219,14 @@ pub fn request_statement(req: &ChatRequest) -> Option<Vec<u8>> {
             title: Some(title),
             ..base("conversation")
         },
+        Command::Call {
+            conversation,
+            entry,
+        } => Statement {
+            conversation: Some(conversation.as_str()),
+            call: Some(entry),
+            ..base("call")
+        },
         Command::Synced { .. } | Command::Configure { .. } => return None,
     };
     Some(s.bytes())
@@ -231,6 +244,7 @@ pub fn change_statement(c: &Change) -> Vec<u8> {
         content: None,
         title: None,
         attachments: &[],
+        call: None,
     };
     match &c.kind {
         ChangeKind::Post {
@@ -256,6 +270,11 @@ pub fn change_statement(c: &Change) -> Vec<u8> {
             conversation: Some(c.conversation.as_str()),
             title: Some(title),
             ..base("conversation")
+        },
+        ChangeKind::Call { entry, .. } => Statement {
+            conversation: Some(c.conversation.as_str()),
+            call: Some(entry),
+            ..base("call")
         },
     }
     .bytes()
@@ -874,6 +893,15 @@ mod tests {
                     media_type: "text/plain".into(),
                 }],
             },
+            Command::Call {
+                conversation: general.clone(),
+                entry: CallEntry {
+                    call: target,
+                    event: skygit_consensus::model::CallEvent::Ended,
+                    participants: vec![UserId::new("alice").expect("user")],
+                    duration_ms: 4_000,
+                },
+            },
         ];
         for (i, command) in commands.into_iter().enumerate() {
             let mut req = ChatRequest {
@@ -902,6 +930,10 @@ mod tests {
                 Command::CreateConversation { title, .. } => {
                     ChangeKind::CreateConversation { title }
                 }
+                Command::Call { entry, .. } => ChangeKind::Call {
+                    message: req.id,
+                    entry,
+                },
                 other => panic!("only user commands here, not {other:?}"),
             };
             let conversation = match &req.command {

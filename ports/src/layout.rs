@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use skygit_consensus::model::{
-    Attachment, Change, ChangeKind, ConversationId, UserId, ValidationError, MAX_CONTENT_BYTES,
-    MAX_TITLE_BYTES,
+    Attachment, CallEntry, Change, ChangeKind, ConversationId, UserId, ValidationError,
+    MAX_CONTENT_BYTES, MAX_TITLE_BYTES,
 };
 use ulid::Ulid;
 
@@ -379,6 +379,9 @@ struct Line {
     /// storage, named by their SHA-256).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     attachments: Vec<Attachment>,
+    /// A call entry: started, joined, left or how it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    call: Option<CallEntry>,
     /// The author's SSH signature of the change (base64, one line): see
     /// [`crate::identity::change_statement`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -392,10 +395,12 @@ enum LineKind {
     Edit,
     Delete,
     Conversation,
+    Call,
 }
 
 fn to_line(c: &Change) -> Line {
     let mut attachments = Vec::new();
+    let mut call = None;
     let (kind, message, content, title) = match &c.kind {
         ChangeKind::Post {
             message,
@@ -412,6 +417,10 @@ fn to_line(c: &Change) -> Line {
         ChangeKind::CreateConversation { title } => {
             (LineKind::Conversation, None, None, Some(title.clone()))
         }
+        ChangeKind::Call { message, entry } => {
+            call = Some(entry.clone());
+            (LineKind::Call, Some(*message), None, None)
+        }
     };
     Line {
         index: c.index,
@@ -426,6 +435,7 @@ fn to_line(c: &Change) -> Line {
         content,
         title,
         attachments,
+        call,
         signature: c.signature.clone(),
     }
 }
@@ -479,7 +489,19 @@ fn from_line(l: Line) -> Result<Change, String> {
             }
             ChangeKind::CreateConversation { title }
         }
+        LineKind::Call => {
+            let message = need_message()?;
+            if message != l.request {
+                return Err("a call line's message id must be its request id".into());
+            }
+            let entry = l.call.clone().ok_or("a call line needs \"call\"")?;
+            entry.validate().map_err(|e| e.to_string())?;
+            ChangeKind::Call { message, entry }
+        }
     };
+    if l.call.is_some() && l.kind != LineKind::Call {
+        return Err(format!("a {:?} line has no \"call\"", l.kind));
+    }
     if let Some(sig) = &l.signature {
         skygit_consensus::model::check_signature(sig).map_err(|e| e.to_string())?;
     }

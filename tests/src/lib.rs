@@ -55,6 +55,7 @@ pub async fn post(
     let msg = Submit {
         sender: UserId::new(sender).expect("valid user"),
         command: post_command(text),
+        id: None,
     };
     h.consensus.send(msg).await.ok()?.ok()
 }
@@ -73,6 +74,7 @@ pub async fn commit(
     let submit = Submit {
         sender: UserId::new(sender).expect("valid user"),
         command,
+        id: None,
     };
     let (req, proposed) = addr.send(submit).await.expect("actor").expect("accepted");
     if let Proposed::Committed(outcome) = proposed {

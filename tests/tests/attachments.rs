@@ -107,6 +107,7 @@ async fn a_small_file_follows_its_post_onto_every_node() {
         .send(skygit_actors::consensus::Submit {
             sender: skygit_consensus::model::UserId::new("ana").expect("user"),
             command,
+            id: None,
         })
         .await
         .expect("actor")

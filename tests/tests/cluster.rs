@@ -35,6 +35,7 @@ async fn post_many(
                 let msg = skygit_actors::consensus::Submit {
                     sender: skygit_consensus::model::UserId::new(sender.clone()).unwrap(),
                     command: post_command(format!("{sender} message {i}")),
+                    id: None,
                 };
                 let (req, p) = handle.send(msg).await.expect("actor").expect("accepted");
                 assert!(
@@ -143,6 +144,7 @@ async fn killing_the_leader_mid_stream_loses_no_acknowledged_message() {
                         h.send(skygit_actors::consensus::Submit {
                             sender: skygit_consensus::model::UserId::new("racer").unwrap(),
                             command: post_command(format!("racing the crash on {node}")),
+                            id: None,
                         })
                         .await
                     })

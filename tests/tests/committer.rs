@@ -62,6 +62,7 @@ async fn flushes_write_exactly_the_committed_prefix_and_render_the_same_bytes() 
             ChangeKind::Edit { .. } => "edit",
             ChangeKind::Delete { .. } => "delete",
             ChangeKind::CreateConversation { .. } => "conversation",
+            ChangeKind::Call { .. } => "call",
         })
         .collect();
     assert_eq!(kinds.iter().filter(|k| **k == "edit").count(), 1);

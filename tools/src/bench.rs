@@ -107,6 +107,7 @@ pub async fn raft(args: RaftBenchArgs) -> anyhow::Result<()> {
                         content: content.to_string(),
                         attachments: Vec::new(),
                     },
+                    id: None,
                 };
                 let (req, p) = addr.send(submit).await??;
                 if !matches!(p, Proposed::Committed(ApplyOutcome::Applied { .. })) {

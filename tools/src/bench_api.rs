@@ -167,6 +167,7 @@ async fn load(handle: &RoomHandle, from: u64, n: u64) -> anyhow::Result<f64> {
                             content: content(from + i),
                             attachments: Vec::new(),
                         },
+                        id: None,
                     };
                     let (_, p) = addr.send(submit).await??;
                     if !matches!(p, Proposed::Committed(ApplyOutcome::Applied { .. })) {

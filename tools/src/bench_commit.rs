@@ -71,6 +71,7 @@ async fn fill(c: &LocalCluster, messages: u64, size: u64) -> anyhow::Result<()> 
                         content: text.clone(),
                         attachments: Vec::new(),
                     },
+                    id: None,
                 };
                 match consensus.send(submit).await?? {
                     (_, Proposed::Committed(o)) if o.is_settled() => {}

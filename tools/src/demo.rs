@@ -61,6 +61,7 @@ async fn post_round(
                     content: format!("{round} #{i} from node {id}"),
                     attachments: Vec::new(),
                 },
+                id: None,
             };
             let (req, p) = h.consensus.send(submit).await??;
             match p {

@@ -159,6 +159,7 @@ impl Flusher {
                     up_to_index,
                     commit_sha: sha.to_owned(),
                 },
+                id: None,
             })
             .await
             .map_err(|_| CommitterError::Stopped)?;

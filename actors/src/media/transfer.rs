@@ -63,6 +63,8 @@ pub enum MediaFrame {
     },
     /// This node has not got the blob.
     Missing { req: u64 },
+    /// Call signalling ([`super::calls`]), never an attachment's.
+    Call(Box<super::calls::CallFrame>),
 }
 
 impl MediaFrame {
@@ -71,6 +73,7 @@ impl MediaFrame {
             MediaFrame::Want { req, .. }
             | MediaFrame::Chunk { req, .. }
             | MediaFrame::Missing { req } => *req,
+            MediaFrame::Call(_) => 0,
         }
     }
 }
@@ -135,6 +138,8 @@ struct Inner {
     slots: tokio::sync::Semaphore,
     max_bytes: AtomicU64,
     stats: Mutex<TransferStats>,
+    /// Where call frames go (the media actor).
+    calls: std::sync::OnceLock<mpsc::Sender<(NodeId, super::calls::CallFrame)>>,
 }
 
 /// The attachment transfers of one room on one node.
@@ -166,6 +171,7 @@ impl Transfers {
                 slots: tokio::sync::Semaphore::new(MAX_FETCHES),
                 max_bytes: AtomicU64::new(DEFAULT_MAX_BYTES),
                 stats: Mutex::new(TransferStats::default()),
+                calls: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -213,6 +219,14 @@ impl Transfers {
                 offset,
                 len,
             } => self.serve(peer, req, hash, offset, len),
+            MediaFrame::Call(frame) => match self.inner.calls.get() {
+                Some(tx) => {
+                    if tx.try_send((peer, *frame)).is_err() {
+                        tracing::warn!(peer, "dropped a call frame: the media actor is behind");
+                    }
+                }
+                None => tracing::debug!(peer, "dropped a call frame: calls are not running"),
+            },
             answer => {
                 let sessions = lock(&self.inner.sessions);
                 match sessions.get(&answer.req()) {
@@ -294,7 +308,15 @@ impl Transfers {
         tx
     }
 
-    async fn send(&self, peer: NodeId, frame: &MediaFrame) -> Result<(), String> {
+    /// Sends call frames that arrive to `tx` from now on (once).
+    pub fn route_calls(&self, tx: mpsc::Sender<(NodeId, super::calls::CallFrame)>) {
+        if self.inner.calls.set(tx).is_err() {
+            tracing::warn!("call frames already go elsewhere");
+        }
+    }
+
+    /// Sends one media frame over the link to `peer`.
+    pub async fn send(&self, peer: NodeId, frame: &MediaFrame) -> Result<(), String> {
         let payload = codec::to_bytes(frame).map_err(|e| e.to_string())?;
         let env = Envelope {
             kind: EnvelopeKind::Media,
@@ -476,7 +498,7 @@ impl Transfers {
                     metrics::counter!("skygit_attachment_received_bytes_total", "room" => self.inner.room.clone())
                         .increment(data.len() as u64);
                 }
-                MediaFrame::Want { .. } => {
+                MediaFrame::Want { .. } | MediaFrame::Call(_) => {
                     return Err(PeerFailure::Protocol("a request as an answer".into()))
                 }
             }

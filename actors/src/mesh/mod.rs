@@ -12,7 +12,7 @@
 pub mod core;
 pub mod identity;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,6 +140,8 @@ pub struct MeshActor {
     identity: Option<MeshIdentity>,
     gate: Gate,
     span: tracing::Span,
+    /// Peers this node never links to (fault injection).
+    blocked: BTreeSet<NodeId>,
 }
 
 /// How a room that verifies identities checks its peers.
@@ -175,6 +177,7 @@ impl MeshActor {
             subscribers: Vec::new(),
             identity: None,
             gate: Gate::default(),
+            blocked: BTreeSet::new(),
             span: tracing::info_span!("mesh", room, node = me),
         }
     }
@@ -280,6 +283,13 @@ impl MeshActor {
 
     /// Feeds one input to the core and carries out its actions.
     fn feed(&mut self, input: Input, ctx: &mut Context<Self>) {
+        // A blocked peer's offers and answers never arrive: no link can
+        // open, as between two networks with no path between them.
+        match &input {
+            Input::Signal { from, .. } if self.blocked.contains(from) => return,
+            Input::Relayed { relayed, .. } if self.blocked.contains(&relayed.origin) => return,
+            _ => {}
+        }
         let span = self.span.clone();
         let _e = span.enter();
         let actions = self.core.on(Instant::now(), input);
@@ -570,6 +580,25 @@ impl Handler<StopMesh> for MeshActor {
             }
         });
         ctx.stop();
+    }
+}
+
+/// Never link to this peer again, closing the link if one is open
+/// (fault injection for tests: two nodes with no path between them).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BlockPeer(pub NodeId);
+
+impl Handler<BlockPeer> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: BlockPeer, ctx: &mut Self::Context) {
+        self.span
+            .in_scope(|| tracing::warn!(peer = msg.0, "fault: this node never links to the peer"));
+        self.blocked.insert(msg.0);
+        if self.core.is_open(msg.0) {
+            self.feed(Input::Drop(msg.0), ctx);
+        }
     }
 }
 

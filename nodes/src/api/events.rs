@@ -3,7 +3,8 @@
 //! `message` (a message's new state, with `applied_at_us` on this node's
 //! clock), `synced` (the repository's new watermark), `conversation` (a
 //! new conversation), `settings` (the room's settings changed: re-read
-//! `GET /settings`) and `lagged` (the client fell behind and should
+//! `GET /settings`), `call` (a call's state), `call_signal` (SDP or ICE
+//! from a peer's browser) and `lagged` (the client fell behind and should
 //! re-read). A comment every 15 s keeps proxies and browsers from timing
 //! the stream out.
 
@@ -50,6 +51,8 @@ impl Drop for Slot {
 struct Stream {
     _slot: Slot,
     rx: Receiver<Arc<AppliedEvent>>,
+    /// Calls' changes and signals for this node's browser.
+    calls: Receiver<skygit_actors::media::CallNotice>,
     /// The state replaced in bulk (a snapshot, a re-formed group).
     replaced: tokio::sync::watch::Receiver<u64>,
     room: Arc<Served>,
@@ -152,7 +155,8 @@ impl Stream {
     responses((status = 200, content_type = "text/event-stream", body = StreamEvent,
                description = "Server-sent events, each `event: <name>` and `data: <JSON>`: `hello` (Hello, first), \
                               `message` (Message, with `applied_at_us`), `synced` (Synced), `conversation` \
-                              (ConversationInfo), `settings` (SettingsChanged) and `lagged` (Lagged); a `:` comment \
+                              (ConversationInfo), `settings` (SettingsChanged), `call` (CallView), `call_signal` \
+                              (CallSignal) and `lagged` (Lagged); a `:` comment \
                               every 15 s keeps the stream open."),
               (status = 404, body = ErrorBody),
               (status = 503, description = "the node serves its limit of streams", body = ErrorBody)))]
@@ -193,6 +197,7 @@ pub async fn events(
     let state = Stream {
         _slot: slot,
         rx,
+        calls: room.handle.call_notices.subscribe(),
         replaced,
         room,
         synced,
@@ -210,6 +215,12 @@ pub async fn events(
                 },
                 // The state was replaced: the client re-reads everything.
                 Ok(()) = st.replaced.changed() => Event::Lagged(Lagged { missed: 0 }).frame(),
+                call = st.calls.recv() => match call {
+                    Ok(n) => super::calls::notice_event(n, st.room.handle.node_id).frame(),
+                    // A browser that missed call events re-reads `GET /calls`.
+                    Err(RecvError::Lagged(n)) => Event::Lagged(Lagged { missed: n }).frame(),
+                    Err(RecvError::Closed) => return None,
+                },
             };
             if !bytes.is_empty() {
                 return Some((Ok(bytes), st));

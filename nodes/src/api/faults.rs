@@ -1,11 +1,11 @@
 //! Fault injection for the process tests (`--fault-api` only): close a
-//! link as if it failed, or send a peer raw bytes.
+//! link as if it failed, never link to a peer, or send a peer raw bytes.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use skygit_api::faults::{Dropped, Sent};
+use skygit_api::faults::{Blocked, Dropped, Sent};
 
 use super::{gone, ApiError, Shared};
 
@@ -39,6 +39,20 @@ pub async fn drop_link(
             format!("no open link to {peer}"),
         )),
     }
+}
+
+pub async fn block(
+    State(s): State<Shared>,
+    Path(peer): Path<u64>,
+) -> Result<Json<Blocked>, ApiError> {
+    enabled(&s)?;
+    let room = s.room(None).await?;
+    room.handle
+        .mesh
+        .send(skygit_actors::mesh::BlockPeer(peer))
+        .await
+        .map_err(gone)?;
+    Ok(Json(Blocked { blocked: peer }))
 }
 
 /// Sends `body` to a peer as it is: `wire` as one raw data-channel message

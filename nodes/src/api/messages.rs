@@ -118,6 +118,7 @@ pub fn message_of(
             unsynced
         },
         commit_url: git_hash.as_deref().and_then(commit_url),
+        call: m.call.as_ref().map(super::calls::call_line),
         attachments: if m.deleted {
             Vec::new()
         } else {
@@ -251,6 +252,7 @@ fn rejection_status(r: &Rejection) -> StatusCode {
         Rejection::NoSuchMessage(_) => StatusCode::NOT_FOUND,
         Rejection::NotAuthor(_) => StatusCode::FORBIDDEN,
         Rejection::Deleted(_)
+        | Rejection::CallEntry(_)
         | Rejection::ConversationExists(_)
         | Rejection::StaleWatermark { .. }
         | Rejection::FutureWatermark { .. } => StatusCode::CONFLICT,
@@ -271,6 +273,7 @@ pub(super) async fn submit(room: &Served, command: Command) -> Result<Submitted,
     let submit = Submit {
         sender: room.handle.user.clone(),
         command,
+        id: None,
     };
     match room.handle.consensus.send(submit).await.map_err(gone)? {
         Ok((req, Proposed::Committed(ApplyOutcome::Applied { index }))) => {
@@ -507,6 +510,9 @@ pub async fn outbox(
                     None,
                     None,
                 ),
+                Command::Call { conversation, .. } => {
+                    (RequestKind::Call, Some(conversation), None, None)
+                }
                 Command::Synced { .. } => (RequestKind::Synced, None, None, None),
                 Command::Configure { .. } => (RequestKind::Settings, None, None, None),
             };

@@ -16,6 +16,7 @@
 //! - `ui`: the embedded web pages.
 
 pub mod attachments;
+pub mod calls;
 mod events;
 mod faults;
 pub mod messages;
@@ -89,6 +90,8 @@ pub struct Served {
     pub web_url: Option<String>,
     /// The room's attachment settings (`config.json`'s `media`).
     pub media: skygit_actors::layout::MediaConfig,
+    /// The STUN and TURN servers browsers use for calls (the mesh's).
+    pub ice: calls::BrowserIce,
 }
 
 impl Served {
@@ -107,10 +110,17 @@ impl Served {
             remote,
             web_url,
             media: Default::default(),
+            ice: Default::default(),
         }
     }
 
     /// With the room's attachment settings.
+    /// The ICE servers browsers use for calls.
+    pub fn with_ice(mut self, ice: calls::BrowserIce) -> Self {
+        self.ice = ice;
+        self
+    }
+
     pub fn with_media(mut self, media: skygit_actors::layout::MediaConfig) -> Self {
         if let Some(t) = &self.handle.attachments {
             t.set_max_bytes(media.max_bytes);
@@ -459,10 +469,19 @@ pub fn router(state: Shared) -> Router {
         .route("/flushes", get(rooms::flushes))
         .route("/settings", get(rooms::settings).put(rooms::put_settings))
         .route("/events", get(events::events))
+        .route("/calls", get(calls::list).post(calls::start))
+        .route("/calls/ice", get(calls::ice))
+        .route("/calls/{id}/accept", post(calls::accept))
+        .route("/calls/{id}/decline", post(calls::decline))
+        .route("/calls/{id}/hangup", post(calls::hangup))
+        .route("/calls/{id}/recording", post(calls::recording))
+        .route("/calls/{id}/alive", post(calls::alive))
+        .route("/calls/{id}/signal", post(calls::signal))
         .route("/metrics", get(prometheus))
         .route("/openapi.json", get(openapi))
         .route("/faults/send/{peer}/{layer}", post(faults::send_raw))
         .route("/faults/drop-link/{peer}", post(faults::drop_link))
+        .route("/faults/block/{peer}", post(faults::block))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_secret,

@@ -9,7 +9,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{attachments, events, messages, rooms, ui};
+use super::{attachments, calls, events, messages, rooms, ui};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,17 +28,20 @@ use super::{attachments, events, messages, rooms, ui};
         messages::list, messages::post, messages::get_one, messages::edit, messages::delete,
         messages::outbox, messages::conversations, messages::create_conversation,
         attachments::upload, attachments::download,
+        calls::list, calls::start, calls::accept, calls::decline, calls::hangup,
+        calls::recording, calls::alive, calls::signal, calls::ice,
         rooms::repositories, rooms::add_repository, rooms::push, rooms::flushes,
         rooms::settings, rooms::put_settings,
         events::events, super::prometheus, super::openapi,
         ui::index, ui::dashboard, ui::asset,
     ),
-    components(schemas(Hello, Synced, SettingsChanged, Lagged)),
+    components(schemas(Hello, Synced, SettingsChanged, Lagged, skygit_api::calls::CallSignal)),
     modifiers(&Guards),
     security(("bearer" = [])),
     tags(
         (name = "messages", description = "Messages, the outbox and conversations"),
         (name = "attachments", description = "Files: uploaded, named in posts, read back"),
+        (name = "calls", description = "Calls: started, answered, left; signalling between browsers"),
         (name = "rooms", description = "Repositories, push, flushes and settings"),
         (name = "status", description = "How this node and its room stand"),
         (name = "node", description = "The node's own endpoints"),

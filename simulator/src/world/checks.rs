@@ -48,6 +48,11 @@ pub(super) fn repo_view(world: &World) -> Result<RepoView, String> {
                     s.1 = true;
                 }
             }
+            // The simulator places no calls; a call entry is a post of
+            // its own that must appear once like any other.
+            ChangeKind::Call { message, .. } => {
+                v.posts.entry(message).or_default().push(c.index);
+            }
             ChangeKind::CreateConversation { .. } => {}
         }
     }

@@ -56,6 +56,7 @@ pub(super) async fn settle(world: &World) {
                     content: "liveness probe".into(),
                     attachments: Vec::new(),
                 },
+                id: None,
             }),
         )
         .await;

@@ -135,6 +135,7 @@ pub(super) async fn submit(world: World, node: NodeId, h: RoomHandle, command: C
         h.consensus.send(Submit {
             sender: h.user.clone(),
             command,
+            id: None,
         }),
     )
     .await;
