@@ -113,18 +113,49 @@
   });
 
   // ---- peers ----------------------------------------------------------
+  // One row per peer, kept from poll to poll so its Call button keeps
+  // the focus.
+  const peerRows = new Map(); // node_id -> {tr, cells, btn}
+  const noPeers = el('tr', {}, el('td', { colspan: 5, class: 'muted', text: 'no peers' }));
   const pollPeers = single(async () => {
     const r = await call('GET', '/peers');
     if (!r || !r.ok || !r.data) return;
-    const rows = (r.data.peers || []).map((p) =>
-      el('tr', { class: 'peer-' + p.state },
-        el('td', { text: p.user ?? '?' }),
-        el('td', { text: p.node_id }),
-        el('td', { text: p.state + (p.role ? ' · ' + p.role : '') + (p.path ? ' · via ' + p.path : '') }),
-        el('td', { text: SG.fmtMs(p.rtt_ms) }))
-    );
-    if (!rows.length) rows.push(el('tr', {}, el('td', { colspan: 4, class: 'muted', text: 'no peers' })));
-    $('peers-body').replaceChildren(...rows);
+    const peers = r.data.peers || [];
+    if (window.SGCall) SGCall.setPeers(peers);
+    const body = $('peers-body');
+    const seen = new Set();
+    let prev = null;
+    if (peers.length) noPeers.remove();
+    for (const p of peers) {
+      seen.add(p.node_id);
+      let x = peerRows.get(p.node_id);
+      if (!x) {
+        const id = p.node_id;
+        const btn = el('button', {
+          type: 'button', class: 'call-peer', 'data-node': id,
+          onclick: () => window.SGCall && SGCall.start(S.conv, [id]),
+        }, 'Call');
+        x = { tr: el('tr'), cells: [el('td'), el('td'), el('td'), el('td')], btn };
+        x.tr.append(...x.cells, el('td', {}, btn));
+        peerRows.set(id, x);
+      }
+      x.tr.className = 'peer-' + p.state;
+      const texts = [p.user ?? '?', p.node_id,
+        p.state + (p.role ? ' · ' + p.role : '') + (p.path ? ' · via ' + p.path : ''), SG.fmtMs(p.rtt_ms)];
+      x.cells.forEach((c, i) => {
+        if (c.textContent !== String(texts[i])) c.textContent = String(texts[i]);
+      });
+      x.btn.setAttribute('aria-label', 'Start call with ' + (p.user ?? '?'));
+      const at = prev ? prev.nextSibling : body.firstChild;
+      if (at !== x.tr) body.insertBefore(x.tr, at);
+      prev = x.tr;
+    }
+    for (const [id, x] of peerRows)
+      if (!seen.has(id)) {
+        x.tr.remove();
+        peerRows.delete(id);
+      }
+    if (!peers.length) body.replaceChildren(noPeers);
   });
 
   // ---- conversations --------------------------------------------------
@@ -156,6 +187,7 @@
   function switchConv(id) {
     if (id === S.conv) return;
     S.conv = id;
+    if (window.SGCall) SGCall.setConversation(id);
     S.unread.delete(id);
     renderConvs();
     reloadMessages();
@@ -368,9 +400,35 @@
     renderStaged();
   }
 
+  // The line a call entry shows (see the contract's "Messages").
+  function callText(m) {
+    const c = m.call;
+    const who = m.sender ?? '?';
+    const all = Array.isArray(c.participants) ? c.participants : [];
+    const rest = all.filter((u) => u !== who);
+    switch (c.event) {
+      case 'started': return who + ' started a call' + (rest.length ? ' with ' + rest.join(', ') : '');
+      case 'joined': return who + ' joined the call';
+      case 'left': return who + ' left the call';
+      case 'ended': return 'call ended after ' + SG.fmtDur(c.duration_ms) + (all.length ? ' (' + all.join(', ') + ')' : '');
+      case 'declined': return (rest.length ? rest.join(', ') : who) + ' declined the call';
+      case 'missed': return 'missed call from ' + who;
+      case 'cancelled': return who + ' cancelled the call';
+      default: return 'call: ' + String(c.event);
+    }
+  }
+
   function fill(li, m) {
     li.replaceChildren();
     li.dataset.index = m.index == null ? '' : String(m.index);
+    li.classList.toggle('call-line', !!m.call);
+    if (m.call) {
+      li.classList.remove('own');
+      const t = SG.fmtTime(m.created_at);
+      li.append(el('span', { class: 'call-text', text: callText(m) }), ' ',
+        el('time', { class: 'time', datetime: m.created_at || null, title: t.title || null, text: t.text }));
+      return;
+    }
     li.classList.toggle('own', m.sender === S.user);
     li.classList.toggle('deleted', !!m.deleted);
     const t = SG.fmtTime(m.created_at);
@@ -729,10 +787,12 @@
         renderConvs();
       }
     } else if (type === 'lagged') resync();
+    else if ((type === 'call' || type === 'call_signal') && window.SGCall) SGCall.onEvent(type, d);
   }
   function resync() {
     loadConvs();
     reloadMessages();
+    if (window.SGCall) SGCall.resume();
   }
   async function eventsLoop() {
     let delay = 500;
@@ -784,10 +844,12 @@
     });
     pollPeers();
     loadSettings();
+    if (window.SGCall) SGCall.resume();
   }
 
   function init() {
     renderConvs();
+    if (window.SGCall) SGCall.setConversation(S.conv);
     $('composer-form').addEventListener('submit', send);
     $('composer').addEventListener('keydown', (e) => {
       if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {

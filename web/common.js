@@ -233,5 +233,13 @@
     return { text: today ? hms : day + ' ' + hms.slice(0, 5), title: day + ' ' + hms + ' (' + s + ')' };
   };
 
+  // Milliseconds -> "m:ss" (or "h:mm:ss").
+  SG.fmtDur = function (ms) {
+    const t = Math.max(0, Math.round((Number(ms) || 0) / 1000));
+    const h = Math.floor(t / 3600);
+    const m = Math.floor(t / 60) % 60;
+    return (h ? h + ':' + pad(m) : String(m)) + ':' + pad(t % 60);
+  };
+
   SG.fmtMs = (v) => (typeof v === 'number' ? (v < 10 ? v.toFixed(2) : v.toFixed(0)) + ' ms' : '–');
 })();

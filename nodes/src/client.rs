@@ -169,8 +169,12 @@ impl std::fmt::Display for Refused {
 
 /// One message as a terminal line.
 fn line(m: &Message) -> String {
+    let call;
     let text = if m.deleted {
         "(deleted)"
+    } else if let Some(c) = &m.call {
+        call = call_text(c);
+        call.as_str()
     } else {
         m.content.as_str()
     };
@@ -186,6 +190,22 @@ fn line(m: &Message) -> String {
         m.conversation,
         m.sender,
     )
+}
+
+/// What a call line says, for a terminal.
+fn call_text(c: &skygit_api::calls::CallLine) -> String {
+    use skygit_api::calls::CallLineEvent as E;
+    let who = c.participants.join(", ");
+    let secs = c.duration_ms / 1000;
+    match c.event {
+        E::Started => format!("(started a call with {who})"),
+        E::Joined => "(joined the call)".into(),
+        E::Left => "(left the call)".into(),
+        E::Ended => format!("(call ended after {}:{:02}: {who})", secs / 60, secs % 60),
+        E::Declined => format!("(call declined: {who})"),
+        E::Missed => format!("(call missed: {who})"),
+        E::Cancelled => "(call cancelled)".into(),
+    }
 }
 
 #[derive(Args)]
@@ -539,5 +559,16 @@ mod tests {
         assert_eq!(line(&d), "[     8] #general ana: (deleted)");
         let p = message(9, "later", false, false, SyncState::Pending);
         assert_eq!(line(&p), "[     9] #general ana: later [pending]");
+        let mut c = message(10, "", false, false, SyncState::Synchronized);
+        c.call = Some(skygit_api::calls::CallLine {
+            call: "01J00000000000000000000000".into(),
+            event: skygit_api::calls::CallLineEvent::Ended,
+            participants: vec!["ana".into(), "bo".into()],
+            duration_ms: 83_000,
+        });
+        assert_eq!(
+            line(&c),
+            "[    10] #general ana: (call ended after 1:23: ana, bo)"
+        );
     }
 }

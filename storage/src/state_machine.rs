@@ -320,7 +320,7 @@ impl<'a> View<'a> {
 
 fn message_id_of(req: &ChatRequest) -> Option<Ulid> {
     match &req.command {
-        Command::Post { .. } => Some(req.id),
+        Command::Post { .. } | Command::Call { .. } => Some(req.id),
         Command::Edit { message, .. } | Command::Delete { message } => Some(*message),
         _ => None,
     }

@@ -157,8 +157,13 @@ impl MediaActor {
             tracing::debug!(via, "no media frames here: a call frame is not sent");
             return;
         };
-        metrics::counter!("skygit_call_frames_sent_total", "room" => self.room.clone())
-            .increment(1);
+        // A frame of another node's is one this node relays.
+        let name = if frame.hops > 0 {
+            "skygit_call_frames_relayed_total"
+        } else {
+            "skygit_call_frames_sent_total"
+        };
+        metrics::counter!(name, "room" => self.room.clone()).increment(1);
         let task = async move {
             if let Err(e) = t.send(via, &MediaFrame::Call(Box::new(frame))).await {
                 tracing::debug!(via, error = %e, "call frame not sent");

@@ -24,6 +24,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../../web/common.js"),
     ),
     (
+        "call.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/call.js"),
+    ),
+    (
         "app.js",
         "text/javascript; charset=utf-8",
         include_str!("../../../web/app.js"),
@@ -54,7 +59,7 @@ pub async fn dashboard() -> Response {
 }
 
 #[utoipa::path(get, path = "/ui/{file}", tag = "pages", security(()),
-    params(("file" = String, Path, description = "`app.js`, `common.js`, `dashboard.js` or `style.css`")),
+    params(("file" = String, Path, description = "`app.js`, `call.js`, `common.js`, `dashboard.js` or `style.css`")),
     responses((status = 200, description = "the asset", content(
                   (String = "text/javascript"), (String = "text/css"))),
               (status = 404, description = "no such asset", body = skygit_api::ErrorBody)))]

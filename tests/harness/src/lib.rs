@@ -3,6 +3,7 @@
 //! it over that API. `skygit-tools demo`, `skygit-tools bench mesh` and the process
 //! tests share it, so they all exercise the binary a user runs.
 
+pub mod browser;
 pub mod media_servers;
 pub mod nat;
 
@@ -400,6 +401,18 @@ impl NodeProc {
         let r = self
             .http
             .post(format!("{}/faults/drop-link/{peer}", self.api))
+            .send()
+            .await?;
+        r.error_for_status()?;
+        Ok(())
+    }
+
+    /// Keeps this node from ever linking to `peer` (the node must run
+    /// with `--fault-api`): as if no path between the two existed.
+    pub async fn block(&self, peer: u64) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .post(format!("{}/faults/block/{peer}", self.api))
             .send()
             .await?;
         r.error_for_status()?;
