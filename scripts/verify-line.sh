@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Checks one line of a skygit batch file (a post, edit, delete or
-# conversation) with the real `ssh-keygen -Y verify`, without skygit:
+# Checks one line of a skygit batch file (a post, edit, delete,
+# conversation or call) with the real `ssh-keygen -Y verify`, without skygit:
 #
 #   scripts/verify-line.sh ALLOWED_SIGNERS < line
 #
@@ -19,8 +19,10 @@ trap 'rm -rf "$tmp"' EXIT
 
 printf '%s' "$line" | jq -cj '
   if .kind == "post" then {kind, conversation, request, sender, at, content}
+    + (if .attachments then {attachments} else {} end)
   elif .kind == "edit" then {kind, message, request, sender, at, content}
   elif .kind == "delete" then {kind, message, request, sender, at}
+  elif .kind == "call" then {kind, conversation, request, sender, at, call}
   else {kind, conversation, request, sender, at, title} end' >"$tmp/statement"
 {
     echo "-----BEGIN SSH SIGNATURE-----"

@@ -7,6 +7,15 @@
   const el = SG.el;
   const RINGING = new Set(['invited', 'ringing']);
   const HIDE_AFTER_MS = 10000;
+  // Negotiation watchdog: a connection not up this long after its offer,
+  // answer or hello is started over, at most once per RESTART_GAP_MS per
+  // peer. The larger id first waits OFFER_WAIT_MS for an offer; the smaller
+  // id ignores a hello while its own offer is younger than FRESH_OFFER_MS.
+  const WATCH_MS = 12000;
+  const RESTART_GAP_MS = 10000;
+  const OFFER_WAIT_MS = 5000;
+  const FRESH_OFFER_MS = 3000;
+  const LEAVE_RETRY_MS = 30000;
 
   const SGCall = (window.SGCall = {
     pcs: new Map(), // node id -> RTCPeerConnection
@@ -26,6 +35,7 @@
     accepting: false, // Accept was clicked and the node has not answered
     mediaP: null, // Promise of the local MediaStream (or null)
     iceP: null, // Promise of the ICE servers
+    isReady: false, // both have resolved (negotiation can go on without waiting)
     local: null, // local MediaStream
     cam: null, // camera video track
     screen: null, // shared screen track
@@ -40,6 +50,12 @@
     offering: new Set(), // node ids an offer is being made to
     sent: new WeakMap(), // pc -> {done, early}: candidates wait for the offer/answer
     latest: new Map(), // call id -> last CallView from an event
+    watch: new Map(), // node id -> watchdog timeout
+    offerSeq: new Map(), // node id -> number of offers received: only the newest is answered
+    negAt: new Map(), // node id -> performance.now() of our last offer/answer/hello to it
+    offeredAt: new WeakMap(), // pc -> performance.now() of its offer
+    left: new Set(), // ids of calls hung up or declined on this page: never re-entered
+    leaving: new Set(), // Promises of hangup/decline requests still being retried
     alive: null, // interval
     hide: null, // timeout
     rec: null, // the recording under way
@@ -222,6 +238,10 @@
       return s;
     });
     S.iceP = fetchIce();
+    S.isReady = false;
+    Promise.all([S.mediaP, S.iceP]).then(() => {
+      if (gen === S.gen) S.isReady = true;
+    });
   }
   async function fetchIce() {
     const r = await api('GET', '/calls/ice');
@@ -240,6 +260,7 @@
     if (S.screen) S.screen.stop();
     S.local = S.cam = S.screen = S.screenStream = null;
     S.mediaP = S.iceP = null;
+    S.isReady = false;
   }
 
   // ---- signalling ------------------------------------------------------
@@ -262,6 +283,10 @@
   // The offer or answer went out: local candidates may follow it.
   function described(pc, id, kind) {
     send(id, { kind, sdp: pc.localDescription.sdp });
+    const now = performance.now();
+    S.negAt.set(id, now);
+    if (kind === 'offer') S.offeredAt.set(pc, now);
+    arm(id, WATCH_MS);
     const st = S.sent.get(pc);
     st.done = true;
     for (const c of st.early) send(id, c);
@@ -284,6 +309,78 @@
     return gen === S.gen ? ice || [] : null;
   }
 
+  // ---- negotiation watchdog ----------------------------------------------
+  // One timer per peer; f (default: check) runs unless the call changed.
+  function arm(id, ms, f) {
+    clearTimeout(S.watch.get(id));
+    const gen = S.gen;
+    const t = setTimeout(() => {
+      if (S.watch.get(id) === t) S.watch.delete(id);
+      if (gen === S.gen) (f || check)(id);
+    }, Math.max(0, ms));
+    S.watch.set(id, t);
+  }
+  function disarm(id) {
+    clearTimeout(S.watch.get(id));
+    S.watch.delete(id);
+  }
+  // Whether id and this user are both joined in the call shown.
+  function joinedPeer(id) {
+    const v = S.call;
+    if (S.mode !== 'in' || S.accepting || !v || id === v.me) return false;
+    const m = mine(v);
+    const p = v.participants.find((x) => x.node_id === id);
+    return !!(m && m.state === 'joined' && p && p.state === 'joined');
+  }
+  function connected(id) {
+    const pc = SGCall.pcs.get(id);
+    return !!pc && pc.connectionState === 'connected';
+  }
+  // The watchdog fired: a connection to a joined peer that is not up is
+  // started over.
+  function check(id) {
+    if (!joinedPeer(id) || connected(id)) return;
+    // Still waiting for the camera (a permission prompt) or the ICE
+    // servers: an offer or answer is on its way; another would cross it.
+    if (!S.isReady) return arm(id, WATCH_MS);
+    restart(id);
+  }
+  // Starts the connection to id over by the negotiation rule: the smaller
+  // id offers on a fresh connection; the larger one waits a while for such
+  // an offer and only then asks for one (hello). At most one restart per
+  // RESTART_GAP_MS per peer: an earlier one is put off until then.
+  function restart(id) {
+    const wait = (S.negAt.get(id) ?? -Infinity) + RESTART_GAP_MS - performance.now();
+    if (S.call.me < id) {
+      // (An offer already on its way: look again later.)
+      if (S.offering.has(id)) return arm(id, Math.max(wait, OFFER_WAIT_MS));
+      if (wait > 0) return arm(id, wait);
+      S.negAt.set(id, performance.now());
+      arm(id, WATCH_MS); // in case the offer is never made
+      op(id, (gen) => offer(id, gen, true));
+      return;
+    }
+    const pc = SGCall.pcs.get(id);
+    // An offer meanwhile makes a new connection and re-arms the timer.
+    arm(id, Math.max(OFFER_WAIT_MS, wait), () => {
+      if (!joinedPeer(id) || connected(id) || SGCall.pcs.get(id) !== pc) return check(id);
+      hello(id);
+    });
+  }
+  // Asks id (a smaller id) to offer again.
+  function hello(id) {
+    S.negAt.set(id, performance.now());
+    send(id, { kind: 'hello' });
+    arm(id, WATCH_MS);
+  }
+  // After the event stream came back (or lagged), signals may be lost:
+  // every connection not up is started over (within the bound).
+  function kick() {
+    const v = S.call;
+    if (!v || S.mode !== 'in') return;
+    for (const p of others(v)) if (joinedPeer(p.node_id) && !connected(p.node_id)) restart(p.node_id);
+  }
+
   function closePc(id) {
     const pc = SGCall.pcs.get(id);
     if (!pc) return;
@@ -303,6 +400,7 @@
       pc = new RTCPeerConnection();
     }
     SGCall.pcs.set(id, pc);
+    S.iceQ.delete(id); // candidates of the peer's previous connection
     S.sent.set(pc, { done: false, early: [] });
     S.remote.set(id, new MediaStream());
     pc.onicecandidate = (e) => {
@@ -325,10 +423,17 @@
       if (S.rec && e.track.kind === 'audio') S.rec.addAudio(e.track);
     };
     pc.onconnectionstatechange = () => {
-      if (pc.connectionState !== 'failed' || SGCall.pcs.get(id) !== pc) return;
-      // Start over: the smaller id offers, the other asks it to.
-      if (S.call.me < id) op(id, (gen) => offer(id, gen, true));
-      else send(id, { kind: 'hello' });
+      if (SGCall.pcs.get(id) !== pc) return;
+      const st = pc.connectionState;
+      if (st === 'connected') disarm(id);
+      else if (st === 'disconnected') {
+        // It may come back by itself; if not, the watchdog starts over.
+        if (!S.watch.has(id)) arm(id, WATCH_MS);
+      } else if (st === 'failed') {
+        // Start over: the smaller id offers at once; the larger one waits
+        // for that offer and asks for one only if none comes.
+        if (joinedPeer(id)) restart(id);
+      }
     };
     return pc;
   }
@@ -395,14 +500,25 @@
     const id = d.from;
     const s = d.signal;
     if (typeof id !== 'number' || id === S.call.me) return;
-    if (s.kind === 'offer' && typeof s.sdp === 'string') op(id, (gen) => onOffer(id, s.sdp, gen));
+    if (s.kind === 'offer' && typeof s.sdp === 'string') {
+      // An offer superseded by a newer one still queued is not answered: the
+      // offerer applies an answer to its newest connection only.
+      const n = (S.offerSeq.get(id) || 0) + 1;
+      S.offerSeq.set(id, n);
+      op(id, (gen) => (S.offerSeq.get(id) === n ? onOffer(id, s.sdp, gen) : null));
+    }
     else if (s.kind === 'answer' && typeof s.sdp === 'string') op(id, () => onAnswer(id, s.sdp));
     else if (s.kind === 'ice' && typeof s.candidate === 'string') op(id, () => onIce(id, s));
     else if (s.kind === 'hello') {
-      // The peer reloaded: drop the old connection and offer again.
+      // The peer reloaded or lost its connection: offer again on a fresh
+      // connection, unless an offer just went out (it answers the hello; a
+      // second one would cross the answer to the first).
       op(id, (gen) => {
-        closePc(id);
-        S.iceQ.delete(id);
+        const pc = SGCall.pcs.get(id);
+        const at = pc && S.offeredAt.get(pc);
+        if (at != null && performance.now() - at < FRESH_OFFER_MS) return;
+        S.negAt.set(id, performance.now());
+        arm(id, WATCH_MS);
         return offer(id, gen, true);
       });
     }
@@ -419,6 +535,8 @@
       if (p.state !== 'joined') continue;
       keep.add(p.node_id);
       tile(p.node_id, p.user, false);
+      // Nothing gets stuck: a peer not connected always has a watchdog.
+      if (!S.watch.has(p.node_id) && !connected(p.node_id)) arm(p.node_id, WATCH_MS);
       if (v.me < p.node_id && !SGCall.pcs.has(p.node_id) && !S.offering.has(p.node_id)) {
         const id = p.node_id;
         S.offering.add(id);
@@ -429,6 +547,8 @@
     for (const id of [...SGCall.pcs.keys()]) if (!keep.has(id)) leave(id);
   }
   function leave(id) {
+    disarm(id);
+    S.negAt.delete(id);
     closePc(id);
     dropTile(id);
     S.iceQ.delete(id);
@@ -489,6 +609,10 @@
     S.ops.clear();
     S.sends.clear();
     S.offering.clear();
+    for (const t of S.watch.values()) clearTimeout(t);
+    S.watch.clear();
+    S.negAt.clear();
+    S.offerSeq.clear();
     stopLocal();
     S.accepting = false;
     S.mode = 'ended';
@@ -515,7 +639,7 @@
       render();
       return;
     }
-    if (v.state === 'ended' || !m) return;
+    if (v.state === 'ended' || !m || S.left.has(v.id)) return;
     if (S.mode === 'ringing' || S.mode === 'in' || S.mode === 'starting') return;
     if (RINGING.has(m.state) && v.initiator !== v.me) ring(v);
   }
@@ -543,6 +667,9 @@
     S.call = null;
     render();
     beginMedia(true);
+    // A hang-up still being sent would make the node refuse (409).
+    if (S.leaving.size) await Promise.all([...S.leaving]);
+    if (S.mode !== 'starting') return;
     const r = await api('POST', '/calls', { conversation: conversation || S.conv, peers: ids, video: true });
     if (S.mode !== 'starting') return;
     if (!r || !r.ok || !r.data || !r.data.id) {
@@ -579,41 +706,67 @@
     onCall(m && m.state === 'joined' ? S.call : r.data);
   }
 
+  // Tells the node this user declined or hung up (what), retrying with a
+  // backoff for about LEAVE_RETRY_MS until it answers (404 or 409: there is
+  // nothing left to leave). Resolves to the CallView, or null.
+  function leaveCall(id, what) {
+    S.left.add(id);
+    const p = (async () => {
+      const t0 = performance.now();
+      for (let delay = 500; ; delay = Math.min(delay * 2, 8000)) {
+        const r = await api('POST', callPath(id, what));
+        if (r && (r.ok || r.status === 404 || r.status === 409)) return r.ok ? r.data : null;
+        if (performance.now() - t0 + delay > LEAVE_RETRY_MS) return null;
+        await SG.sleep(delay);
+      }
+    })();
+    S.leaving.add(p);
+    p.finally(() => S.leaving.delete(p));
+    return p;
+  }
+
   async function decline() {
     const v = S.call;
     if (S.mode !== 'ringing' || !v) return;
+    S.left.add(v.id);
     end();
-    const r = await api('POST', callPath(v.id, 'decline'));
-    if (r && r.ok && r.data) onCall(r.data);
+    const data = await leaveCall(v.id, 'decline');
+    if (data) onCall(data);
   }
 
   async function hangup() {
     const v = S.call;
     if (S.mode !== 'in' || !v) return;
+    S.left.add(v.id); // from now on resume() must not bring the user back
     const off = S.rec ? stopRecording() : null;
     end();
     if (off) await off;
-    const r = await api('POST', callPath(v.id, 'hangup'));
-    if (r && r.ok && r.data) onCall(r.data);
+    const data = await leaveCall(v.id, 'hangup');
+    if (data) onCall(data);
   }
 
   // Rejoins a live call this node is in, or rings for one it is invited
-  // to; while in a call, brings its state up to date.
+  // to (never one hung up or declined on this page); while in a call,
+  // brings its state up to date and starts over the connections not up
+  // (signals sent while the event stream was down are lost).
   async function resume() {
     const r = await api('GET', '/calls');
-    if (!r || !r.ok || !r.data) return;
-    const calls = r.data.calls || [];
+    const ok = !!(r && r.ok && r.data);
+    const calls = ok ? r.data.calls || [] : [];
     if (S.mode === 'in' || S.mode === 'ringing') {
       if (S.accepting || !S.call) return;
-      const v = calls.find((c) => c.id === S.call.id);
-      if (v) onCall(v);
-      else end();
+      if (ok) {
+        const v = calls.find((c) => c.id === S.call.id);
+        if (v) onCall(v);
+        else end();
+      }
+      kick();
       return;
     }
-    if (S.mode === 'starting') return;
+    if (!ok || S.mode === 'starting') return;
     const live = calls.filter((c) => {
       const seen = S.latest.get(c.id);
-      return c.state !== 'ended' && !(seen && seen.state === 'ended');
+      return c.state !== 'ended' && !(seen && seen.state === 'ended') && !S.left.has(c.id);
     });
     const joined = live.find((c) => (mine(c) || {}).state === 'joined');
     if (joined) {
@@ -624,7 +777,7 @@
       // Those with a smaller id offer again when asked; the others get
       // an offer from sync().
       for (const p of others(joined))
-        if (p.state === 'joined' && p.node_id < joined.me) send(p.node_id, { kind: 'hello' });
+        if (p.state === 'joined' && p.node_id < joined.me) hello(p.node_id);
       enter(joined);
       return;
     }

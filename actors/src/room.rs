@@ -360,6 +360,7 @@ pub async fn start_room(spec: RoomSpec, ports: RoomPorts) -> Result<RoomHandle, 
             consensus: consensus.clone(),
             clock: ports.clock.clone(),
             notices: call_notices.clone(),
+            verified: m.identity.as_ref().map(|_| verified.clone()),
         },
     )
     .start();

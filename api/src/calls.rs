@@ -6,7 +6,7 @@
 //! relays signalling over the room's mesh, never through raft.
 
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 /// Longest SDP a signal carries, in bytes.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
@@ -93,8 +93,12 @@ pub struct Calls {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartCall {
+    #[schema(pattern = r"^[a-z0-9_-][a-z0-9._-]{0,63}$")]
     pub conversation: String,
-    /// The nodes to call (1 to 3, online peers of the room).
+    /// The nodes to call (1 to 3, peers of the room; one named twice is
+    /// called once).
+    #[schema(min_items = 1, max_items = 3)]
+    #[serde(deserialize_with = "crate::integral::list")]
     pub peers: Vec<u64>,
     #[serde(default = "yes")]
     pub video: bool,
@@ -125,6 +129,8 @@ pub enum Signal {
     Ice {
         candidate: String,
         sdp_mid: Option<String>,
+        #[schema(minimum = 0, maximum = 65535)]
+        #[serde(default, deserialize_with = "crate::integral::option")]
         sdp_mline_index: Option<u16>,
     },
     /// "I (re)loaded: offer to me again."
@@ -156,6 +162,7 @@ impl Signal {
 #[serde(deny_unknown_fields)]
 pub struct SendSignal {
     /// The participant's node.
+    #[serde(deserialize_with = "crate::integral::whole")]
     pub to: u64,
     pub signal: Signal,
 }
@@ -208,13 +215,6 @@ pub enum CallLineEvent {
     Cancelled,
 }
 
-/// The path of one call's requests.
-#[derive(Debug, Clone, Deserialize, IntoParams)]
-pub struct CallPath {
-    /// The call's id (a ULID).
-    pub id: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +239,18 @@ mod tests {
         };
         assert!(big.check().is_err());
         assert!(serde_json::from_str::<Signal>(r#"{"kind":"bye"}"#).is_err());
+        // Integers as JSON Schema reads them.
+        let s: SendSignal = serde_json::from_str(
+            r#"{"to": 7.0, "signal": {"kind":"ice","candidate":"c","sdp_mid":null,"sdp_mline_index":1.0}}"#,
+        )
+        .expect("whole numbers");
+        assert_eq!(s.to, 7);
+        let c: StartCall =
+            serde_json::from_str(r#"{"conversation":"general","peers":[4104188270.0]}"#)
+                .expect("peers");
+        assert_eq!(c.peers, vec![4104188270]);
+        assert!(
+            serde_json::from_str::<StartCall>(r#"{"conversation":"g","peers":[1.5]}"#).is_err()
+        );
     }
 }

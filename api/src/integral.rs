@@ -35,6 +35,18 @@ where
     whole_of::<D::Error, T>(Number::deserialize(d)?)
 }
 
+/// Deserializes a list of integers, accepting `3.0` for `3`.
+pub fn list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    Vec::<Number>::deserialize(d)?
+        .into_iter()
+        .map(whole_of::<D::Error, T>)
+        .collect()
+}
+
 fn whole_of<E: Error, T: TryFrom<u64>>(n: Number) -> Result<T, E> {
     let whole = match n {
         Number::Whole(u) => u,

@@ -588,6 +588,15 @@ const API_ROUTES: &[(&str, &str)] = &[
     ("get", "/flushes"),
     ("get", "/settings"),
     ("put", "/settings"),
+    ("get", "/calls"),
+    ("post", "/calls"),
+    ("get", "/calls/ice"),
+    ("post", "/calls/{id}/accept"),
+    ("post", "/calls/{id}/decline"),
+    ("post", "/calls/{id}/hangup"),
+    ("post", "/calls/{id}/recording"),
+    ("post", "/calls/{id}/alive"),
+    ("post", "/calls/{id}/signal"),
     ("get", "/events"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
@@ -2310,6 +2319,205 @@ async fn a_room_without_a_quorum_keeps_posts_in_the_outbox() {
             .await
             .unwrap_or_else(|e| panic!("{}: {e:#}", n.spec.user));
         }
+        room.stop().await;
+    })
+    .await
+    .expect("the test finishes in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_ring_relay_signals_end_and_refuse_bad_input() {
+    let _one = ONE_ROOM_AT_A_TIME.lock().await;
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let room = Room::start(&["ana", "bo"], &[], 2).await;
+        let (ana, bo) = (&room.nodes[0], &room.nodes[1]);
+        let mut on_bo = Events::open(bo).await;
+        on_bo
+            .wait(EVENT_WITHIN, "the hello event", |e, _| e == "hello")
+            .await;
+        let mut on_ana = Events::open(ana).await;
+        on_ana
+            .wait(EVENT_WITHIN, "the hello event", |e, _| e == "hello")
+            .await;
+
+        // Calls nobody could place.
+        let start = |peers: Value| json!({"conversation": "general", "peers": peers});
+        for (body, why) in [
+            (start(json!([ana.node_id])), "this node"),
+            (start(json!([12345])), "a node the room does not know"),
+        ] {
+            let e = post(ana, "/calls", &body).await.expect_error(404);
+            assert!(e.contains("not a peer"), "{why}: {e}");
+        }
+        for (body, why) in [
+            (start(json!([])), "no peers"),
+            (start(json!([1, 2, 3, 4])), "more than 3 peers"),
+            (
+                json!({"conversation": "No Such Name", "peers": [bo.node_id]}),
+                "a bad conversation name",
+            ),
+            (
+                json!({"conversation": "general", "peers": [bo.node_id], "x": 1}),
+                "an unknown field",
+            ),
+        ] {
+            let e = post(ana, "/calls", &body).await.expect_error(400);
+            assert!(!e.is_empty(), "{why}");
+        }
+        post_raw(ana, "/calls", "[]").await.expect_error(400);
+        call(ana, Method::POST, "/calls/not-a-call/accept", None)
+            .await
+            .expect_error(400);
+        call(ana, Method::POST, "/calls/01ARZ3NDEKTSV4RRFFQ69G5FAV/accept", None)
+            .await
+            .expect_error(404);
+
+        // ana calls bo: bo's node rings.
+        let c = post(ana, "/calls", &start(json!([bo.node_id])))
+            .await
+            .expect(201)
+            .clone();
+        let id = c["id"].as_str().expect("call id").to_owned();
+        assert_eq!(c["state"], "ringing", "{c}");
+        assert_eq!(c["me"], ana.node_id, "{c}");
+        let rings = on_bo
+            .wait(EVENT_WITHIN, "bo's node to ring", |e, d| {
+                e == "call"
+                    && d["id"] == id.as_str()
+                    && d["participants"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().any(|p| p["user"] == "bo" && p["state"] == "ringing"))
+            })
+            .await;
+        assert_eq!(rings["initiator"], ana.node_id, "{rings}");
+        assert_eq!(rings["me"], bo.node_id, "{rings}");
+        // A second call while in one; accepting one's own; signalling a
+        // participant who has not joined.
+        post(ana, "/calls", &start(json!([bo.node_id])))
+            .await
+            .expect_error(409);
+        call(ana, Method::POST, &format!("/calls/{id}/accept"), None)
+            .await
+            .expect_error(409);
+        let hello = json!({"to": bo.node_id, "signal": {"kind": "hello"}});
+        post(ana, &format!("/calls/{id}/signal"), &hello)
+            .await
+            .expect_error(409);
+
+        // bo answers; the call is active on both.
+        let c = call(bo, Method::POST, &format!("/calls/{id}/accept"), None)
+            .await
+            .expect(200)
+            .clone();
+        assert_eq!(c["state"], "active", "{c}");
+        on_ana
+            .wait(EVENT_WITHIN, "ana's node to see bo join", |e, d| {
+                e == "call" && d["id"] == id.as_str() && d["state"] == "active"
+            })
+            .await;
+
+        // SDP from ana's browser reaches bo's event stream, unchanged.
+        let offer = json!({"to": bo.node_id, "signal": {"kind": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"}});
+        post(ana, &format!("/calls/{id}/signal"), &offer)
+            .await
+            .expect(202);
+        let s = on_bo
+            .wait(EVENT_WITHIN, "the offer on bo's stream", |e, d| {
+                e == "call_signal" && d["call"] == id.as_str()
+            })
+            .await;
+        assert_eq!(s["from"], ana.node_id, "{s}");
+        assert_eq!(s["signal"], offer["signal"], "{s}");
+        let ice = json!({"to": ana.node_id, "signal": {"kind": "ice", "candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host", "sdp_mid": "0", "sdp_mline_index": 0}});
+        post(bo, &format!("/calls/{id}/signal"), &ice)
+            .await
+            .expect(202);
+        on_ana
+            .wait(EVENT_WITHIN, "the candidate on ana's stream", |e, d| {
+                e == "call_signal" && d["signal"]["kind"] == "ice" && d["from"] == bo.node_id
+            })
+            .await;
+        // Bad signals.
+        let big = json!({"to": bo.node_id, "signal": {"kind": "offer", "sdp": "v".repeat(64 * 1024 + 1)}});
+        post(ana, &format!("/calls/{id}/signal"), &big)
+            .await
+            .expect_error(400);
+        let odd = json!({"to": bo.node_id, "signal": {"kind": "bye"}});
+        post(ana, &format!("/calls/{id}/signal"), &odd)
+            .await
+            .expect_error(400);
+        let nobody = json!({"to": 12345, "signal": {"kind": "hello"}});
+        post(ana, &format!("/calls/{id}/signal"), &nobody)
+            .await
+            .expect_error(409);
+        let a = call(ana, Method::POST, &format!("/calls/{id}/alive"), None).await;
+        assert_eq!(a.status, 204, "{}", a.text);
+
+        // ana records: bo's node sees it.
+        post(ana, &format!("/calls/{id}/recording"), &json!({"on": true}))
+            .await
+            .expect(200);
+        on_bo
+            .wait(EVENT_WITHIN, "ana's recording on bo's stream", |e, d| {
+                e == "call"
+                    && d["participants"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().any(|p| p["user"] == "ana" && p["recording"] == true))
+            })
+            .await;
+        // The browsers' ICE servers: a list, empty in a test room.
+        let ice = get(ana, "/calls/ice").await.expect(200).clone();
+        assert!(ice["ice_servers"].is_array(), "{ice}");
+
+        // bo hangs up: the call ends on both, and its lines are messages.
+        call(bo, Method::POST, &format!("/calls/{id}/hangup"), None)
+            .await
+            .expect(200);
+        on_ana
+            .wait(EVENT_WITHIN, "the end on ana's stream", |e, d| {
+                e == "call" && d["id"] == id.as_str() && d["outcome"] == "ended"
+            })
+            .await;
+        let calls = get(bo, "/calls").await.expect(200).clone();
+        assert_eq!(calls["calls"][0]["state"], "ended", "{calls}");
+        call(bo, Method::POST, &format!("/calls/{id}/hangup"), None)
+            .await
+            .expect_error(409);
+        let mut events = Vec::new();
+        for _ in 0..50 {
+            let page = get(ana, "/messages").await.expect(200).clone();
+            events = page["messages"]
+                .as_array()
+                .expect("messages")
+                .iter()
+                .filter_map(|m| Some((m["sender"].as_str()?.to_owned(), m["call"]["event"].as_str()?.to_owned())))
+                .collect();
+            if events.iter().any(|(_, e)| e == "ended") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(events.contains(&("ana".into(), "started".into())), "{events:?}");
+        assert!(events.contains(&("bo".into(), "joined".into())), "{events:?}");
+        assert_eq!(
+            events.iter().filter(|(_, e)| e == "ended").count(),
+            1,
+            "both nodes proposed the end; it applies once: {events:?}"
+        );
+        // A call line is not edited or deleted.
+        let page = get(ana, "/messages").await.expect(200).clone();
+        let line = page["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .find(|m| m["sender"] == "ana" && m["call"]["event"] == "started")
+            .expect("the started line")
+            .clone();
+        let lid = line["id"].as_str().expect("id");
+        patch(ana, &format!("/messages/{lid}"), &json!({"content": "no"}))
+            .await
+            .expect_error(409);
+        delete(ana, &format!("/messages/{lid}")).await.expect_error(409);
         room.stop().await;
     })
     .await

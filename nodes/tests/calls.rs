@@ -22,7 +22,7 @@ mod browser_kit;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use fantoccini::{Client, Locator};
+use fantoccini::Client;
 use serde_json::{json, Value};
 use skygit_harness::NodeProc;
 
@@ -34,31 +34,6 @@ const CONNECTS: Duration = Duration::from_secs(30);
 const ENDS: Duration = Duration::from_secs(10);
 /// The node's invite timeout, and a margin.
 const UNANSWERED: Duration = Duration::from_secs(45 + 15);
-
-/// Clicks the element `css` (it must be shown).
-async fn click(c: &Client, css: &str) -> anyhow::Result<()> {
-    let e = c
-        .wait()
-        .at_most(Duration::from_secs(15))
-        .for_element(Locator::Css(css))
-        .await
-        .with_context(|| format!("no {css}"))?;
-    e.click()
-        .await
-        .with_context(|| format!("cannot click {css}"))?;
-    Ok(())
-}
-
-/// Whether `css` is shown (present and not hidden by itself or a parent).
-async fn visible(c: &Client, css: &str) -> anyhow::Result<bool> {
-    js(
-        c,
-        "const e = document.querySelector(arguments[0]); \
-         return !!e && !e.closest('[hidden]') && e.getClientRects().length > 0;",
-        vec![json!(css)],
-    )
-    .await
-}
 
 /// The page's current call (`SGCall.current()`), if any.
 async fn current(c: &Client) -> anyhow::Result<Value> {
@@ -134,8 +109,10 @@ async fn setup_ms(c: &Client, peer: u64) -> anyhow::Result<Option<f64>> {
     .await
 }
 
-/// Waits until every page's call is over (or gone), with `outcome`.
-async fn wait_ended(pages: &[&Client], outcome: &str) -> anyhow::Result<()> {
+/// Waits until every page's call is over (the page shows no call, or the
+/// ended one with `outcome`) and every node's newest call ended with
+/// `outcome`.
+async fn wait_ended(pages: &[&Client], nodes: &[&NodeProc], outcome: &str) -> anyhow::Result<()> {
     for (i, c) in pages.iter().enumerate() {
         poll(
             ENDS,
@@ -143,7 +120,8 @@ async fn wait_ended(pages: &[&Client], outcome: &str) -> anyhow::Result<()> {
             &format!("page {i} to show the call ended"),
             || async move {
                 let call = current(c).await?;
-                let ended = call.is_null() || call["state"] == "ended";
+                let ended =
+                    call.is_null() || (call["state"] == "ended" && call["outcome"] == outcome);
                 Ok(ended.then_some(()))
             },
         )
@@ -153,8 +131,40 @@ async fn wait_ended(pages: &[&Client], outcome: &str) -> anyhow::Result<()> {
             "page {i} still offers to hang up"
         );
     }
-    let _ = outcome;
+    for n in nodes {
+        poll(
+            ENDS,
+            Duration::from_millis(200),
+            &format!("{}'s node to end the call as {outcome}", n.spec.user),
+            || async move {
+                let calls = calls_of(n).await?;
+                let newest = calls
+                    .calls
+                    .iter()
+                    .max_by(|a, b| a.started_at.cmp(&b.started_at));
+                Ok(newest
+                    .is_some_and(|c| {
+                        c.state == skygit_api::calls::CallState::Ended
+                            && serde_json::to_value(c.outcome).ok() == Some(json!(outcome))
+                    })
+                    .then_some(()))
+            },
+        )
+        .await?;
+    }
     Ok(())
+}
+
+/// The label of the video track `page` sends to `peer`.
+async fn sent_video(c: &Client, peer: u64) -> anyhow::Result<String> {
+    js(
+        c,
+        "const pc = SGCall.pcs.get(arguments[0]); \
+         const s = pc && pc.getSenders().find((s) => s.track && s.track.kind === 'video'); \
+         return s ? s.track.label : '';",
+        vec![json!(peer)],
+    )
+    .await
 }
 
 /// A node's calls as its API says.
@@ -311,7 +321,10 @@ async fn a_one_to_one_video_call_flows_both_ways_records_and_hangs_up() {
             )
             .await?;
 
-            // ana shares her screen: bo keeps decoding her video.
+            // ana shares her screen: her connection sends the screen (a
+            // track of its own), and bo keeps decoding her video.
+            let camera = sent_video(ua, bo).await?;
+            ensure!(!camera.is_empty(), "ana sends no video");
             click(ua, "#call-share").await?;
             poll(
                 Duration::from_secs(10),
@@ -328,6 +341,11 @@ async fn a_one_to_one_video_call_flows_both_ways_records_and_hangs_up() {
                 },
             )
             .await?;
+            let shared = sent_video(ua, bo).await?;
+            ensure!(
+                !shared.is_empty() && shared != camera,
+                "sharing still sends the camera ({camera:?})"
+            );
             media_flows(ub, "bo, ana sharing", ana).await?;
             click(ua, "#call-share").await?;
 
@@ -353,7 +371,7 @@ async fn a_one_to_one_video_call_flows_both_ways_records_and_hangs_up() {
 
             // bo hangs up: the call ends on both pages.
             click(ub, "#call-hangup").await?;
-            wait_ended(&[ua, ub], "ended").await?;
+            wait_ended(&[ua, ub], &[&room.nodes[0], &room.nodes[1]], "ended").await?;
             let calls = calls_of(&room.nodes[0]).await?;
             ensure!(
                 calls
@@ -482,7 +500,7 @@ async fn a_call_between_unlinked_nodes_is_signalled_through_a_third() {
                 );
                 let _ = bo;
                 click(ua, "#call-hangup").await?;
-                wait_ended(&[ua, uc], "ended").await?;
+                wait_ended(&[ua, uc], &[&room.nodes[0], &room.nodes[2]], "ended").await?;
                 Ok(())
             })
         },
@@ -554,7 +572,12 @@ async fn three_people_talk_in_one_call() {
             .await?;
             media_flows(&b[0], "ana", ids[1]).await?;
             click(&b[0], "#call-hangup").await?;
-            wait_ended(&[&b[0], &b[1], &b[2]], "ended").await?;
+            wait_ended(
+                &[&b[0], &b[1], &b[2]],
+                &[&room.nodes[0], &room.nodes[1], &room.nodes[2]],
+                "ended",
+            )
+            .await?;
             wait_repo_lines(
                 room,
                 &[
@@ -588,7 +611,7 @@ async fn declined_and_unanswered_invites_end_cleanly_and_are_in_the_history() {
             )
             .await?;
             click(ub, "#call-decline").await?;
-            wait_ended(&[ua, ub], "declined").await?;
+            wait_ended(&[ua, ub], &[&room.nodes[0]], "declined").await?;
             let calls = calls_of(&room.nodes[0]).await?;
             ensure!(
                 calls
@@ -622,7 +645,7 @@ async fn declined_and_unanswered_invites_end_cleanly_and_are_in_the_history() {
                 },
             )
             .await?;
-            wait_ended(&[ua, ub], "missed").await?;
+            wait_ended(&[ua, ub], &[&room.nodes[0], &room.nodes[1]], "missed").await?;
             ensure!(!visible(ub, "#call-accept").await?, "bo's page still rings");
             wait_repo_lines(
                 room,

@@ -426,6 +426,47 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
         .await
         .expect("posts");
     converged(&honest, &sent, SETTLE).await.expect("converged");
+    // A call: alice rings bob, he answers and hangs up. Its lines are
+    // signed like every other change (checked by verify below).
+    let started: skygit_api::calls::CallView = alice
+        .http()
+        .post(format!("{}/calls", alice.api))
+        .json(&serde_json::json!({"conversation": "general", "peers": [bob.node_id]}))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("alice calls bob")
+        .json()
+        .await
+        .expect("a call");
+    let id = started.id.clone();
+    wait_for(SETTLE, "bob's node to ring", || async {
+        let c: skygit_api::calls::Calls = bob.get("/calls").await.ok()?;
+        c.calls.iter().any(|c| c.id == id).then_some(())
+    })
+    .await
+    .expect("rings");
+    for what in ["accept", "hangup"] {
+        bob.http()
+            .post(format!("{}/calls/{id}/{what}", bob.api))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("bob's {what}: {e}"));
+    }
+    wait_for(SETTLE, "the call's end in the log", || async {
+        let page: skygit_api::MessagePage = alice.get("/messages?limit=1000").await.ok()?;
+        page.messages
+            .iter()
+            .any(|m| {
+                m.call.as_ref().is_some_and(|c| {
+                    c.call == id && c.event == skygit_api::calls::CallLineEvent::Ended
+                })
+            })
+            .then_some(())
+    })
+    .await
+    .expect("ended");
     // Stopping flushes: the repository then holds the whole history.
     for n in [&mut alice, &mut bob] {
         n.stop(Duration::from_secs(30)).await.expect("stops");
@@ -467,6 +508,15 @@ async fn impostors_are_refused_by_every_honest_node_and_members_form_the_room() 
         out.status.success()
             && String::from_utf8_lossy(&out.stdout).contains("Good \"skygit\" signature"),
         "{out:?}"
+    );
+
+    // A call line too (bob's join, signed by ssh-agent).
+    let (_, _, call_line) = first_line(&repo, "bob", "call");
+    let out = check(&call_line);
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("Good \"skygit\" signature"),
+        "{call_line}: {out:?}"
     );
 
     // A line changed with git: verify names its file and line, and so
@@ -581,6 +631,11 @@ fn git_show(repo: &Path, path: &str) -> String {
 /// A batch file of the general conversation and its first line (a post).
 /// The first post line by `sender` in the history.
 fn first_post_line(repo: &Path, sender: &str) -> (String, usize, String) {
+    first_line(repo, sender, "post")
+}
+
+/// The first line of `kind` by `sender` in `general`.
+fn first_line(repo: &Path, sender: &str, kind: &str) -> (String, usize, String) {
     let files = git(&[
         "--git-dir",
         &repo.to_string_lossy(),
@@ -591,6 +646,7 @@ fn first_post_line(repo: &Path, sender: &str) -> (String, usize, String) {
         ".messages/general",
     ]);
     let by = format!("\"sender\":\"{sender}\"");
+    let of = format!("\"kind\":\"{kind}\"");
     files
         .lines()
         .filter(|p| p.ends_with(".jsonl"))
@@ -599,8 +655,8 @@ fn first_post_line(repo: &Path, sender: &str) -> (String, usize, String) {
             let (n, line) = text
                 .lines()
                 .enumerate()
-                .find(|(_, l)| l.contains(&by) && l.contains("\"kind\":\"post\""))?;
+                .find(|(_, l)| l.contains(&by) && l.contains(&of))?;
             Some((path.to_owned(), n + 1, line.to_owned()))
         })
-        .unwrap_or_else(|| panic!("no post by {sender} in {files}"))
+        .unwrap_or_else(|| panic!("no {kind} by {sender} in {files}"))
 }

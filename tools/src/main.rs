@@ -9,6 +9,7 @@
 mod bench;
 mod bench_api;
 mod bench_attach;
+mod bench_call;
 mod bench_commit;
 mod bench_mesh;
 mod bench_nat;
@@ -70,6 +71,10 @@ enum BenchCommand {
     /// over the mesh, to the room's storage (Git LFS, S3), and chat latency
     /// during the transfer.
     Attach(bench_attach::AttachBenchArgs),
+    /// Calls between two headless Chromium pages of a room of three node
+    /// processes: click to first decoded remote frame, direct and with the
+    /// signalling relayed by the third node.
+    Call(bench_call::CallBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Verify(a)) => bench_verify::verify(a).await,
             Command::Bench(BenchCommand::Reform(a)) => bench_reform::reform(a).await,
             Command::Bench(BenchCommand::Attach(a)) => bench_attach::attach(a).await,
+            Command::Bench(BenchCommand::Call(a)) => bench_call::call(a).await,
         }
     })
 }

@@ -134,6 +134,15 @@ pub struct CallFrame {
     pub body: CallBody,
 }
 
+/// The time of an input: `mono` (milliseconds of a clock that never
+/// jumps) for every timeout, `wall` (milliseconds since the Unix epoch)
+/// only for the times a call shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub mono: i64,
+    pub wall: i64,
+}
+
 /// What a node's user or the API asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -212,6 +221,8 @@ pub enum CallError {
     Ended,
     #[error("the signal is over its size limit")]
     TooBig,
+    #[error("no link reaches node {0}, directly or through a neighbour")]
+    NoRoute(NodeId),
 }
 
 impl CallError {
@@ -241,10 +252,14 @@ pub struct Call {
     pub conversation: ConversationId,
     pub initiator: NodeId,
     pub video: bool,
+    /// Wall-clock times, for people.
     pub started_at: i64,
     pub ended_at: Option<i64>,
     pub outcome: Option<CallEvent>,
     pub participants: Vec<Participant>,
+    /// The same on the monotonic clock, for timeouts.
+    started: i64,
+    ended: Option<i64>,
     /// Since when two or more have been in it.
     talking_since: Option<i64>,
     last_keepalive: i64,
@@ -279,6 +294,8 @@ pub struct Calls {
     seq: u64,
     seen: HashSet<(NodeId, u64)>,
     seen_order: VecDeque<(NodeId, u64)>,
+    /// Wall-clock time minus monotonic time at the last input.
+    wall_offset: i64,
 }
 
 impl Calls {
@@ -292,6 +309,7 @@ impl Calls {
             seq: seq_base,
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
+            wall_offset: 0,
         }
     }
 
@@ -304,7 +322,9 @@ impl Calls {
     }
 
     /// Applies one input; `Err` refuses a request of this node's user.
-    pub fn on(&mut self, now: i64, input: Input) -> Result<Vec<Action>, CallError> {
+    pub fn on(&mut self, now: Now, input: Input) -> Result<Vec<Action>, CallError> {
+        self.wall_offset = now.wall - now.mono;
+        let now = now.mono;
         let mut out = Vec::new();
         match input {
             Input::Start {
@@ -370,7 +390,9 @@ impl Calls {
                 if to == self.me || c.get(to).map(|p| p.state) != Some(PState::Joined) {
                     return Err(CallError::NotParticipant(to));
                 }
-                self.send(call, to, CallBody::Signal(signal), &mut out);
+                if !self.send(call, to, CallBody::Signal(signal), &mut out) {
+                    return Err(CallError::NoRoute(to));
+                }
             }
             Input::Frame { from, frame } => self.on_frame(now, from, frame, &mut out),
             Input::Link { peer, up } => {
@@ -434,10 +456,12 @@ impl Calls {
             conversation: conversation.clone(),
             initiator: self.me,
             video,
-            started_at: now,
+            started_at: now + self.wall_offset,
             ended_at: None,
             outcome: None,
             participants,
+            started: now,
+            ended: None,
             talking_since: None,
             last_keepalive: now,
         };
@@ -464,7 +488,7 @@ impl Calls {
                 CallBody::Invite {
                     conversation: conversation.clone(),
                     video,
-                    started_at: now,
+                    started_at: now + self.wall_offset,
                     participants: everyone.clone(),
                 },
                 out,
@@ -590,7 +614,7 @@ impl Calls {
 
     /// Sends a frame of this node's to `target`: directly over a link,
     /// else through every linked peer (one with a link forwards it).
-    fn send(&mut self, call: Ulid, target: NodeId, body: CallBody, out: &mut Vec<Action>) {
+    fn send(&mut self, call: Ulid, target: NodeId, body: CallBody, out: &mut Vec<Action>) -> bool {
         self.seq += 1;
         let frame = CallFrame {
             call,
@@ -602,7 +626,7 @@ impl Calls {
         };
         if self.links.contains(&target) {
             out.push(Action::Send { via: target, frame });
-            return;
+            return true;
         }
         for via in &self.links {
             out.push(Action::Send {
@@ -610,6 +634,7 @@ impl Calls {
                 frame: frame.clone(),
             });
         }
+        !self.links.is_empty()
     }
 
     /// False when this frame came before (through another relay).
@@ -680,14 +705,20 @@ impl Calls {
                 if self.calls.contains_key(&id) {
                     return;
                 }
-                let busy = self.in_other_call(id);
-                if !busy && self.make_room().is_err() {
+                let origin = frame.origin;
+                if self.in_other_call(id) {
+                    // Busy: declined at once, and nothing kept.
+                    let busy = CallBody::State {
+                        state: PState::Declined,
+                        recording: false,
+                    };
+                    self.send(id, origin, busy, out);
+                    return;
+                }
+                if self.make_room().is_err() {
                     return refuse(out, "too many calls");
                 }
-                if busy {
-                    self.make_room().ok();
-                }
-                let origin = frame.origin;
+                let wall = now + self.wall_offset;
                 let call = Call {
                     id,
                     conversation,
@@ -695,9 +726,11 @@ impl Calls {
                     video,
                     // The caller's clock says when it started; timeouts
                     // run on this node's.
-                    started_at: now,
+                    started_at: wall,
                     ended_at: None,
                     outcome: None,
+                    started: now,
+                    ended: None,
                     participants: participants
                         .into_iter()
                         .map(|(node, user)| Participant {
@@ -718,12 +751,7 @@ impl Calls {
                     last_keepalive: now,
                 };
                 self.calls.insert(id, call);
-                let mine = if busy {
-                    PState::Declined
-                } else {
-                    PState::Ringing
-                };
-                self.set_mine(now, id, mine, out);
+                self.set_mine(now, id, PState::Ringing, out);
             }
             CallBody::State { state, recording } => {
                 let Some(call) = self.calls.get_mut(&id) else {
@@ -779,6 +807,7 @@ impl Calls {
     /// is over.
     fn settle(&mut self, now: i64, id: Ulid, out: &mut Vec<Action>) {
         let me = self.me;
+        let wall_offset = self.wall_offset;
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -800,7 +829,7 @@ impl Calls {
             .is_some_and(|p| !p.state.live())
             // The caller's node leaves when the invites time out there;
             // that is a missed call, not a cancelled one.
-            && now - call.started_at < INVITE_TIMEOUT_MS
+            && now - call.started < INVITE_TIMEOUT_MS
         {
             CallEvent::Cancelled
         } else if call
@@ -814,8 +843,8 @@ impl Calls {
             CallEvent::Missed
         };
         call.outcome = Some(outcome);
-        call.ended_at = Some(now);
-        let i_took_part = call.get(me).is_some_and(|p| p.ever_joined);
+        call.ended_at = Some(now + wall_offset);
+        call.ended = Some(now);
         let participants = call
             .participants
             .iter()
@@ -837,7 +866,9 @@ impl Calls {
                 p.recording = false;
             }
         }
-        if i_took_part {
+        // Only a node still in the call writes how it ended: one that left
+        // (or was taken out) earlier may judge it from stale views.
+        if mine_was_joined {
             out.push(Action::History {
                 conversation,
                 entry: CallEntry {
@@ -863,12 +894,12 @@ impl Calls {
                 continue;
             };
             if !call.live() {
-                if call.ended_at.is_some_and(|t| now - t > KEEP_ENDED_MS) {
+                if call.ended.is_some_and(|t| now - t > KEEP_ENDED_MS) {
                     self.calls.remove(&id);
                 }
                 continue;
             }
-            let unanswered = now - call.started_at > INVITE_TIMEOUT_MS;
+            let unanswered = now - call.started > INVITE_TIMEOUT_MS;
             let mut mine = None;
             let mut others_changed = false;
             for p in &mut call.participants {
@@ -893,8 +924,12 @@ impl Calls {
                     _ => {}
                 }
             }
-            let keepalive = call.get(me).map(|p| p.state) == Some(PState::Joined)
-                && now - call.last_keepalive >= KEEPALIVE_MS;
+            // Ringing is repeated too: a state that overtook its invite
+            // (through a relay) was refused as unknown and comes again.
+            let keepalive = matches!(
+                call.get(me).map(|p| p.state),
+                Some(PState::Joined | PState::Ringing)
+            ) && now - call.last_keepalive >= KEEPALIVE_MS;
             if keepalive {
                 call.last_keepalive = now;
             }

@@ -45,12 +45,18 @@ impl Net {
         net
     }
 
+    /// The monotonic clock is the test's; the wall clock runs an hour
+    /// ahead of it.
+    fn at(&self) -> Now {
+        Now {
+            mono: self.now,
+            wall: self.now + 3_600_000,
+        }
+    }
+
     fn input(&mut self, node: NodeId, input: Input) -> Result<(), CallError> {
-        let actions = self
-            .cores
-            .get_mut(&node)
-            .expect("node")
-            .on(self.now, input)?;
+        let at = self.at();
+        let actions = self.cores.get_mut(&node).expect("node").on(at, input)?;
         self.run(node, actions);
         Ok(())
     }
@@ -65,11 +71,12 @@ impl Net {
                     let linked = self.cores[&at].links.contains(&via);
                     assert!(linked, "{at} sent over a link it has not got, to {via}");
                     self.delivered += 1;
+                    let at_now = self.at();
                     let next = self
                         .cores
                         .get_mut(&via)
                         .expect("peer")
-                        .on(self.now, Input::Frame { from: at, frame })
+                        .on(at_now, Input::Frame { from: at, frame })
                         .expect("frames are never refused with an error");
                     queue.extend(next.into_iter().map(|a| (via, a)));
                 }
@@ -174,9 +181,9 @@ fn a_one_to_one_call_rings_is_answered_and_ends_on_both_with_its_history() {
         vec![
             (ANA, CallEvent::Started),
             (BO, CallEvent::Joined),
-            (BO, CallEvent::Ended),
             (ANA, CallEvent::Ended)
-        ]
+        ],
+        "bo left first: only ana, still in the call, writes its end"
     );
     // Both ends have one id (so the log keeps one), and a duration.
     let ends: Vec<_> = net
@@ -190,6 +197,13 @@ fn a_one_to_one_call_rings_is_answered_and_ends_on_both_with_its_history() {
     assert!(
         ends.iter().all(|(_, e, _)| e.duration_ms >= 61_000),
         "{ends:?}"
+    );
+    // Times for people are on the wall clock, timeouts on the monotonic.
+    let c = net.cores[&ANA].get(call).expect("call");
+    assert_eq!(c.started_at, 1_000_000 + 3_600_000);
+    assert!(
+        c.ended_at.is_some_and(|t| t - c.started_at >= 61_000),
+        "{c:?}"
     );
     assert_eq!(ends[0].1.participants, vec![user(ANA), user(BO)]);
     // The started entry's id is the call's.
@@ -359,6 +373,34 @@ fn bad_frames_are_refused_with_their_reason() {
         net.input(ANA, Input::Accept(Ulid::from_parts(1, 1))),
         Err(CallError::Unknown(Ulid::from_parts(1, 1)))
     );
+    // Nothing reaches a node without links.
+    net.input(
+        ANA,
+        Input::Link {
+            peer: BO,
+            up: false,
+        },
+    )
+    .expect("down");
+    net.input(
+        ANA,
+        Input::Link {
+            peer: CY,
+            up: false,
+        },
+    )
+    .expect("down");
+    assert_eq!(
+        net.input(
+            ANA,
+            Input::Signal {
+                call,
+                to: BO,
+                signal: WireSignal::Hello
+            }
+        ),
+        Err(CallError::NoRoute(BO))
+    );
     assert_eq!(net.start(ANA, &[]), Err(CallError::BadPeers));
     assert_eq!(net.start(ANA, &[ANA]), Err(CallError::BadPeers));
     assert_eq!(net.start(ANA, &[BO, CY, DEE, 5]), Err(CallError::BadPeers));
@@ -408,8 +450,10 @@ fn a_vanished_browser_or_node_is_timed_out_of_the_call() {
 
 #[test]
 fn a_late_state_never_undoes_a_newer_one_and_recording_shows_everywhere() {
-    let mut net = Net::new(&[ANA, BO], &[(ANA, BO)]);
-    let call = net.start(ANA, &[BO]).expect("starts");
+    // Three participants: bo's frames to ana and to cy share one counter,
+    // so ana sees every other number.
+    let mut net = Net::new(&[ANA, BO, CY], &[(ANA, BO), (BO, CY), (ANA, CY)]);
+    let call = net.start(ANA, &[BO, CY]).expect("starts");
     net.input(BO, Input::Accept(call)).expect("accepts");
     net.input(BO, Input::Recording(call, true))
         .expect("records");
@@ -420,6 +464,12 @@ fn a_late_state_never_undoes_a_newer_one_and_recording_shows_everywhere() {
             .map(|p| p.recording)
     };
     assert_eq!(rec(&net), Some(true));
+    let newest = net.cores[&ANA]
+        .get(call)
+        .and_then(|c| c.participants.iter().find(|p| p.node == BO))
+        .map(|p| p.seq)
+        .expect("bo's newest");
+    assert!(!net.cores[&ANA].seen.contains(&(BO, newest - 1)), "a gap");
     // A stale "ringing" from bo (an old sequence number) changes nothing.
     net.input(
         ANA,
@@ -430,7 +480,9 @@ fn a_late_state_never_undoes_a_newer_one_and_recording_shows_everywhere() {
                 origin: BO,
                 target: ANA,
                 hops: 0,
-                seq: 1,
+                // A number ana never saw (it went to cy), older than bo's
+                // newest state.
+                seq: newest - 1,
                 body: CallBody::State {
                     state: PState::Ringing,
                     recording: false,
@@ -457,5 +509,9 @@ fn a_node_in_a_call_declines_another_invite_as_busy() {
     let second = net.start(CY, &[BO]).expect("cy calls bo");
     assert_eq!(net.state(CY, second, BO), Some(PState::Declined));
     assert_eq!(net.outcome(CY, second), Some(CallEvent::Declined));
+    assert!(
+        net.cores[&BO].get(second).is_none(),
+        "a busy node keeps nothing"
+    );
     assert_eq!(net.outcome(BO, first), None);
 }

@@ -72,6 +72,9 @@ pub struct CallPorts {
     pub consensus: Addr<ConsensusActor>,
     pub clock: Arc<dyn WallClock>,
     pub notices: broadcast::Sender<CallNotice>,
+    /// Each linked peer's verified user, on a room that verifies
+    /// identities: an invite must name its caller's node with that user.
+    pub verified: Option<crate::mesh::identity::VerifiedPeers>,
 }
 
 /// A sender for [`CallNotice`]s, bounded.
@@ -86,6 +89,8 @@ pub struct MediaActor {
     applied: Option<broadcast::Receiver<Arc<AppliedEvent>>>,
     calls: calls::Calls,
     ports: CallPorts,
+    /// The monotonic clock the calls' timeouts run on.
+    started: std::time::Instant,
 }
 
 impl MediaActor {
@@ -106,12 +111,16 @@ impl MediaActor {
             transfers,
             calls: calls::Calls::new(node, seq_base),
             ports,
+            started: std::time::Instant::now(),
         }
     }
 
     /// Feeds the call core and carries out what it answers.
     fn feed(&mut self, input: calls::Input) -> Result<(), CallError> {
-        let now = self.ports.clock.now_ms();
+        let now = calls::Now {
+            mono: i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            wall: self.ports.clock.now_ms(),
+        };
         let actions = self.calls.on(now, input)?;
         let mut changed = Vec::new();
         for a in actions {
@@ -158,12 +167,13 @@ impl MediaActor {
             return;
         };
         // A frame of another node's is one this node relays.
-        let name = if frame.hops > 0 {
-            "skygit_call_frames_relayed_total"
+        if frame.hops > 0 {
+            metrics::counter!("skygit_call_frames_relayed_total", "room" => self.room.clone())
+                .increment(1);
         } else {
-            "skygit_call_frames_sent_total"
-        };
-        metrics::counter!(name, "room" => self.room.clone()).increment(1);
+            metrics::counter!("skygit_call_frames_sent_total", "room" => self.room.clone())
+                .increment(1);
+        }
         let task = async move {
             if let Err(e) = t.send(via, &MediaFrame::Call(Box::new(frame))).await {
                 tracing::debug!(via, error = %e, "call frame not sent");
@@ -269,10 +279,45 @@ impl Handler<LinkChanged> for MediaActor {
 impl StreamHandler<(NodeId, CallFrame)> for MediaActor {
     fn handle(&mut self, (from, frame): (NodeId, CallFrame), _ctx: &mut Self::Context) {
         let _e = self.span.clone().entered();
+        if let Some(reason) = self.impostor(from, &frame) {
+            metrics::counter!("skygit_call_frames_refused_total", "room" => self.room.clone())
+                .increment(1);
+            tracing::warn!(from, reason, "refused a call frame");
+            return;
+        }
         let _ = self.feed(calls::Input::Frame { from, frame });
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl MediaActor {
+    /// Why an invite straight from its caller's node is refused: on a
+    /// room that verifies identities, it must name that node with the
+    /// user the node proved to be (nobody rings as someone else).
+    fn impostor(&self, from: NodeId, frame: &CallFrame) -> Option<&'static str> {
+        let calls::CallBody::Invite { participants, .. } = &frame.body else {
+            return None;
+        };
+        let verified = self.ports.verified.as_ref()?;
+        if frame.hops != 0 {
+            return None;
+        }
+        let proved = verified
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&from)
+            .cloned();
+        let claimed = participants
+            .iter()
+            .find(|(n, _)| *n == from)
+            .map(|(_, u)| u.as_str());
+        match proved {
+            Some(u) if Some(u.as_str()) == claimed => None,
+            Some(_) => Some("an invite naming its caller as another user"),
+            None => Some("an invite from a node with no verified identity"),
+        }
+    }
 }
 
 impl Handler<CallRequest> for MediaActor {

@@ -164,7 +164,7 @@ async fn ask(room: &Served, input: Input) -> Result<Json<CallView>, ApiError> {
 }
 
 #[utoipa::path(get, path = "/calls", tag = "calls", params(RepoQuery),
-    responses((status = 200, body = Calls), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Calls), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// The live calls this node knows, and those ended in the last ten minutes.
 pub async fn list(
     State(s): State<Shared>,
@@ -183,7 +183,8 @@ pub async fn list(
 
 #[utoipa::path(post, path = "/calls", tag = "calls", params(RepoQuery), request_body = StartCall,
     responses((status = 201, body = CallView),
-              (status = 400, description = "no peers, more than 3, this node, or a node the room does not know", body = ErrorBody),
+              (status = 400, description = "a bad body: no peers, more than 3, a bad conversation name", body = ErrorBody),
+              (status = 404, description = "a peer that is not a node of the room (this node included)", body = ErrorBody),
               (status = 409, description = "this node's user is already in a call", body = ErrorBody)))]
 /// Calls peers: their nodes ring, and their browsers show the invite.
 pub async fn start(
@@ -196,7 +197,14 @@ pub async fn start(
     let room = s.room(q.repo.as_deref()).await?;
     let conversation = ConversationId::new(body.conversation)
         .map_err(|e| ApiError::bad_request(format!("conversation: {e}")))?;
-    if body.peers.is_empty() || body.peers.len() >= skygit_api::calls::MAX_PARTICIPANTS {
+    // Each peer once, in the order given.
+    let mut asked = Vec::with_capacity(body.peers.len());
+    for p in body.peers {
+        if !asked.contains(&p) {
+            asked.push(p);
+        }
+    }
+    if asked.is_empty() || asked.len() >= skygit_api::calls::MAX_PARTICIPANTS {
         return Err(refused(CallError::BadPeers));
     }
     // The peers' users, as the room's presence names them.
@@ -206,14 +214,19 @@ pub async fn start(
         .send(skygit_actors::mesh::GetMeshStatus)
         .await
         .map_err(gone)?;
-    let mut peers = Vec::with_capacity(body.peers.len());
-    for id in &body.peers {
+    let mut peers = Vec::with_capacity(asked.len());
+    for id in &asked {
         let user = mesh
             .peers
             .iter()
             .find(|p| p.node_id == *id)
             .and_then(|p| UserId::new(p.user.clone()).ok())
-            .ok_or_else(|| ApiError::bad_request(format!("node {id} is not a peer of the room")))?;
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("node {id} is not a peer of the room"),
+                )
+            })?;
         peers.push((*id, user));
     }
     let view = ask(
@@ -230,8 +243,8 @@ pub async fn start(
     Ok((StatusCode::CREATED, view).into_response())
 }
 
-#[utoipa::path(post, path = "/calls/{id}/accept", tag = "calls", params(skygit_api::calls::CallPath, RepoQuery),
-    responses((status = 200, body = CallView), (status = 404, body = ErrorBody),
+#[utoipa::path(post, path = "/calls/{id}/accept", tag = "calls", params(("id" = String, Path, description = "The call's id (a ULID)", pattern = r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"), RepoQuery),
+    responses((status = 200, body = CallView), (status = 400, description = "a bad call id or body", body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, description = "the call is not ringing here", body = ErrorBody)))]
 /// Answers a call ringing on this node.
 pub async fn accept(
@@ -244,8 +257,8 @@ pub async fn accept(
     ask(&room, Input::Accept(call_id(&id)?)).await
 }
 
-#[utoipa::path(post, path = "/calls/{id}/decline", tag = "calls", params(skygit_api::calls::CallPath, RepoQuery),
-    responses((status = 200, body = CallView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/calls/{id}/decline", tag = "calls", params(("id" = String, Path, description = "The call's id (a ULID)", pattern = r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"), RepoQuery),
+    responses((status = 200, body = CallView), (status = 400, description = "a bad call id or body", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 /// Declines a call ringing on this node.
 pub async fn decline(
     State(s): State<Shared>,
@@ -257,8 +270,8 @@ pub async fn decline(
     ask(&room, Input::Decline(call_id(&id)?)).await
 }
 
-#[utoipa::path(post, path = "/calls/{id}/hangup", tag = "calls", params(skygit_api::calls::CallPath, RepoQuery),
-    responses((status = 200, body = CallView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/calls/{id}/hangup", tag = "calls", params(("id" = String, Path, description = "The call's id (a ULID)", pattern = r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"), RepoQuery),
+    responses((status = 200, body = CallView), (status = 400, description = "a bad call id or body", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 /// Leaves a call (or declines one still ringing).
 pub async fn hangup(
     State(s): State<Shared>,
@@ -270,9 +283,9 @@ pub async fn hangup(
     ask(&room, Input::Hangup(call_id(&id)?)).await
 }
 
-#[utoipa::path(post, path = "/calls/{id}/recording", tag = "calls", params(skygit_api::calls::CallPath, RepoQuery),
+#[utoipa::path(post, path = "/calls/{id}/recording", tag = "calls", params(("id" = String, Path, description = "The call's id (a ULID)", pattern = r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"), RepoQuery),
     request_body = Recording,
-    responses((status = 200, body = CallView), (status = 404, body = ErrorBody),
+    responses((status = 200, body = CallView), (status = 400, description = "a bad call id or body", body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, description = "this node's user is not in the call", body = ErrorBody)))]
 /// Says whether this node's browser is recording (every participant sees it).
 pub async fn recording(
@@ -287,8 +300,8 @@ pub async fn recording(
     ask(&room, Input::Recording(call_id(&id)?, body.on)).await
 }
 
-#[utoipa::path(post, path = "/calls/{id}/alive", tag = "calls", params(skygit_api::calls::CallPath, RepoQuery),
-    responses((status = 204, description = "noted"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/calls/{id}/alive", tag = "calls", params(("id" = String, Path, description = "The call's id (a ULID)", pattern = r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"), RepoQuery),
+    responses((status = 204, description = "noted"), (status = 400, description = "a bad call id or body", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 /// The browser is still there (every 5 s; after 30 s without, the node
 /// takes its user out of the call).
 pub async fn alive(
@@ -302,7 +315,7 @@ pub async fn alive(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/calls/{id}/signal", tag = "calls", params(skygit_api::calls::CallPath, RepoQuery),
+#[utoipa::path(post, path = "/calls/{id}/signal", tag = "calls", params(("id" = String, Path, description = "The call's id (a ULID)", pattern = r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"), RepoQuery),
     request_body = SendSignal,
     responses((status = 202, description = "sent towards the participant's node"),
               (status = 400, description = "over its size limit", body = ErrorBody),
@@ -333,7 +346,7 @@ pub async fn signal(
 }
 
 #[utoipa::path(get, path = "/calls/ice", tag = "calls", params(RepoQuery),
-    responses((status = 200, body = IceConfig), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = IceConfig), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// The STUN and TURN servers of the room's mesh, for the browsers'
 /// connections; TURN with its configured credentials or fresh ones made
 /// from the node's TURN REST secret.
@@ -343,27 +356,7 @@ pub async fn ice(
 ) -> Result<Json<IceConfig>, ApiError> {
     let q = query(q)?;
     let room = s.room(q.repo.as_deref()).await?;
-    let mut ice_servers = Vec::new();
-    for server in &room.ice.servers {
-        let creds = match (&server.username, &server.credential, &room.ice.rest) {
-            (Some(u), Some(c), _) => Some((u.clone(), c.clone())),
-            (_, _, Some(r)) if server.kind() == skygit_actors::ice::IceKind::Turn => {
-                Some(r.credentials())
-            }
-            _ => None,
-        };
-        if server.kind() == skygit_actors::ice::IceKind::Turn && creds.is_none() {
-            // A TURN server without credentials cannot be used.
-            continue;
-        }
-        let (username, credential) = creds.unzip();
-        ice_servers.push(IceServer {
-            urls: server.urls.clone(),
-            username,
-            credential,
-        });
-    }
-    Ok(Json(IceConfig { ice_servers }))
+    Ok(Json(room.ice.for_browsers()))
 }
 
 /// The ICE servers the room's mesh uses, for the browsers.
@@ -371,4 +364,81 @@ pub async fn ice(
 pub struct BrowserIce {
     pub servers: Vec<skygit_actors::ice::IceServer>,
     pub rest: Option<skygit_mesh::ice::TurnRest>,
+}
+
+impl BrowserIce {
+    /// The list a browser's `RTCPeerConnection` takes: STUN as it is,
+    /// TURN with its configured credentials or fresh REST ones; a TURN
+    /// server with neither is left out (it could not be used).
+    pub fn for_browsers(&self) -> IceConfig {
+        use skygit_actors::ice::IceKind;
+        let mut ice_servers = Vec::new();
+        for server in &self.servers {
+            let turn = server.kind() == IceKind::Turn;
+            let creds = match (&server.username, &server.credential, &self.rest) {
+                (Some(u), Some(c), _) => Some((u.clone(), c.clone())),
+                (_, _, Some(r)) if turn => Some(r.credentials()),
+                _ => None,
+            };
+            if turn && creds.is_none() {
+                continue;
+            }
+            let (username, credential) = creds.unzip();
+            ice_servers.push(IceServer {
+                urls: server.urls.clone(),
+                username,
+                credential,
+            });
+        }
+        IceConfig { ice_servers }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skygit_actors::ice::IceServer as Configured;
+
+    #[test]
+    fn browsers_get_the_mesh_servers_with_usable_turn_credentials() {
+        let turn_static = Configured {
+            urls: vec!["turn:turn.example:3478".into()],
+            username: Some("u".into()),
+            credential: Some("p".into()),
+        };
+        let servers = vec![
+            Configured::url("stun:stun.example:3478"),
+            turn_static,
+            Configured::url("turn:other.example:3478"),
+        ];
+        let without = BrowserIce {
+            servers: servers.clone(),
+            rest: None,
+        }
+        .for_browsers();
+        let urls: Vec<&str> = without
+            .ice_servers
+            .iter()
+            .map(|s| s.urls[0].as_str())
+            .collect();
+        assert_eq!(urls, ["stun:stun.example:3478", "turn:turn.example:3478"]);
+        assert_eq!(without.ice_servers[0].username, None);
+        assert_eq!(without.ice_servers[1].credential.as_deref(), Some("p"));
+        let with = BrowserIce {
+            servers,
+            rest: Some(skygit_mesh::ice::TurnRest::new(
+                "s3cret".into(),
+                "ana".into(),
+                std::time::Duration::from_secs(3600),
+            )),
+        }
+        .for_browsers();
+        assert_eq!(with.ice_servers.len(), 3);
+        let rest = &with.ice_servers[2];
+        let user = rest.username.as_deref().expect("a REST user name");
+        assert!(user.ends_with(":ana"), "{user}");
+        assert!(rest.credential.as_deref().is_some_and(|c| c.len() >= 20));
+        // Static credentials win over REST ones.
+        assert_eq!(with.ice_servers[1].username.as_deref(), Some("u"));
+    }
 }

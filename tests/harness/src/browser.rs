@@ -13,7 +13,8 @@ use crate::{init_repo, wait_leader, wait_members, NodeProc, NodeSpec};
 use anyhow::{bail, ensure, Context};
 use fantoccini::elements::Element;
 use fantoccini::wd::{TimeoutConfiguration, WebDriverCompatibleCommand};
-use fantoccini::{Client, ClientBuilder, Locator};
+pub use fantoccini::Client;
+use fantoccini::{ClientBuilder, Locator};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
@@ -728,4 +729,29 @@ where
         Ok(r) => r,
         Err(_) => anyhow::bail!("{name} did not finish within {TEST_TIMEOUT:?}"),
     }
+}
+
+/// Clicks the element `css` (it must be shown).
+pub async fn click(c: &Client, css: &str) -> anyhow::Result<()> {
+    let e = c
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css(css))
+        .await
+        .with_context(|| format!("no {css}"))?;
+    e.click()
+        .await
+        .with_context(|| format!("cannot click {css}"))?;
+    Ok(())
+}
+
+/// Whether `css` is shown (present and not hidden by itself or a parent).
+pub async fn visible(c: &Client, css: &str) -> anyhow::Result<bool> {
+    js(
+        c,
+        "const e = document.querySelector(arguments[0]); \
+         return !!e && !e.closest('[hidden]') && e.getClientRects().length > 0;",
+        vec![json!(css)],
+    )
+    .await
 }

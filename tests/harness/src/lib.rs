@@ -683,7 +683,8 @@ pub fn check_answer(method: &str, path: &str, status: u16, body: &str) -> anyhow
             .map(drop)
             .with_context(|| format!("not a {}", std::any::type_name::<T>()))
     }
-    use skygit_api::faults::{Dropped, Sent};
+    use skygit_api::calls::{CallView, Calls, IceConfig};
+    use skygit_api::faults::{Blocked, Dropped, Sent};
     use skygit_api::*;
     let path = path.split('?').next().unwrap_or(path);
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -713,6 +714,15 @@ pub fn check_answer(method: &str, path: &str, status: u16, body: &str) -> anyhow
         ("POST", ["push"]) => de::<Pushed>(body),
         ("GET", ["flushes"]) => de::<FlushList>(body),
         ("GET" | "PUT", ["settings"]) => de::<Settings>(body),
+        ("GET", ["calls"]) => de::<Calls>(body),
+        ("POST", ["calls"]) => de::<CallView>(body),
+        ("GET", ["calls", "ice"]) => de::<IceConfig>(body),
+        ("POST", ["calls", _, "accept" | "decline" | "hangup" | "recording"]) => {
+            de::<CallView>(body)
+        }
+        // 204 and 202: no body.
+        ("POST", ["calls", _, "alive" | "signal"]) => Ok(()),
+        ("POST", ["faults", "block", _]) => de::<Blocked>(body),
         ("POST", ["faults", "drop-link", _]) => de::<Dropped>(body),
         ("POST", ["faults", "send", _, _]) => de::<Sent>(body),
         ("GET", ["openapi.json" | "metrics" | "events" | "" | "dashboard"])
