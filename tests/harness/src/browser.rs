@@ -389,7 +389,7 @@ pub async fn open_chat(c: &Client, url: &str) -> anyhow::Result<()> {
         vec![],
     )
     .await?;
-    println!(
+    eprintln!(
         "{}: first contentful paint {} ms, load event {} ms",
         url.split('#').next().unwrap_or(url),
         paint["fcp"],
