@@ -96,13 +96,7 @@ pub fn apply<V: ChatView>(
             attachments,
         } => {
             if !view.conversation_exists(conversation)? {
-                effects.push(Effect::PutConversation(Conversation {
-                    id: conversation.clone(),
-                    title: conversation.to_string(),
-                    created_by: req.sender.clone(),
-                    created_at: req.at,
-                    created_index: index,
-                }));
+                effects.push(implicitly_created(conversation, req, index));
             }
             // This arm is a post, so the record is always made.
             effects.extend(MessageRecord::posted(req, index).map(Effect::PutMessage));
@@ -152,13 +146,7 @@ pub fn apply<V: ChatView>(
             entry,
         } => {
             if !view.conversation_exists(conversation)? {
-                effects.push(Effect::PutConversation(Conversation {
-                    id: conversation.clone(),
-                    title: conversation.to_string(),
-                    created_by: req.sender.clone(),
-                    created_at: req.at,
-                    created_index: index,
-                }));
+                effects.push(implicitly_created(conversation, req, index));
             }
             effects.push(Effect::PutMessage(MessageRecord {
                 message: Message {
@@ -249,6 +237,18 @@ pub fn apply<V: ChatView>(
 
 /// The message `id` if `req`'s sender may change it: it exists, they wrote
 /// it, and it is not deleted.
+/// The conversation a post (or a call line) into a conversation that
+/// does not exist yet creates, titled with its name.
+fn implicitly_created(conversation: &ConversationId, req: &ChatRequest, index: u64) -> Effect {
+    Effect::PutConversation(Conversation {
+        id: conversation.clone(),
+        title: conversation.to_string(),
+        created_by: req.sender.clone(),
+        created_at: req.at,
+        created_index: index,
+    })
+}
+
 fn changeable<V: ChatView>(
     view: &mut V,
     id: Ulid,

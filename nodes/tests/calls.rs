@@ -97,18 +97,6 @@ async fn media_flows(c: &Client, page: &str, peer: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Milliseconds from the page's last click on Start call or Accept to the
-/// first decoded frame from `peer`.
-async fn setup_ms(c: &Client, peer: u64) -> anyhow::Result<Option<f64>> {
-    js(
-        c,
-        "const f = SGCall.firstFrameAt.get(arguments[0]); \
-         return (f && SGCall.clickedAt) ? f - SGCall.clickedAt : null;",
-        vec![json!(peer)],
-    )
-    .await
-}
-
 /// Waits until every page's call is over (the page shows no call, or the
 /// ended one with `outcome`) and every node's newest call ended with
 /// `outcome`.
@@ -239,13 +227,7 @@ async fn a_one_to_one_video_call_flows_both_ways_records_and_hangs_up() {
             open_chat(ub, &room.ui(1)).await?;
             // ana calls bo from the peers list.
             click(ua, &format!("button.call-peer[data-node=\"{bo}\"]")).await?;
-            poll(
-                Duration::from_secs(15),
-                Duration::from_millis(100),
-                "bo's page to ring",
-                || async move { Ok(visible(ub, "#call-accept").await?.then_some(())) },
-            )
-            .await?;
+            wait_ringing(ub, "#call-accept", Duration::from_millis(100)).await?;
             let prompt = text_of(ub, "#call-status").await?;
             ensure!(prompt.contains("ana"), "bo's page says {prompt:?}");
             click(ub, "#call-accept").await?;
@@ -442,35 +424,11 @@ async fn a_call_between_unlinked_nodes_is_signalled_through_a_third() {
                     room.nodes[2].node_id,
                 );
                 // No path between ana's node and cy's.
-                room.nodes[0].block(cy).await?;
-                room.nodes[2].block(ana).await?;
-                let (na, nc) = (&room.nodes[0], &room.nodes[2]);
-                poll(
-                    Duration::from_secs(15),
-                    Duration::from_millis(200),
-                    "ana's and cy's nodes to lose their link",
-                    || async move {
-                        let a = na.status().await?;
-                        let c = nc.status().await?;
-                        let linked = |s: &skygit_api::Status, p: u64| {
-                            s.peers.iter().any(|x| {
-                                x.node_id == p && x.state == skygit_api::PeerState::Connected
-                            })
-                        };
-                        Ok((!linked(&a, cy) && !linked(&c, ana)).then_some(()))
-                    },
-                )
-                .await?;
+                unlink(&room.nodes[0], &room.nodes[2]).await?;
                 open_chat(ua, &room.ui(0)).await?;
                 open_chat(uc, &room.ui(2)).await?;
                 click(ua, &format!("button.call-peer[data-node=\"{cy}\"]")).await?;
-                poll(
-                    Duration::from_secs(15),
-                    Duration::from_millis(100),
-                    "cy's page to ring",
-                    || async move { Ok(visible(uc, "#call-accept").await?.then_some(())) },
-                )
-                .await?;
+                wait_ringing(uc, "#call-accept", Duration::from_millis(100)).await?;
                 click(uc, "#call-accept").await?;
                 media_flows(ua, "ana", cy).await?;
                 media_flows(uc, "cy", ana).await?;
@@ -534,13 +492,7 @@ async fn three_people_talk_in_one_call() {
             .await?;
             click(&b[0], "#call-start").await?;
             for c in &b[1..] {
-                poll(
-                    Duration::from_secs(15),
-                    Duration::from_millis(100),
-                    "a page to ring",
-                    || async move { Ok(visible(c, "#call-accept").await?.then_some(())) },
-                )
-                .await?;
+                wait_ringing(c, "#call-accept", Duration::from_millis(100)).await?;
                 click(c, "#call-accept").await?;
             }
             let names = ["ana", "bo", "cy"];
@@ -603,13 +555,7 @@ async fn declined_and_unanswered_invites_end_cleanly_and_are_in_the_history() {
             open_chat(ua, &room.ui(0)).await?;
             open_chat(ub, &room.ui(1)).await?;
             click(ua, &format!("button.call-peer[data-node=\"{bo}\"]")).await?;
-            poll(
-                Duration::from_secs(15),
-                Duration::from_millis(100),
-                "bo's page to ring",
-                || async move { Ok(visible(ub, "#call-decline").await?.then_some(())) },
-            )
-            .await?;
+            wait_ringing(ub, "#call-decline", Duration::from_millis(100)).await?;
             click(ub, "#call-decline").await?;
             wait_ended(&[ua, ub], &[&room.nodes[0]], "declined").await?;
             let calls = calls_of(&room.nodes[0]).await?;
@@ -623,13 +569,7 @@ async fn declined_and_unanswered_invites_end_cleanly_and_are_in_the_history() {
 
             // Again; bo's page lets it ring out.
             click(ua, &format!("button.call-peer[data-node=\"{bo}\"]")).await?;
-            poll(
-                Duration::from_secs(15),
-                Duration::from_millis(100),
-                "bo's page to ring again",
-                || async move { Ok(visible(ub, "#call-accept").await?.then_some(())) },
-            )
-            .await?;
+            wait_ringing(ub, "#call-accept", Duration::from_millis(100)).await?;
             let nb = &room.nodes[1];
             poll(
                 UNANSWERED,

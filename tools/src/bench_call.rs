@@ -19,7 +19,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Value};
-use skygit_harness::browser::{click, js, open_chat, poll, run_room, visible, Client};
+use skygit_harness::browser::{
+    click, js, open_chat, poll, run_room, setup_ms, unlink, wait_ringing,
+};
 
 #[derive(Args)]
 pub struct CallBenchArgs {
@@ -64,18 +66,6 @@ fn summary(mut v: Vec<f64>) -> Summary {
     }
 }
 
-/// A page's click (Start call or Accept) to its first decoded frame from
-/// `peer`, once there is one.
-async fn setup_ms(c: &Client, peer: u64) -> anyhow::Result<Option<f64>> {
-    js(
-        c,
-        "const f = SGCall.firstFrameAt.get(arguments[0]); \
-         return (f && SGCall.clickedAt) ? f - SGCall.clickedAt : null;",
-        vec![json!(peer)],
-    )
-    .await
-}
-
 pub async fn call(a: CallBenchArgs) -> anyhow::Result<()> {
     let bin = crate::skygit_binary()?;
     let mut runs = Vec::new();
@@ -97,38 +87,13 @@ pub async fn call(a: CallBenchArgs) -> anyhow::Result<()> {
                     let (ua, uc) = (&b[0], &b[1]);
                     let (ana, cy) = (room.nodes[0].node_id, room.nodes[2].node_id);
                     if relayed {
-                        room.nodes[0].block(cy).await?;
-                        room.nodes[2].block(ana).await?;
-                        let (na, nc) = (&room.nodes[0], &room.nodes[2]);
-                        poll(
-                            Duration::from_secs(15),
-                            Duration::from_millis(200),
-                            "ana's and cy's nodes to lose their link",
-                            || async move {
-                                let linked = |s: skygit_api::Status, p: u64| {
-                                    s.peers.iter().any(|x| {
-                                        x.node_id == p
-                                            && x.state == skygit_api::PeerState::Connected
-                                    })
-                                };
-                                Ok((!linked(na.status().await?, cy)
-                                    && !linked(nc.status().await?, ana))
-                                .then_some(()))
-                            },
-                        )
-                        .await?;
+                        unlink(&room.nodes[0], &room.nodes[2]).await?;
                     }
                     open_chat(ua, &room.ui(0)).await?;
                     open_chat(uc, &room.ui(2)).await?;
                     for i in 0..calls {
                         click(ua, &format!("button.call-peer[data-node=\"{cy}\"]")).await?;
-                        poll(
-                            Duration::from_secs(15),
-                            Duration::from_millis(20),
-                            "cy's page to ring",
-                            || async move { Ok(visible(uc, "#call-accept").await?.then_some(())) },
-                        )
-                        .await?;
+                        wait_ringing(uc, "#call-accept", Duration::from_millis(20)).await?;
                         click(uc, "#call-accept").await?;
                         let both = poll(
                             Duration::from_secs(30),

@@ -755,3 +755,51 @@ pub async fn visible(c: &Client, css: &str) -> anyhow::Result<bool> {
     )
     .await
 }
+
+/// Waits until the page rings (its `button_css`, `#call-accept` or
+/// `#call-decline`, shows), checking every `every`.
+pub async fn wait_ringing(c: &Client, button_css: &str, every: Duration) -> anyhow::Result<()> {
+    poll(
+        Duration::from_secs(15),
+        every,
+        "the page to ring",
+        || async move { Ok(visible(c, button_css).await?.then_some(())) },
+    )
+    .await
+}
+
+/// Keeps nodes `a` and `b` from ever linking (both run with
+/// `--fault-api`) and waits until neither has a link to the other.
+pub async fn unlink(a: &NodeProc, b: &NodeProc) -> anyhow::Result<()> {
+    a.block(b.node_id).await?;
+    b.block(a.node_id).await?;
+    poll(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        "the two nodes to lose their link",
+        || async move {
+            let linked = |s: skygit_api::Status, p: u64| {
+                s.peers
+                    .iter()
+                    .any(|x| x.node_id == p && x.state == skygit_api::PeerState::Connected)
+            };
+            Ok(
+                (!linked(a.status().await?, b.node_id) && !linked(b.status().await?, a.node_id))
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+}
+
+/// A page's click (Start call or Accept) to its first decoded frame from
+/// `peer`, once there is one (`SGCall`'s timings).
+pub async fn setup_ms(c: &Client, peer: u64) -> anyhow::Result<Option<f64>> {
+    js(
+        c,
+        "const f = SGCall.firstFrameAt.get(arguments[0]); \
+         return (f && SGCall.clickedAt) ? f - SGCall.clickedAt : null;",
+        vec![json!(peer)],
+    )
+    .await
+}
